@@ -1,0 +1,1 @@
+"""The site: Flower ClientApp with train, evaluate and telemetry handlers."""

@@ -1,0 +1,1 @@
+"""The coordinator: Flower ServerApp whose main loop is fedcore's round driver."""

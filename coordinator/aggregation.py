@@ -1,0 +1,56 @@
+"""Aggregation arithmetic: FedAvg (McMahan et al., 2017), weighted by examples. Pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def weighted_average(
+    updates: Sequence[tuple[Mapping[str, np.ndarray], int]],
+) -> dict[str, np.ndarray]:
+    """FedAvg: the example-weighted mean of each named array.
+
+    ``result[k] = sum_i n_i * w_i[k] / sum_i n_i``, computed in float64 and
+    cast back to each array's dtype. Inputs are never modified.
+
+    Args:
+        updates: ``(arrays, num_examples)`` per site; every site must send the
+            same names and shapes and a positive example count.
+
+    Returns:
+        The averaged arrays (new objects).
+
+    Raises:
+        ValueError: on an empty list, a non-positive weight, or mismatched names/shapes.
+    """
+    if not updates:
+        raise ValueError("weighted_average needs at least one update, got none")
+    names = list(updates[0][0])
+    total = 0
+    for i, (arrays, n) in enumerate(updates):
+        if n <= 0:
+            raise ValueError(f"update {i} has num_examples={n}; expected a positive count")
+        if list(arrays) != names:
+            raise ValueError(f"update {i} has arrays {sorted(arrays)}; expected {sorted(names)}")
+        total += n
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        ref = np.asarray(updates[0][0][name])
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for i, (arrays, n) in enumerate(updates):
+            a = np.asarray(arrays[name])
+            if a.shape != ref.shape:
+                raise ValueError(f"update {i}: array {name!r} has shape {a.shape}; expected {ref.shape}")
+            acc += a.astype(np.float64) * (n / total)
+        out[name] = acc.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(acc).astype(ref.dtype)
+    return out
+
+
+def weighted_mean(values: Sequence[tuple[float, int]]) -> float:
+    """Example-weighted mean of scalars (e.g. losses); ``nan`` when there are none."""
+    total = sum(n for _, n in values)
+    if total <= 0:
+        return float("nan")
+    return float(sum(v * n for v, n in values) / total)

@@ -1,0 +1,131 @@
+"""``fedcore run SCENARIO``: simulate a consortium, show progress per round, print and save a summary."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
+from fedcore.config import ConfigError, load_scenario
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if isinstance(x, float):
+        return "—" if math.isnan(x) else f"{x:.{digits}f}"
+    return "—" if x is None else str(x)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The comparison printed at the end of a run."""
+    t = Table(title=f"{summary['scenario']}: test metrics (each site's later transactions)", show_lines=False)
+    for col in ("model", "PR-AUC", "ROC-AUC", "F1", "FPR", "note"):
+        t.add_column(col, justify="left" if col in ("model", "note") else "right")
+    fin = summary["final"]
+    mean = fin.get("mean_over_sites") or {}
+    t.add_row("federated GNN (pooled)", _fmt(fin.get("pr_auc")), _fmt(fin.get("roc_auc")), _fmt(fin.get("f1")), _fmt(fin.get("fpr")), "all sites' test data")
+    t.add_row("federated GNN (site mean)", _fmt(mean.get("pr_auc")), _fmt(mean.get("roc_auc")), _fmt(mean.get("f1")), _fmt(mean.get("fpr")), "mean over sites")
+    b = summary["baselines"]
+    lo = b.get("local_only")
+    if lo:
+        m = lo.get("mean", {})
+        t.add_row("local-only GNN (site mean)", _fmt(m.get("pr_auc")), _fmt(m.get("roc_auc")), _fmt(m.get("f1")), _fmt(m.get("fpr")), "each bank alone")
+        for sid, m in lo.get("per_site", {}).items():
+            fm = (fin.get("per_site") or {}).get(sid, {})
+            t.add_row(f"  {sid}: local / federated", f"{_fmt(m.get('pr_auc'))} / {_fmt(fm.get('pr_auc'))}", "", "", "", "")
+    c = b.get("centralized")
+    if c:
+        t.add_row("centralized GNN (pooled)", _fmt(c.get("pr_auc")), _fmt(c.get("roc_auc")), _fmt(c.get("f1")), _fmt(c.get("fpr")), "upper bound: data pooled")
+    ng = b.get("non_graph")
+    if ng:
+        t.add_row("non-graph model (pooled)", _fmt(ng.get("pr_auc")), _fmt(ng.get("roc_auc")), _fmt(ng.get("f1")), _fmt(ng.get("fpr")), "row features only")
+    return t
+
+
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario YAML (see docs/scenario.md).", show_default=False),
+    rounds: int = typer.Option(0, "--rounds", "-r", min=0, help="Override the scenario's number of rounds (0: keep)."),
+    engine: str = typer.Option("", "--engine", "-e", help="inprocess (default) or deployment (real Flower processes on 127.0.0.1)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
+) -> None:
+    """Train a federation for a scenario, compare it with local-only and centralized models, write OUT/summary.json."""
+    console = Console()
+    err = Console(stderr=True)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    try:
+        sc = load_scenario(scenario)
+    except ConfigError as exc:
+        err.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    eng = engine or sc.engine.name
+    if eng not in ("inprocess", "deployment"):
+        err.print(f"[bold red]--engine[/] must be inprocess or deployment, got {eng!r}")
+        raise typer.Exit(EXIT_CONFIG)
+    n_rounds = rounds or sc.rounds
+    out_dir = out or default_out_dir(sc)
+    plan = RunPlan(scenario, sc, out_dir, eng, n_rounds)
+    if sc.privacy.mode == "plaintext":
+        err.print(
+            Panel(
+                "privacy mode [bold]plaintext[/]: site updates travel and are aggregated in clear. "
+                "For tests and benchmarks only; never with real institutions' data.",
+                title="[bold yellow]warning",
+                border_style="yellow",
+            )
+        )
+    console.print(f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, out {out_dir}", highlight=False)
+
+    progress = Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+    )
+    task = progress.add_task("rounds", total=n_rounds)
+
+    def on_round(rec: dict[str, Any]) -> None:
+        progress.console.print(
+            f"round {rec['round']:>3}  sites {','.join(rec.get('sites', []))}  loss {_fmt(rec.get('loss'))}  "
+            f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
+            f"up {_bytes(rec.get('bytes_up'))} down {_bytes(rec.get('bytes_down'))}"
+            + (f"  [yellow]left out: {', '.join(rec['rejected'])}[/]" if rec.get("rejected") else ""),
+            highlight=False,
+        )
+        progress.update(task, completed=rec["round"])
+
+    def on_stage(text: str) -> None:
+        progress.update(task, description=text)
+
+    try:
+        with progress:
+            summary = run_scenario(plan, on_round=on_round, on_stage=on_stage)
+    except RunFailed as exc:
+        err.print(f"[bold red]federation failed:[/] {exc}", highlight=False)
+        err.print(f"completed rounds, logs and checkpoints are kept in {out_dir}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]; completed rounds are kept in {out_dir}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.print(summary_table(summary))
+    console.print(f"summary: {out_dir / 'summary.json'}  model: {summary['model']}  wall {summary['wall_seconds']:.1f}s", highlight=False)

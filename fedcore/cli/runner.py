@@ -1,0 +1,174 @@
+"""Simulate a whole consortium on one machine: federation, baselines, summary (composition root)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedcore.config import Scenario, SiteConfig, dump_site_config
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class RunFailed(RuntimeError):
+    """The federation did not complete; the message says why and where earlier rounds are."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs, resolved from the command line."""
+
+    scenario_path: Path
+    scenario: Scenario
+    out: Path
+    engine: str
+    rounds: int
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` under the working directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{scenario.name}-{stamp}"
+
+
+def write_site_configs(scenario: Scenario, out: Path) -> dict[str, Path]:
+    """Write one site YAML per site under ``OUT/sites`` (what each simulated fed-client reads)."""
+    paths: dict[str, Path] = {}
+    for site in scenario.sites:
+        state = (out / "sites" / site.id).resolve()
+        cfg = SiteConfig.from_scenario(scenario, site.id, state_dir=state)
+        path = (out / "sites" / f"{site.id}.yaml").resolve()
+        dump_site_config(cfg, path)
+        paths[site.id] = path
+    return paths
+
+
+def run_federation(plan: RunPlan, site_paths: Mapping[str, Path], on_round: RoundCallback | None) -> dict[str, Any]:
+    """Run the federation on the plan's engine; returns the coordinator's ``federation.json``."""
+    run_config: dict[str, Any] = {
+        "scenario": str(plan.scenario_path.resolve()),
+        "out-dir": str(plan.out.resolve()),
+        "rounds": plan.rounds,
+        "wait-sites": 120.0,
+    }
+    if plan.engine == "inprocess":
+        from clients.app import make_client_app
+        from coordinator.app import make_server_app
+        from coordinator.driver import FederationError
+        from fedcore.engines.inprocess import run_inprocess
+
+        try:
+            run_inprocess(
+                make_server_app(observer=on_round),
+                make_client_app(),
+                run_config=run_config,
+                node_configs={sid: {"site-config": str(p)} for sid, p in site_paths.items()},
+            )
+        except FederationError as exc:
+            raise RunFailed(str(exc)) from None
+        result_path = plan.out / "federation.json"
+        return dict(json.loads(result_path.read_text()))
+    if plan.engine == "deployment":
+        from fedcore.engines.deployment import DeploymentError, run_deployment
+
+        try:
+            result = run_deployment(
+                plan.scenario_path.resolve(),
+                plan.out.resolve(),
+                rounds=plan.rounds,
+                site_configs=site_paths,
+                on_round=on_round,
+            )
+        except DeploymentError as exc:
+            raise RunFailed(str(exc)) from None
+        if result.get("status") != "completed":
+            raise RunFailed(str(result.get("error") or "the federation did not complete"))
+        return result
+    raise ValueError(f"unknown engine {plan.engine!r}; valid: inprocess, deployment")
+
+
+def evaluate_outcome(plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate the final federated model per site and train the baselines.
+
+    Only a simulation may do this: it reads every site's data in one process.
+
+    Returns:
+        (final metrics, baselines).
+    """
+    from fedcore.baselines import evaluate_per_site, run_baselines
+    from fedcore.config import load_site_config
+    from fedcore.data.graph import feature_dim
+    from fedcore.data.sites import load_site_data
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import load_arrays
+    from safetensors.numpy import load_file
+
+    s = plan.scenario
+    if on_stage:
+        on_stage("loading site data for evaluation")
+    graphs = {sid: load_site_data(load_site_config(p), s.task) for sid, p in site_paths.items()}
+    model = build_model(s.task, feature_dim(s.task))
+    load_arrays(model, load_file(str(plan.out / "model.safetensors")))
+    final = evaluate_per_site(model, graphs, s.task)
+    if on_stage:
+        on_stage("training baselines (local-only, centralized, non-graph)")
+    baselines = run_baselines(graphs, s, epochs=plan.rounds * s.training.local_epochs)
+    return final, baselines
+
+
+def build_summary(
+    plan: RunPlan, result: Mapping[str, Any], final: Mapping[str, Any], baselines: Mapping[str, Any], wall: float
+) -> dict[str, Any]:
+    """The ``summary.json`` document."""
+    pooled = dict(final.get("pooled", {}))
+    return {
+        "scenario": plan.scenario.name,
+        "scenario_file": str(plan.scenario_path),
+        "engine": plan.engine,
+        "seed": plan.scenario.seed,
+        "privacy": {"mode": plan.scenario.privacy.mode},
+        "sites": [s.id for s in plan.scenario.sites],
+        "rounds": [
+            {k: r.get(k) for k in ("round", "sites", "loss", "eval_loss", "pr_auc", "roc_auc", "seconds", "bytes_up", "bytes_down", "rejected")}
+            for r in result.get("rounds", [])
+        ],
+        "final": {
+            **{k: pooled.get(k) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "fpr", "num_test")},
+            "mean_over_sites": final.get("mean"),
+            "per_site": final.get("per_site"),
+        },
+        "baselines": dict(baselines),
+        "schedule": result.get("schedule", []),
+        "model": str((plan.out / "model.safetensors").resolve()),
+        "rounds_csv": str((plan.out / "rounds.csv").resolve()),
+        "wall_seconds": round(wall, 2),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_scenario(plan: RunPlan, *, on_round: RoundCallback | None = None, on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run a scenario end to end and write ``OUT/summary.json``; returns the summary.
+
+    Raises:
+        RunFailed: the federation stopped (earlier rounds stay saved in ``plan.out``).
+    """
+    from coordinator.state import atomic_write_json
+
+    t0 = time.perf_counter()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    site_paths = write_site_configs(plan.scenario, plan.out)
+    if on_stage:
+        on_stage(f"federated training on the {plan.engine} engine")
+    result = run_federation(plan, site_paths, on_round)
+    final, baselines = evaluate_outcome(plan, site_paths, on_stage)
+    summary = build_summary(plan, result, final, baselines, time.perf_counter() - t0)
+    atomic_write_json(plan.out / "summary.json", summary)
+    return summary

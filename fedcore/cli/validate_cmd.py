@@ -1,0 +1,30 @@
+"""``fedcore validate FILE``: check a scenario file and say what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedcore.config import ConfigError, load_scenario
+
+EXIT_CONFIG = 2
+
+
+def validate(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file to check.", show_default=False),
+) -> None:
+    """Validate a scenario file: syntax, fields, types, site ids, data files. Exit 2 if invalid."""
+    console = Console(stderr=True)
+    try:
+        s = load_scenario(scenario)
+    except ConfigError as exc:
+        console.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    Console().print(
+        f"[green]ok[/] {scenario}: scenario {s.name!r}, {len(s.sites)} sites "
+        f"({', '.join(x.id for x in s.sites)}), {s.rounds} rounds, privacy {s.privacy.mode}, "
+        f"engine {s.engine.name}",
+        highlight=False,
+    )

@@ -1,0 +1,363 @@
+"""Scenario and site configuration: typed pydantic models, validated once at load.
+
+A *scenario* describes a whole consortium run (sites, task, rounds, privacy,
+scheduler, engine). A *site config* is what one institution's ``fed-client``
+reads: its own id, data source and device, which never leave the site.
+Both load from YAML through :func:`load_scenario` / :func:`load_site_config`,
+which turn every problem into one :class:`ConfigError` that names the file
+and the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ConfigError(Exception):
+    """A scenario or site file that cannot be used, with a message naming file and field."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ColumnMapping(_Model):
+    """Which column of a bank's CSV holds what. Optional columns may be ``null``."""
+
+    transaction_id: str | None = Field(None, description="unique transaction id")
+    payer: str = Field(..., description="paying account id")
+    payee: str = Field(..., description="receiving account id")
+    merchant: str | None = Field(None, description="merchant id, if any")
+    device: str | None = Field(None, description="device / session fingerprint id, if any")
+    amount: str = Field(..., description="transaction amount (numeric)")
+    timestamp: str = Field(..., description="ISO-8601 date-time or UNIX seconds")
+    label: str = Field(..., description="1 for fraud, 0 for legitimate")
+    features: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra numeric features: canonical name (as in task.features) -> column",
+    )
+
+
+class GeneratedData(_Model):
+    """Synthetic bank transactions from fedcore's seeded generator."""
+
+    kind: Literal["generated"] = "generated"
+    transactions: int = Field(5000, ge=200, le=5_000_000, description="number of transactions")
+    fraud_rate: float = Field(0.01, gt=0.0, le=0.2, description="target share of fraud")
+    customer_mix: Literal["retail", "business", "mixed"] = Field(
+        "retail", description="customer population (changes amounts, merchants, timing)"
+    )
+    days: int = Field(60, ge=2, le=3650, description="span of the transaction history")
+    seed: int | None = Field(None, description="data seed; default: derived from scenario seed and site id")
+
+
+class CsvData(_Model):
+    """A bank's own transactions CSV, mapped to fedcore's columns."""
+
+    kind: Literal["csv"] = "csv"
+    path: Path = Field(..., description="CSV file; relative paths are relative to the config file")
+    columns: ColumnMapping
+    delimiter: str = Field(",", min_length=1, max_length=1)
+
+
+DataSource = Annotated[GeneratedData | CsvData, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class SiteSpec(_Model):
+    """One member institution of the consortium."""
+
+    id: str = Field(..., pattern=SITE_ID_PATTERN, description="short unique id, e.g. bank-a")
+    kind: Literal["bank", "hospital"] = "bank"
+    data: DataSource
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (later: amd, intel)")
+
+
+class TaskSpec(_Model):
+    """What is trained: model family and its hyper-parameters."""
+
+    model: Literal["fraud-gnn"] = "fraud-gnn"
+    dataset: Literal["transactions"] = "transactions"
+    hidden: int = Field(64, ge=4, le=1024)
+    layers: int = Field(2, ge=1, le=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    features: list[str] = Field(
+        default_factory=list, description="extra numeric row features every site provides"
+    )
+    test_fraction: float = Field(0.3, gt=0.0, lt=0.9, description="latest share of time held out")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="score threshold for F1/precision/recall/FPR")
+
+
+class TrainingSpec(_Model):
+    """Local training at each site, per round."""
+
+    local_epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int | None = Field(
+        None, ge=16, description="target transactions per mini-batch; null = full graph"
+    )
+    pos_weight: float | None = Field(
+        None, gt=0.0, description="loss weight of the fraud class; null = sqrt(neg/pos) per site"
+    )
+
+
+class PrivacySpec(_Model):
+    """How updates are protected. Only ``plaintext`` exists so far."""
+
+    mode: Literal["plaintext"] = "plaintext"
+
+
+class SchedulerSpec(_Model):
+    """Which sites train each round."""
+
+    policy: Literal["random"] = "random"
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of healthy sites chosen per round")
+    min_sites: int = Field(2, ge=1, description="fewest valid replies a round may aggregate")
+
+
+class EngineSpec(_Model):
+    """Where the federation runs."""
+
+    name: Literal["inprocess", "deployment"] = "inprocess"
+    round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
+
+
+class ExportSpec(_Model):
+    """Model export after the last round (a later release adds INT8 per device)."""
+
+    enabled: bool = True
+    format: Literal["safetensors"] = "safetensors"
+
+
+class BaselineSpec(_Model):
+    """Reference models trained next to the federation in ``fedcore run``."""
+
+    local_only: bool = True
+    centralized: bool = True
+    non_graph: bool = True
+
+
+class Scenario(_Model):
+    """A complete consortium run."""
+
+    name: str = Field(..., min_length=1)
+    description: str = ""
+    seed: int = 0
+    rounds: int = Field(10, ge=1, le=10_000)
+    sites: list[SiteSpec] = Field(..., min_length=1)
+    task: TaskSpec = TaskSpec()
+    training: TrainingSpec = TrainingSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    engine: EngineSpec = EngineSpec()
+    export: ExportSpec = ExportSpec()
+    baselines: BaselineSpec = BaselineSpec()
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        dupes = sorted(i for i, n in Counter(s.id for s in sites).items() if n > 1)
+        if dupes:
+            raise ValueError(f"site id(s) listed more than once: {', '.join(dupes)}")
+        return sites
+
+    @model_validator(mode="after")
+    def _enough_sites(self) -> Scenario:
+        if self.scheduler.min_sites > len(self.sites):
+            raise ValueError(
+                f"scheduler.min_sites is {self.scheduler.min_sites} but only "
+                f"{len(self.sites)} site(s) are listed"
+            )
+        for site in self.sites:
+            if isinstance(site.data, CsvData):
+                missing = sorted(set(self.task.features) - set(site.data.columns.features))
+                if missing:
+                    raise ValueError(
+                        f"site {site.id!r}: data.columns.features lacks task feature(s) "
+                        f"{', '.join(missing)}"
+                    )
+        return self
+
+    def site(self, site_id: str) -> SiteSpec:
+        """Return the site with id ``site_id`` (``KeyError`` naming the known ids)."""
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise KeyError(f"no site {site_id!r}; known: {', '.join(s.id for s in self.sites)}")
+
+    def fingerprint(self) -> str:
+        """Stable hash of the scenario's content (used to refuse resuming a different run)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SiteConfig(_Model):
+    """What a site's ``fed-client`` reads. Stays at the site; never sent anywhere."""
+
+    id: str = Field(..., pattern=SITE_ID_PATTERN)
+    kind: Literal["bank", "hospital"] = "bank"
+    data: DataSource
+    device: str = "auto"
+    seed: int = Field(0, description="consortium seed (used for generated data and local RNG)")
+    state_dir: Path | None = Field(None, description="where the site keeps its cache and models")
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, site_id: str, state_dir: Path | None = None) -> SiteConfig:
+        """Build the site config that ``fedcore run`` hands to one simulated site."""
+        s = scenario.site(site_id)
+        return cls(id=s.id, kind=s.kind, data=s.data, device=s.device, seed=scenario.seed, state_dir=state_dir)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Render a pydantic error location as a field path, using site ids where possible."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                entry = node[item]
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    label = f"[{item}] (id {entry['id']!r})"
+                node = entry
+            else:
+                node = None
+            parts.append(label)
+        else:
+            if isinstance(node, dict):
+                node = node.get(item)
+            else:
+                node = None
+            if item in ("generated", "csv") and parts and parts[-1].lstrip(".") == "data":
+                continue  # discriminator tag: the user wrote `kind`, not this
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _errors_to_message(err: ValidationError, data: Any) -> str:
+    lines = []
+    for e in err.errors():
+        loc = _format_loc(tuple(e["loc"]), data)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/scenario.md)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        found = e.get("input")
+        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(found, dict | list):
+            msg += f" (found {found!r})"
+        lines.append(f"  {loc}: {msg}")
+    n = len(lines)
+    return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(path, "file not found")
+    if path.is_dir():
+        raise ConfigError(path, "is a directory, expected a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, f"invalid YAML{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> None:
+    for site in sites:
+        src = site.get("data") if isinstance(site, dict) else None
+        if isinstance(src, dict) and src.get("kind") == "csv" and isinstance(src.get("path"), str):
+            p = Path(src["path"]).expanduser()
+            src["path"] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _check_files(path: Path, sites: list[tuple[str, DataSource]]) -> None:
+    problems = []
+    for label, src in sites:
+        if isinstance(src, CsvData) and not src.path.is_file():
+            problems.append(f"  {label}.data.path: file not found: {src.path}")
+    if problems:
+        n = len(problems)
+        raise ConfigError(path, f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(problems))
+
+
+def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
+    """Load and validate a scenario YAML file.
+
+    Args:
+        path: The scenario file.
+        check_files: Also check that every CSV data file exists.
+
+    Returns:
+        The validated scenario.
+
+    Raises:
+        ConfigError: naming the file and each bad field path.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    if isinstance(data.get("sites"), list):
+        _resolve_csv_paths(data, data["sites"], path.resolve().parent)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, _errors_to_message(exc, data)) from None
+    if check_files:
+        _check_files(path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)])
+    return scenario
+
+
+def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfig:
+    """Load and validate a site config YAML (what ``fed-client start --site`` reads).
+
+    Raises:
+        ConfigError: naming the file and each bad field path.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    _resolve_csv_paths(data, [data], path.resolve().parent)
+    try:
+        cfg = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, _errors_to_message(exc, data)) from None
+    if check_files:
+        _check_files(path, [("(site)", cfg.data)])
+    return cfg
+
+
+def dump_site_config(cfg: SiteConfig, path: Path) -> None:
+    """Write a site config as YAML (used by ``fedcore run --engine deployment``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data sources: seeded generators, site loaders and graph builders."""

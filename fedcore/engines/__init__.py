@@ -1,0 +1,1 @@
+"""Engines that deliver the coordinator's messages to the sites."""

@@ -1,0 +1,1 @@
+"""Scheduling: which sites train each round (selection policies)."""

@@ -1,0 +1,1 @@
+"""Privacy: protection of site updates (plaintext only so far; CKKS, SecAgg+, DP next)."""

@@ -264,6 +264,8 @@ class RoundDriver:
             )
         selection = self.selector.select(rnd, candidates)
         accepted, rejected, down, up = self.train(rnd, selection.chosen)
+        for who, reasons in problems.items():
+            rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
         if len(accepted) < min_sites:
             raise FederationError(
                 f"round {rnd}: only {len(accepted)} valid update(s), need scheduler.min_sites={min_sites}; "
@@ -272,7 +274,7 @@ class RoundDriver:
         self.global_arrays = weighted_average([(r.arrays, r.num_examples) for _, r in accepted])
         train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
         ev, ev_problems, edown, eup = self.evaluate(rnd, candidates)
-        per_site = ev.pop("per_site", {})
+        per_site: Any = ev.pop("per_site", {})
         record: dict[str, Any] = {
             "round": rnd,
             "sites": [s for s, _ in accepted],

@@ -27,6 +27,14 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return "—" if x is None else str(x)
 
 
+def _count(x: Any) -> str:
+    return "—" if x is None else str(int(x))
+
+
+def _left_out(rejected: dict[str, list[str]]) -> str:
+    return "; ".join(f"{site} ({', '.join(reasons)[:120]})" for site, reasons in rejected.items())
+
+
 def _bytes(n: int | None) -> str:
     if n is None:
         return "—"
@@ -37,30 +45,33 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    """The comparison printed at the end of a run."""
-    t = Table(title=f"{summary['scenario']}: test metrics (each site's later transactions)", show_lines=False)
-    for col in ("model", "PR-AUC", "ROC-AUC", "F1", "FPR", "note"):
-        t.add_column(col, justify="left" if col in ("model", "note") else "right")
+def summary_tables(summary: dict[str, Any]) -> list[Table]:
+    """The comparison printed at the end of a run: models, then sites."""
+    t = Table(title="test metrics (each site's latest transactions)", title_justify="left")
+    for col in ("model", "PR-AUC", "ROC-AUC", "F1", "FPR"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+
+    def row(label: str, m: dict[str, Any] | None) -> None:
+        if m:
+            t.add_row(label, *(_fmt(m.get(k)) for k in ("pr_auc", "roc_auc", "f1", "fpr")))
+
     fin = summary["final"]
-    mean = fin.get("mean_over_sites") or {}
-    t.add_row("federated GNN (pooled)", _fmt(fin.get("pr_auc")), _fmt(fin.get("roc_auc")), _fmt(fin.get("f1")), _fmt(fin.get("fpr")), "all sites' test data")
-    t.add_row("federated GNN (site mean)", _fmt(mean.get("pr_auc")), _fmt(mean.get("roc_auc")), _fmt(mean.get("f1")), _fmt(mean.get("fpr")), "mean over sites")
     b = summary["baselines"]
-    lo = b.get("local_only")
-    if lo:
-        m = lo.get("mean", {})
-        t.add_row("local-only GNN (site mean)", _fmt(m.get("pr_auc")), _fmt(m.get("roc_auc")), _fmt(m.get("f1")), _fmt(m.get("fpr")), "each bank alone")
-        for sid, m in lo.get("per_site", {}).items():
-            fm = (fin.get("per_site") or {}).get(sid, {})
-            t.add_row(f"  {sid}: local / federated", f"{_fmt(m.get('pr_auc'))} / {_fmt(fm.get('pr_auc'))}", "", "", "", "")
-    c = b.get("centralized")
-    if c:
-        t.add_row("centralized GNN (pooled)", _fmt(c.get("pr_auc")), _fmt(c.get("roc_auc")), _fmt(c.get("f1")), _fmt(c.get("fpr")), "upper bound: data pooled")
-    ng = b.get("non_graph")
-    if ng:
-        t.add_row("non-graph model (pooled)", _fmt(ng.get("pr_auc")), _fmt(ng.get("roc_auc")), _fmt(ng.get("f1")), _fmt(ng.get("fpr")), "row features only")
-    return t
+    lo = b.get("local_only") or {}
+    row("federated GNN, pooled", fin)
+    row("federated GNN, site mean", fin.get("mean_over_sites"))
+    row("local-only GNN, site mean", lo.get("mean"))
+    row("centralized GNN, pooled", b.get("centralized"))
+    row("non-graph model, pooled", b.get("non_graph"))
+
+    s = Table(title="PR-AUC per site", title_justify="left")
+    for col in ("site", "test tx", "frauds", "local-only", "federated"):
+        s.add_column(col, justify="left" if col == "site" else "right")
+    fed_sites = fin.get("per_site") or {}
+    for sid, fm in fed_sites.items():
+        lm = (lo.get("per_site") or {}).get(sid, {})
+        s.add_row(sid, _count(fm.get("num_test")), _count(fm.get("num_test_pos")), _fmt(lm.get("pr_auc")), _fmt(fm.get("pr_auc")))
+    return [t, s]
 
 
 def run(
@@ -106,10 +117,10 @@ def run(
 
     def on_round(rec: dict[str, Any]) -> None:
         progress.console.print(
-            f"round {rec['round']:>3}  sites {','.join(rec.get('sites', []))}  loss {_fmt(rec.get('loss'))}  "
+            f"round {rec['round']:>3}  {len(rec.get('sites', []))} sites  loss {_fmt(rec.get('loss'))}  "
             f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
-            f"up {_bytes(rec.get('bytes_up'))} down {_bytes(rec.get('bytes_down'))}"
-            + (f"  [yellow]left out: {', '.join(rec['rejected'])}[/]" if rec.get("rejected") else ""),
+            f"↑{_bytes(rec.get('bytes_up'))} ↓{_bytes(rec.get('bytes_down'))}"
+            + (f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]" if rec.get("rejected") else ""),
             highlight=False,
         )
         progress.update(task, completed=rec["round"])
@@ -127,5 +138,6 @@ def run(
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]; completed rounds are kept in {out_dir}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    console.print(summary_table(summary))
+    for table in summary_tables(summary):
+        console.print(table)
     console.print(f"summary: {out_dir / 'summary.json'}  model: {summary['model']}  wall {summary['wall_seconds']:.1f}s", highlight=False)

@@ -114,10 +114,20 @@ def evaluate_outcome(plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Ca
     s = plan.scenario
     if on_stage:
         on_stage("loading site data for evaluation")
-    graphs = {sid: load_site_data(load_site_config(p), s.task) for sid, p in site_paths.items()}
+    graphs = {}
+    problems: dict[str, str] = {}
+    for sid, p in site_paths.items():
+        try:
+            graphs[sid] = load_site_data(load_site_config(p), s.task)
+        except Exception as exc:  # a site's broken data must not sink the whole report
+            problems[sid] = str(exc)
+            log.warning("site %s left out of the final evaluation: %s", sid, exc)
+    if not graphs:
+        raise RunFailed(f"no site's data could be loaded for the final evaluation: {problems}")
     model = build_model(s.task, feature_dim(s.task))
     load_arrays(model, load_file(str(plan.out / "model.safetensors")))
-    final = evaluate_per_site(model, graphs, s.task)
+    final = dict(evaluate_per_site(model, graphs, s.task))
+    final["unavailable"] = problems
     if on_stage:
         on_stage("training baselines (local-only, centralized, non-graph)")
     baselines = run_baselines(graphs, s, epochs=plan.rounds * s.training.local_epochs)
@@ -144,6 +154,7 @@ def build_summary(
             **{k: pooled.get(k) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "fpr", "num_test")},
             "mean_over_sites": final.get("mean"),
             "per_site": final.get("per_site"),
+            "sites_without_data": final.get("unavailable", {}),
         },
         "baselines": dict(baselines),
         "schedule": result.get("schedule", []),

@@ -1,0 +1,148 @@
+"""The round driver over the in-process engine, with scripted sites that misbehave."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from coordinator.driver import FederationError, RoundDriver
+from fedcore import records as R
+from fedcore.config import Scenario, load_scenario
+from fedcore.engines.inprocess import InProcessGrid
+from scheduling.random_selector import RandomSelector
+
+INIT = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+SIZES = {"bank-a": 10, "bank-b": 30, "bank-c": 60}
+
+
+def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp:
+    """Sites add (index+1) to every weight; a site may misbehave from ``from_round`` on."""
+    app = ClientApp()
+
+    def site(ctx: Context) -> str:
+        return str(ctx.node_config["site-id"])
+
+    @app.query("telemetry")
+    def telemetry(msg: Message, ctx: Context) -> Message:
+        return Message(R.Telemetry(site(ctx), SIZES[site(ctx)], "cpu", "cpu").to_content(), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        arrays, cfg = R.read_instruction(msg.content)
+        assert arrays is not None and cfg is not None
+        sid = site(ctx)
+        how = behaviour.get(sid, "ok") if cfg.round >= from_round else "ok"
+        if how == "raise":
+            raise RuntimeError("disk on fire")
+        step = float(sorted(SIZES).index(sid) + 1)
+        out = {k: v + step for k, v in arrays.items()}
+        if how == "nan":
+            out["w"][0, 0] = np.nan
+        if how == "shape":
+            out["w"] = np.zeros((3, 2), np.float32)
+        if how == "missing":
+            del out["b"]
+        return Message(R.TrainReply(out, SIZES[sid], 0.5, 0.01, sid).to_content(), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, ctx: Context) -> Message:
+        hp = [0] * R.HIST_BINS
+        hn = [0] * R.HIST_BINS
+        hp[-1], hn[0] = 2, 8
+        rep = R.EvalReply(site(ctx), 10, 2, 0.3, {"pr_auc": 1.0}, hp, hn)
+        return Message(rep.to_content(), reply_to=msg)
+
+    return app
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Scenario:
+    p = tmp_path / "s.yaml"
+    sites = "\n".join(f"  - {{id: {s}, data: {{kind: generated, transactions: 300}}}}" for s in SIZES)
+    p.write_text(textwrap.dedent("name: scripted\nrounds: 3\nscheduler: {min_sites: 2}\nsites:\n") + sites + "\n")
+    return load_scenario(p)
+
+
+def make_driver(scenario: Scenario, out: Path, behaviour: dict[str, str], from_round: int = 1) -> RoundDriver:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    grid = InProcessGrid(scripted_client(behaviour, from_round), {s: {"site-id": s} for s in SIZES})
+    return RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
+
+
+def rounds_log(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_all_good_sites_fedavg(scenario: Scenario, tmp_path: Path) -> None:
+    result = make_driver(scenario, tmp_path / "out", {}).run()
+    assert result["status"] == "completed"
+    # each round adds the example-weighted mean step (10*1 + 30*2 + 60*3) / 100 = 2.5
+    from safetensors.numpy import load_file
+
+    model = load_file(str(tmp_path / "out" / "model.safetensors"))
+    np.testing.assert_allclose(model["w"], np.full((2, 3), 7.5), rtol=1e-6)
+    log = rounds_log(tmp_path / "out")
+    assert [r["round"] for r in log] == [1, 2, 3]
+    assert log[0]["sites"] == ["bank-a", "bank-b", "bank-c"]
+    assert log[0]["bytes_up"] > 0 and log[0]["bytes_down"] > 0
+    assert log[0]["pr_auc"] == pytest.approx(1.0)
+    assert (tmp_path / "out" / "rounds.csv").read_text().startswith("round,sites,loss")
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("raise", "disk on fire"),
+        ("nan", "NaN/Inf"),
+        ("shape", "has shape (3, 2); expected (2, 3)"),
+        ("missing", "missing arrays: b"),
+    ],
+)
+def test_bad_reply_is_left_out_and_round_goes_on(scenario: Scenario, tmp_path: Path, how: str, reason: str) -> None:
+    result = make_driver(scenario, tmp_path / "out", {"bank-c": how}).run()
+    assert result["status"] == "completed"
+    first = rounds_log(tmp_path / "out")[0]
+    assert first["sites"] == ["bank-a", "bank-b"]
+    assert reason in " ".join(first["rejected"]["bank-c"])
+    from safetensors.numpy import load_file
+
+    # aggregate of the two good sites only: (10*1 + 30*2) / 40 = 1.75 per round
+    np.testing.assert_allclose(load_file(str(tmp_path / "out" / "model.safetensors"))["b"], np.full(3, 5.25), rtol=1e-6)
+
+
+def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(scenario: Scenario, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(FederationError, match=r"round 2: only 1 valid update\(s\), need scheduler.min_sites=2"):
+        make_driver(scenario, out, {"bank-b": "nan", "bank-c": "raise"}, from_round=2).run()
+    status = json.loads((out / "federation.json").read_text())
+    assert status["status"] == "failed" and "round 2" in status["error"]
+    assert [r["round"] for r in rounds_log(out)] == [1]
+    cp = json.loads((out / "state" / "checkpoint.json").read_text())
+    assert cp["round"] == 1
+
+    # the sites are fixed: the run resumes after round 1 and completes
+    result = make_driver(scenario, out, {}).run()
+    assert result["status"] == "completed"
+    assert [r["round"] for r in rounds_log(out)] == [1, 2, 3]
+    from safetensors.numpy import load_file
+
+    np.testing.assert_allclose(load_file(str(out / "model.safetensors"))["w"], np.full((2, 3), 7.5), rtol=1e-6)
+
+
+def test_refuses_state_of_another_scenario(scenario: Scenario, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    make_driver(scenario, out, {}).run()
+    other = scenario.model_copy(update={"seed": 99})
+    from coordinator.state import StateError
+
+    with pytest.raises(StateError, match="different scenario"):
+        make_driver(other, out, {}).run()

@@ -1,0 +1,450 @@
+"""Deployment engine: real SuperLink/SuperNode processes on 127.0.0.1, and their cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from fedcore.config import SiteConfig, dump_site_config, load_scenario
+from fedcore.engines.deployment import (
+    DeploymentError,
+    ManagedProcess,
+    RoundsTail,
+    check_transport,
+    config_args,
+    format_address,
+    is_loopback_host,
+    parse_address,
+    run_deployment,
+    stop_processes,
+)
+
+FLOWER_NAMES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
+                "flwr-clientapp")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_scenario(
+    root: Path, *, sites: int = 2, rounds: int = 1, min_sites: int = 2, round_timeout: float = 120.0
+) -> tuple[Path, dict[str, Path]]:
+    """A tiny scenario (300 generated transactions per site, 1 local epoch) and its site files."""
+    scenario = {
+        "name": "tiny-deployment",
+        "seed": 11,
+        "rounds": rounds,
+        "sites": [
+            {"id": f"bank-{chr(ord('a') + i)}", "data": {"kind": "generated", "transactions": 300}}
+            for i in range(sites)
+        ],
+        "task": {"hidden": 8, "layers": 1},
+        "training": {"local_epochs": 1},
+        "scheduler": {"min_sites": min_sites},
+        "engine": {"name": "deployment", "round_timeout": round_timeout},
+    }
+    path = root / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario, sort_keys=False))
+    loaded = load_scenario(path)
+    site_paths = {}
+    for site in loaded.sites:
+        site_path = root / "sites" / f"{site.id}.yaml"
+        dump_site_config(
+            SiteConfig.from_scenario(loaded, site.id, state_dir=root / "site-state" / site.id),
+            site_path,
+        )
+        site_paths[site.id] = site_path
+    return path, site_paths
+
+
+def _mentions(proc: psutil.Process, root: str) -> bool:
+    try:
+        if any(root in part for part in proc.cmdline()):
+            return True
+        return proc.environ().get("FLWR_HOME", "").startswith(root)
+    except psutil.Error:
+        return False
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+class ProcessWatch:
+    """Records every process that belongs to one test (its command line or FLWR_HOME names
+    the test's directory, or it descends from a process the test started)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.seen: dict[tuple[int, float], psutil.Process] = {}
+        self.commands: dict[tuple[int, float], str] = {}
+        self.roots: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _remember(self, proc: psutil.Process) -> None:
+        try:
+            key = (proc.pid, proc.create_time())
+            if key not in self.seen:
+                self.commands[key] = " ".join(proc.cmdline())
+                self.seen[key] = proc
+        except psutil.Error:
+            pass
+
+    def sample(self) -> None:
+        me = psutil.Process()
+        for proc in me.children(recursive=True):
+            self._remember(proc)
+        for popen in self.roots:
+            try:
+                for proc in psutil.Process(popen.pid).children(recursive=True):
+                    self._remember(proc)
+            except psutil.Error:
+                pass
+        for proc in psutil.process_iter():
+            if proc.pid != me.pid and _mentions(proc, self.root):
+                self._remember(proc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.3):
+            self.sample()
+
+    def survivors(self, wait: float = 15.0) -> list[str]:
+        """Processes of this test still running after up to ``wait`` seconds."""
+        self.sample()
+        deadline = time.monotonic() + wait
+        while True:
+            alive = [p for p in self.seen.values() if _alive(p) and p.pid != os.getpid()]
+            alive += [
+                p for p in psutil.process_iter() if _mentions(p, self.root) and _alive(p)
+                and p.pid != os.getpid() and p not in alive
+            ]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        out = []
+        for proc in alive:
+            try:
+                out.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+            except psutil.Error:
+                continue
+        return out
+
+    def flower_seen(self) -> set[str]:
+        """Which Flower programs this test's processes ran."""
+        names = set()
+        for cmd in list(self.commands.values()):
+            names.update(n for n in FLOWER_NAMES if n in cmd)
+        return names
+
+    def kill_all(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        for popen in self.roots:
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait(timeout=10)
+        for proc in list(self.seen.values()):
+            if _alive(proc) and proc.pid != os.getpid():
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+
+
+@pytest.fixture
+def watch(tmp_path: Path) -> Iterator[ProcessWatch]:
+    """Watches the test's processes; kills every survivor by PID, also when the test fails."""
+    w = ProcessWatch(tmp_path)
+    try:
+        yield w
+    finally:
+        w.kill_all()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.3)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from fedcore.engines.deployment import DeploymentError, run_deployment
+
+    scenario, out, sites = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    try:
+        result = run_deployment(Path(scenario), Path(out), rounds=None,
+                                site_configs={k: Path(v) for k, v in sites.items()}, timeout=600)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(130)
+    except DeploymentError as exc:
+        print("DeploymentError:", exc, flush=True)
+        sys.exit(1)
+    print("completed", result["status"], flush=True)
+    """
+)
+
+
+def start_driver(
+    watch: ProcessWatch, tmp_path: Path, scenario: Path, sites: dict[str, Path]
+) -> subprocess.Popen[bytes]:
+    """``run_deployment`` in a child process, so the test can signal it."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    log = (tmp_path / "driver.log").open("wb")
+    popen = subprocess.Popen(
+        [sys.executable, str(script), str(scenario), str(tmp_path / "out"),
+         json.dumps({k: str(v) for k, v in sites.items()})],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    watch.roots.append(popen)
+    return popen
+
+
+def _clientapp_running(watch: ProcessWatch) -> bool:
+    watch.sample()
+    for proc in watch.seen.values():
+        try:
+            if _alive(proc) and "flwr-clientapp" in " ".join(proc.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+# --------------------------------------------------------------------------- fast unit tests
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9092", ("127.0.0.1", 9092)), ("[::1]:80", ("::1", 80)),
+     ("localhost:1", ("localhost", 1))],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+    assert parse_address(format_address(*expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:0", "host:99999", ":9092", "a b:1"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(DeploymentError, match="expected HOST:PORT"):
+        parse_address(text)
+
+
+def test_loopback_only_without_tls() -> None:
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("127.1.2.3")
+    assert is_loopback_host("::1") and is_loopback_host("localhost")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.5")
+    assert not is_loopback_host("coordinator.example.org")
+    check_transport("127.0.0.1", insecure=True, action="listen on")
+    with pytest.raises(DeploymentError, match="refusing to listen on 0.0.0.0 without TLS"):
+        check_transport("0.0.0.0", insecure=True, action="listen on")
+    with pytest.raises(DeploymentError, match="TLS certificates .* not supported"):
+        check_transport("127.0.0.1", insecure=False, action="listen on")
+
+
+def test_config_args_quote_paths_for_flower() -> None:
+    from flwr.common.config import parse_config_args
+
+    values: dict[str, str | int | float | bool] = {
+        "scenario": "/tmp/my dir/s=1.yaml", "out-dir": "/tmp/it's", "rounds": 3,
+        "wait-sites": 2.5, "flag": True,
+    }
+    assert parse_config_args([config_args(values)]) == values
+    with pytest.raises(DeploymentError, match="quote"):
+        config_args({"x": "it's \"both\""})
+
+
+def test_rounds_tail_reads_complete_lines_only(tmp_path: Path) -> None:
+    path = tmp_path / "rounds.jsonl"
+    tail = RoundsTail(path)
+    assert tail.read_new() == []
+    path.write_text('{"round": 1}\n{"round"')
+    assert tail.read_new() == [{"round": 1}]
+    with path.open("a") as fh:
+        fh.write(': 2}\nnot json\n[1]\n{"round": 3}\n')
+    assert tail.read_new() == [{"round": 2}, {"round": 3}]
+    path.write_text('{"round": 1}\n')  # rewritten from scratch (resume)
+    assert tail.read_new() == [{"round": 1}]
+
+
+def test_stop_processes_kills_groups_and_orphans(tmp_path: Path, watch: ProcessWatch) -> None:
+    # A parent that ignores SIGTERM, with a child in another session (like Flower's SuperExec).
+    script = textwrap.dedent(
+        """
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                         start_new_session=True)
+        print("stub " + "ready", flush=True)
+        time.sleep(300)
+        """
+    )
+    proc = ManagedProcess.start("stubborn", [sys.executable, "-c", script],
+                                log_path=tmp_path / "stubborn.log")
+    watch.roots.append(proc.popen)
+    wait_for(lambda: "stub ready" in _text(tmp_path / "stubborn.log"), 30, "the stub")
+    proc.refresh()
+    assert len(proc.survivors()) == 1
+    t0 = time.monotonic()
+    stop_processes([proc], grace=1.0)
+    assert time.monotonic() - t0 < 10
+    assert proc.poll() is not None and not proc.survivors()
+    stop_processes([proc], grace=1.0)  # idempotent
+
+
+# --------------------------------------------------------------------------- real Flower processes
+
+
+@pytest.mark.slow
+def test_two_sites_complete_and_leave_no_process(tmp_path: Path, watch: ProcessWatch) -> None:
+    scenario, sites = write_scenario(tmp_path)
+    rounds: list[dict[str, Any]] = []
+    result = run_deployment(scenario, tmp_path / "out", rounds=None, site_configs=sites,
+                            on_round=rounds.append, timeout=600)
+    assert result["status"] == "completed", result
+    assert [r["round"] for r in rounds] == [1]
+    assert sorted(rounds[0]["sites"]) == ["bank-a", "bank-b"]
+    out = tmp_path / "out"
+    assert (out / str(result["model"])).is_file()
+    for name in ("fed-coordinator.log", "superlink.log", "fed-client-bank-a.log",
+                 "supernode-bank-b.log"):
+        assert (out / "logs" / name).stat().st_size > 0, name
+    # it really ran the production commands and Flower's processes
+    assert {"flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp"} <= (
+        watch.flower_seen()
+    )
+    assert watch.survivors() == []
+
+
+@pytest.mark.slow
+def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
+    scenario, sites = write_scenario(tmp_path)
+    driver = start_driver(watch, tmp_path, scenario, sites)
+    wait_for(lambda: _clientapp_running(watch) or driver.poll() is not None, 240,
+             "a ClientApp process (the run under way)")
+    assert driver.poll() is None, _text(tmp_path / "driver.log")
+    os.kill(driver.pid, signal.SIGINT)
+    assert driver.wait(timeout=90) == 130, _text(tmp_path / "driver.log")
+    assert "KeyboardInterrupt" in _text(tmp_path / "driver.log")
+    assert watch.survivors() == []
+
+
+@pytest.mark.slow
+def test_site_crash_fails_clearly_and_leaves_no_process(
+    tmp_path: Path, watch: ProcessWatch
+) -> None:
+    scenario, sites = write_scenario(tmp_path, min_sites=2, round_timeout=60)
+    driver = start_driver(watch, tmp_path, scenario, sites)
+    wait_for(lambda: _clientapp_running(watch) or driver.poll() is not None, 240,
+             "a ClientApp process (the run under way)")
+    # The site's machine "dies": SIGKILL its fed-client, which cannot clean up after itself.
+    victims = [p for p in watch.seen.values() if _alive(p)
+               and "fedcore.cli.client_cmd" in " ".join(p.cmdline()) and "bank-b" in " ".join(p.cmdline())]
+    assert len(victims) == 1
+    victims[0].kill()
+    assert driver.wait(timeout=120) == 1, _text(tmp_path / "driver.log")
+    log = _text(tmp_path / "driver.log")
+    assert "site 'bank-b': fed-client exited with code -9" in log
+    assert "scheduler.min_sites=2" in log
+    assert watch.survivors() == []
+
+
+@pytest.mark.slow
+def test_site_crash_run_completes_with_remaining_sites(
+    tmp_path: Path, watch: ProcessWatch
+) -> None:
+    scenario, sites = write_scenario(tmp_path, min_sites=1, round_timeout=90)
+    rounds: list[dict[str, Any]] = []
+    killed: list[str] = []
+
+    def crash_site_b(row: dict[str, Any]) -> None:
+        rounds.append(row)
+
+    # Kill site b's fed-client from a thread as soon as the first ClientApp runs.
+    def killer() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if _clientapp_running(watch):
+                for key, proc in list(watch.seen.items()):
+                    cmd = watch.commands.get(key, "")
+                    if "fedcore.cli.client_cmd" in cmd and "bank-b" in cmd and _alive(proc):
+                        proc.kill()
+                        killed.append(cmd)
+                return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    result = run_deployment(scenario, tmp_path / "out", rounds=None, site_configs=sites,
+                            on_round=crash_site_b, timeout=600)
+    thread.join(timeout=5)
+    assert killed, "site b was never killed"
+    assert result["status"] == "completed"
+    assert [r["sites"] for r in rounds] == [["bank-a"]]
+    assert time.monotonic() - t0 < 400
+    assert watch.survivors() == []
+
+
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, check=False)
+
+
+@pytest.mark.slow
+def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch) -> None:
+    scenario, sites = write_scenario(tmp_path)
+    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(scenario),
+                "--listen", "0.0.0.0:9092", "--insecure", "--state", str(tmp_path / "st"), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "refusing to listen on 0.0.0.0 without TLS" in done.stdout
+    done = _cli("fedcore.cli.client_cmd", "start", "--site", str(sites["bank-a"]),
+                "--coordinator", "192.0.2.7:9092", "--insecure", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "refusing to connect to 192.0.2.7 without TLS" in done.stdout
+    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(scenario),
+                "--listen", "127.0.0.1:9092", "--state", str(tmp_path / "st"), cwd=tmp_path)
+    assert done.returncode == 2 and "TLS certificates" in done.stdout, done.stdout
+    assert watch.flower_seen() == set()  # refused before starting anything
+
+
+@pytest.mark.slow
+def test_bad_scenario_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrounds: 0\nsites: []\n")
+    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(bad), "--insecure",
+                cwd=tmp_path)
+    assert done.returncode == 2
+    assert "bad.yaml" in done.stdout and "Traceback" not in done.stdout + done.stderr

@@ -50,7 +50,9 @@ def local_seed(seed: int, site_id: str, round_: int) -> int:
 def _instruction(msg: Message) -> tuple[dict[str, Any], R.RoundConfig]:
     arrays, cfg = R.read_instruction(msg.content)
     if arrays is None or cfg is None:
-        raise ValueError(f"{msg.metadata.message_type} instruction lacks its arrays or config record")
+        raise ValueError(
+            f"{msg.metadata.message_type} instruction lacks its arrays or config record"
+        )
     return arrays, cfg
 
 
@@ -111,7 +113,9 @@ def make_client_app() -> ClientApp:
     def telemetry(msg: Message, context: Context) -> Message:
         import psutil
 
-        cfg = site_config(context, check_files=False)  # a site with broken data is alive: training says why
+        cfg = site_config(
+            context, check_files=False
+        )  # a site with broken data is alive: training says why
         # data size only if already loaded: a telemetry query must stay cheap (no graph build)
         here = str(context.node_config.get("site-config", ""))
         n_train = next((int(g.num_train) for (p, _, _), (_, g) in _CACHE.items() if p == here), 0)
@@ -122,7 +126,13 @@ def make_client_app() -> ClientApp:
             "mem_total_mib": float(mem.total / 2**20),
             "cpu_count": float(psutil.cpu_count() or 1),
         }
-        tel = R.Telemetry(site_id=cfg.id, num_train_examples=n_train, device="cpu", vendor="cpu", readings=readings)
+        tel = R.Telemetry(
+            site_id=cfg.id,
+            num_train_examples=n_train,
+            device="cpu",
+            vendor="cpu",
+            readings=readings,
+        )
         return Message(tel.to_content(), reply_to=msg)
 
     return app

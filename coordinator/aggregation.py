@@ -42,9 +42,15 @@ def weighted_average(
         for i, (arrays, n) in enumerate(updates):
             a = np.asarray(arrays[name])
             if a.shape != ref.shape:
-                raise ValueError(f"update {i}: array {name!r} has shape {a.shape}; expected {ref.shape}")
+                raise ValueError(
+                    f"update {i}: array {name!r} has shape {a.shape}; expected {ref.shape}"
+                )
             acc += a.astype(np.float64) * (n / total)
-        out[name] = acc.astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else np.rint(acc).astype(ref.dtype)
+        out[name] = (
+            acc.astype(ref.dtype)
+            if np.issubdtype(ref.dtype, np.floating)
+            else np.rint(acc).astype(ref.dtype)
+        )
     return out
 
 

@@ -73,6 +73,7 @@ class RoundDriver:
         self.observer = observer
         self.wait_for_sites = wait_for_sites
         self.timeout = scenario.engine.round_timeout
+        self.poll_interval = 0.2
         self.members = {s.id for s in scenario.sites}
         self.history: list[dict[str, Any]] = []
         self.schedule: list[dict[str, Any]] = []
@@ -95,25 +96,36 @@ class RoundDriver:
             msgs.append(msg)
         if not msgs:
             return [], {}, 0, 0
-        wanted = {m.metadata.dst_node_id for m in msgs}
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        ids = list(self.grid.push_messages(msgs))
+        node_of = {
+            (m.metadata.message_id or mid): m.metadata.dst_node_id
+            for m, mid in zip(msgs, ids, strict=False)
+        }
+        pending = set(node_of)
         out: list[tuple[int, Message]] = []
         errors: dict[int, str] = {}
         up = 0
-        seen: set[int] = set()
-        for rep in replies:
-            src = rep.metadata.src_node_id
-            if src not in wanted or src in seen:
-                log.warning("ignoring unexpected or duplicate reply from node %s", src)
-                continue
-            seen.add(src)
-            up += R.message_nbytes(rep)
-            if rep.has_error():
-                errors[src] = f"site error: {rep.error.reason or rep.error.code}"
-            else:
-                out.append((src, rep))
-        for nid in wanted - seen:
-            errors[nid] = f"no reply within {self.timeout:.0f}s"
+        deadline = time.monotonic() + self.timeout
+        while pending:
+            for rep in self.grid.pull_messages(list(pending)):
+                # match on the instruction answered, not the sender: when a node is offline the
+                # link itself sends the error reply
+                mid = rep.metadata.reply_to_message_id
+                if mid not in pending:
+                    log.warning("ignoring unexpected or duplicate reply to message %s", mid)
+                    continue
+                pending.discard(mid)
+                nid = node_of[mid]
+                up += R.message_nbytes(rep)
+                if rep.has_error():
+                    errors[nid] = f"site error: {rep.error.reason or rep.error.code}"
+                else:
+                    out.append((nid, rep))
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval)
+        for mid in pending:
+            errors[node_of[mid]] = f"no reply within {self.timeout:.0f}s"
         return out, errors, down, up
 
     # ------------------------------------------------------------------ phases
@@ -136,9 +148,13 @@ class RoundDriver:
             log.warning("%d of %d sites connected; going on without the others", len(nodes), want)
         return nodes
 
-    def telemetry(self, round_: int, nodes: Sequence[int]) -> tuple[list[Candidate], dict[str, list[str]]]:
+    def telemetry(
+        self, round_: int, nodes: Sequence[int]
+    ) -> tuple[list[Candidate], dict[str, list[str]]]:
         """Ask every connected node for telemetry; returns candidates and problems by site/node."""
-        replies, errors, _, _ = self._exchange(((n, R.telemetry_instruction(round_)) for n in nodes), R.TELEMETRY, round_)
+        replies, errors, _, _ = self._exchange(
+            ((n, R.telemetry_instruction(round_)) for n in nodes), R.TELEMETRY, round_
+        )
         problems: dict[str, list[str]] = {f"node {n}": [e] for n, e in errors.items()}
         cands: dict[str, Candidate] = {}
         for nid, rep in replies:
@@ -148,12 +164,16 @@ class RoundDriver:
                 problems[f"node {nid}"] = [f"malformed telemetry: {exc}"]
                 continue
             if tel.site_id not in self.members:
-                problems[f"node {nid}"] = [f"site id {tel.site_id!r} is not a member of this scenario"]
+                problems[f"node {nid}"] = [
+                    f"site id {tel.site_id!r} is not a member of this scenario"
+                ]
                 continue
             if tel.site_id in cands:
                 problems[tel.site_id] = [f"two nodes claim site {tel.site_id!r}; keeping the first"]
                 continue
-            cands[tel.site_id] = Candidate(tel.site_id, nid, tel.num_train_examples, dict(tel.readings))
+            cands[tel.site_id] = Candidate(
+                tel.site_id, nid, tel.num_train_examples, dict(tel.readings)
+            )
         return sorted(cands.values(), key=lambda c: c.site_id), problems
 
     def round_config(self, round_: int) -> R.RoundConfig:
@@ -165,12 +185,16 @@ class RoundDriver:
             training=self.scenario.training.model_dump(mode="json"),
         )
 
-    def train(self, round_: int, chosen: Sequence[Candidate]) -> tuple[list[tuple[str, R.TrainReply]], dict[str, list[str]], int, int]:
+    def train(
+        self, round_: int, chosen: Sequence[Candidate]
+    ) -> tuple[list[tuple[str, R.TrainReply]], dict[str, list[str]], int, int]:
         """Send train instructions; returns accepted replies (sorted by site) and rejections."""
         cfg = self.round_config(round_)
         content = R.train_instruction(self.global_arrays, cfg)
         by_node = {c.node_id: c for c in chosen}
-        replies, errors, down, up = self._exchange(((c.node_id, content) for c in chosen), R.TRAIN, round_)
+        replies, errors, down, up = self._exchange(
+            ((c.node_id, content) for c in chosen), R.TRAIN, round_
+        )
         rejected: dict[str, list[str]] = {by_node[n].site_id: [e] for n, e in errors.items()}
         accepted: list[tuple[str, R.TrainReply]] = []
         for nid, rep in replies:
@@ -192,11 +216,15 @@ class RoundDriver:
         accepted.sort(key=lambda x: x[0])
         return accepted, rejected, down, up
 
-    def evaluate(self, round_: int, sites: Sequence[Candidate]) -> tuple[dict[str, float], dict[str, list[str]], int, int]:
+    def evaluate(
+        self, round_: int, sites: Sequence[Candidate]
+    ) -> tuple[dict[str, float], dict[str, list[str]], int, int]:
         """Federated evaluation of the global model; metrics pooled from per-site score histograms."""
         content = R.evaluate_instruction(self.global_arrays, self.round_config(round_))
         by_node = {c.node_id: c for c in sites}
-        replies, errors, down, up = self._exchange(((c.node_id, content) for c in sites), R.EVALUATE, round_)
+        replies, errors, down, up = self._exchange(
+            ((c.node_id, content) for c in sites), R.EVALUATE, round_
+        )
         problems = {by_node[n].site_id: [e] for n, e in errors.items()}
         parsed: list[R.EvalReply] = []
         for nid, rep in replies:
@@ -205,7 +233,12 @@ class RoundDriver:
             except (ValueError, KeyError, TypeError) as exc:
                 problems[by_node[nid].site_id] = [f"malformed evaluation: {exc}"]
         if not parsed:
-            return {"loss": float("nan"), "pr_auc": float("nan"), "roc_auc": float("nan")}, problems, down, up
+            return (
+                {"loss": float("nan"), "pr_auc": float("nan"), "roc_auc": float("nan")},
+                problems,
+                down,
+                up,
+            )
         hp = np.sum([p.hist_pos for p in parsed], axis=0)
         hn = np.sum([p.hist_neg for p in parsed], axis=0)
         threshold = self.scenario.task.threshold
@@ -289,10 +322,27 @@ class RoundDriver:
             "per_site": per_site,
         }
         self.history.append(record)
-        self.schedule.append({"round": rnd, **selection.as_dict(), "telemetry_problems": problems, "eval_problems": ev_problems})
-        self.store.save(Checkpoint(self.scenario.fingerprint(), rnd, self.history, self.schedule), self.global_arrays)
+        self.schedule.append(
+            {
+                "round": rnd,
+                **selection.as_dict(),
+                "telemetry_problems": problems,
+                "eval_problems": ev_problems,
+            }
+        )
+        self.store.save(
+            Checkpoint(self.scenario.fingerprint(), rnd, self.history, self.schedule),
+            self.global_arrays,
+        )
         self.store.append_round(record)
-        log.info("round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs", rnd, record["sites"], train_loss, record["pr_auc"], record["seconds"])
+        log.info(
+            "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs",
+            rnd,
+            record["sites"],
+            train_loss,
+            record["pr_auc"],
+            record["seconds"],
+        )
         if self.observer is not None:
             self.observer(record)
 

@@ -18,7 +18,17 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-ROUND_FIELDS = ["round", "sites", "loss", "eval_loss", "pr_auc", "roc_auc", "seconds", "bytes_up", "bytes_down"]
+ROUND_FIELDS = [
+    "round",
+    "sites",
+    "loss",
+    "eval_loss",
+    "pr_auc",
+    "roc_auc",
+    "seconds",
+    "bytes_up",
+    "bytes_down",
+]
 
 
 class StateError(RuntimeError):
@@ -43,7 +53,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -113,7 +125,9 @@ class StateStore:
             raw = json.loads(path.read_text())
             cp = Checkpoint(**raw)
         except (OSError, ValueError, TypeError) as exc:
-            raise StateError(f"{path}: unreadable checkpoint ({exc}); move it away to start afresh") from exc
+            raise StateError(
+                f"{path}: unreadable checkpoint ({exc}); move it away to start afresh"
+            ) from exc
         if cp.fingerprint != fingerprint:
             raise StateError(
                 f"{self.out} holds the state of a different scenario (fingerprint {cp.fingerprint}, "

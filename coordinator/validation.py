@@ -30,7 +30,9 @@ def check_train_reply(reply: TrainReply, reference: Mapping[str, np.ndarray]) ->
         if got is None:
             continue
         if got.shape != ref.shape:
-            reasons.append(f"array {name!r} has shape {tuple(got.shape)}; expected {tuple(ref.shape)}")
+            reasons.append(
+                f"array {name!r} has shape {tuple(got.shape)}; expected {tuple(ref.shape)}"
+            )
             continue
         if got.dtype != ref.dtype:
             reasons.append(f"array {name!r} has dtype {got.dtype}; expected {ref.dtype}")

@@ -65,7 +65,9 @@ class GeneratedData(_Model):
         "retail", description="customer population (changes amounts, merchants, timing)"
     )
     days: int = Field(60, ge=2, le=3650, description="span of the transaction history")
-    seed: int | None = Field(None, description="data seed; default: derived from scenario seed and site id")
+    seed: int | None = Field(
+        None, description="data seed; default: derived from scenario seed and site id"
+    )
 
 
 class CsvData(_Model):
@@ -104,7 +106,9 @@ class TaskSpec(_Model):
         default_factory=list, description="extra numeric row features every site provides"
     )
     test_fraction: float = Field(0.3, gt=0.0, lt=0.9, description="latest share of time held out")
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="score threshold for F1/precision/recall/FPR")
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="score threshold for F1/precision/recall/FPR"
+    )
 
 
 class TrainingSpec(_Model):
@@ -131,7 +135,9 @@ class SchedulerSpec(_Model):
     """Which sites train each round."""
 
     policy: Literal["random"] = "random"
-    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of healthy sites chosen per round")
+    fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of healthy sites chosen per round"
+    )
     min_sites: int = Field(2, ge=1, description="fewest valid replies a round may aggregate")
 
 
@@ -219,13 +225,24 @@ class SiteConfig(_Model):
     data: DataSource
     device: str = "auto"
     seed: int = Field(0, description="consortium seed (used for generated data and local RNG)")
-    state_dir: Path | None = Field(None, description="where the site keeps its cache and models")
+    state_dir: Path | None = Field(
+        None, description="where the site keeps its cache and models (relative: to this file)"
+    )
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, site_id: str, state_dir: Path | None = None) -> SiteConfig:
+    def from_scenario(
+        cls, scenario: Scenario, site_id: str, state_dir: Path | None = None
+    ) -> SiteConfig:
         """Build the site config that ``fedcore run`` hands to one simulated site."""
         s = scenario.site(site_id)
-        return cls(id=s.id, kind=s.kind, data=s.data, device=s.device, seed=scenario.seed, state_dir=state_dir)
+        return cls(
+            id=s.id,
+            kind=s.kind,
+            data=s.data,
+            device=s.device,
+            seed=scenario.seed,
+            state_dir=state_dir,
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -335,7 +352,9 @@ def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
     except ValidationError as exc:
         raise ConfigError(path, _errors_to_message(exc, data)) from None
     if check_files:
-        _check_files(path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)])
+        _check_files(
+            path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)]
+        )
     return scenario
 
 
@@ -347,7 +366,11 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
     """
     path = Path(path)
     data = _read_yaml(path)
-    _resolve_csv_paths(data, [data], path.resolve().parent)
+    base = path.resolve().parent
+    _resolve_csv_paths(data, [data], base)
+    if isinstance(data.get("state_dir"), str):
+        sd = Path(data["state_dir"]).expanduser()
+        data["state_dir"] = str(sd if sd.is_absolute() else (base / sd).resolve())
     try:
         cfg = SiteConfig.model_validate(data)
     except ValidationError as exc:

@@ -103,10 +103,18 @@ def telemetry_instruction(round_: int) -> RecordDict:
     return RecordDict({CONFIG: ConfigRecord({"round": round_})})
 
 
-def read_instruction(content: RecordDict) -> tuple[dict[str, np.ndarray] | None, RoundConfig | None]:
+def read_instruction(
+    content: RecordDict,
+) -> tuple[dict[str, np.ndarray] | None, RoundConfig | None]:
     """Read the model arrays and round config of a train/evaluate instruction."""
-    arrays = record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
-    cfg = RoundConfig.from_record(content.config_records[CONFIG]) if CONFIG in content.config_records else None
+    arrays = (
+        record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
+    )
+    cfg = (
+        RoundConfig.from_record(content.config_records[CONFIG])
+        if CONFIG in content.config_records
+        else None
+    )
     return arrays, cfg
 
 
@@ -176,7 +184,9 @@ class EvalReply:
             "hist_neg": [int(x) for x in self.hist_neg],
         }
         m.update({f"m.{k}": float(v) for k, v in self.metrics.items()})
-        return RecordDict({METRICS: MetricRecord(m), CONFIG: ConfigRecord({"site_id": self.site_id})})
+        return RecordDict(
+            {METRICS: MetricRecord(m), CONFIG: ConfigRecord({"site_id": self.site_id})}
+        )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> EvalReply:
@@ -219,14 +229,20 @@ class Telemetry:
                     {"site_id": self.site_id, "device": self.device, "vendor": self.vendor}
                 ),
                 TELEMETRY_METRICS: MetricRecord(
-                    {"num_train_examples": self.num_train_examples, **{k: float(v) for k, v in self.readings.items()}}
+                    {
+                        "num_train_examples": self.num_train_examples,
+                        **{k: float(v) for k, v in self.readings.items()},
+                    }
                 ),
             }
         )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Telemetry:
-        if TELEMETRY_INFO not in content.config_records or TELEMETRY_METRICS not in content.metric_records:
+        if (
+            TELEMETRY_INFO not in content.config_records
+            or TELEMETRY_METRICS not in content.metric_records
+        ):
             raise ValueError("telemetry reply lacks its info or metrics record")
         info = content.config_records[TELEMETRY_INFO]
         m = dict(content.metric_records[TELEMETRY_METRICS])

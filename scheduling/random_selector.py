@@ -48,7 +48,11 @@ class RandomSelector(Selector):
         idx = sorted(rng.choice(len(ordered), size=k, replace=False).tolist()) if k else []
         chosen = [ordered[i] for i in idx]
         chosen_ids = {c.site_id for c in chosen}
-        rejected = {c.site_id: ["not drawn this round (random selection)"] for c in ordered if c.site_id not in chosen_ids}
+        rejected = {
+            c.site_id: ["not drawn this round (random selection)"]
+            for c in ordered
+            if c.site_id not in chosen_ids
+        }
         return Selection(chosen=chosen, rejected=rejected)
 
     def __repr__(self) -> str:

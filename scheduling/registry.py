@@ -19,5 +19,7 @@ def build_selector(scenario: Scenario) -> Selector:
     try:
         factory = _REGISTRY[policy]
     except KeyError:
-        raise ValueError(f"unknown scheduler policy {policy!r}; valid: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(
+            f"unknown scheduler policy {policy!r}; valid: {', '.join(sorted(_REGISTRY))}"
+        ) from None
     return factory(scenario)

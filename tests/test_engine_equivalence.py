@@ -68,8 +68,12 @@ def test_inprocess_and_deployment_give_the_same_model(tmp_path: Path) -> None:
     inprocess.run_inprocess(
         coordinator_app.make_server_app(),
         clients_app.make_client_app(),
-        run_config={"scenario": str(scenario), "out-dir": str(out_a), "rounds": 0,
-                    "wait-sites": 10.0},
+        run_config={
+            "scenario": str(scenario),
+            "out-dir": str(out_a),
+            "rounds": 0,
+            "wait-sites": 10.0,
+        },
         node_configs={site_id: {"site-config": str(p)} for site_id, p in sites.items()},
     )
     result_a = json.loads((out_a / "federation.json").read_text())

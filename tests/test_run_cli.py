@@ -29,7 +29,12 @@ TINY = textwrap.dedent(
 
 
 def fedcore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedcore.cli.main", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fedcore.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def write_scenario(tmp_path: Path) -> Path:
@@ -55,7 +60,10 @@ def test_run_writes_summary(tmp_path: Path) -> None:
         assert r["sites"] == ["bank-a", "bank-b", "bank-c"] and r["bytes_up"] > 0
     assert set(s["final"]) >= {"pr_auc", "roc_auc", "f1", "fpr"}
     b = s["baselines"]
-    assert set(b["local_only"]["per_site"]) == {"bank-a", "bank-b", "bank-c"} and "mean" in b["local_only"]
+    assert (
+        set(b["local_only"]["per_site"]) == {"bank-a", "bank-b", "bank-c"}
+        and "mean" in b["local_only"]
+    )
     assert "pr_auc" in b["centralized"] and "pr_auc" in b["non_graph"]
     assert s["wall_seconds"] > 0
     assert (out / "model.safetensors").stat().st_size > 0

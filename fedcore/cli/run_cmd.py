@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -70,21 +70,47 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
     fed_sites = fin.get("per_site") or {}
     for sid, fm in fed_sites.items():
         lm = (lo.get("per_site") or {}).get(sid, {})
-        s.add_row(sid, _count(fm.get("num_test")), _count(fm.get("num_test_pos")), _fmt(lm.get("pr_auc")), _fmt(fm.get("pr_auc")))
+        s.add_row(
+            sid,
+            _count(fm.get("num_test")),
+            _count(fm.get("num_test_pos")),
+            _fmt(lm.get("pr_auc")),
+            _fmt(fm.get("pr_auc")),
+        )
     return [t, s]
 
 
 def run(
-    scenario: Path = typer.Argument(..., help="Scenario YAML (see docs/scenario.md).", show_default=False),
-    rounds: int = typer.Option(0, "--rounds", "-r", min=0, help="Override the scenario's number of rounds (0: keep)."),
-    engine: str = typer.Option("", "--engine", "-e", help="inprocess (default) or deployment (real Flower processes on 127.0.0.1)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
+    scenario: Annotated[
+        Path, typer.Argument(help="Scenario YAML (see docs/scenario.md).", show_default=False)
+    ],
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds", "-r", min=0, help="Override the scenario's number of rounds (0: keep)."
+        ),
+    ] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            "-e",
+            help="inprocess (default) or deployment (real Flower processes on 127.0.0.1).",
+        ),
+    ] = "",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default: runs/NAME-TIMESTAMP)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
 ) -> None:
     """Train a federation for a scenario, compare it with local-only and centralized models, write OUT/summary.json."""
     console = Console()
     err = Console(stderr=True)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     try:
@@ -108,10 +134,18 @@ def run(
                 border_style="yellow",
             )
         )
-    console.print(f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, out {out_dir}", highlight=False)
+    console.print(
+        f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, out {out_dir}",
+        highlight=False,
+    )
 
     progress = Progress(
-        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
     task = progress.add_task("rounds", total=n_rounds)
 
@@ -120,7 +154,11 @@ def run(
             f"round {rec['round']:>3}  {len(rec.get('sites', []))} sites  loss {_fmt(rec.get('loss'))}  "
             f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
             f"↑{_bytes(rec.get('bytes_up'))} ↓{_bytes(rec.get('bytes_down'))}"
-            + (f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]" if rec.get("rejected") else ""),
+            + (
+                f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]"
+                if rec.get("rejected")
+                else ""
+            ),
             highlight=False,
         )
         progress.update(task, completed=rec["round"])
@@ -140,4 +178,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for table in summary_tables(summary):
         console.print(table)
-    console.print(f"summary: {out_dir / 'summary.json'}  model: {summary['model']}  wall {summary['wall_seconds']:.1f}s", highlight=False)
+    console.print(
+        f"summary: {out_dir / 'summary.json'}  model: {summary['model']}  wall {summary['wall_seconds']:.1f}s",
+        highlight=False,
+    )

@@ -51,7 +51,9 @@ def write_site_configs(scenario: Scenario, out: Path) -> dict[str, Path]:
     return paths
 
 
-def run_federation(plan: RunPlan, site_paths: Mapping[str, Path], on_round: RoundCallback | None) -> dict[str, Any]:
+def run_federation(
+    plan: RunPlan, site_paths: Mapping[str, Path], on_round: RoundCallback | None
+) -> dict[str, Any]:
     """Run the federation on the plan's engine; returns the coordinator's ``federation.json``."""
     run_config: dict[str, Any] = {
         "scenario": str(plan.scenario_path.resolve()),
@@ -95,7 +97,9 @@ def run_federation(plan: RunPlan, site_paths: Mapping[str, Path], on_round: Roun
     raise ValueError(f"unknown engine {plan.engine!r}; valid: inprocess, deployment")
 
 
-def evaluate_outcome(plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate_outcome(
+    plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate the final federated model per site and train the baselines.
 
     Only a simulation may do this: it reads every site's data in one process.
@@ -103,13 +107,14 @@ def evaluate_outcome(plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Ca
     Returns:
         (final metrics, baselines).
     """
+    from safetensors.numpy import load_file
+
     from fedcore.baselines import evaluate_per_site, run_baselines
     from fedcore.config import load_site_config
     from fedcore.data.graph import feature_dim
     from fedcore.data.sites import load_site_data
     from fedcore.models.fraud_gnn import build_model
     from fedcore.training import load_arrays
-    from safetensors.numpy import load_file
 
     s = plan.scenario
     if on_stage:
@@ -135,7 +140,11 @@ def evaluate_outcome(plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Ca
 
 
 def build_summary(
-    plan: RunPlan, result: Mapping[str, Any], final: Mapping[str, Any], baselines: Mapping[str, Any], wall: float
+    plan: RunPlan,
+    result: Mapping[str, Any],
+    final: Mapping[str, Any],
+    baselines: Mapping[str, Any],
+    wall: float,
 ) -> dict[str, Any]:
     """The ``summary.json`` document."""
     pooled = dict(final.get("pooled", {}))
@@ -147,11 +156,28 @@ def build_summary(
         "privacy": {"mode": plan.scenario.privacy.mode},
         "sites": [s.id for s in plan.scenario.sites],
         "rounds": [
-            {k: r.get(k) for k in ("round", "sites", "loss", "eval_loss", "pr_auc", "roc_auc", "seconds", "bytes_up", "bytes_down", "rejected")}
+            {
+                k: r.get(k)
+                for k in (
+                    "round",
+                    "sites",
+                    "loss",
+                    "eval_loss",
+                    "pr_auc",
+                    "roc_auc",
+                    "seconds",
+                    "bytes_up",
+                    "bytes_down",
+                    "rejected",
+                )
+            }
             for r in result.get("rounds", [])
         ],
         "final": {
-            **{k: pooled.get(k) for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "fpr", "num_test")},
+            **{
+                k: pooled.get(k)
+                for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "fpr", "num_test")
+            },
             "mean_over_sites": final.get("mean"),
             "per_site": final.get("per_site"),
             "sites_without_data": final.get("unavailable", {}),
@@ -165,7 +191,12 @@ def build_summary(
     }
 
 
-def run_scenario(plan: RunPlan, *, on_round: RoundCallback | None = None, on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_scenario(
+    plan: RunPlan,
+    *,
+    on_round: RoundCallback | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run a scenario end to end and write ``OUT/summary.json``; returns the summary.
 
     Raises:

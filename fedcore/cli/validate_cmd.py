@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +14,9 @@ EXIT_CONFIG = 2
 
 
 def validate(
-    scenario: Path = typer.Argument(..., help="Scenario YAML file to check.", show_default=False),
+    scenario: Annotated[
+        Path, typer.Argument(help="Scenario YAML file to check.", show_default=False)
+    ],
 ) -> None:
     """Validate a scenario file: syntax, fields, types, site ids, data files. Exit 2 if invalid."""
     console = Console(stderr=True)

@@ -74,6 +74,9 @@ _BUSINESS_KINDS = np.array([0.12, 0.10, 0.06, 0.12, 0.60])
 
 # Share of the fraud budget per pattern.
 _PATTERNS = {"ato": 0.25, "mule": 0.30, "ring": 0.20, "burst": 0.15}  # the rest: lone fraud
+_GOLDEN = 0.6180339887498949
+FRAUD_PATTERNS = (*_PATTERNS, "lone")
+"""Names of the generated fraud patterns (see :func:`generate_transactions`)."""
 
 
 class _Ids:
@@ -188,6 +191,17 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
         Exactly ``spec.transactions`` rows sorted by time, with the features
         ``channel_online``, ``card_present``, ``hour_of_day`` and ``account_age_days``.
     """
+    return generate_with_patterns(spec, seed)[0]
+
+
+def generate_with_patterns(spec: GeneratedData, seed: int) -> tuple[Transactions, np.ndarray]:
+    """Like :func:`generate_transactions`, also returning each row's fraud pattern.
+
+    Returns:
+        ``(transactions, pattern)`` where ``pattern`` is an ``object`` array of ``str``
+        aligned with the rows: one of :data:`FRAUD_PATTERNS` for fraud, ``""`` for
+        legitimate rows. For analysis and tests only: never a model feature.
+    """
     rng = np.random.default_rng(seed)
     n, days = spec.transactions, spec.days
     mix = _MIX[spec.customer_mix]
@@ -241,12 +255,17 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
 
     # --- fraud --------------------------------------------------------------------------
     fraud = _Rows()
+    kinds: list[str] = []
     budgets = {p: int(np.floor(n_fraud * s)) for p, s in _PATTERNS.items()}
     victim_w = activity / activity.sum()
+    # group start times follow a golden-ratio sequence: spread over the whole history,
+    # so that each pattern shows up in both the train and the test period
+    phase = rng.random()
     for pattern, budget in budgets.items():
         chunk = _Rows()
         while len(chunk) < budget:
-            start = rng.uniform(0.0, days - 3.0)
+            phase = (phase + _GOLDEN) % 1.0
+            start = phase * (days - 3.0)
             if pattern == "ato":
                 _ato(rng, chunk, start, cust, own_dev, victim_w, accounts, devices)
             elif pattern == "mule":
@@ -257,6 +276,7 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
             else:
                 _burst(rng, chunk, start, cust, victim_w, acquirer, cat_of, pop, devices)
         _append_truncated(fraud, chunk, budget)
+        kinds.extend([pattern] * (len(fraud) - len(kinds)))
     lone = n_fraud - len(fraud)
     if lone > 0:
         payer = rng.choice(cust, size=lone, p=victim_w)
@@ -280,6 +300,8 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
     labels = [np.zeros(len(legit_cols["ts"]), np.int64), np.ones(len(fraud_cols["ts"]), np.int64)]
     cols = {k: np.concatenate([legit_cols[k], fraud_cols[k]]) for k in legit_cols}
     label = np.concatenate(labels)
+    kinds.extend(["lone"] * (len(fraud_cols["ts"]) - len(kinds)))
+    pattern = np.array([""] * len(legit_cols["ts"]) + kinds, dtype=object)
     # keep exactly n rows: drop surplus legitimate rows (mule side purchases may overshoot)
     surplus = len(label) - n
     if surplus > 0:
@@ -287,6 +309,7 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
         keep = np.setdiff1d(np.arange(len(label)), drop)
         cols = {k: v[keep] for k, v in cols.items()}
         label = label[keep]
+        pattern = pattern[keep]
 
     # --- ids, features, order -------------------------------------------------------------
     all_age = np.zeros(accounts.next)
@@ -319,7 +342,7 @@ def generate_transactions(spec: GeneratedData, seed: int) -> Transactions:
     )
     log.debug("generated %d transactions (%d fraud, mix %s, seed %d)", len(tx), tx.num_fraud,
               spec.customer_mix, seed)
-    return tx
+    return tx, pattern[order]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -362,7 +385,7 @@ def _ato(
     victim_w: np.ndarray, accounts: _Ids, devices: _Ids,
 ) -> None:
     """Account takeover: one fraudster device, several unrelated victims, few cash-out accounts."""
-    k = int(rng.integers(2, 6))
+    k = int(rng.integers(2, 5))
     victims = rng.choice(cust, size=k, replace=False, p=victim_w)
     fdev = devices.new(int(rng.integers(1, 3)))
     cashout = accounts.new(int(rng.integers(1, 3)))
@@ -383,17 +406,17 @@ def _mule(
     mule = int(accounts.new(1)[0])
     ages[mule] = float(rng.uniform(3, 400))
     mdev = int(devices.new(1)[0])
-    v = int(rng.integers(4, 11))
+    v = int(rng.integers(3, 8))
     victims = rng.choice(cust, size=v, replace=False, p=victim_w)
-    ts_in = np.sort(_time_of_day(rng, start, v, _RETAIL_HOURS) + rng.uniform(0, 3, v).astype(int) * DAY)
+    ts_in = np.sort(_time_of_day(rng, start, v, _RETAIL_HOURS) + rng.integers(0, 2, v) * DAY)
     amounts = _lognormal(rng, 300.0, 0.8, v)
     out.add(victims, mule, -1, own_dev[victims - cust[0]], amounts, ts_in, 1.0, 0.0)
-    k = int(rng.integers(2, 6))
+    k = int(rng.integers(1, 4))
     ts_out = ts_in[-1] + np.sort(rng.uniform(0.5, 12.0, k)) * HOUR
     out.add(mule, accounts.new(k), -1, mdev, np.round(amounts.sum() * 0.9 / k * rng.uniform(0.8, 1.2, k), 2),
             ts_out, 1.0, 0.0)
     # a recruited mule also shops a little, legitimately
-    s = int(rng.integers(0, 5))
+    s = int(rng.integers(0, 3))
     if s:
         merch = _pick_merchants(rng, s, cat_of, pop, online_only=False)
         ts = _times(rng, s, days, _RETAIL_HOURS, _RETAIL_WEEKDAYS)
@@ -405,7 +428,7 @@ def _ring(
     ages: dict[int, float],
 ) -> None:
     """Fraud ring: young accounts sharing devices cycle money around, then cash out."""
-    r = int(rng.integers(3, 6))
+    r = int(rng.integers(3, 5))
     members = accounts.new(r)
     for m in members:
         ages[int(m)] = float(rng.uniform(2, 120))
@@ -428,9 +451,9 @@ def _burst(
 ) -> None:
     """Card testing: stolen cards used many times within an hour from one fraudster device."""
     fdev = int(devices.new(1)[0])
-    victims = rng.choice(cust, size=int(rng.integers(1, 4)), replace=False, p=victim_w)
+    victims = rng.choice(cust, size=int(rng.integers(1, 3)), replace=False, p=victim_w)
     for v in victims:
-        b = int(rng.integers(3, 9))
+        b = int(rng.integers(3, 8))
         merch = _pick_merchants(rng, b, cat_of, pop, online_only=True)
         t0 = _time_of_day(rng, start + rng.uniform(0, 2), 1, _FRAUD_HOURS)[0]
         ts = t0 + np.sort(rng.uniform(0, rng.uniform(20, 90), b)) * MINUTE

@@ -269,14 +269,15 @@ def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[s
     * The directory of the Flower scripts goes first on ``PATH``: SuperLink and
       SuperNode start ``flower-superexec`` (which starts ``flwr-serverapp`` /
       ``flwr-clientapp``) by bare name.
-    * ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (default 1 s) is lowered to 0.2 s so a
-      SuperExec starts a ServerApp/ClientApp process sooner.
+
+    Flower's polling is fixed in 1.42: an idle SuperNode polls every 3 s and
+    ``Grid.send_and_receive`` every 3 s. ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``
+    (SuperExec, default 1 s) is left alone: 0.2 s measured no faster round here.
     """
     env = dict(os.environ if base is None else base)
     env["FLWR_HOME"] = str(flwr_home)
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     env["PYTHONUNBUFFERED"] = "1"
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")]).rstrip(os.pathsep)
@@ -405,8 +406,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold off SIGINT/SIGTERM/SIGHUP during cleanup; re-raise one as KeyboardInterrupt after.
+def deferred_signals(*, reraise: bool = True) -> Iterator[None]:
+    """Hold off SIGINT/SIGTERM/SIGHUP during cleanup so it cannot be cut short.
+
+    Args:
+        reraise: Raise :class:`KeyboardInterrupt` after the block if a signal came.
 
     No-op outside the main thread.
     """
@@ -425,7 +429,7 @@ def deferred_signals() -> Iterator[None]:
     finally:
         for sig, prev in previous.items():
             signal.signal(sig, prev)
-    if received:
+    if received and reraise:
         raise KeyboardInterrupt(f"received {signal.Signals(received[0]).name}")
 
 
@@ -711,13 +715,21 @@ class _ControlApi:
     (~2.4 s CPU) for every poll.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, flwr_home: Path) -> None:
         from flwr.cli.typing import SuperLinkConnection
         from flwr.cli.utils import init_http_client_from_connection
 
         connection = SuperLinkConnection(name=CONNECTION_NAME, address=address, insecure=True)
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using SuperLink: ..."
-            self._client = init_http_client_from_connection(connection)
+        previous = os.environ.get("FLWR_HOME")
+        os.environ["FLWR_HOME"] = str(flwr_home)  # where the flwr CLI keeps credentials
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using SuperLink: ..."
+                self._client = init_http_client_from_connection(connection)
+        finally:
+            if previous is None:
+                os.environ.pop("FLWR_HOME", None)
+            else:
+                os.environ["FLWR_HOME"] = previous
 
     def online_nodes(self) -> int:
         from flwr.proto.control_pb2 import ListNodesRequest
@@ -979,7 +991,7 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
             console.print(
                 f"[green]✓[/] SuperLink ready on {address} in {took:.1f} s", highlight=False
             )
-            control = _ControlApi(address)
+            control = _ControlApi(address, flwr_home)
             online = _wait_for_sites(
                 control, superlink, scenario, address, opts.site_timeout, console
             )
@@ -990,6 +1002,11 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
             removed = _remove_stale_results(opts.out_dir)
             if removed:
                 console.print(f"  removed results of an earlier run: {', '.join(removed)}")
+            if not (APP_DIR / "pyproject.toml").is_file():
+                raise DeploymentError(
+                    f"the Flower app directory {APP_DIR} lacks pyproject.toml; the fedcore "
+                    "installation is incomplete (package data missing): reinstall fedcore"
+                )
             app_dir = opts.state_dir / "app"
             shutil.rmtree(app_dir, ignore_errors=True)
             shutil.copytree(APP_DIR, app_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -1027,7 +1044,7 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
             console.print(f"[yellow]interrupted[/] ({escape(str(exc) or 'Ctrl-C')}); stopping")
             return EXIT_INTERRUPTED
         finally:
-            with deferred_signals():
+            with deferred_signals(reraise=False):  # already stopping: a second Ctrl-C waits
                 if control is not None and run_id is not None and not finished:
                     with contextlib.suppress(Exception):
                         control.stop_run(run_id)
@@ -1200,7 +1217,7 @@ def serve_site(opts: SiteOptions, console: Console | None = None) -> int:
             console.print(f"[yellow]interrupted[/] ({escape(str(exc) or 'Ctrl-C')}); stopping")
             return EXIT_INTERRUPTED
         finally:
-            with deferred_signals():
+            with deferred_signals(reraise=False):  # already stopping: a second Ctrl-C waits
                 stop_processes(procs)
 
 
@@ -1340,7 +1357,7 @@ def _run_once(
         "--log-dir",
         str(log_dir),
         "--site-timeout",
-        str(max(30.0, min(300.0, timeout / 4))),
+        str(max(30.0, min(120.0, timeout / 4))),
     ]
     if rounds is not None:
         argv += ["--rounds", str(rounds)]
@@ -1393,12 +1410,14 @@ def _run_once(
             live = len(clients) - len(dead)
             what = f"site {site_id!r}: fed-client exited with code {client_code}"
             if live < minimum:
+                message = _with_tail(
+                    f"{what}; {live} of {len(clients)} sites remain but the scenario needs "
+                    f"scheduler.min_sites={minimum}, so the federation cannot go on",
+                    client.log_path,
+                    lines=6,
+                )
                 raise DeploymentError(
-                    _with_tail(
-                        f"{what}; {live} of {len(clients)} sites remain but the scenario needs "
-                        f"scheduler.min_sites={minimum}, so the federation cannot go on",
-                        log_dir / f"supernode-{site_id}.log",
-                    )
+                    _with_tail(message, log_dir / f"supernode-{site_id}.log", lines=15)
                 )
             logger.warning(
                 "%s; going on with %d of %d sites (min_sites=%d)", what, live, len(clients), minimum

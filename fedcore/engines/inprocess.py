@@ -145,10 +145,17 @@ class InProcessGrid(Grid):
         try:
             reply = self.client_app(ins, site.context)
         except Exception as exc:  # a site's failure becomes an error reply, as in deployment
-            log.warning("site %s raised while handling %s: %s", site.site_id, ins.metadata.message_type, exc)
+            log.warning(
+                "site %s raised while handling %s: %s", site.site_id, ins.metadata.message_type, exc
+            )
             reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             reply = Message(Error(code=CLIENT_APP_EXCEPTION, reason=reason), reply_to=ins)
-        log.debug("site %s handled %s in %.2fs", site.site_id, ins.metadata.message_type, time.perf_counter() - t0)
+        log.debug(
+            "site %s handled %s in %.2fs",
+            site.site_id,
+            ins.metadata.message_type,
+            time.perf_counter() - t0,
+        )
         return wire_copy(reply)
 
 
@@ -173,5 +180,11 @@ def run_inprocess(
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
     grid = InProcessGrid(client_app, node_configs, run_id=run_id, run_config=run_config)
-    ctx = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    ctx = Context(
+        run_id=run_id,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
     server_app(grid, ctx)

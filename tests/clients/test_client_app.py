@@ -50,7 +50,12 @@ def ask(grid: InProcessGrid, site: str, content: R.RecordDict, mtype: str) -> Me
 
 
 def cfg(scenario: Scenario) -> R.RoundConfig:
-    return R.RoundConfig(1, scenario.seed, scenario.task.model_dump(mode="json"), scenario.training.model_dump(mode="json"))
+    return R.RoundConfig(
+        1,
+        scenario.seed,
+        scenario.task.model_dump(mode="json"),
+        scenario.training.model_dump(mode="json"),
+    )
 
 
 def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:
@@ -63,11 +68,18 @@ def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:
     assert set(tr.arrays) == set(init) and all(tr.arrays[k].shape == init[k].shape for k in init)
     assert any(not np.array_equal(tr.arrays[k], init[k]) for k in init)  # it trained
 
-    ev = R.EvalReply.from_content(ask(grid, "bank-a", R.evaluate_instruction(tr.arrays, cfg(scenario)), R.EVALUATE).content)
-    assert sum(ev.hist_pos) == ev.num_positive and sum(ev.hist_pos) + sum(ev.hist_neg) == ev.num_examples
+    ev = R.EvalReply.from_content(
+        ask(grid, "bank-a", R.evaluate_instruction(tr.arrays, cfg(scenario)), R.EVALUATE).content
+    )
+    assert (
+        sum(ev.hist_pos) == ev.num_positive
+        and sum(ev.hist_pos) + sum(ev.hist_neg) == ev.num_examples
+    )
     assert "pr_auc" in ev.metrics
 
-    tel = R.Telemetry.from_content(ask(grid, "bank-a", R.telemetry_instruction(1), R.TELEMETRY).content)
+    tel = R.Telemetry.from_content(
+        ask(grid, "bank-a", R.telemetry_instruction(1), R.TELEMETRY).content
+    )
     assert tel.site_id == "bank-a" and tel.num_train_examples == tr.num_examples
     assert tel.readings["mem_total_mib"] > 0
 
@@ -75,8 +87,12 @@ def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:
 def test_training_is_deterministic_per_site_and_round(tmp_path: Path, scenario: Scenario) -> None:
     a = grid_for({"bank-a": site_file(tmp_path, scenario, "bank-a")})
     init = initial_arrays(scenario)
-    r1 = R.TrainReply.from_content(ask(a, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN).content)
-    r2 = R.TrainReply.from_content(ask(a, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN).content)
+    r1 = R.TrainReply.from_content(
+        ask(a, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN).content
+    )
+    r2 = R.TrainReply.from_content(
+        ask(a, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN).content
+    )
     for k in init:
         np.testing.assert_array_equal(r1.arrays[k], r2.arrays[k])
     assert local_seed(1, "bank-a", 1) != local_seed(1, "bank-b", 1) != local_seed(1, "bank-a", 2)
@@ -88,7 +104,9 @@ def test_missing_and_malformed_csv_become_error_replies(tmp_path: Path, scenario
     mapping = write_transactions_csv(tx, good)
     broken = tmp_path / "broken.csv"
     lines = good.read_text().splitlines()
-    lines[5] = lines[5].replace(lines[5].split(",")[0], "x", 1)  # keep shape, then break a number below
+    lines[5] = lines[5].replace(
+        lines[5].split(",")[0], "x", 1
+    )  # keep shape, then break a number below
     broken.write_text("\n".join(lines[:3] + ["garbage,row"] + lines[3:]) + "\n")
     sites = {}
     for sid, path in (("bank-a", tmp_path / "gone.csv"), ("bank-b", broken)):

@@ -23,7 +23,9 @@ def test_weighted_average_by_hand() -> None:
 
 
 def test_integer_arrays_are_rounded() -> None:
-    out = weighted_average([({"n": np.array([1], np.int64)}, 1), ({"n": np.array([2], np.int64)}, 1)])
+    out = weighted_average(
+        [({"n": np.array([1], np.int64)}, 1), ({"n": np.array([2], np.int64)}, 1)]
+    )
     assert out["n"].dtype == np.int64 and out["n"][0] == 2  # 1.5 rounds to even 2
 
 
@@ -46,7 +48,9 @@ def test_mean_of_identical_models_is_the_model(pairs: list[tuple[float, int]]) -
     v = pairs[0][0]
     out = weighted_average([({"w": np.full(3, v)}, n) for _, n in pairs])
     np.testing.assert_allclose(out["w"], v, rtol=1e-12, atol=1e-9)
-    assert min(x for x, _ in pairs) - 1e-9 <= weighted_mean(pairs) <= max(x for x, _ in pairs) + 1e-9
+    assert (
+        min(x for x, _ in pairs) - 1e-9 <= weighted_mean(pairs) <= max(x for x, _ in pairs) + 1e-9
+    )
 
 
 def test_weighted_mean_empty_is_nan() -> None:

@@ -33,7 +33,9 @@ def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp
 
     @app.query("telemetry")
     def telemetry(msg: Message, ctx: Context) -> Message:
-        return Message(R.Telemetry(site(ctx), SIZES[site(ctx)], "cpu", "cpu").to_content(), reply_to=msg)
+        return Message(
+            R.Telemetry(site(ctx), SIZES[site(ctx)], "cpu", "cpu").to_content(), reply_to=msg
+        )
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:
@@ -67,12 +69,20 @@ def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp
 @pytest.fixture
 def scenario(tmp_path: Path) -> Scenario:
     p = tmp_path / "s.yaml"
-    sites = "\n".join(f"  - {{id: {s}, data: {{kind: generated, transactions: 300}}}}" for s in SIZES)
-    p.write_text(textwrap.dedent("name: scripted\nrounds: 3\nscheduler: {min_sites: 2}\nsites:\n") + sites + "\n")
+    sites = "\n".join(
+        f"  - {{id: {s}, data: {{kind: generated, transactions: 300}}}}" for s in SIZES
+    )
+    p.write_text(
+        textwrap.dedent("name: scripted\nrounds: 3\nscheduler: {min_sites: 2}\nsites:\n")
+        + sites
+        + "\n"
+    )
     return load_scenario(p)
 
 
-def make_driver(scenario: Scenario, out: Path, behaviour: dict[str, str], from_round: int = 1) -> RoundDriver:
+def make_driver(
+    scenario: Scenario, out: Path, behaviour: dict[str, str], from_round: int = 1
+) -> RoundDriver:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     grid = InProcessGrid(scripted_client(behaviour, from_round), {s: {"site-id": s} for s in SIZES})
     return RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
@@ -107,7 +117,9 @@ def test_all_good_sites_fedavg(scenario: Scenario, tmp_path: Path) -> None:
         ("missing", "missing arrays: b"),
     ],
 )
-def test_bad_reply_is_left_out_and_round_goes_on(scenario: Scenario, tmp_path: Path, how: str, reason: str) -> None:
+def test_bad_reply_is_left_out_and_round_goes_on(
+    scenario: Scenario, tmp_path: Path, how: str, reason: str
+) -> None:
     result = make_driver(scenario, tmp_path / "out", {"bank-c": how}).run()
     assert result["status"] == "completed"
     first = rounds_log(tmp_path / "out")[0]
@@ -116,12 +128,18 @@ def test_bad_reply_is_left_out_and_round_goes_on(scenario: Scenario, tmp_path: P
     from safetensors.numpy import load_file
 
     # aggregate of the two good sites only: (10*1 + 30*2) / 40 = 1.75 per round
-    np.testing.assert_allclose(load_file(str(tmp_path / "out" / "model.safetensors"))["b"], np.full(3, 5.25), rtol=1e-6)
+    np.testing.assert_allclose(
+        load_file(str(tmp_path / "out" / "model.safetensors"))["b"], np.full(3, 5.25), rtol=1e-6
+    )
 
 
-def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(scenario: Scenario, tmp_path: Path) -> None:
+def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    with pytest.raises(FederationError, match=r"round 2: only 1 valid update\(s\), need scheduler.min_sites=2"):
+    with pytest.raises(
+        FederationError, match=r"round 2: only 1 valid update\(s\), need scheduler.min_sites=2"
+    ):
         make_driver(scenario, out, {"bank-b": "nan", "bank-c": "raise"}, from_round=2).run()
     status = json.loads((out / "federation.json").read_text())
     assert status["status"] == "failed" and "round 2" in status["error"]
@@ -135,7 +153,9 @@ def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(scenario: Scenario
     assert [r["round"] for r in rounds_log(out)] == [1, 2, 3]
     from safetensors.numpy import load_file
 
-    np.testing.assert_allclose(load_file(str(out / "model.safetensors"))["w"], np.full((2, 3), 7.5), rtol=1e-6)
+    np.testing.assert_allclose(
+        load_file(str(out / "model.safetensors"))["w"], np.full((2, 3), 7.5), rtol=1e-6
+    )
 
 
 def test_refuses_state_of_another_scenario(scenario: Scenario, tmp_path: Path) -> None:

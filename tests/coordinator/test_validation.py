@@ -15,7 +15,9 @@ def reply(**arrays: np.ndarray) -> TrainReply:
 
 
 def test_good_reply_has_no_reasons() -> None:
-    assert check_train_reply(reply(w=np.ones((2, 3), np.float32), b=np.ones(3, np.float32)), REF) == []
+    assert (
+        check_train_reply(reply(w=np.ones((2, 3), np.float32), b=np.ones(3, np.float32)), REF) == []
+    )
 
 
 def test_every_problem_is_reported() -> None:
@@ -30,7 +32,13 @@ def test_nan_inf_dtype_and_counts() -> None:
     w = np.ones((2, 3), np.float32)
     w[0, 0] = np.nan
     w[1, 1] = np.inf
-    r = TrainReply(arrays={"w": w, "b": np.ones(3, np.float64)}, num_examples=0, loss=float("nan"), seconds=1.0, site_id="x")
+    r = TrainReply(
+        arrays={"w": w, "b": np.ones(3, np.float64)},
+        num_examples=0,
+        loss=float("nan"),
+        seconds=1.0,
+        site_id="x",
+    )
     reasons = check_train_reply(r, REF)
     assert "array 'w' holds 2 NaN/Inf value(s)" in reasons
     assert "array 'b' has dtype float64; expected float32" in reasons

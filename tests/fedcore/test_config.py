@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from fedcore.config import ConfigError, SiteConfig, dump_site_config, load_scenario, load_site_config
+from fedcore.config import (
+    ConfigError,
+    SiteConfig,
+    dump_site_config,
+    load_scenario,
+    load_site_config,
+)
 
 GOOD = textwrap.dedent(
     """
@@ -35,7 +41,11 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
 def test_good_scenario_loads(tmp_path: Path) -> None:
     s = load_scenario(write(tmp_path, GOOD))
     assert [x.id for x in s.sites] == ["bank-a", "bank-b"]
-    assert s.task.model == "fraud-gnn" and s.privacy.mode == "plaintext" and s.engine.name == "inprocess"
+    assert (
+        s.task.model == "fraud-gnn"
+        and s.privacy.mode == "plaintext"
+        and s.engine.name == "inprocess"
+    )
     assert s.fingerprint() == load_scenario(write(tmp_path, GOOD, "t.yaml")).fingerprint()
 
 
@@ -46,13 +56,28 @@ def test_good_scenario_loads(tmp_path: Path) -> None:
         ("- just\n- a list\n", "expected a mapping at the top level"),
         (GOOD + "colour: blue\n", "colour: unknown field"),
         (GOOD.replace("rounds: 2", "rounds: many"), "rounds: Input should be a valid integer"),
-        (GOOD.replace("rounds: 2", "rounds: 0"), "rounds: Input should be greater than or equal to 1 (found 0)"),
+        (
+            GOOD.replace("rounds: 2", "rounds: 0"),
+            "rounds: Input should be greater than or equal to 1 (found 0)",
+        ),
         (GOOD.replace("name: tiny\n", ""), "name: required field is missing"),
         (GOOD.replace("id: bank-b", "id: bank-a"), "site id(s) listed more than once: bank-a"),
-        (GOOD.replace("fraud_rate: 0.02", "fraud_rate: 0.02, speed: 3"), "sites[0] (id 'bank-a').data.speed: unknown field"),
-        (GOOD.replace("kind: generated, transactions: 500", "kind: parquet, transactions: 500"), "sites[0] (id 'bank-a').data"),
-        (GOOD.replace("min_sites: 2", "min_sites: 5"), "scheduler.min_sites is 5 but only 2 site(s)"),
-        (GOOD.replace("id: bank-a", "id: Bank A"), "sites[0] (id 'Bank A').id: String should match pattern"),
+        (
+            GOOD.replace("fraud_rate: 0.02", "fraud_rate: 0.02, speed: 3"),
+            "sites[0] (id 'bank-a').data.speed: unknown field",
+        ),
+        (
+            GOOD.replace("kind: generated, transactions: 500", "kind: parquet, transactions: 500"),
+            "sites[0] (id 'bank-a').data",
+        ),
+        (
+            GOOD.replace("min_sites: 2", "min_sites: 5"),
+            "scheduler.min_sites is 5 but only 2 site(s)",
+        ),
+        (
+            GOOD.replace("id: bank-a", "id: Bank A"),
+            "sites[0] (id 'Bank A').id: String should match pattern",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -84,10 +109,13 @@ def test_missing_csv_data_file(tmp_path: Path) -> None:
 
 def test_csv_site_must_map_task_features(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("p,q,a,t,y\n")
-    text = GOOD.replace(
-        "data: {kind: generated, transactions: 500, fraud_rate: 0.02}",
-        "data: {kind: csv, path: a.csv, columns: {payer: p, payee: q, amount: a, timestamp: t, label: y}}",
-    ) + "task: {features: [channel_online]}\n"
+    text = (
+        GOOD.replace(
+            "data: {kind: generated, transactions: 500, fraud_rate: 0.02}",
+            "data: {kind: csv, path: a.csv, columns: {payer: p, payee: q, amount: a, timestamp: t, label: y}}",
+        )
+        + "task: {features: [channel_online]}\n"
+    )
     with pytest.raises(ConfigError, match="lacks task feature.*channel_online"):
         load_scenario(write(tmp_path, text))
 
@@ -103,9 +131,17 @@ def test_site_config_round_trip(tmp_path: Path) -> None:
 def test_validate_command_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD)
     bad = write(tmp_path, GOOD + "colour: blue\n", "bad.yaml")
-    ok = subprocess.run([sys.executable, "-m", "fedcore.cli.main", "validate", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli.main", "validate", str(good)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "ok" in ok.stdout
-    res = subprocess.run([sys.executable, "-m", "fedcore.cli.main", "validate", str(bad)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli.main", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert "colour: unknown field" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout

@@ -32,8 +32,13 @@ from fedcore.engines.deployment import (
     stop_processes,
 )
 
-FLOWER_NAMES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
-                "flwr-clientapp")
+FLOWER_NAMES = (
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-serverapp",
+    "flwr-clientapp",
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -133,8 +138,9 @@ class ProcessWatch:
         while True:
             alive = [p for p in self.seen.values() if _alive(p) and p.pid != os.getpid()]
             alive += [
-                p for p in psutil.process_iter() if _mentions(p, self.root) and _alive(p)
-                and p.pid != os.getpid() and p not in alive
+                p
+                for p in psutil.process_iter()
+                if _mentions(p, self.root) and _alive(p) and p.pid != os.getpid() and p not in alive
             ]
             if not alive or time.monotonic() > deadline:
                 break
@@ -149,7 +155,7 @@ class ProcessWatch:
 
     def flower_seen(self) -> set[str]:
         """Which Flower programs this test's processes ran."""
-        names = set()
+        names: set[str] = set()
         for cmd in list(self.commands.values()):
             names.update(n for n in FLOWER_NAMES if n in cmd)
         return names
@@ -223,9 +229,16 @@ def start_driver(
     script.write_text(DRIVER)
     log = (tmp_path / "driver.log").open("wb")
     popen = subprocess.Popen(
-        [sys.executable, str(script), str(scenario), str(tmp_path / "out"),
-         json.dumps({k: str(v) for k, v in sites.items()})],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            str(script),
+            str(scenario),
+            str(tmp_path / "out"),
+            json.dumps({k: str(v) for k, v in sites.items()}),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     log.close()
     watch.roots.append(popen)
@@ -248,8 +261,11 @@ def _clientapp_running(watch: ProcessWatch) -> bool:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("127.0.0.1:9092", ("127.0.0.1", 9092)), ("[::1]:80", ("::1", 80)),
-     ("localhost:1", ("localhost", 1))],
+    [
+        ("127.0.0.1:9092", ("127.0.0.1", 9092)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:1", ("localhost", 1)),
+    ],
 )
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
@@ -278,12 +294,15 @@ def test_config_args_quote_paths_for_flower() -> None:
     from flwr.common.config import parse_config_args
 
     values: dict[str, str | int | float | bool] = {
-        "scenario": "/tmp/my dir/s=1.yaml", "out-dir": "/tmp/it's", "rounds": 3,
-        "wait-sites": 2.5, "flag": True,
+        "scenario": "/tmp/my dir/s=1.yaml",
+        "out-dir": "/tmp/it's",
+        "rounds": 3,
+        "wait-sites": 2.5,
+        "flag": True,
     }
     assert parse_config_args([config_args(values)]) == values
     with pytest.raises(DeploymentError, match="quote"):
-        config_args({"x": "it's \"both\""})
+        config_args({"x": 'it\'s "both"'})
 
 
 def test_rounds_tail_reads_complete_lines_only(tmp_path: Path) -> None:
@@ -311,8 +330,9 @@ def test_stop_processes_kills_groups_and_orphans(tmp_path: Path, watch: ProcessW
         time.sleep(300)
         """
     )
-    proc = ManagedProcess.start("stubborn", [sys.executable, "-c", script],
-                                log_path=tmp_path / "stubborn.log")
+    proc = ManagedProcess.start(
+        "stubborn", [sys.executable, "-c", script], log_path=tmp_path / "stubborn.log"
+    )
     watch.roots.append(proc.popen)
     wait_for(lambda: "stub ready" in _text(tmp_path / "stubborn.log"), 30, "the stub")
     proc.refresh()
@@ -331,15 +351,25 @@ def test_stop_processes_kills_groups_and_orphans(tmp_path: Path, watch: ProcessW
 def test_two_sites_complete_and_leave_no_process(tmp_path: Path, watch: ProcessWatch) -> None:
     scenario, sites = write_scenario(tmp_path)
     rounds: list[dict[str, Any]] = []
-    result = run_deployment(scenario, tmp_path / "out", rounds=None, site_configs=sites,
-                            on_round=rounds.append, timeout=600)
+    result = run_deployment(
+        scenario,
+        tmp_path / "out",
+        rounds=None,
+        site_configs=sites,
+        on_round=rounds.append,
+        timeout=600,
+    )
     assert result["status"] == "completed", result
     assert [r["round"] for r in rounds] == [1]
     assert sorted(rounds[0]["sites"]) == ["bank-a", "bank-b"]
     out = tmp_path / "out"
     assert (out / str(result["model"])).is_file()
-    for name in ("fed-coordinator.log", "superlink.log", "fed-client-bank-a.log",
-                 "supernode-bank-b.log"):
+    for name in (
+        "fed-coordinator.log",
+        "superlink.log",
+        "fed-client-bank-a.log",
+        "supernode-bank-b.log",
+    ):
         assert (out / "logs" / name).stat().st_size > 0, name
     # it really ran the production commands and Flower's processes
     assert {"flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp"} <= (
@@ -352,8 +382,11 @@ def test_two_sites_complete_and_leave_no_process(tmp_path: Path, watch: ProcessW
 def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
     scenario, sites = write_scenario(tmp_path)
     driver = start_driver(watch, tmp_path, scenario, sites)
-    wait_for(lambda: _clientapp_running(watch) or driver.poll() is not None, 240,
-             "a ClientApp process (the run under way)")
+    wait_for(
+        lambda: _clientapp_running(watch) or driver.poll() is not None,
+        240,
+        "a ClientApp process (the run under way)",
+    )
     assert driver.poll() is None, _text(tmp_path / "driver.log")
     os.kill(driver.pid, signal.SIGINT)
     assert driver.wait(timeout=90) == 130, _text(tmp_path / "driver.log")
@@ -367,11 +400,19 @@ def test_site_crash_fails_clearly_and_leaves_no_process(
 ) -> None:
     scenario, sites = write_scenario(tmp_path, min_sites=2, round_timeout=60)
     driver = start_driver(watch, tmp_path, scenario, sites)
-    wait_for(lambda: _clientapp_running(watch) or driver.poll() is not None, 240,
-             "a ClientApp process (the run under way)")
+    wait_for(
+        lambda: _clientapp_running(watch) or driver.poll() is not None,
+        240,
+        "a ClientApp process (the run under way)",
+    )
     # The site's machine "dies": SIGKILL its fed-client, which cannot clean up after itself.
-    victims = [p for p in watch.seen.values() if _alive(p)
-               and "fedcore.cli.client_cmd" in " ".join(p.cmdline()) and "bank-b" in " ".join(p.cmdline())]
+    victims = [
+        proc
+        for key, proc in watch.seen.items()
+        if _alive(proc)
+        and "fedcore.cli.client_cmd" in watch.commands[key]
+        and "bank-b" in watch.commands[key]
+    ]
     assert len(victims) == 1
     victims[0].kill()
     assert driver.wait(timeout=120) == 1, _text(tmp_path / "driver.log")
@@ -382,9 +423,7 @@ def test_site_crash_fails_clearly_and_leaves_no_process(
 
 
 @pytest.mark.slow
-def test_site_crash_run_completes_with_remaining_sites(
-    tmp_path: Path, watch: ProcessWatch
-) -> None:
+def test_site_crash_run_completes_with_remaining_sites(tmp_path: Path, watch: ProcessWatch) -> None:
     scenario, sites = write_scenario(tmp_path, min_sites=1, round_timeout=90)
     rounds: list[dict[str, Any]] = []
     killed: list[str] = []
@@ -408,8 +447,14 @@ def test_site_crash_run_completes_with_remaining_sites(
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     t0 = time.monotonic()
-    result = run_deployment(scenario, tmp_path / "out", rounds=None, site_configs=sites,
-                            on_round=crash_site_b, timeout=600)
+    result = run_deployment(
+        scenario,
+        tmp_path / "out",
+        rounds=None,
+        site_configs=sites,
+        on_round=crash_site_b,
+        timeout=600,
+    )
     thread.join(timeout=5)
     assert killed, "site b was never killed"
     assert result["status"] == "completed"
@@ -419,23 +464,56 @@ def test_site_crash_run_completes_with_remaining_sites(
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch) -> None:
     scenario, sites = write_scenario(tmp_path)
-    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(scenario),
-                "--listen", "0.0.0.0:9092", "--insecure", "--state", str(tmp_path / "st"), cwd=tmp_path)
+    done = _cli(
+        "fedcore.cli.coordinator_cmd",
+        "start",
+        "--scenario",
+        str(scenario),
+        "--listen",
+        "0.0.0.0:9092",
+        "--insecure",
+        "--state",
+        str(tmp_path / "st"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "refusing to listen on 0.0.0.0 without TLS" in done.stdout
-    done = _cli("fedcore.cli.client_cmd", "start", "--site", str(sites["bank-a"]),
-                "--coordinator", "192.0.2.7:9092", "--insecure", cwd=tmp_path)
+    done = _cli(
+        "fedcore.cli.client_cmd",
+        "start",
+        "--site",
+        str(sites["bank-a"]),
+        "--coordinator",
+        "192.0.2.7:9092",
+        "--insecure",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "refusing to connect to 192.0.2.7 without TLS" in done.stdout
-    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(scenario),
-                "--listen", "127.0.0.1:9092", "--state", str(tmp_path / "st"), cwd=tmp_path)
+    done = _cli(
+        "fedcore.cli.coordinator_cmd",
+        "start",
+        "--scenario",
+        str(scenario),
+        "--listen",
+        "127.0.0.1:9092",
+        "--state",
+        str(tmp_path / "st"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and "TLS certificates" in done.stdout, done.stdout
     assert watch.flower_seen() == set()  # refused before starting anything
 
@@ -444,7 +522,8 @@ def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch
 def test_bad_scenario_exits_2_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nrounds: 0\nsites: []\n")
-    done = _cli("fedcore.cli.coordinator_cmd", "start", "--scenario", str(bad), "--insecure",
-                cwd=tmp_path)
+    done = _cli(
+        "fedcore.cli.coordinator_cmd", "start", "--scenario", str(bad), "--insecure", cwd=tmp_path
+    )
     assert done.returncode == 2
     assert "bad.yaml" in done.stdout and "Traceback" not in done.stdout + done.stderr

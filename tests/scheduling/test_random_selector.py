@@ -31,7 +31,10 @@ def test_deterministic_and_independent_of_order_and_node_ids() -> None:
     assert [c.site_id for c in a.chosen] == [c.site_id for c in b.chosen]
     assert len(a.chosen) == 3
     assert set(a.rejected) == {c.site_id for c in CANDS} - {c.site_id for c in a.chosen}
-    draws = {tuple(c.site_id for c in RandomSelector(0.5, 2, seed=7).select(r, CANDS).chosen) for r in range(1, 30)}
+    draws = {
+        tuple(c.site_id for c in RandomSelector(0.5, 2, seed=7).select(r, CANDS).chosen)
+        for r in range(1, 30)
+    }
     assert len(draws) > 1  # rounds differ
 
 

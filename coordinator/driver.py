@@ -20,6 +20,7 @@ from fedcore import records as R
 from fedcore.config import Scenario
 from fedcore.metrics import metrics_from_histograms
 from scheduling.base import Candidate, Selector
+from secure.modes import warn_if_plaintext
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ class RoundDriver:
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
         self.store.reset_logs(self.history)
+        warn_if_plaintext(self.scenario.privacy.mode, log)
         try:
             nodes = self.wait_for_nodes()
             for rnd in range(start_round, self.rounds + 1):

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedcore.config import ConfigError, load_scenario  # noqa: E402
 from fedcore.engines.deployment import (
     EXIT_USAGE,
     CoordinatorOptions,
@@ -17,6 +18,7 @@ from fedcore.engines.deployment import (
     parse_address,
     serve_coordinator,
 )
+from secure.modes import PLAINTEXT_WARNING  # noqa: E402
 
 app = typer.Typer(
     name="fed-coordinator",
@@ -100,6 +102,11 @@ def start(
     except DeploymentError as exc:
         console.print(f"[red]error:[/] --listen: {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    try:
+        if load_scenario(scenario, check_files=False).privacy.mode == "plaintext":
+            console.print(f"[bold yellow]warning:[/] {PLAINTEXT_WARNING}", highlight=False)
+    except ConfigError:
+        pass  # serve_coordinator reports it with the exit code for a bad scenario
     state_dir = state.expanduser().resolve()
     out_dir = out.expanduser().resolve() if out else state_dir / "run"
     options = CoordinatorOptions(

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError, load_scenario
+from secure.modes import PLAINTEXT_WARNING
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -128,8 +129,7 @@ def run(
     if sc.privacy.mode == "plaintext":
         err.print(
             Panel(
-                "privacy mode [bold]plaintext[/]: site updates travel and are aggregated in clear. "
-                "For tests and benchmarks only; never with real institutions' data.",
+                PLAINTEXT_WARNING,
                 title="[bold yellow]warning",
                 border_style="yellow",
             )

@@ -81,16 +81,21 @@ def evaluate_per_site(
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     pooled = _with_count(
-        binary_metrics(all_labels, all_scores, task.threshold), len(all_labels), int(all_labels.sum())
+        binary_metrics(all_labels, all_scores, task.threshold),
+        len(all_labels),
+        int(all_labels.sum()),
     )
     return {"per_site": per_site, "pooled": pooled, "mean": mean_metrics(per_site)}
 
 
-def run_baselines(graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epochs: int) -> dict[str, Any]:
+def run_baselines(
+    graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epochs: int
+) -> dict[str, Any]:
     """Train and evaluate the reference models the federation is compared with.
 
     * ``local_only``: each site trains its own GNN alone for ``epochs`` epochs and is
-      evaluated on its own test split (``per_site`` and their ``mean``);
+      evaluated on its own test split (``per_site``, their ``mean``, and ``pooled``
+      over the concatenated scores of the local models);
     * ``centralized``: one GNN trained for ``epochs`` epochs on the disjoint union of all
       site graphs (what pooling the data would give), evaluated on the pooled test
       transactions, with ``per_site`` and ``mean`` inside;
@@ -119,10 +124,20 @@ def run_baselines(graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epoch
         for site, graph in graphs.items():
             seed_everything(derive_seed(scenario.seed, "init"))
             model = build_model(task, in_dim)
-            train_local(model, graph, training, seed=derive_seed(scenario.seed, "local", site), epochs=epochs)
+            train_local(
+                model,
+                graph,
+                training,
+                seed=derive_seed(scenario.seed, "local", site),
+                epochs=epochs,
+            )
             models[site] = model
         res = evaluate_per_site(models.__getitem__, graphs, task)
-        out["local_only"] = {"per_site": res["per_site"], "mean": res["mean"]}
+        out["local_only"] = {
+            "per_site": res["per_site"],
+            "mean": res["mean"],
+            "pooled": res["pooled"],
+        }
         seconds["local_only"] = time.perf_counter() - start
 
     pooled: FraudGraph | None = merge_graphs(list(graphs.values())) if graphs else None
@@ -130,7 +145,9 @@ def run_baselines(graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epoch
         start = time.perf_counter()
         seed_everything(derive_seed(scenario.seed, "init"))
         model = build_model(task, in_dim)
-        train_local(model, pooled, training, seed=derive_seed(scenario.seed, "centralized"), epochs=epochs)
+        train_local(
+            model, pooled, training, seed=derive_seed(scenario.seed, "centralized"), epochs=epochs
+        )
         res = evaluate_per_site(model, graphs, task)
         out["centralized"] = {**res["pooled"], "per_site": res["per_site"], "mean": res["mean"]}
         seconds["centralized"] = time.perf_counter() - start
@@ -139,7 +156,9 @@ def run_baselines(graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epoch
         start = time.perf_counter()
         seed_everything(derive_seed(scenario.seed, "init-rows"))
         row_model = build_row_model(row_feature_dim(task))
-        train_local(row_model, pooled, training, seed=derive_seed(scenario.seed, "non-graph"), epochs=epochs)
+        train_local(
+            row_model, pooled, training, seed=derive_seed(scenario.seed, "non-graph"), epochs=epochs
+        )
         res = evaluate_per_site(row_model, graphs, task)
         out["non_graph"] = {**res["pooled"], "per_site": res["per_site"], "mean": res["mean"]}
         seconds["non_graph"] = time.perf_counter() - start

@@ -47,7 +47,9 @@ def _check(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray
     y = np.asarray(y_true).reshape(-1)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if y.shape != s.shape:
-        raise ValueError(f"y_true and scores must have the same length; found {len(y)} and {len(s)}")
+        raise ValueError(
+            f"y_true and scores must have the same length; found {len(y)} and {len(s)}"
+        )
     if not np.all(np.isfinite(s)):
         bad = s[~np.isfinite(s)][0]
         raise ValueError(f"scores must be finite; found {bad!r} (did training diverge?)")
@@ -57,7 +59,9 @@ def _check(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray
     return y.astype(np.int64), s
 
 
-def binary_metrics(y_true: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    y_true: ArrayLike, scores: ArrayLike, threshold: float = 0.5
+) -> dict[str, float]:
     """PR-AUC (average precision), ROC-AUC and threshold metrics of fraud scores.
 
     Args:
@@ -93,7 +97,9 @@ def binary_metrics(y_true: ArrayLike, scores: ArrayLike, threshold: float = 0.5)
     return {"pr_auc": ap, "roc_auc": roc, **_threshold_metrics(tp, fp, pos, neg)}
 
 
-def score_histograms(y_true: ArrayLike, scores: ArrayLike, bins: int) -> tuple[list[int], list[int]]:
+def score_histograms(
+    y_true: ArrayLike, scores: ArrayLike, bins: int
+) -> tuple[list[int], list[int]]:
     """Counts of positive and of negative scores in ``bins`` equal bins over ``[0, 1]``.
 
     Bin ``i`` holds scores in ``[i / bins, (i + 1) / bins)``; the last bin also holds 1.0
@@ -146,5 +152,7 @@ def metrics_from_histograms(
     return {
         "pr_auc": ap,
         "roc_auc": roc,
-        **_threshold_metrics(float(p[flagged].sum()), float(n[flagged].sum()), float(p.sum()), float(n.sum())),
+        **_threshold_metrics(
+            float(p[flagged].sum()), float(n[flagged].sum()), float(p.sum()), float(n.sum())
+        ),
     }

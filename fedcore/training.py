@@ -58,7 +58,9 @@ def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
                 "(task.hidden, task.layers or task.features differ?)"
             )
         if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-            raise ValueError(f"array {key!r} holds non-finite values (nan/inf); refusing to load it")
+            raise ValueError(
+                f"array {key!r} holds non-finite values (nan/inf); refusing to load it"
+            )
         new[key] = torch.as_tensor(np.array(arr, copy=True)).to(dtype=ref.dtype, device=ref.device)
     model.load_state_dict(new)
 
@@ -88,9 +90,9 @@ def _is_row_model(model: nn.Module) -> bool:
     return isinstance(model, RowMLP)
 
 
-def _inputs(model: nn.Module, graph: FraudGraph, split: str, device: str) -> tuple[
-    torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor
-]:
+def _inputs(
+    model: nn.Module, graph: FraudGraph, split: str, device: str
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """``(x, edge_index or None, y, mask)`` for the model kind and the split."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; found {split!r}")
@@ -172,13 +174,16 @@ def train_local(
             batches = [torch.arange(idx.numel(), device=device)]
         else:
             perm = torch.randperm(idx.numel(), generator=gen).to(device)
-            batches = list(perm.split(training.batch_size))
+            batches = list(torch.split(perm, training.batch_size))
         total = 0.0
         for b in batches:
             opt.zero_grad()
-            logits = _forward(model, x, edge_index)[idx[b]]
+            if edge_index is None:  # row model: score only the rows of this batch
+                logits = _forward(model, x[idx[b]], None)
+            else:  # graph model: full-graph message passing, loss on the batch
+                logits = _forward(model, x, edge_index)[idx[b]]
             loss = F.binary_cross_entropy_with_logits(logits, target[b], pos_weight=pos_weight)
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
             total += float(loss.detach()) * b.numel()
         last = total / idx.numel()
@@ -187,15 +192,20 @@ def train_local(
                 f"training loss became {last}; lower training.lr (now {training.lr})"
             )
     seconds = time.perf_counter() - start
-    log.debug("trained %d epoch(s) on %d transactions: loss %.4f in %.2fs", n_epochs, idx.numel(),
-              last, seconds)
+    log.debug(
+        "trained %d epoch(s) on %d transactions: loss %.4f in %.2fs",
+        n_epochs,
+        idx.numel(),
+        last,
+        seconds,
+    )
     return TrainStats(loss=last, num_examples=int(idx.numel()), seconds=seconds)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, graph: FraudGraph, *, device: str = "cpu", split: str = "test") -> tuple[
-    np.ndarray, np.ndarray
-]:
+def predict(
+    model: nn.Module, graph: FraudGraph, *, device: str = "cpu", split: str = "test"
+) -> tuple[np.ndarray, np.ndarray]:
     """Fraud probabilities and labels of the transactions of one split (``train`` or ``test``)."""
     model.to(device)
     model.eval()

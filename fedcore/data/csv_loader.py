@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -129,7 +130,9 @@ def load_transactions_csv(src: CsvData, feature_names: Sequence[str]) -> Transac
         raise DataError(f"{path}: is not a regular file; data.path must name a CSV file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            return _read(fh, path, src.delimiter, _required_columns(mapping, feature_names), feature_names)
+            return _read(
+                fh, path, src.delimiter, _required_columns(mapping, feature_names), feature_names
+            )
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from None
     except csv.Error as exc:
@@ -137,9 +140,9 @@ def load_transactions_csv(src: CsvData, feature_names: Sequence[str]) -> Transac
 
 
 def _read(
-    fh: object, path: Path, delimiter: str, cols: dict[str, str], feature_names: Sequence[str]
+    fh: TextIO, path: Path, delimiter: str, cols: dict[str, str], feature_names: Sequence[str]
 ) -> Transactions:
-    reader = csv.reader(fh, delimiter=delimiter)  # type: ignore[call-overload]
+    reader = csv.reader(fh, delimiter=delimiter)
     header: list[str] | None = None
     for row in reader:
         if any(cell.strip() for cell in row):
@@ -180,7 +183,9 @@ def _read(
                     f"{_where(path, line, cols[field])}: {field} account id is empty; every "
                     "transaction needs one"
                 )
-        ids.append(row[pos["transaction_id"]].strip() if "transaction_id" in pos else f"line-{line}")
+        ids.append(
+            row[pos["transaction_id"]].strip() if "transaction_id" in pos else f"line-{line}"
+        )
         payer.append(row[pos["payer"]].strip())
         payee.append(row[pos["payee"]].strip())
         merchant.append(row[pos["merchant"]].strip() if "merchant" in pos else "")
@@ -235,7 +240,9 @@ def _iso(ts: float) -> str:
     return text.replace("+00:00", "Z")
 
 
-def write_transactions_csv(tx: Transactions, path: Path, mapping: ColumnMapping | None = None) -> ColumnMapping:
+def write_transactions_csv(
+    tx: Transactions, path: Path, mapping: ColumnMapping | None = None
+) -> ColumnMapping:
     """Write ``tx`` as a CSV that :func:`load_transactions_csv` reads back.
 
     Timestamps are written as ISO-8601 UTC with milliseconds (``2024-01-01T08:15:00.000Z``).
@@ -270,5 +277,5 @@ def write_transactions_csv(tx: Transactions, path: Path, mapping: ColumnMapping 
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([name for name, _ in fields])
-        writer.writerows(zip(*(values for _, values in fields)))
+        writer.writerows(zip(*(values for _, values in fields), strict=True))
     return mapping

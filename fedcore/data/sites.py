@@ -74,7 +74,17 @@ def _load(path: Path) -> FraudGraph:
     p = torch.load(path, weights_only=True)
     data = Data(**{k: p[k] for k in _TENSORS})
     data.num_nodes = int(p["num_nodes"])
-    return FraudGraph(data=data, **{k: p[k] for k in _ROW_TENSORS}, **{k: int(p[k]) for k in _COUNTS})
+    return FraudGraph(
+        data=data,
+        row_x=p["row_x"],
+        row_y=p["row_y"],
+        row_train_mask=p["row_train_mask"],
+        row_test_mask=p["row_test_mask"],
+        num_train=int(p["num_train"]),
+        num_test=int(p["num_test"]),
+        num_train_pos=int(p["num_train_pos"]),
+        num_test_pos=int(p["num_test_pos"]),
+    )
 
 
 def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:

@@ -55,7 +55,9 @@ class Transactions:
         bad = {name: len(col) for name, col in columns.items() if len(col) != n}
         if bad:
             found = ", ".join(f"{k} has {v}" for k, v in bad.items())
-            raise ValueError(f"all Transactions columns must have {n} rows (as tx_id); found {found}")
+            raise ValueError(
+                f"all Transactions columns must have {n} rows (as tx_id); found {found}"
+            )
 
     def __len__(self) -> int:
         return len(self.tx_id)

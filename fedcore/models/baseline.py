@@ -17,17 +17,19 @@ class RowMLP(nn.Module):
     Args:
         in_dim: Row feature width (``fedcore.data.graph.row_feature_dim(task)``).
         hidden: Hidden width (default: ``32``); ``0`` gives logistic regression.
-        dropout: Dropout after the hidden layer during training (default: ``0.1``).
+        dropout: Dropout after the hidden layer during training (default: ``0.0``).
 
     Shapes:
         - input: ``x`` :math:`(T, \text{in\_dim})`
         - output: logits :math:`(T,)`
     """
 
-    def __init__(self, in_dim: int, hidden: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, hidden: int = 32, dropout: float = 0.0) -> None:
         super().__init__()
         if in_dim < 1 or hidden < 0:
             raise ValueError(f"RowMLP needs in_dim >= 1 and hidden >= 0; found {in_dim}, {hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"RowMLP dropout must be in [0, 1); found {dropout!r}")
         self.in_dim = in_dim
         self.hidden = hidden
         self.dropout = dropout
@@ -47,12 +49,13 @@ class RowMLP(nn.Module):
         h = x
         if self.hidden:
             h = F.dropout(F.relu(self.body(x)), p=self.dropout, training=self.training)
-        return self.head(h).squeeze(-1)
+        logits: torch.Tensor = self.head(h).squeeze(-1)
+        return logits
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_dim}, hidden={self.hidden}, dropout={self.dropout})"
 
 
-def build_row_model(in_dim: int, hidden: int = 32, dropout: float = 0.1) -> nn.Module:
+def build_row_model(in_dim: int, hidden: int = 32, dropout: float = 0.0) -> nn.Module:
     """The non-graph baseline for row features of width ``in_dim``."""
     return RowMLP(in_dim, hidden=hidden, dropout=dropout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +38,9 @@ class FraudGNN(nn.Module):
         - output: logits :math:`(N,)`
     """
 
-    def __init__(self, in_dim: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if in_dim < 1 or hidden < 1 or layers < 1:
             raise ValueError(
@@ -58,7 +62,7 @@ class FraudGNN(nn.Module):
     def reset_parameters(self) -> None:
         """Re-initialise all weights (uses the global torch RNG)."""
         for conv in self.convs:
-            conv.reset_parameters()
+            cast(SAGEConv, conv).reset_parameters()
         self.head.reset_parameters()
 
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,8 @@ class FraudGNN(nn.Module):
                 f"FraudGNN expects x of shape [N, {self.in_dim}]; found {list(x.shape)} "
                 "(was the graph built for a different task.features?)"
             )
-        return self.head(self.embed(x, edge_index)).squeeze(-1)
+        logits: torch.Tensor = self.head(self.embed(x, edge_index)).squeeze(-1)
+        return logits
 
     def __repr__(self) -> str:
         return (

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedcore.cli.common import configure_logging
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError, load_scenario
 from secure.modes import PLAINTEXT_WARNING
@@ -108,12 +109,7 @@ def run(
     """Train a federation for a scenario, compare it with local-only and centralized models, write OUT/summary.json."""
     console = Console()
     err = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
+    configure_logging(verbose, verbose_level=logging.INFO)
     try:
         sc = load_scenario(scenario)
     except ConfigError as exc:

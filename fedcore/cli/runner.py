@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from coordinator.state import ROUND_FIELDS
 from fedcore.config import Scenario, SiteConfig, dump_site_config
 
 log = logging.getLogger(__name__)
@@ -156,22 +157,7 @@ def build_summary(
         "privacy": {"mode": plan.scenario.privacy.mode},
         "sites": [s.id for s in plan.scenario.sites],
         "rounds": [
-            {
-                k: r.get(k)
-                for k in (
-                    "round",
-                    "sites",
-                    "loss",
-                    "eval_loss",
-                    "pr_auc",
-                    "roc_auc",
-                    "seconds",
-                    "bytes_up",
-                    "bytes_down",
-                    "rejected",
-                )
-            }
-            for r in result.get("rounds", [])
+            {k: r.get(k) for k in (*ROUND_FIELDS, "rejected")} for r in result.get("rounds", [])
         ],
         "final": {
             **{

@@ -136,6 +136,3 @@ def make_client_app() -> ClientApp:
         return Message(tel.to_content(), reply_to=msg)
 
     return app
-
-
-app = make_client_app()

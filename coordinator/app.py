@@ -69,6 +69,3 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
         driver.run()
 
     return app
-
-
-app = make_server_app()

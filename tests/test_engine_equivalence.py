@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fedcore.config import SiteConfig, dump_site_config, load_scenario
+from fedcore.cli.runner import write_site_configs
+from fedcore.config import load_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +37,7 @@ def _scenario(root: Path) -> tuple[Path, dict[str, Path]]:
             sort_keys=False,
         )
     )
-    scenario = load_scenario(path)
-    sites = {}
-    for site in scenario.sites:
-        site_path = root / "sites" / f"{site.id}.yaml"
-        dump_site_config(
-            SiteConfig.from_scenario(scenario, site.id, state_dir=root / "site-state" / site.id),
-            site_path,
-        )
-        sites[site.id] = site_path
-    return path, sites
+    return path, write_site_configs(load_scenario(path), root)
 
 
 def _losses(result: dict[str, Any]) -> np.ndarray:

@@ -18,7 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from fedcore.config import SiteConfig, dump_site_config, load_scenario
+from fedcore.cli.runner import write_site_configs
+from fedcore.config import load_scenario
 from fedcore.engines.deployment import (
     DeploymentError,
     ManagedProcess,
@@ -63,16 +64,7 @@ def write_scenario(
     }
     path = root / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario, sort_keys=False))
-    loaded = load_scenario(path)
-    site_paths = {}
-    for site in loaded.sites:
-        site_path = root / "sites" / f"{site.id}.yaml"
-        dump_site_config(
-            SiteConfig.from_scenario(loaded, site.id, state_dir=root / "site-state" / site.id),
-            site_path,
-        )
-        site_paths[site.id] = site_path
-    return path, site_paths
+    return path, write_site_configs(load_scenario(path), root)
 
 
 def _mentions(proc: psutil.Process, root: str) -> bool:
@@ -281,11 +273,11 @@ def test_parse_address_rejects(text: str) -> None:
 def test_loopback_only_without_tls() -> None:
     assert is_loopback_host("127.0.0.1") and is_loopback_host("127.1.2.3")
     assert is_loopback_host("::1") and is_loopback_host("localhost")
-    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.5")
+    assert not is_loopback_host("203.0.113.5") and not is_loopback_host("198.51.100.7")
     assert not is_loopback_host("coordinator.example.org")
     check_transport("127.0.0.1", insecure=True, action="listen on")
-    with pytest.raises(DeploymentError, match="refusing to listen on 0.0.0.0 without TLS"):
-        check_transport("0.0.0.0", insecure=True, action="listen on")
+    with pytest.raises(DeploymentError, match="refusing to listen on 203.0.113.5 without TLS"):
+        check_transport("203.0.113.5", insecure=True, action="listen on")
     with pytest.raises(DeploymentError, match="TLS certificates .* not supported"):
         check_transport("127.0.0.1", insecure=False, action="listen on")
 
@@ -483,14 +475,14 @@ def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch
         "--scenario",
         str(scenario),
         "--listen",
-        "0.0.0.0:9092",
+        "203.0.113.5:9092",
         "--insecure",
         "--state",
         str(tmp_path / "st"),
         cwd=tmp_path,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "refusing to listen on 0.0.0.0 without TLS" in done.stdout
+    assert "refusing to listen on 203.0.113.5 without TLS" in done.stdout
     done = _cli(
         "fedcore.cli.client_cmd",
         "start",

@@ -8,15 +8,31 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+
+from fedcore.storage import (
+    atomic_write_bytes,
+    atomic_write_json,
+    json_default,
+    load_arrays_file,
+    save_arrays,
+)
+
+__all__ = [
+    "ROUND_FIELDS",
+    "Checkpoint",
+    "StateError",
+    "StateStore",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_arrays_file",
+    "save_arrays",
+]
 
 ROUND_FIELDS = [
     "round",
@@ -28,55 +44,12 @@ ROUND_FIELDS = [
     "seconds",
     "bytes_up",
     "bytes_down",
+    "epsilon",
 ]
 
 
 class StateError(RuntimeError):
     """The state directory holds something this run must not overwrite or cannot read."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(
-        path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
-    )
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Atomically save named arrays as safetensors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def load_arrays_file(path: Path) -> dict[str, np.ndarray]:
-    """Load named arrays saved by :func:`save_arrays`."""
-    return dict(load_file(str(path)))
 
 
 @dataclass
@@ -87,6 +60,8 @@ class Checkpoint:
     round: int
     history: list[dict[str, Any]] = field(default_factory=list)
     schedule: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Privacy state: the encrypted aggregates' index (``ckks``), the DP accountant."""
 
 
 class StateStore:
@@ -150,7 +125,7 @@ class StateStore:
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Append one round to ``rounds.jsonl`` and ``rounds.csv``."""
         with open(self.out / "rounds.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(dict(record), default=_json_default) + "\n")
+            fh.write(json.dumps(dict(record), default=json_default) + "\n")
         csv_path = self.out / "rounds.csv"
         new = not csv_path.exists()
         with open(csv_path, "a", newline="", encoding="utf-8") as fh:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from clients import protect
 from fedcore import records as R
-from fedcore.config import SiteConfig, TaskSpec, TrainingSpec, load_site_config
+from fedcore.config import PrivacySpec, SiteConfig, TaskSpec, TrainingSpec, load_site_config
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +41,57 @@ def site_graph(context: Context, task: TaskSpec) -> tuple[SiteConfig, Any]:
     key = (path, mtime, task.model_dump_json())
     if key not in _CACHE:
         cfg = site_config(context)
-        _CACHE[key] = (cfg, load_site_data(cfg, task))
+        graph = load_site_data(cfg, task)
+        _CACHE[key] = (cfg, graph)
+        _remember_data_size(context, int(graph.num_train))
     return _CACHE[key]  # type: ignore[no-any-return]
+
+
+def _size_file(context: Context) -> Path | None:
+    path = str(context.node_config.get("site-config", ""))
+    if not path:
+        return None
+    p = Path(path)
+    return p.with_name(f".{p.stem}.data-size.json")
+
+
+def _remember_data_size(context: Context, num_train: int) -> None:
+    """Note the site's training-set size next to its config, so telemetry stays cheap."""
+    f = _size_file(context)
+    if f is None:
+        return
+    try:
+        mtime = os.path.getmtime(str(context.node_config["site-config"]))
+        f.write_text(json.dumps({"num_train": num_train, "config_mtime": mtime}))
+    except OSError as exc:  # a read-only config directory only costs a slower telemetry
+        log.debug("cannot write %s: %s", f, exc)
+
+
+def data_size(context: Context) -> int | None:
+    """The site's training-set size if known without loading the data, else ``None``."""
+    f = _size_file(context)
+    if f is None or not f.exists():
+        return None
+    try:
+        info = json.loads(f.read_text())
+        if info["config_mtime"] != os.path.getmtime(str(context.node_config["site-config"])):
+            return None
+        return int(info["num_train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def local_seed(seed: int, site_id: str, round_: int) -> int:
     """The seed of one site's local training in one round (stable across processes)."""
     digest = hashlib.sha256(f"{seed}:{site_id}:{round_}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _config(msg: Message) -> R.RoundConfig:
+    _, cfg = R.read_instruction(msg.content)
+    if cfg is None:
+        raise ValueError(f"{msg.metadata.message_type} instruction lacks its config record")
+    return cfg
 
 
 def _instruction(msg: Message) -> tuple[dict[str, Any], R.RoundConfig]:
@@ -56,69 +103,195 @@ def _instruction(msg: Message) -> tuple[dict[str, Any], R.RoundConfig]:
     return arrays, cfg
 
 
+def _train_model(
+    context: Context, arrays: Mapping[str, Any], cfg: R.RoundConfig
+) -> tuple[SiteConfig, dict[str, Any], Any, float]:
+    """Train the global ``arrays`` locally; returns (site, local arrays, stats, seconds)."""
+    from fedcore.data.graph import feature_dim
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import load_arrays, model_to_arrays, train_local
+
+    task = TaskSpec.model_validate(cfg.task)
+    training = TrainingSpec.model_validate(cfg.training)
+    site, graph = site_graph(context, task)
+    t0 = time.perf_counter()
+    model = build_model(task, feature_dim(task))
+    load_arrays(model, arrays)
+    stats = train_local(model, graph, training, seed=local_seed(cfg.seed, site.id, cfg.round))
+    return site, model_to_arrays(model), stats, time.perf_counter() - t0
+
+
+def _dp_clipped(
+    local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], privacy: PrivacySpec
+) -> dict[str, np.ndarray]:
+    """``local`` with its update (``local - base``) clipped to the DP clip norm."""
+    if privacy.dp is None:
+        return dict(local)
+    from secure.dp import clip_update
+
+    delta = {k: np.asarray(local[k], np.float32) - np.asarray(base[k], np.float32) for k in base}
+    # a hair under C: adding the clipped update back to the float32 base rounds, and the
+    # update the coordinator sees (model - base) must still have norm <= C
+    clipped, _ = clip_update(delta, privacy.dp.clip_norm * (1.0 - 1e-5))
+    return {k: (np.asarray(base[k], np.float32) + clipped[k]).astype(local[k].dtype) for k in base}
+
+
+def _evaluate_arrays(
+    context: Context, arrays: Mapping[str, Any], cfg: R.RoundConfig, digest: str = ""
+) -> R.EvalReply:
+    from fedcore.data.graph import feature_dim
+    from fedcore.metrics import score_histograms
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import evaluate as evaluate_model
+    from fedcore.training import load_arrays
+
+    task = TaskSpec.model_validate(cfg.task)
+    site, graph = site_graph(context, task)
+    model = build_model(task, feature_dim(task))
+    load_arrays(model, arrays)
+    ev = evaluate_model(model, graph, task)
+    hp, hn = score_histograms(ev.labels, ev.scores, R.HIST_BINS)
+    return R.EvalReply(
+        site_id=site.id,
+        num_examples=ev.num_examples,
+        num_positive=ev.num_positive,
+        loss=ev.loss,
+        metrics={k: float(v) for k, v in ev.metrics.items()},
+        hist_pos=hp,
+        hist_neg=hn,
+        model_digest=digest,
+    )
+
+
+def _ckks_state(
+    context: Context, site: SiteConfig, cfg: R.RoundConfig
+) -> tuple[Any, protect.GlobalModelStore]:
+    privacy = PrivacySpec.model_validate(cfg.privacy)
+    codec = protect.make_codec(
+        privacy, protect.secret_context(context, site.id), cfg.max_sites or 1
+    )
+    store = protect.GlobalModelStore.for_site(
+        site, str(context.node_config.get("site-config", "")), cfg.run_key
+    )
+    return codec, store
+
+
+def _train_ckks(msg: Message, context: Context, cfg: R.RoundConfig) -> Message:
+    """CKKS: catch up on the encrypted aggregates, train, send ``Enc(weight * clip(update))``."""
+    site = site_config(context, check_files=False)
+    codec, store = _ckks_state(context, site, cfg)
+    _, base = protect.bring_up_to_date(store, msg.content, codec)
+    privacy = PrivacySpec.model_validate(cfg.privacy)
+    site, local, stats, seconds = _train_model(context, base, cfg)
+    local = _dp_clipped(local, base, privacy)
+    update = protect.flatten(local) - protect.flatten(base)
+    t0 = time.perf_counter()
+    chunks = codec.encrypt(cfg.weight * update)
+    log.debug("encrypted %d values in %.3fs", update.size, time.perf_counter() - t0)
+    reply = R.TrainReply(
+        arrays={},
+        num_examples=stats.num_examples,
+        loss=stats.loss,
+        seconds=seconds,
+        site_id=site.id,
+        encrypted=chunks,
+        length=int(update.size),
+        round=cfg.round,
+    )
+    content = reply.to_content()
+    payload = R.signing_payload(R.TRAIN, site.id, cfg.round, cfg.run_key, reply.digest())
+    return Message(protect.sign_reply(context, site.id, content, payload), reply_to=msg)
+
+
+def _train_secagg(msg: Message, context: Context) -> Message:
+    """SecAgg+: a legacy fit (Flower's ``secaggplus_mod`` masks the reply on its way out)."""
+    from secure.secagg import fit_reply_content, read_fit_instruction
+
+    params, fit_config = read_fit_instruction(msg.content)
+    cfg = R.RoundConfig.from_record(ConfigRecord(json.loads(str(fit_config["fedcore.round"]))))
+    names = json.loads(str(fit_config["fedcore.names"]))
+    if len(names) != len(params):
+        raise ValueError(f"fit instruction holds {len(params)} arrays for {len(names)} names")
+    base = dict(zip(names, params, strict=True))
+    privacy = PrivacySpec.model_validate(cfg.privacy)
+    site, local, stats, seconds = _train_model(context, base, cfg)
+    local = _dp_clipped(local, base, privacy)
+    # DP needs uniform weights: every site counts once
+    weight = 1 if privacy.dp is not None else stats.num_examples
+    metrics: dict[str, Any] = {
+        "loss": stats.loss,
+        "seconds": seconds,
+        "num_examples": stats.num_examples,
+    }
+    return Message(fit_reply_content([local[n] for n in names], weight, metrics), reply_to=msg)
+
+
 def make_client_app() -> ClientApp:
-    """Build the site ClientApp. The site config path comes from node config ``site-config``."""
-    app = ClientApp()
+    """Build the site ClientApp. The site config path comes from node config ``site-config``.
+
+    An optional node config ``kit`` names the site's provisioned kit (CKKS secret context,
+    node key for signing replies).
+    """
+    from secure.secagg import secagg_mod
+
+    app = ClientApp(mods=[secagg_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedcore.data.graph import feature_dim
-        from fedcore.models.fraud_gnn import build_model
-        from fedcore.training import load_arrays, model_to_arrays, train_local
+        from secure.secagg import is_legacy_fit
 
+        if is_legacy_fit(msg.content):
+            return _train_secagg(msg, context)
+        if _config(msg).mode == "ckks":
+            return _train_ckks(msg, context, _config(msg))
         arrays, cfg = _instruction(msg)
-        task = TaskSpec.model_validate(cfg.task)
-        training = TrainingSpec.model_validate(cfg.training)
-        site, graph = site_graph(context, task)
-        t0 = time.perf_counter()
-        model = build_model(task, feature_dim(task))
-        load_arrays(model, arrays)
-        stats = train_local(model, graph, training, seed=local_seed(cfg.seed, site.id, cfg.round))
+        privacy = PrivacySpec.model_validate(cfg.privacy) if cfg.privacy else PrivacySpec()
+        site, local, stats, seconds = _train_model(context, arrays, cfg)
+        local = _dp_clipped(local, arrays, privacy)
         reply = R.TrainReply(
-            arrays=model_to_arrays(model),
+            arrays=local,
             num_examples=stats.num_examples,
             loss=stats.loss,
-            seconds=time.perf_counter() - t0,
+            seconds=seconds,
             site_id=site.id,
+            round=cfg.round,
         )
-        return Message(reply.to_content(), reply_to=msg)
+        payload = R.signing_payload(R.TRAIN, site.id, cfg.round, cfg.run_key, reply.digest())
+        return Message(
+            protect.sign_reply(context, site.id, reply.to_content(), payload), reply_to=msg
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from fedcore.data.graph import feature_dim
-        from fedcore.metrics import score_histograms
-        from fedcore.models.fraud_gnn import build_model
-        from fedcore.training import evaluate as evaluate_model
-        from fedcore.training import load_arrays
-
-        arrays, cfg = _instruction(msg)
-        task = TaskSpec.model_validate(cfg.task)
-        site, graph = site_graph(context, task)
-        model = build_model(task, feature_dim(task))
-        load_arrays(model, arrays)
-        ev = evaluate_model(model, graph, task)
-        hp, hn = score_histograms(ev.labels, ev.scores, R.HIST_BINS)
-        reply = R.EvalReply(
-            site_id=site.id,
-            num_examples=ev.num_examples,
-            num_positive=ev.num_positive,
-            loss=ev.loss,
-            metrics={k: float(v) for k, v in ev.metrics.items()},
-            hist_pos=hp,
-            hist_neg=hn,
-        )
+        cfg = _config(msg)
+        if cfg.mode == "ckks":
+            site = site_config(context, check_files=False)
+            codec, store = _ckks_state(context, site, cfg)
+            _, arrays = protect.bring_up_to_date(store, msg.content, codec)
+        else:
+            arrays, cfg = _instruction(msg)
+        reply = _evaluate_arrays(context, arrays, cfg, protect.digest_hex(arrays))
         return Message(reply.to_content(), reply_to=msg)
 
     @app.query("telemetry")
     def telemetry(msg: Message, context: Context) -> Message:
         import psutil
 
+        round_, run_key, task = R.read_telemetry_instruction(msg.content)
         cfg = site_config(
             context, check_files=False
         )  # a site with broken data is alive: training says why
-        # data size only if already loaded: a telemetry query must stay cheap (no graph build)
-        here = str(context.node_config.get("site-config", ""))
-        n_train = next((int(g.num_train) for (p, _, _), (_, g) in _CACHE.items() if p == here), 0)
+        n_train = data_size(context)
+        if n_train is None:
+            try:  # first contact: load the data once so the coordinator can weight this site
+                _, graph = site_graph(context, TaskSpec.model_validate(task))
+                n_train = int(graph.num_train)
+            except Exception as exc:  # broken data: report 0, training will say why
+                log.warning("site data not loadable for telemetry: %s", exc)
+                n_train = 0
+        store = protect.GlobalModelStore.for_site(
+            cfg, str(context.node_config.get("site-config", "")), run_key
+        )
         mem = psutil.virtual_memory()
         readings = {
             "cpu_util_percent": float(psutil.cpu_percent(interval=None)),
@@ -132,7 +305,9 @@ def make_client_app() -> ClientApp:
             device="cpu",
             vendor="cpu",
             readings=readings,
+            model_round=protect.model_round(store),
         )
-        return Message(tel.to_content(), reply_to=msg)
+        payload = R.signing_payload(R.TELEMETRY, cfg.id, round_, run_key, tel.digest())
+        return Message(protect.sign_reply(context, cfg.id, tel.to_content(), payload), reply_to=msg)
 
     return app

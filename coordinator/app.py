@@ -29,6 +29,25 @@ def initial_arrays(scenario: Scenario) -> dict[str, np.ndarray]:
     return model_to_arrays(model)
 
 
+def load_coordinator_kit(path: str | Path | None) -> tuple[dict[str, bytes] | None, Any]:
+    """(registered node keys, public CKKS context) from the coordinator kit; (None, None) without one."""
+    if not path:
+        return None, None
+    from secure.ckks import context_from_bytes
+
+    from secure import kitfiles
+    from secure.kit import load_kit, registered_nodes
+
+    kit = load_kit(Path(str(path)), role="coordinator")
+    ctx_file = Path(kit.path) / kitfiles.CKKS_PUBLIC
+    ctx = (
+        context_from_bytes(ctx_file.read_bytes(), expect_secret=False)
+        if ctx_file.exists()
+        else None
+    )
+    return registered_nodes(kit), ctx
+
+
 def run_config_value(context: Context, key: str, default: Any = None) -> Any:
     """A run-config value, or ``default`` when absent or empty."""
     value = context.run_config.get(key, default)
@@ -39,8 +58,9 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
     """Build the coordinator ServerApp.
 
     It reads from the run config: ``scenario`` (path of the scenario YAML),
-    ``out-dir`` (run directory), ``rounds`` (0 = the scenario's) and
-    ``wait-sites`` (seconds to wait for sites to connect).
+    ``out-dir`` (run directory), ``rounds`` (0 = the scenario's),
+    ``wait-sites`` (seconds to wait for sites to connect) and ``kit`` (the coordinator
+    kit directory: registered node keys and the public CKKS context; empty: none).
 
     Args:
         observer: Called with each finished round's record (progress display).
@@ -56,6 +76,7 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
         out = Path(str(run_config_value(context, "out-dir", "fedcore-run")))
         rounds = int(run_config_value(context, "rounds", 0)) or None
         wait = float(run_config_value(context, "wait-sites", 120.0))
+        keys, ckks_context = load_coordinator_kit(run_config_value(context, "kit"))
         driver = RoundDriver(
             grid,
             scenario,
@@ -65,6 +86,8 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
             rounds=rounds,
             observer=observer,
             wait_for_sites=wait,
+            registered_keys=keys,
+            ckks_context=ckks_context,
         )
         driver.run()
 

@@ -14,6 +14,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.aggregation import weighted_average, weighted_mean
+from coordinator.auth import ReplyVerifier
+from coordinator.ckks import CkksAggregator, Contribution
 from coordinator.state import Checkpoint, StateStore
 from coordinator.validation import check_train_reply
 from fedcore import records as R
@@ -51,6 +53,10 @@ class RoundDriver:
         rounds: Number of rounds (default: the scenario's).
         observer: Called with each finished round's record.
         wait_for_sites: Seconds to wait for every scenario site to connect.
+        registered_keys: Site id -> OpenSSH node public key (coordinator kit). When given,
+            every telemetry and train reply must be signed by the site it names.
+        ckks_context: TenSEAL context without secret key (coordinator kit); needed by
+            privacy mode ``ckks``.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class RoundDriver:
         rounds: int | None = None,
         observer: RoundObserver | None = None,
         wait_for_sites: float = 120.0,
+        registered_keys: Mapping[str, bytes] | None = None,
+        ckks_context: Any = None,
     ) -> None:
         self.grid = grid
         self.scenario = scenario
@@ -78,6 +86,32 @@ class RoundDriver:
         self.members = {s.id for s in scenario.sites}
         self.history: list[dict[str, Any]] = []
         self.schedule: list[dict[str, Any]] = []
+        self.privacy = scenario.privacy
+        self.run_key = scenario.fingerprint()
+        self.verifier = ReplyVerifier(registered_keys)
+        self.site_rounds: dict[str, int] = {}
+        self.ckks: CkksAggregator | None = None
+        if self.privacy.mode == "ckks":
+            if ckks_context is None:
+                raise ValueError(
+                    "privacy mode 'ckks' needs the coordinator kit's public CKKS context "
+                    "(fed-coordinator --kit, or let `fedcore run` provision one)"
+                )
+            self.ckks = CkksAggregator(
+                self.privacy,
+                ckks_context,
+                len(scenario.sites),
+                self.global_arrays,
+                self.store.state / "ckks",
+            )
+        self.accountant: Any = None
+        if self.privacy.dp is not None:
+            from secure.dp import DpAccountant
+
+            self.accountant = DpAccountant(self.privacy.dp, population_size=len(scenario.sites))
+        self._rng = np.random.default_rng()  # DP noise: fresh OS entropy, never the scenario seed
+        self._ckks_index: list[dict[str, Any]] = []
+        self._weights: dict[str, float] = {}
 
     # ------------------------------------------------------------------ messaging
 
@@ -153,9 +187,10 @@ class RoundDriver:
         self, round_: int, nodes: Sequence[int]
     ) -> tuple[list[Candidate], dict[str, list[str]]]:
         """Ask every connected node for telemetry; returns candidates and problems by site/node."""
-        replies, errors, _, _ = self._exchange(
-            ((n, R.telemetry_instruction(round_)) for n in nodes), R.TELEMETRY, round_
+        content = R.telemetry_instruction(
+            round_, self.run_key, self.scenario.task.model_dump(mode="json")
         )
+        replies, errors, _, _ = self._exchange(((n, content) for n in nodes), R.TELEMETRY, round_)
         problems: dict[str, list[str]] = {f"node {n}": [e] for n, e in errors.items()}
         cands: dict[str, Candidate] = {}
         for nid, rep in replies:
@@ -169,32 +204,65 @@ class RoundDriver:
                     f"site id {tel.site_id!r} is not a member of this scenario"
                 ]
                 continue
+            refusal = self.verifier.check(
+                R.TELEMETRY, tel.site_id, round_, self.run_key, tel.digest(), rep.content
+            )
+            if refusal is not None:
+                problems[f"node {nid}"] = [f"claims site {tel.site_id!r}: {refusal}"]
+                continue
             if tel.site_id in cands:
                 problems[tel.site_id] = [f"two nodes claim site {tel.site_id!r}; keeping the first"]
                 continue
+            self.site_rounds[tel.site_id] = tel.model_round
             cands[tel.site_id] = Candidate(
                 tel.site_id, nid, tel.num_train_examples, dict(tel.readings)
             )
         return sorted(cands.values(), key=lambda c: c.site_id), problems
 
-    def round_config(self, round_: int) -> R.RoundConfig:
-        """The settings every site receives with this round's instructions."""
+    def round_config(self, round_: int, weight: float = 1.0) -> R.RoundConfig:
+        """The settings a site receives with this round's instructions."""
         return R.RoundConfig(
             round=round_,
             seed=self.scenario.seed,
             task=self.scenario.task.model_dump(mode="json"),
             training=self.scenario.training.model_dump(mode="json"),
+            privacy=self.privacy.model_dump(mode="json"),
+            run_key=self.run_key,
+            weight=weight,
+            max_sites=len(self.scenario.sites),
         )
+
+    def weights(self, chosen: Sequence[Candidate]) -> dict[str, float]:
+        """Aggregation weight per chosen site: its examples over the largest site's (DP: 1 each)."""
+        if self.privacy.dp is not None:
+            return {c.site_id: 1.0 for c in chosen}
+        # relative to the largest site, so the largest update uses the whole CKKS packing range
+        # (the aggregate is divided by the sum of the weights, so the scale cancels)
+        largest = max((c.num_train_examples for c in chosen), default=0)
+        if largest <= 0:
+            return {c.site_id: 1.0 for c in chosen}
+        return {c.site_id: max(c.num_train_examples, 0) / largest for c in chosen}
+
+    def _instruction(self, round_: int, cand: Candidate, weight: float = 1.0) -> RecordDict:
+        cfg = self.round_config(round_, weight)
+        if self.ckks is not None:
+            return self.ckks.instruction(cfg, self.site_rounds.get(cand.site_id, 0))
+        return R.train_instruction(self.global_arrays, cfg)
 
     def train(
         self, round_: int, chosen: Sequence[Candidate]
     ) -> tuple[list[tuple[str, R.TrainReply]], dict[str, list[str]], int, int]:
-        """Send train instructions; returns accepted replies (sorted by site) and rejections."""
-        cfg = self.round_config(round_)
-        content = R.train_instruction(self.global_arrays, cfg)
+        """Send train instructions; returns accepted replies (sorted by site) and rejections.
+
+        In ``ckks`` mode the accepted replies carry ciphertexts, checked here and summed by
+        :meth:`aggregate`; otherwise clear models, validated against the global model.
+        """
+        weights = self.weights(chosen)
         by_node = {c.node_id: c for c in chosen}
         replies, errors, down, up = self._exchange(
-            ((c.node_id, content) for c in chosen), R.TRAIN, round_
+            ((c.node_id, self._instruction(round_, c, weights[c.site_id])) for c in chosen),
+            R.TRAIN,
+            round_,
         )
         rejected: dict[str, list[str]] = {by_node[n].site_id: [e] for n, e in errors.items()}
         accepted: list[tuple[str, R.TrainReply]] = []
@@ -205,9 +273,22 @@ class RoundDriver:
             except (ValueError, KeyError, TypeError) as exc:
                 rejected[target.site_id] = [f"malformed reply: {exc}"]
                 continue
-            reasons = check_train_reply(parsed, self.global_arrays)
+            if self.ckks is not None:
+                reasons = self.ckks.check(parsed)
+                if not 0 < parsed.num_examples:
+                    reasons.append(f"num_examples is {parsed.num_examples}")
+                if not np.isfinite(parsed.loss):
+                    reasons.append(f"training loss is {parsed.loss}")
+            else:
+                reasons = check_train_reply(parsed, self.global_arrays)
             if parsed.site_id != target.site_id:
                 reasons.append(f"reply names site {parsed.site_id!r}, sent to {target.site_id!r}")
+            else:
+                refusal = self.verifier.check(
+                    R.TRAIN, parsed.site_id, round_, self.run_key, parsed.digest(), rep.content
+                )
+                if refusal is not None:
+                    reasons.append(refusal)
             if reasons:
                 rejected[target.site_id] = reasons
             else:
@@ -215,7 +296,99 @@ class RoundDriver:
         for site, reasons in rejected.items():
             log.warning("round %d: left out %s: %s", round_, site, "; ".join(reasons))
         accepted.sort(key=lambda x: x[0])
+        self._weights = weights
         return accepted, rejected, down, up
+
+    def aggregate(self, round_: int, accepted: Sequence[tuple[str, R.TrainReply]]) -> None:
+        """Combine the accepted updates into the new global state (clear or encrypted)."""
+        dp = self.privacy.dp
+        if self.ckks is not None:
+            noise = None
+            if dp is not None:
+                from secure.dp import gaussian_noise, sum_noise_std
+
+                # noise on the encrypted SUM of clipped updates (every weight is 1 under DP)
+                noise = gaussian_noise(self.ckks.length, sum_noise_std(dp), self._rng)
+            agg = self.ckks.combine(
+                round_,
+                [Contribution(s, r.encrypted or [], self._weights[s]) for s, r in accepted],
+                noise,
+            )
+            self._ckks_index = [e for e in self._ckks_index if e["round"] < round_]
+            self._ckks_index.append(self.ckks.commit(agg))
+            return
+        if dp is not None:  # uniform mean of clipped models, plus noise on the mean
+            mean = weighted_average([(r.arrays, 1) for _, r in accepted])
+            self.global_arrays = self._noised(mean, len(accepted))
+            return
+        self.global_arrays = weighted_average([(r.arrays, r.num_examples) for _, r in accepted])
+
+    def _noised(self, mean: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+        from secure.dp import gaussian_noise, noise_std
+
+        assert self.privacy.dp is not None
+        std = noise_std(self.privacy.dp, count)
+        return {
+            k: (v + gaussian_noise(v.shape, std, self._rng)).astype(v.dtype)
+            for k, v in mean.items()
+        }
+
+    def train_secagg(
+        self, round_: int, chosen: Sequence[Candidate]
+    ) -> tuple[list[str], dict[str, list[str]], float, int, int]:
+        """One SecAgg+ round over the chosen sites: the coordinator only sees the masked sum.
+
+        Returns:
+            (contributing sites, rejected sites with reasons, mean training loss, bytes down, bytes up).
+        """
+        import json
+
+        from secure.secagg import SecAggError, run_secagg_round
+
+        names = sorted(self.global_arrays)
+        cfg = self.round_config(round_)
+        fit_config: dict[str, Any] = {
+            "fedcore.round": json.dumps(dict(cfg.to_record())),
+            "fedcore.names": json.dumps(names),
+        }
+        site_of = {c.node_id: c.site_id for c in chosen}
+        # the weight of each site is quantized relative to max_weight: keep it tight
+        if self.privacy.dp is not None:
+            spec = self.privacy.secagg.model_copy(update={"max_weight": 1.0})
+        else:
+            largest = max((c.num_train_examples for c in chosen), default=0)
+            spec = (
+                self.privacy.secagg.model_copy(update={"max_weight": float(largest)})
+                if largest > 0
+                else self.privacy.secagg
+            )
+        try:
+            outcome = run_secagg_round(
+                self.grid,
+                [c.node_id for c in chosen],
+                fit_config,
+                [self.global_arrays[n] for n in names],
+                spec,
+                round_,
+                self.timeout,
+            )
+        except SecAggError as exc:
+            raise FederationError(f"round {round_}: SecAgg+ failed: {exc}") from exc
+        mean = {
+            n: np.asarray(a, dtype=self.global_arrays[n].dtype).reshape(self.global_arrays[n].shape)
+            for n, a in zip(names, outcome.arrays, strict=True)
+        }
+        problems = check_train_reply(
+            R.TrainReply(mean, 1, 0.0, 0.0, "aggregate"), self.global_arrays
+        )
+        if problems:
+            raise FederationError(f"round {round_}: SecAgg+ aggregate unusable: {problems}")
+        self.global_arrays = (
+            self._noised(mean, len(outcome.contributors)) if self.privacy.dp is not None else mean
+        )
+        sites = sorted(site_of[n] for n in outcome.contributors)
+        rejected = {site_of[n]: [reason] for n, reason in outcome.dropped.items()}
+        return sites, rejected, float(outcome.mean_loss), outcome.bytes_down, outcome.bytes_up
 
     def evaluate(
         self, round_: int, sites: Sequence[Candidate]
@@ -224,7 +397,12 @@ class RoundDriver:
         content = R.evaluate_instruction(self.global_arrays, self.round_config(round_))
         by_node = {c.node_id: c for c in sites}
         replies, errors, down, up = self._exchange(
-            ((c.node_id, content) for c in sites), R.EVALUATE, round_
+            (
+                (c.node_id, self._instruction(round_, c) if self.ckks is not None else content)
+                for c in sites
+            ),
+            R.EVALUATE,
+            round_,
         )
         problems = {by_node[n].site_id: [e] for n, e in errors.items()}
         parsed: list[R.EvalReply] = []
@@ -233,6 +411,13 @@ class RoundDriver:
                 parsed.append(R.EvalReply.from_content(rep.content))
             except (ValueError, KeyError, TypeError) as exc:
                 problems[by_node[nid].site_id] = [f"malformed evaluation: {exc}"]
+        if self.ckks is not None:
+            for p in parsed:
+                self.site_rounds[p.site_id] = round_
+            digests = {p.site_id: p.model_digest for p in parsed}
+            if len(set(digests.values())) > 1:
+                log.warning("round %d: sites hold different global models: %s", round_, digests)
+                problems.setdefault("model", []).append(f"sites disagree on the model: {digests}")
         if not parsed:
             return (
                 {"loss": float("nan"), "pr_auc": float("nan"), "roc_auc": float("nan")},
@@ -258,6 +443,7 @@ class RoundDriver:
         if resumed is not None:
             cp, arrays = resumed
             self.global_arrays, self.history, self.schedule = arrays, cp.history, cp.schedule
+            self._restore_privacy(cp.extra)
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
         self.store.reset_logs(self.history)
@@ -271,11 +457,54 @@ class RoundDriver:
             result = self._result("failed", str(exc))
             self.store.write_result(result)
             raise
-        model_path = self.store.save_model(self.global_arrays)
         result = self._result("completed", None)
-        result["model"] = model_path.name
+        if self.ckks is None:
+            result["model"] = self.store.save_model(self.global_arrays).name
+        else:
+            result["model_location"] = (
+                "sites: in ckks mode only the sites can decrypt the global model; each keeps it "
+                "in its state directory under global/<run key>/model.safetensors"
+            )
         self.store.write_result(result)
         return result
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """What protected this run's updates (parameters and running figures, never keys)."""
+        out: dict[str, Any] = {"mode": self.privacy.mode, "authenticated": self.verifier.enabled}
+        if self.ckks is not None:
+            ck = self.privacy.ckks
+            out["ckks"] = {
+                "poly_modulus_degree": ck.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(ck.coeff_mod_bit_sizes),
+                "packing": ck.packing,
+                "values_per_slot": ck.values_per_slot if ck.packing else 1,
+                "error_bound": self.ckks.codec.error_bound(len(self.scenario.sites)),
+                "coordinator_holds_secret_key": False,
+            }
+        if self.privacy.mode == "secagg+":
+            out["secagg"] = self.privacy.secagg.model_dump(mode="json")
+        if self.accountant is not None:
+            out.update(self.accountant.summary())
+        return out
+
+    def _restore_privacy(self, extra: Mapping[str, Any]) -> None:
+        if self.ckks is not None:
+            self._ckks_index = list(extra.get("ckks", []))
+            self.ckks.restore(self._ckks_index)
+        if self.accountant is not None and "dp" in extra:
+            from secure.dp import DpAccountant
+
+            self.accountant = DpAccountant.from_state(
+                extra["dp"], spec=self.privacy.dp, population_size=len(self.scenario.sites)
+            )
+
+    def _privacy_state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.ckks is not None:
+            extra["ckks"] = self._ckks_index
+        if self.accountant is not None:
+            extra["dp"] = self.accountant.state_dict()
+        return extra
 
     def _result(self, status: str, error: str | None) -> dict[str, Any]:
         return {
@@ -285,6 +514,7 @@ class RoundDriver:
             "fingerprint": self.scenario.fingerprint(),
             "rounds": self.history,
             "schedule": self.schedule,
+            "privacy": self.privacy_summary(),
             "model": None,
         }
 
@@ -298,21 +528,29 @@ class RoundDriver:
                 f"scheduler.min_sites={min_sites}; problems: {_fmt(problems)}"
             )
         selection = self.selector.select(rnd, candidates)
-        accepted, rejected, down, up = self.train(rnd, selection.chosen)
+        if self.privacy.mode == "secagg+":
+            sites, rejected, train_loss, down, up = self.train_secagg(rnd, selection.chosen)
+        else:
+            accepted, rejected, down, up = self.train(rnd, selection.chosen)
+            sites = [s for s, _ in accepted]
         for who, reasons in problems.items():
             rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
-        if len(accepted) < min_sites:
+        if len(sites) < min_sites:
             raise FederationError(
-                f"round {rnd}: only {len(accepted)} valid update(s), need scheduler.min_sites={min_sites}; "
+                f"round {rnd}: only {len(sites)} valid update(s), need scheduler.min_sites={min_sites}; "
                 f"left out: {_fmt(rejected)}. Rounds 1..{rnd - 1} are saved in {self.store.out}"
             )
-        self.global_arrays = weighted_average([(r.arrays, r.num_examples) for _, r in accepted])
-        train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
+        if self.privacy.mode != "secagg+":
+            self.aggregate(rnd, accepted)
+            train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
+        epsilon = None
+        if self.accountant is not None:
+            epsilon = self.accountant.step(len(selection.chosen))
         ev, ev_problems, edown, eup = self.evaluate(rnd, candidates)
         per_site: Any = ev.pop("per_site", {})
         record: dict[str, Any] = {
             "round": rnd,
-            "sites": [s for s, _ in accepted],
+            "sites": sites,
             "loss": train_loss,
             "eval_loss": ev.get("loss", float("nan")),
             "pr_auc": ev.get("pr_auc", float("nan")),
@@ -323,6 +561,8 @@ class RoundDriver:
             "rejected": rejected,
             "per_site": per_site,
         }
+        if epsilon is not None:
+            record["epsilon"] = round(epsilon, 4)
         self.history.append(record)
         self.schedule.append(
             {
@@ -333,17 +573,20 @@ class RoundDriver:
             }
         )
         self.store.save(
-            Checkpoint(self.scenario.fingerprint(), rnd, self.history, self.schedule),
+            Checkpoint(
+                self.scenario.fingerprint(), rnd, self.history, self.schedule, self._privacy_state()
+            ),
             self.global_arrays,
         )
         self.store.append_round(record)
         log.info(
-            "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs",
+            "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs%s",
             rnd,
             record["sites"],
             train_loss,
             record["pr_auc"],
             record["seconds"],
+            f" epsilon={epsilon:.3f}" if epsilon is not None else "",
         )
         if self.observer is not None:
             self.observer(record)

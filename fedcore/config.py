@@ -143,9 +143,13 @@ class CkksSpec(_Model):
     )
     values_per_slot: int = Field(3, ge=1, le=8, description="values packed into one slot")
     clip: float = Field(
-        0.25,
+        0.1,
         gt=0.0,
-        description="packed mode: each weighted update value is clipped to [-clip, clip] before quantizing",
+        description=(
+            "packed mode: each update value (local minus global weight) is clipped to "
+            "[-clip, clip] before quantizing; smaller is finer. Adam moves a weight by about "
+            "lr per step, so local_epochs * lr (x batches per epoch) is a good bound"
+        ),
     )
 
     @field_validator("coeff_mod_bit_sizes")

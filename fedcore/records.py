@@ -15,12 +15,22 @@ message type           instruction (coordinator -> site)          reply (site ->
 ``evaluate``           ``arrays``: global model, ``config``:      ``metrics``: num_examples, loss, metrics,
                        round, task                                 score histograms per class
 =====================  =========================================  ===========================================
+
+Privacy modes change what travels (see ``docs/privacy.md``):
+
+* ``ckks``: instructions carry no clear model after round 0; instead ``ckks.aggregates``
+  holds the encrypted aggregates a site has not applied yet (it keeps the global model
+  itself). A train reply carries ``ckks.update`` (ciphertext chunks) and no ``arrays``.
+* ``secagg+``: training runs Flower's SecAgg+ protocol (legacy ``fitins``/``fitres`` keys).
+* Every reply may carry ``auth``: an ECDSA signature with the site's node key over
+  :func:`signing_payload`, which the coordinator checks against the registered key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +48,9 @@ CONFIG = "config"
 METRICS = "metrics"
 TELEMETRY_INFO = "telemetry.info"
 TELEMETRY_METRICS = "telemetry.metrics"
+CKKS_AGGREGATES = "ckks.aggregates"
+CKKS_UPDATE = "ckks.update"
+AUTH = "auth"
 
 HIST_BINS = 200
 """Score histogram resolution used for pooled PR-AUC / ROC-AUC across sites."""
@@ -67,6 +80,14 @@ class RoundConfig:
     seed: int
     task: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    """The scenario's ``privacy`` section (no secrets: parameters only)."""
+    run_key: str = ""
+    """Identifies the run (scenario fingerprint): a site keeps per-run state under it."""
+    weight: float = 1.0
+    """This site's aggregation weight (CKKS: it encrypts ``weight * update``)."""
+    max_sites: int = 0
+    """How many sites may be summed in one round (sizes the CKKS packing headroom)."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -75,6 +96,10 @@ class RoundConfig:
                 "seed": self.seed,
                 "task": json.dumps(self.task, sort_keys=True),
                 "training": json.dumps(self.training, sort_keys=True),
+                "privacy": json.dumps(self.privacy, sort_keys=True),
+                "run_key": self.run_key,
+                "weight": float(self.weight),
+                "max_sites": int(self.max_sites),
             }
         )
 
@@ -85,7 +110,16 @@ class RoundConfig:
             seed=int(rec["seed"]),  # type: ignore[arg-type]
             task=json.loads(str(rec["task"])),
             training=json.loads(str(rec.get("training", "{}"))),
+            privacy=json.loads(str(rec.get("privacy", "{}"))),
+            run_key=str(rec.get("run_key", "")),
+            weight=float(rec.get("weight", 1.0)),  # type: ignore[arg-type]
+            max_sites=int(rec.get("max_sites", 0)),  # type: ignore[arg-type]
         )
+
+    @property
+    def mode(self) -> str:
+        """The privacy mode (``plaintext`` when unset)."""
+        return str(self.privacy.get("mode", "plaintext"))
 
 
 def train_instruction(arrays: Mapping[str, np.ndarray], cfg: RoundConfig) -> RecordDict:
@@ -98,9 +132,46 @@ def evaluate_instruction(arrays: Mapping[str, np.ndarray], cfg: RoundConfig) -> 
     return RecordDict({ARRAYS: arrays_to_record(arrays), CONFIG: cfg.to_record()})
 
 
-def telemetry_instruction(round_: int) -> RecordDict:
-    """Content of a ``query.telemetry`` message."""
-    return RecordDict({CONFIG: ConfigRecord({"round": round_})})
+def telemetry_instruction(
+    round_: int, run_key: str = "", task: Mapping[str, Any] | None = None
+) -> RecordDict:
+    """Content of a ``query.telemetry`` message (the task lets a site size its data)."""
+    return RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {
+                    "round": round_,
+                    "run_key": run_key,
+                    "task": json.dumps(dict(task or {}), sort_keys=True),
+                }
+            )
+        }
+    )
+
+
+def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, dict[str, Any]]:
+    """(round, run key, task) of a ``query.telemetry`` instruction."""
+    rec = content.config_records.get(CONFIG, ConfigRecord())
+    task = json.loads(str(rec.get("task", "{}")))
+    return int(rec.get("round", 0)), str(rec.get("run_key", "")), task  # type: ignore[arg-type]
+
+
+def ckks_instruction(
+    cfg: RoundConfig,
+    aggregates: CkksAggregates,
+    base: Mapping[str, np.ndarray] | None,
+) -> RecordDict:
+    """Content of a ``train``/``evaluate`` message in ``ckks`` mode.
+
+    Args:
+        cfg: The round settings.
+        aggregates: Encrypted aggregates the site has not applied yet.
+        base: The round-0 model (public, seeded initial weights) for a site that holds no model.
+    """
+    content = RecordDict({CONFIG: cfg.to_record(), CKKS_AGGREGATES: aggregates.to_record()})
+    if base is not None:
+        content[ARRAYS] = arrays_to_record(base)
+    return content
 
 
 def read_instruction(
@@ -118,48 +189,183 @@ def read_instruction(
     return arrays, cfg
 
 
+@dataclass(frozen=True)
+class CkksRound:
+    """One round's encrypted aggregate: sum over ``count`` sites of ``weight_i * update_i``."""
+
+    round: int
+    chunks: list[bytes]
+    weight: float
+    """Sum of the contributing sites' weights (divide the decrypted sum by it)."""
+    count: int
+    """How many sites were summed (the packed codec's offset correction needs it)."""
+
+
+@dataclass(frozen=True)
+class CkksAggregates:
+    """The encrypted aggregates a site has not applied yet (in round order), and their length."""
+
+    length: int
+    rounds: list[CkksRound] = field(default_factory=list)
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                "length": int(self.length),
+                "rounds": [r.round for r in self.rounds],
+                "weights": [float(r.weight) for r in self.rounds],
+                "counts": [r.count for r in self.rounds],
+                "chunk_counts": [len(r.chunks) for r in self.rounds],
+                "chunks": [c for r in self.rounds for c in r.chunks],
+            }
+        )
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> CkksAggregates:
+        """Parse ``ckks.aggregates``; ``ValueError`` when it is missing or inconsistent."""
+        if CKKS_AGGREGATES not in content.config_records:
+            raise ValueError("ckks instruction has no 'ckks.aggregates' record")
+        rec = content.config_records[CKKS_AGGREGATES]
+        try:
+            rounds = [int(x) for x in rec.get("rounds", [])]  # type: ignore[union-attr]
+            weights = [float(x) for x in rec.get("weights", [])]  # type: ignore[union-attr]
+            counts = [int(x) for x in rec.get("counts", [])]  # type: ignore[union-attr]
+            sizes = [int(x) for x in rec.get("chunk_counts", [])]  # type: ignore[union-attr]
+            chunks = _bytes_list(rec.get("chunks", []), "ckks.aggregates chunks")
+            length = int(rec["length"])  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed 'ckks.aggregates' record: {exc}") from exc
+        if not len(rounds) == len(weights) == len(counts) == len(sizes) or sum(sizes) != len(
+            chunks
+        ):
+            raise ValueError("malformed 'ckks.aggregates' record: list lengths disagree")
+        out: list[CkksRound] = []
+        pos = 0
+        for r, w, c, n in zip(rounds, weights, counts, sizes, strict=True):
+            out.append(CkksRound(r, chunks[pos : pos + n], w, c))
+            pos += n
+        return cls(length=length, rounds=out)
+
+
+def _bytes_list(value: object, what: str) -> list[bytes]:
+    """``value`` as a list of bytes, or ``ValueError`` (hostile replies may hold anything)."""
+    if not isinstance(value, list) or not all(isinstance(c, bytes) for c in value):
+        raise ValueError(f"{what} must be a list of bytes; got {type(value).__name__}")
+    return list(value)
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes of named arrays (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def chunks_digest(chunks: Sequence[bytes]) -> bytes:
+    """SHA-256 over a list of ciphertext chunks."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(len(c).to_bytes(8, "big"))
+        h.update(c)
+    return h.digest()
+
+
+def signing_payload(kind: str, site_id: str, round_: int, run_key: str, body: bytes) -> bytes:
+    """The bytes a site signs for one reply: what it is, who sends it, for which round and run."""
+    return b"fedcore-reply-v1|" + f"{kind}|{site_id}|{round_}|{run_key}|".encode() + body
+
+
+def attach_signature(content: RecordDict, signature: bytes) -> RecordDict:
+    """Add the ``auth`` record holding a reply's signature (returns ``content``)."""
+    content[AUTH] = ConfigRecord({"signature": signature})
+    return content
+
+
+def read_signature(content: RecordDict) -> bytes | None:
+    """The signature of a reply, or ``None`` when it carries none."""
+    rec = content.config_records.get(AUTH)
+    if rec is None or "signature" not in rec:
+        return None
+    return bytes(rec["signature"])  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- replies
 
 
 @dataclass(frozen=True)
 class TrainReply:
-    """What a site returns after local training."""
+    """What a site returns after local training: its model in clear, or an encrypted update."""
 
     arrays: dict[str, np.ndarray]
     num_examples: int
     loss: float
     seconds: float
     site_id: str
+    encrypted: list[bytes] | None = None
+    """``ckks`` mode: ciphertext chunks of ``weight * update`` (then ``arrays`` is empty)."""
+    length: int = 0
+    """``ckks`` mode: number of values encrypted."""
+    round: int = 0
 
     def to_content(self) -> RecordDict:
-        return RecordDict(
+        content = RecordDict(
             {
-                ARRAYS: arrays_to_record(self.arrays),
                 METRICS: MetricRecord(
                     {"num_examples": self.num_examples, "loss": self.loss, "seconds": self.seconds}
                 ),
-                CONFIG: ConfigRecord({"site_id": self.site_id}),
+                CONFIG: ConfigRecord({"site_id": self.site_id, "round": self.round}),
             }
         )
+        if self.encrypted is not None:
+            content[CKKS_UPDATE] = ConfigRecord(
+                {"chunks": list(self.encrypted), "length": int(self.length)}
+            )
+        else:
+            content[ARRAYS] = arrays_to_record(self.arrays)
+        return content
+
+    def digest(self) -> bytes:
+        """What the site signs: the update (clear or encrypted) and its reported figures."""
+        body = (
+            chunks_digest(self.encrypted)
+            if self.encrypted is not None
+            else arrays_digest(self.arrays)
+        )
+        return body + f"|{self.num_examples}|{self.loss!r}|{self.length}".encode()
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReply:
         """Parse a train reply; raises ``ValueError`` saying what is missing or malformed."""
-        if ARRAYS not in content.array_records:
-            raise ValueError("train reply has no 'arrays' record")
+        encrypted: list[bytes] | None = None
+        length = 0
+        if CKKS_UPDATE in content.config_records:
+            rec = content.config_records[CKKS_UPDATE]
+            try:
+                encrypted = _bytes_list(rec["chunks"], "ckks.update chunks")
+                length = int(rec["length"])  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"malformed 'ckks.update' record: {exc}") from exc
+        elif ARRAYS not in content.array_records:
+            raise ValueError("train reply has neither an 'arrays' nor a 'ckks.update' record")
         if METRICS not in content.metric_records:
             raise ValueError("train reply has no 'metrics' record")
         m = content.metric_records[METRICS]
         for key in ("num_examples", "loss", "seconds"):
             if key not in m:
                 raise ValueError(f"train reply metrics lack {key!r}")
-        site = content.config_records.get(CONFIG, ConfigRecord()).get("site_id", "?")
+        info = content.config_records.get(CONFIG, ConfigRecord())
         return cls(
-            arrays=record_to_arrays(content.array_records[ARRAYS]),
+            arrays={} if encrypted is not None else record_to_arrays(content.array_records[ARRAYS]),
             num_examples=int(m["num_examples"]),  # type: ignore[arg-type]
             loss=float(m["loss"]),  # type: ignore[arg-type]
             seconds=float(m["seconds"]),  # type: ignore[arg-type]
-            site_id=str(site),
+            site_id=str(info.get("site_id", "?")),
+            encrypted=encrypted,
+            length=length,
+            round=int(info.get("round", 0)),  # type: ignore[arg-type]
         )
 
 
@@ -174,6 +380,8 @@ class EvalReply:
     metrics: dict[str, float]
     hist_pos: list[int]
     hist_neg: list[int]
+    model_digest: str = ""
+    """Hex digest of the model the site evaluated (``ckks``: every site must hold the same)."""
 
     def to_content(self) -> RecordDict:
         m: dict[str, Any] = {
@@ -185,7 +393,10 @@ class EvalReply:
         }
         m.update({f"m.{k}": float(v) for k, v in self.metrics.items()})
         return RecordDict(
-            {METRICS: MetricRecord(m), CONFIG: ConfigRecord({"site_id": self.site_id})}
+            {
+                METRICS: MetricRecord(m),
+                CONFIG: ConfigRecord({"site_id": self.site_id, "model_digest": self.model_digest}),
+            }
         )
 
     @classmethod
@@ -209,6 +420,9 @@ class EvalReply:
             metrics={k[2:]: float(v) for k, v in m.items() if k.startswith("m.")},  # type: ignore[arg-type]
             hist_pos=hist_pos,
             hist_neg=hist_neg,
+            model_digest=str(
+                content.config_records.get(CONFIG, ConfigRecord()).get("model_digest", "")
+            ),
         )
 
 
@@ -221,12 +435,19 @@ class Telemetry:
     device: str
     vendor: str
     readings: dict[str, float] = field(default_factory=dict)
+    model_round: int = 0
+    """``ckks``: the last round whose aggregate the site has applied (0: none)."""
 
     def to_content(self) -> RecordDict:
         return RecordDict(
             {
                 TELEMETRY_INFO: ConfigRecord(
-                    {"site_id": self.site_id, "device": self.device, "vendor": self.vendor}
+                    {
+                        "site_id": self.site_id,
+                        "device": self.device,
+                        "vendor": self.vendor,
+                        "model_round": self.model_round,
+                    }
                 ),
                 TELEMETRY_METRICS: MetricRecord(
                     {
@@ -236,6 +457,20 @@ class Telemetry:
                 ),
             }
         )
+
+    def digest(self) -> bytes:
+        """What the site signs: identity, data size, model round and readings."""
+        blob = json.dumps(
+            [
+                self.site_id,
+                self.num_train_examples,
+                self.device,
+                self.vendor,
+                self.model_round,
+                sorted(self.readings.items()),
+            ]
+        )
+        return hashlib.sha256(blob.encode()).digest()
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Telemetry:
@@ -253,6 +488,7 @@ class Telemetry:
             device=str(info.get("device", "?")),
             vendor=str(info.get("vendor", "?")),
             readings={k: float(v) for k, v in m.items()},  # type: ignore[arg-type]
+            model_round=int(info.get("model_round", 0)),  # type: ignore[arg-type]
         )
 
 

@@ -47,6 +47,16 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+def _privacy_line(sc: Any) -> str:
+    p = sc.privacy
+    text = str(p.mode)
+    if p.mode == "ckks":
+        text += " (packed)" if p.ckks.packing else ""
+    if p.dp is not None:
+        text += f" + DP (noise {p.dp.noise_multiplier:g}, clip {p.dp.clip_norm:g})"
+    return text
+
+
 def summary_tables(summary: dict[str, Any]) -> list[Table]:
     """The comparison printed at the end of a run: models, then sites."""
     t = Table(title="test metrics (each site's latest transactions)", title_justify="left")
@@ -131,7 +141,8 @@ def run(
             )
         )
     console.print(
-        f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, out {out_dir}",
+        f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, "
+        f"privacy {_privacy_line(sc)}, out {out_dir}",
         highlight=False,
     )
 
@@ -150,6 +161,7 @@ def run(
             f"round {rec['round']:>3}  {len(rec.get('sites', []))} sites  loss {_fmt(rec.get('loss'))}  "
             f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
             f"↑{_bytes(rec.get('bytes_up'))} ↓{_bytes(rec.get('bytes_down'))}"
+            + (f"  ε {rec['epsilon']:.3f}" if rec.get("epsilon") is not None else "")
             + (
                 f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]"
                 if rec.get("rejected")
@@ -174,7 +186,16 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for table in summary_tables(summary):
         console.print(table)
+    priv = summary.get("privacy", {})
+    if priv.get("epsilon") is not None:
+        console.print(
+            f"differential privacy: ({priv['epsilon']:.3f}, {priv['delta']:g})-DP after "
+            f"{priv.get('rounds')} rounds",
+            highlight=False,
+        )
+    holder = " (each site's own copy)" if summary.get("model_holder") == "sites" else ""
     console.print(
-        f"summary: {out_dir / 'summary.json'}  model: {summary['model']}  wall {summary['wall_seconds']:.1f}s",
+        f"summary: {out_dir / 'summary.json'}  model: {summary['model']}{holder}  "
+        f"wall {summary['wall_seconds']:.1f}s",
         highlight=False,
     )

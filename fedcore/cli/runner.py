@@ -52,8 +52,46 @@ def write_site_configs(scenario: Scenario, out: Path) -> dict[str, Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class RunKits:
+    """Throwaway kits of a simulated consortium (``OUT/kits``)."""
+
+    root: Path
+    coordinator: Path
+    sites: dict[str, Path]
+
+
+def provision_run_kits(scenario: Scenario, out: Path) -> RunKits:
+    """Provision kits for a simulation under ``OUT/kits``, or reuse the ones a resumed run made.
+
+    Reuse matters: the encrypted aggregates of earlier rounds are under the old CKKS key.
+    """
+    from secure import kitfiles
+    from secure.kit import KitError, check_kit
+    from secure.provision import ConsortiumSpec, provision
+
+    root = (out / "kits").resolve()
+    site_ids = [s.id for s in scenario.sites]
+    kits = RunKits(root, root / kitfiles.COORDINATOR_DIR, {sid: root / sid for sid in site_ids})
+    if root.exists():
+        try:
+            ok = all(check_kit(p).ok for p in (kits.coordinator, *kits.sites.values()))
+        except (KitError, OSError, ValueError) as exc:
+            ok = False
+            log.warning("kits in %s unusable (%s); provisioning new ones", root, exc)
+        if ok:
+            log.info("reusing the kits in %s", root)
+            return kits
+    spec = ConsortiumSpec(name=scenario.name, sites=site_ids, ckks=scenario.privacy.ckks)
+    provision(spec, root, force=True)
+    return kits
+
+
 def run_federation(
-    plan: RunPlan, site_paths: Mapping[str, Path], on_round: RoundCallback | None
+    plan: RunPlan,
+    site_paths: Mapping[str, Path],
+    on_round: RoundCallback | None,
+    kits: RunKits | None = None,
 ) -> dict[str, Any]:
     """Run the federation on the plan's engine; returns the coordinator's ``federation.json``."""
     run_config: dict[str, Any] = {
@@ -61,6 +99,7 @@ def run_federation(
         "out-dir": str(plan.out.resolve()),
         "rounds": plan.rounds,
         "wait-sites": 120.0,
+        "kit": str(kits.coordinator) if kits is not None else "",
     }
     if plan.engine == "inprocess":
         from clients.app import make_client_app
@@ -73,7 +112,13 @@ def run_federation(
                 make_server_app(observer=on_round),
                 make_client_app(),
                 run_config=run_config,
-                node_configs={sid: {"site-config": str(p)} for sid, p in site_paths.items()},
+                node_configs={
+                    sid: {
+                        "site-config": str(p),
+                        "kit": str(kits.sites[sid]) if kits is not None else "",
+                    }
+                    for sid, p in site_paths.items()
+                },
             )
         except FederationError as exc:
             raise RunFailed(str(exc)) from None
@@ -96,6 +141,29 @@ def run_federation(
             raise RunFailed(str(result.get("error") or "the federation did not complete"))
         return result
     raise ValueError(f"unknown engine {plan.engine!r}; valid: inprocess, deployment")
+
+
+def final_model_path(plan: RunPlan, site_paths: Mapping[str, Path]) -> Path:
+    """Where the final global model is: the coordinator's, or (``ckks``) a site's own copy.
+
+    Under CKKS the coordinator never holds the model in clear; every site decrypts the
+    same aggregates, so all copies must be identical: checked here.
+    """
+    if plan.scenario.privacy.mode != "ckks":
+        return plan.out / "model.safetensors"
+    import hashlib
+
+    key = plan.scenario.fingerprint()
+    copies = {
+        sid: (plan.out / "sites" / sid / "global" / key / "model.safetensors") for sid in site_paths
+    }
+    present = {sid: p for sid, p in copies.items() if p.exists()}
+    if not present:
+        raise RunFailed("no site holds the final model (ckks mode keeps it at the sites)")
+    digests = {sid: hashlib.sha256(p.read_bytes()).hexdigest() for sid, p in present.items()}
+    if len(set(digests.values())) != 1:
+        raise RunFailed(f"sites hold different final models: {digests}")
+    return next(iter(present.values()))
 
 
 def evaluate_outcome(
@@ -131,7 +199,7 @@ def evaluate_outcome(
     if not graphs:
         raise RunFailed(f"no site's data could be loaded for the final evaluation: {problems}")
     model = build_model(s.task, feature_dim(s.task))
-    load_arrays(model, load_file(str(plan.out / "model.safetensors")))
+    load_arrays(model, load_file(str(final_model_path(plan, site_paths))))
     final = dict(evaluate_per_site(model, graphs, s.task))
     final["unavailable"] = problems
     if on_stage:
@@ -146,6 +214,7 @@ def build_summary(
     final: Mapping[str, Any],
     baselines: Mapping[str, Any],
     wall: float,
+    model: Path | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` document."""
     pooled = dict(final.get("pooled", {}))
@@ -154,7 +223,12 @@ def build_summary(
         "scenario_file": str(plan.scenario_path),
         "engine": plan.engine,
         "seed": plan.scenario.seed,
-        "privacy": {"mode": plan.scenario.privacy.mode},
+        "privacy": {
+            "mode": plan.scenario.privacy.mode,
+            **dict(result.get("privacy", {})),
+            "bytes_up": sum(int(r.get("bytes_up", 0)) for r in result.get("rounds", [])),
+            "bytes_down": sum(int(r.get("bytes_down", 0)) for r in result.get("rounds", [])),
+        },
         "sites": [s.id for s in plan.scenario.sites],
         "rounds": [
             {k: r.get(k) for k in (*ROUND_FIELDS, "rejected")} for r in result.get("rounds", [])
@@ -170,7 +244,8 @@ def build_summary(
         },
         "baselines": dict(baselines),
         "schedule": result.get("schedule", []),
-        "model": str((plan.out / "model.safetensors").resolve()),
+        "model": str((model or plan.out / "model.safetensors").resolve()),
+        "model_holder": "sites" if plan.scenario.privacy.mode == "ckks" else "coordinator",
         "rounds_csv": str((plan.out / "rounds.csv").resolve()),
         "wall_seconds": round(wall, 2),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -194,9 +269,19 @@ def run_scenario(
     plan.out.mkdir(parents=True, exist_ok=True)
     site_paths = write_site_configs(plan.scenario, plan.out)
     if on_stage:
+        on_stage("provisioning throwaway kits (CA, certificates, node keys, CKKS keys)")
+    kits = provision_run_kits(plan.scenario, plan.out)
+    if on_stage:
         on_stage(f"federated training on the {plan.engine} engine")
-    result = run_federation(plan, site_paths, on_round)
+    result = run_federation(plan, site_paths, on_round, kits)
     final, baselines = evaluate_outcome(plan, site_paths, on_stage)
-    summary = build_summary(plan, result, final, baselines, time.perf_counter() - t0)
+    summary = build_summary(
+        plan,
+        result,
+        final,
+        baselines,
+        time.perf_counter() - t0,
+        final_model_path(plan, site_paths),
+    )
     atomic_write_json(plan.out / "summary.json", summary)
     return summary

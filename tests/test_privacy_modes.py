@@ -368,3 +368,21 @@ def test_ckks_run_resumes_from_its_encrypted_transcript(tmp_path: Path) -> None:
     m2 = site_model(tmp_path / "b", one, "bank-a")
     # different keys, same quantized arithmetic: the models agree within the CKKS bound
     assert max(float(np.abs(m1[k] - m2[k]).max()) for k in m1) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        "{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05, values_per_slot: 2}, dp: {noise_multiplier: 0.8, clip_norm: 0.05}}",
+        "{mode: secagg+, secagg: {num_shares: 3, reconstruction_threshold: 2}, dp: {noise_multiplier: 0.8, clip_norm: 0.05}}",
+    ],
+    ids=["ckks+dp", "secagg+dp"],
+)
+def test_dp_combines_with_secure_modes(tmp_path: Path, privacy: str) -> None:
+    scenario = make_scenario(tmp_path, privacy, rounds=2)
+    kits = provision_run_kits(scenario, tmp_path / "out")
+    result, _, _ = run_driver(scenario, tmp_path / "out", kits=kits)
+    eps = [r["epsilon"] for r in result["rounds"]]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1]
+    assert result["privacy"]["epsilon"] == pytest.approx(eps[-1], abs=1e-4)
+    assert all(r["sites"] == list(SITES) for r in result["rounds"])

@@ -1,8 +1,26 @@
-"""What every fedcore command shares: logging set-up."""
+"""What every fedcore command shares: logging set-up, loading a scenario with every check."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+from fedcore.config import ConfigError, Scenario, load_scenario
+
+
+def load_checked_scenario(path: Path) -> Scenario:
+    """Load a scenario and also check what needs the privacy libraries (CKKS packing layout...).
+
+    Raises:
+        ConfigError: naming the file and what is wrong.
+    """
+    from secure.codecs import privacy_problems
+
+    scenario = load_scenario(path)
+    problems = privacy_problems(scenario.privacy, len(scenario.sites))
+    if problems:
+        raise ConfigError(path, "; ".join(problems))
+    return scenario
 
 
 def configure_logging(verbose: bool, *, verbose_level: int = logging.DEBUG) -> None:

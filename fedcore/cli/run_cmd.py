@@ -13,9 +13,9 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcore.cli.common import configure_logging
+from fedcore.cli.common import configure_logging, load_checked_scenario
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
-from fedcore.config import ConfigError, load_scenario
+from fedcore.config import ConfigError
 from secure.modes import PLAINTEXT_WARNING
 
 EXIT_FAILED = 1
@@ -121,7 +121,7 @@ def run(
     err = Console(stderr=True)
     configure_logging(verbose, verbose_level=logging.INFO)
     try:
-        sc = load_scenario(scenario)
+        sc = load_checked_scenario(scenario)
     except ConfigError as exc:
         err.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

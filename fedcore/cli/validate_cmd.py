@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedcore.config import ConfigError, load_scenario
+from fedcore.cli.common import load_checked_scenario
+from fedcore.config import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -21,7 +22,7 @@ def validate(
     """Validate a scenario file: syntax, fields, types, site ids, data files. Exit 2 if invalid."""
     console = Console(stderr=True)
     try:
-        s = load_scenario(scenario)
+        s = load_checked_scenario(scenario)
     except ConfigError as exc:
         console.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

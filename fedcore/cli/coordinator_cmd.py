@@ -10,15 +10,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
-from fedcore.config import ConfigError, load_scenario  # noqa: E402
+from fedcore.config import ConfigError, load_scenario
 from fedcore.engines.deployment import (
     EXIT_USAGE,
     CoordinatorOptions,
+    CoordinatorSecurity,
     DeploymentError,
     parse_address,
     serve_coordinator,
 )
-from secure.modes import PLAINTEXT_WARNING  # noqa: E402
+from secure import kitfiles
+from secure.kit import Kit, KitError, load_kit
+from secure.modes import PLAINTEXT_WARNING
 
 app = typer.Typer(
     name="fed-coordinator",
@@ -51,10 +54,22 @@ def start(
     listen: Annotated[
         str, typer.Option("--listen", help="HOST:PORT of the SuperLink (all its APIs).")
     ] = "127.0.0.1:9092",
+    kit: Annotated[
+        Path | None,
+        typer.Option(
+            "--kit",
+            help="The coordinator kit written by `fedcore provision` (KITS/coordinator): the "
+            "consortium CA, the server certificate and key for TLS, and the node public keys "
+            "of the member sites, registered with the SuperLink before any site connects. "
+            "Required unless --insecure.",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
-            "--insecure", help="No TLS. Required for now, and only accepted on a loopback address."
+            "--insecure",
+            help="No TLS and no node authentication, for a test on one machine: accepted only "
+            "with a loopback --listen address. With --kit, the kit still reaches the ServerApp.",
         ),
     ] = False,
     rounds: Annotated[
@@ -90,8 +105,8 @@ def start(
 ) -> None:
     """Start the SuperLink, wait for the sites, run the scenario, and report.
 
-    Exit codes: 0 completed, 1 failed, 2 bad arguments or scenario, 3 address in
-    use, 130 interrupted.
+    Exit codes: 0 completed, 1 failed, 2 bad arguments, scenario or kit (none given
+    without --insecure included), 3 address in use, 130 interrupted.
     """
     console = Console(soft_wrap=True)
     try:
@@ -104,6 +119,22 @@ def start(
             console.print(f"[bold yellow]warning:[/] {PLAINTEXT_WARNING}", highlight=False)
     except ConfigError:
         pass  # serve_coordinator reports it with the exit code for a bad scenario
+    kit_dir = kit.expanduser().resolve() if kit is not None else None
+    security: CoordinatorSecurity | None = None
+    if kit_dir is not None:
+        try:
+            loaded = load_kit(kit_dir, role="coordinator")
+        except KitError as exc:
+            console.print(f"[red]error:[/] --kit: {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        if insecure:
+            console.print(
+                "[bold yellow]warning:[/] --insecure: no TLS and no node authentication; the "
+                "kit only reaches the ServerApp",
+                highlight=False,
+            )
+        else:
+            security = coordinator_security(loaded)
     state_dir = state.expanduser().resolve()
     out_dir = out.expanduser().resolve() if out else state_dir / "run"
     options = CoordinatorOptions(
@@ -113,12 +144,25 @@ def start(
         log_dir=(log_dir.expanduser().resolve() if log_dir else out_dir / "logs"),
         host=host,
         port=port,
+        security=security,
         insecure=insecure,
+        kit_dir=kit_dir,
         rounds=rounds,
         exit_when_done=exit_when_done,
         site_timeout=site_timeout,
     )
     raise typer.Exit(serve_coordinator(options, console))
+
+
+def coordinator_security(kit: Kit) -> CoordinatorSecurity:
+    """The SuperLink's TLS files and the members' node keys, from a loaded coordinator kit."""
+    nodes = {site: kit.file(f"{kitfiles.NODES_DIR}/{site}.pub") for site in kit.manifest.sites}
+    return CoordinatorSecurity(
+        ca_cert=kit.ca_cert,
+        server_cert=kit.cert,
+        server_key=kit.key,
+        node_public_keys=nodes,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Deployment engine: a real Flower SuperLink and one SuperNode per site, as processes on loopback.
+"""Deployment engine: a real Flower SuperLink and one SuperNode per site, with TLS and node keys.
 
 Three layers, each owning the processes it starts:
 
@@ -6,9 +6,16 @@ Three layers, each owning the processes it starts:
   same production commands an operator runs, ``fed-coordinator start`` and one
   ``fed-client start`` per site, tails ``OUT/rounds.jsonl`` for progress and
   returns the parsed ``OUT/federation.json``.
-* :func:`serve_coordinator` (``fed-coordinator start``) runs ``flower-superlink``,
-  waits for the sites, submits the run with ``flwr run`` and watches it.
-* :func:`serve_site` (``fed-client start``) runs ``flower-supernode`` for one site.
+* :func:`serve_coordinator` (``fed-coordinator start``) runs ``flower-superlink``
+  with TLS and SuperNode authentication, registers every member's node public
+  key, waits for the sites, submits the run with ``flwr run`` and watches it.
+* :func:`serve_site` (``fed-client start``) runs ``flower-supernode`` for one site;
+  it trusts only the consortium CA and signs its requests with the site's node key.
+
+Security comes from provisioned kits (``fedcore provision``), described to this
+module as :class:`CoordinatorSecurity` / :class:`SiteSecurity` (plain paths: the
+kit layout itself belongs to ``secure``). Without them the engine refuses to run,
+unless the caller asked for ``insecure`` traffic on a loopback address.
 
 Every child is started in its own session (process group) and stopped by PID:
 SIGTERM to its group, SIGKILL after a grace period, also for the descendants it
@@ -17,23 +24,29 @@ spawned (Flower's SuperExec, ``flwr-serverapp``, ``flwr-clientapp``), in
 gets SIGTERM from the kernel if its parent dies without cleaning up
 (``PR_SET_PDEATHSIG``).
 
-This module never imports ``coordinator`` or ``clients``: it launches commands.
+This module never imports ``coordinator``, ``clients`` or ``secure``: it launches commands.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import datetime
 import functools
+import hashlib
 import io
 import ipaddress
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
+import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -43,10 +56,15 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from types import FrameType, MappingProxyType
 from typing import Any
 
 import psutil
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from rich.console import Console
 from rich.markup import escape
 
@@ -59,10 +77,16 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "READY_MARK",
     "AddressInUseError",
+    "CoordinatorOptions",
+    "CoordinatorSecurity",
     "DeploymentError",
+    "DeploymentSecurity",
     "ManagedProcess",
     "RoundsTail",
+    "SiteOptions",
+    "SiteSecurity",
     "check_transport",
     "config_args",
     "flower_env",
@@ -70,6 +94,9 @@ __all__ = [
     "format_round",
     "free_port",
     "is_loopback_host",
+    "load_node_public_key",
+    "local_host",
+    "node_key_fingerprint",
     "parse_address",
     "run_deployment",
     "serve_coordinator",
@@ -154,8 +181,9 @@ def is_loopback_host(host: str) -> bool:
 def check_transport(host: str, *, insecure: bool, action: str) -> None:
     """Refuse plaintext traffic that would leave the machine.
 
-    Until TLS and node authentication land, fedcore runs Flower only without TLS,
-    and only on a loopback address.
+    With TLS (``insecure=False``) any host is fine. Without TLS (``--insecure``)
+    only a loopback address is, so model updates never cross a network unencrypted
+    and no other machine can join.
 
     Args:
         host: The host to listen on or connect to.
@@ -163,21 +191,34 @@ def check_transport(host: str, *, insecure: bool, action: str) -> None:
         action: What is done with ``host``, for the message ("listen on", "connect to").
 
     Raises:
-        DeploymentError: if TLS is requested (not available yet) or ``host`` is not loopback.
+        DeploymentError: if ``insecure`` and ``host`` is not a loopback address.
     """
-    if not insecure:
-        raise DeploymentError(
-            f"cannot {action} {host} with TLS: TLS certificates and node authentication are "
-            "not supported by this fedcore release yet. For a test on one machine, use a "
-            "loopback address (127.0.0.1) and pass --insecure."
-        )
-    if not is_loopback_host(host):
+    if insecure and not is_loopback_host(host):
         raise DeploymentError(
             f"refusing to {action} {host} without TLS: it is not a loopback address, so model "
-            "updates would cross the network unencrypted and any machine could join. Use "
-            "127.0.0.1 (or ::1, localhost) with --insecure; running across machines needs TLS "
-            "and node authentication, which a later fedcore release adds."
+            "updates would cross the network unencrypted and any machine could join. Drop "
+            "--insecure and pass --kit KITDIR (a kit written by `fedcore provision`) for TLS "
+            "and node authentication, or use 127.0.0.1 (or ::1, localhost) for a test on one "
+            "machine."
         )
+
+
+def is_wildcard_host(host: str) -> bool:
+    """Whether ``host`` means "every interface" (``0.0.0.0`` or ``::``)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def local_host(host: str) -> str:
+    """The host this machine uses to reach a server listening on ``host``.
+
+    A wildcard becomes loopback (``127.0.0.1`` / ``::1``), like Flower's own SuperExec does.
+    """
+    if is_wildcard_host(host):
+        return "::1" if ":" in host else "127.0.0.1"
+    return host
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -202,6 +243,334 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+# --------------------------------------------------------------------------- security
+
+_NIST_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+_PROVISION_FIX = (
+    "write the kits again with `fedcore provision CONSORTIUM.yaml --out KITS/` and hand each "
+    "machine its own kit"
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorSecurity:
+    """TLS and SuperNode authentication of the coordinator's SuperLink (from a coordinator kit).
+
+    Attributes:
+        ca_cert: PEM certificate of the consortium CA (``ca.crt``).
+        server_cert: PEM certificate of the SuperLink, signed by the CA; it must name the
+            host the coordinator listens on (for a wildcard such as ``0.0.0.0``: ``127.0.0.1``).
+        server_key: PEM private key of ``server_cert`` (unencrypted).
+        node_public_keys: Site id -> the site's node public key (OpenSSH ECDSA, NIST curve):
+            the consortium's members. Each is registered with the SuperLink under the site id
+            as node name before any site connects; a node registered earlier (same
+            ``superlink.db``) whose key is no longer here is unregistered.
+    """
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    node_public_keys: Mapping[str, Path]
+
+    def __post_init__(self) -> None:
+        # A private copy: the caller's mapping may change, this object does not.
+        object.__setattr__(self, "node_public_keys", MappingProxyType(dict(self.node_public_keys)))
+
+    def check(self, listen_host: str) -> list[str]:
+        """Validate every file before the SuperLink starts.
+
+        Args:
+            listen_host: The host the SuperLink will listen on; the server certificate
+                must name it (a wildcard: the loopback address this machine connects to).
+
+        Returns:
+            Warnings that do not stop the coordinator (a private key readable by others).
+
+        Raises:
+            DeploymentError: a file is missing or unreadable, a certificate expired, is
+                not signed by the CA or does not name ``listen_host``, the key does not
+                match the certificate, or a node key is not an ECDSA key on a NIST curve.
+        """
+        ca = _load_certificate(self.ca_cert, "the CA certificate")
+        server = _load_certificate(self.server_cert, "the server certificate")
+        try:
+            server.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise DeploymentError(
+                f"the server certificate {self.server_cert} is not signed by the CA in "
+                f"{self.ca_cert}: expected both from one provisioning, found two different "
+                f"ones. Fix: {_PROVISION_FIX}"
+            ) from None
+        key = _load_private_key_pem(self.server_key, "the server key")
+        if _spki(key.public_key()) != _spki(server.public_key()):
+            raise DeploymentError(
+                f"the server key {self.server_key} does not belong to the server certificate "
+                f"{self.server_cert}. Fix: {_PROVISION_FIX}"
+            )
+        host = local_host(listen_host)
+        if not _certificate_names_host(server, host):
+            names = ", ".join(_certificate_names(server)) or "no host at all"
+            wildcard = (
+                f" (this machine reaches a server listening on {listen_host} through {host})"
+                if host != listen_host
+                else ""
+            )
+            raise DeploymentError(
+                f"the server certificate {self.server_cert} does not name {host}{wildcard}: "
+                f"it names {names}. Sites verify the host they connect to against this list. "
+                "Fix: listen on one of those names with --listen HOST:PORT, or provision the "
+                "coordinator again with this host among its names"
+            )
+        if not self.node_public_keys:
+            raise DeploymentError(
+                "the coordinator kit holds no node public key (nodes/<site-id>.pub), so no site "
+                f"could ever connect. Fix: {_PROVISION_FIX}"
+            )
+        for site_id, path in self.node_public_keys.items():
+            load_node_public_key(path, what=f"site {site_id!r}'s node public key")
+        return [w for w in [_loose_permissions(self.server_key)] if w]
+
+    def registration_keys(self) -> dict[str, bytes]:
+        """Site id -> the public key as the SuperLink registers it (PEM SubjectPublicKeyInfo)."""
+        return {
+            site_id: load_node_public_key(path, what=f"site {site_id!r}'s node public key")
+            for site_id, path in self.node_public_keys.items()
+        }
+
+
+@dataclass(frozen=True)
+class SiteSecurity:
+    """TLS trust and node key of one site's SuperNode (from a site kit).
+
+    Attributes:
+        ca_cert: PEM certificate of the consortium CA: the only issuer the site trusts
+            for the coordinator's server certificate.
+        node_private_key: The site's node private key (OpenSSH ECDSA, NIST curve); the
+            SuperNode signs every request with it.
+        node_public_key: Its public half (OpenSSH), registered at the coordinator.
+        site_id: The site the kit was provisioned for; ``None`` skips the check that it
+            matches the site config's ``id``.
+    """
+
+    ca_cert: Path
+    node_private_key: Path
+    node_public_key: Path
+    site_id: str | None = None
+
+    def check(self) -> list[str]:
+        """Validate the files before the SuperNode starts.
+
+        Returns:
+            Warnings that do not stop the site (a private key readable by others).
+
+        Raises:
+            DeploymentError: a file is missing or unreadable, the CA certificate expired,
+                the node key is not an unencrypted OpenSSH ECDSA key on a NIST curve, or
+                the public key is not the private key's.
+        """
+        _load_certificate(self.ca_cert, "the CA certificate")
+        private = _load_node_private_key(self.node_private_key)
+        public = load_node_public_key(self.node_public_key, what="the node public key")
+        if _spki(private.public_key()) != public:
+            raise DeploymentError(
+                f"the node public key {self.node_public_key} is not the public half of "
+                f"{self.node_private_key}: expected one key pair from one site kit. "
+                f"Fix: {_PROVISION_FIX}"
+            )
+        return [w for w in [_loose_permissions(self.node_private_key)] if w]
+
+
+@dataclass(frozen=True)
+class DeploymentSecurity:
+    """Provisioned kits for :func:`run_deployment`: one for the coordinator, one per site.
+
+    Attributes:
+        coordinator_kit: The coordinator kit directory (``fed-coordinator start --kit``).
+        site_kits: Site id -> that site's kit directory (``fed-client start --kit``),
+            one per scenario site.
+    """
+
+    coordinator_kit: Path
+    site_kits: Mapping[str, Path]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site_kits", MappingProxyType(dict(self.site_kits)))
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DeploymentError(
+            f"{what} {path} does not exist: expected a file of a provisioned kit. Check --kit, "
+            f"or {_PROVISION_FIX}"
+        ) from None
+    except OSError as exc:
+        raise DeploymentError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _load_certificate(path: Path, what: str) -> x509.Certificate:
+    data = _read_bytes(path, what)
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise DeploymentError(
+            f"{what} {path} is not a PEM certificate (expected '-----BEGIN CERTIFICATE-----'). "
+            f"Fix: {_PROVISION_FIX}"
+        ) from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now < cert.not_valid_before_utc:
+        raise DeploymentError(
+            f"{what} {path} is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; "
+            "is this machine's clock right?"
+        )
+    if now > cert.not_valid_after_utc:
+        raise DeploymentError(
+            f"{what} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC. "
+            f"Fix: {_PROVISION_FIX}"
+        )
+    return cert
+
+
+def _load_private_key_pem(path: Path, what: str) -> PrivateKeyTypes:
+    data = _read_bytes(path, what)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise DeploymentError(
+            f"{what} {path} is encrypted with a passphrase; the SuperLink needs it unencrypted "
+            "(protect it with file permissions: chmod 600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise DeploymentError(
+            f"{what} {path} is not a PEM private key. Fix: {_PROVISION_FIX}"
+        ) from None
+
+
+def _load_node_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    data = _read_bytes(path, "the node private key")
+    try:
+        key = serialization.load_ssh_private_key(data, password=None)
+    except TypeError:
+        raise DeploymentError(
+            f"the node private key {path} is encrypted with a passphrase; the SuperNode needs "
+            "it unencrypted (protect it with file permissions: chmod 600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise DeploymentError(
+            f"the node private key {path} is not an OpenSSH private key (expected "
+            f"'-----BEGIN OPENSSH PRIVATE KEY-----'). Fix: {_PROVISION_FIX}"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _NIST_CURVES:
+        raise DeploymentError(
+            f"the node private key {path} must be ECDSA on a NIST curve (P-256, P-384, P-521) "
+            f"for Flower's node authentication, found {_describe_key(key)}. Fix: {_PROVISION_FIX}"
+        )
+    return key
+
+
+def load_node_public_key(path: Path, *, what: str = "the node public key") -> bytes:
+    """Read an OpenSSH ECDSA node public key; return it as Flower registers it (PEM SPKI).
+
+    Raises:
+        DeploymentError: if the file is missing, not an OpenSSH public key, or not
+            ECDSA on a NIST curve.
+    """
+    data = _read_bytes(path, what)
+    try:
+        key = serialization.load_ssh_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise DeploymentError(
+            f"{what} {path} is not an OpenSSH public key (expected one line "
+            f"'ecdsa-sha2-nistp384 AAAA...'). Fix: {_PROVISION_FIX}"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _NIST_CURVES:
+        raise DeploymentError(
+            f"{what} {path} must be ECDSA on a NIST curve (P-256, P-384, P-521) for Flower's "
+            f"node authentication, found {_describe_key(key)}. Fix: {_PROVISION_FIX}"
+        )
+    return _spki(key)
+
+
+def node_key_fingerprint(path: Path) -> str:
+    """``SHA256:...`` fingerprint of an OpenSSH public key file, as ``ssh-keygen -lf`` prints it.
+
+    Operators compare it on both machines: ``fed-coordinator`` prints it for every
+    registered site and ``fed-client`` for its own key. Returns ``"?"`` if unreadable.
+    """
+    try:
+        fields = Path(path).read_text(encoding="ascii").split()
+        blob = base64.b64decode(fields[1], validate=True)
+    except (OSError, UnicodeError, IndexError, ValueError):
+        return "?"
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
+
+
+def _describe_key(key: object) -> str:
+    curve = getattr(key, "curve", None)
+    name = type(key).__name__.lstrip("_")
+    return f"{name} ({curve.name})" if curve is not None else name
+
+
+def _loose_permissions(path: Path) -> str | None:
+    """A warning if a private key file can be read by group or others (POSIX only)."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{path} is readable by other users (mode {stat.S_IMODE(mode):o}); it holds a "
+            f"private key: chmod 600 {path}"
+        )
+    return None
+
+
+def _certificate_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return names
+
+
+def _certificate_names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a TLS client connecting to ``host`` accepts ``cert`` (subjectAltName only)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in san.get_values_for_type(x509.IPAddress)
+    wanted = host.lower().rstrip(".")
+    for name in san.get_values_for_type(x509.DNSName):
+        pattern = name.lower().rstrip(".")
+        if pattern == wanted:
+            return True
+        if pattern.startswith("*.") and "." in wanted:
+            if wanted.split(".", 1)[1] == pattern[2:]:
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- Flower plumbing
@@ -284,14 +653,29 @@ def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[s
     return env
 
 
-def write_connection_config(flwr_home: Path, address: str) -> Path:
-    """Write ``FLWR_HOME/config.toml`` with the SuperLink connection ``fedcore`` (insecure)."""
+def write_connection_config(flwr_home: Path, address: str, ca_cert: Path | None = None) -> Path:
+    """Write ``FLWR_HOME/config.toml`` with the SuperLink connection ``fedcore``.
+
+    Args:
+        flwr_home: The coordinator's Flower home.
+        address: ``HOST:PORT`` of the SuperLink as this machine reaches it.
+        ca_cert: The CA that signed the SuperLink's certificate (``root-certificates``,
+            TLS); ``None`` writes ``insecure = true``.
+
+    Returns:
+        The path of the file, for ``FLWR_HOME=... flwr ls fedcore``.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
+    transport = (
+        f"root-certificates = {_toml_string(str(Path(ca_cert).resolve()))}\n"
+        if ca_cert is not None
+        else "insecure = true\n"
+    )
     path.write_text(
         "# Written by fed-coordinator: `FLWR_HOME=<this dir> flwr ls fedcore` inspects runs.\n"
         f'[superlink]\ndefault = "{CONNECTION_NAME}"\n\n'
-        f'[superlink.{CONNECTION_NAME}]\naddress = "{address}"\ninsecure = true\n',
+        f"[superlink.{CONNECTION_NAME}]\naddress = {_toml_string(address)}\n{transport}",
         encoding="utf-8",
     )
     return path
@@ -633,14 +1017,32 @@ def stop_processes(procs: Iterable[ManagedProcess], grace: float = DEFAULT_GRACE
         proc.kill()
 
 
-def wait_until_healthy(proc: ManagedProcess, address: str, *, timeout: float, what: str) -> float:
-    """Poll ``http://ADDRESS/health`` until it answers 200; return the seconds it took.
+def wait_until_healthy(
+    proc: ManagedProcess,
+    address: str,
+    *,
+    timeout: float,
+    what: str,
+    ca_cert: Path | None = None,
+) -> float:
+    """Poll ``ADDRESS/health`` until it answers 200; return the seconds it took.
+
+    Args:
+        proc: The server process.
+        address: ``HOST:PORT`` to poll.
+        timeout: Seconds to wait.
+        what: The server, for messages ("the SuperLink").
+        ca_cert: Poll over HTTPS, trusting only this CA (the server uses TLS).
 
     Raises:
         AddressInUseError: if the process exited because its port was taken.
-        DeploymentError: if it exited, or did not answer within ``timeout`` (with its log tail).
+        DeploymentError: if it exited, its certificate was refused, or it did not
+            answer within ``timeout`` (with its log tail).
     """
-    url = f"http://{address}/health"
+    context: ssl.SSLContext | None = None
+    if ca_cert is not None:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+    url = f"{'https' if context else 'http'}://{address}/health"
     start = time.monotonic()
     while True:
         code = proc.poll()
@@ -657,10 +1059,17 @@ def wait_until_healthy(proc: ManagedProcess, address: str, *, timeout: float, wh
                 _with_tail(f"{what} exited with code {code} while starting", proc.log_path)
             )
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
+            with urllib.request.urlopen(url, timeout=2.0, context=context) as response:
                 if response.status == 200:
                     return time.monotonic() - start
-        except (urllib.error.URLError, OSError):
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise DeploymentError(
+                    f"{what} on {address} presents a certificate this machine refuses: "
+                    f"{exc.reason.verify_message or exc.reason}. Expected one signed by "
+                    f"{ca_cert} that names {address.rsplit(':', 1)[0]}"
+                ) from None
+        except OSError:
             pass
         if time.monotonic() - start > timeout:
             raise DeploymentError(
@@ -685,9 +1094,13 @@ class CoordinatorOptions:
         state_dir: SuperLink database (``superlink.db``), ``FLWR_HOME``, submitted app copy.
         out_dir: Where the ServerApp writes results (``rounds.jsonl``, ``federation.json``).
         log_dir: Where ``superlink.log`` and ``flwr-run.log`` go.
-        host: Address to listen on (loopback only for now).
+        host: Address to listen on.
         port: Port of the SuperLink (Fleet, Control and Runtime APIs share it).
-        insecure: No TLS (required for now, see :func:`check_transport`).
+        security: TLS certificates and the members' node keys; required unless ``insecure``.
+        insecure: No TLS and no node authentication; accepted on a loopback address only
+            (see :func:`check_transport`), and only when asked for explicitly.
+        kit_dir: The coordinator kit directory, handed to the ServerApp as run-config
+            ``kit`` (``""`` when ``None``); it may be given with ``insecure`` too.
         rounds: Rounds to run; ``None`` uses the scenario's.
         exit_when_done: Exit when the run ends instead of serving until Ctrl-C.
         site_timeout: Seconds to wait for every site to connect before starting the
@@ -701,11 +1114,40 @@ class CoordinatorOptions:
     log_dir: Path
     host: str = "127.0.0.1"
     port: int = 9092
-    insecure: bool = True
+    security: CoordinatorSecurity | None = None
+    insecure: bool = False
+    kit_dir: Path | None = None
     rounds: int | None = None
     exit_when_done: bool = False
     site_timeout: float = 600.0
     startup_timeout: float = 120.0
+
+
+#: Why a command without a kit and without ``--insecure`` refuses to start.
+NO_KIT_MESSAGE = (
+    "{cmd} runs with TLS and node authentication and needs a provisioned kit: write the kits "
+    "with `fedcore provision CONSORTIUM.yaml --out KITS/` and pass --kit {kit}. For a test on "
+    "one machine only, pass --insecure and a loopback address (127.0.0.1) instead"
+)
+
+#: The line ``fed-coordinator`` prints once its SuperLink serves and every node key is
+#: registered: sites may connect from then on (:func:`run_deployment` waits for it).
+READY_MARK = "SuperLink ready on"
+
+
+def _flower_error_text(exc: Exception) -> str:
+    """The reason inside a Flower Control/Fleet API error, or the exception text."""
+    response = getattr(exc, "response", None)
+    text = getattr(response, "text", "") if response is not None else ""
+    if text:
+        with contextlib.suppress(ValueError, TypeError):
+            data = json.loads(text)
+            if isinstance(data, dict):
+                message = data.get("detail") or data.get("public_message") or data.get("message")
+                code = data.get("code")
+                if message:
+                    return f"[code: {code}] {message}" if code else str(message)
+    return str(exc) or type(exc).__name__
 
 
 class _ControlApi:
@@ -715,11 +1157,16 @@ class _ControlApi:
     (~2.4 s CPU) for every poll.
     """
 
-    def __init__(self, address: str, flwr_home: Path) -> None:
+    def __init__(self, address: str, flwr_home: Path, ca_cert: Path | None = None) -> None:
         from flwr.cli.typing import SuperLinkConnection
         from flwr.cli.utils import init_http_client_from_connection
 
-        connection = SuperLinkConnection(name=CONNECTION_NAME, address=address, insecure=True)
+        connection = SuperLinkConnection(
+            name=CONNECTION_NAME,
+            address=address,
+            root_certificates=str(ca_cert) if ca_cert is not None else None,
+            insecure=ca_cert is None,
+        )
         previous = os.environ.get("FLWR_HOME")
         os.environ["FLWR_HOME"] = str(flwr_home)  # where the flwr CLI keeps credentials
         try:
@@ -731,11 +1178,86 @@ class _ControlApi:
             else:
                 os.environ["FLWR_HOME"] = previous
 
-    def online_nodes(self) -> int:
+    def nodes(self) -> list[Any]:
+        """Every node the SuperLink knows (``NodeInfo``: id, name, status, public key ...)."""
         from flwr.proto.control_pb2 import ListNodesRequest
 
-        res = self._client.ListNodes(ListNodesRequest())
-        return sum(1 for node in res.nodes_info if node.status == "online")
+        return list(self._client.ListNodes(ListNodesRequest()).nodes_info)
+
+    def online_nodes(self) -> list[str]:
+        """Names (site ids) of the nodes online now; a node without a name shows its id."""
+        return sorted(
+            node.name or str(node.node_id) for node in self.nodes() if node.status == "online"
+        )
+
+    def sync_nodes(self, keys: Mapping[str, bytes]) -> tuple[list[str], list[str], list[str]]:
+        """Make the registered node keys the members' keys, before any site connects.
+
+        Registers each key not registered yet under its site id as node name, and
+        unregisters every registered node whose key is not in ``keys`` (a member that
+        left, or a key replaced by a new provisioning). The SuperLink never lets an
+        unregistered key register again.
+
+        Args:
+            keys: Site id -> public key as Flower stores it (PEM SubjectPublicKeyInfo).
+
+        Returns:
+            ``(registered, kept, unregistered)``: site ids registered now, site ids that
+            were registered already, and names or ids of the nodes unregistered.
+
+        Raises:
+            DeploymentError: if the SuperLink refuses a registration.
+        """
+        from flwr.proto.control_pb2 import RegisterNodeRequest, UnregisterNodeRequest
+
+        by_key = {key: site_id for site_id, key in keys.items()}
+        if len(by_key) != len(keys):
+            twins = sorted(s for s in keys if list(keys.values()).count(keys[s]) > 1)
+            raise DeploymentError(
+                f"sites {', '.join(twins)} have the same node public key in the coordinator "
+                f"kit: each site needs its own key pair. Fix: {_PROVISION_FIX}"
+            )
+        registered: list[str] = []
+        kept: list[str] = []
+        unregistered: list[str] = []
+        present: set[bytes] = set()
+        for node in self.nodes():
+            if node.status == "unregistered":
+                continue
+            site_id = by_key.get(bytes(node.public_key))
+            if site_id is None:
+                try:
+                    self._client.UnregisterNode(UnregisterNodeRequest(node_id=node.node_id))
+                except Exception as exc:
+                    raise DeploymentError(
+                        f"could not unregister node {node.node_id} ({node.name or 'no name'}), "
+                        f"whose key is not in the coordinator kit: {_flower_error_text(exc)}"
+                    ) from None
+                unregistered.append(node.name or str(node.node_id))
+                continue
+            present.add(bytes(node.public_key))
+            kept.append(site_id)
+            if node.name and node.name != site_id:
+                logger.warning(
+                    "node %d is registered as %r but its key is site %r's in the kit",
+                    node.node_id,
+                    node.name,
+                    site_id,
+                )
+        for site_id, key in keys.items():
+            if key in present:
+                continue
+            try:
+                self._client.RegisterNode(RegisterNodeRequest(public_key=key, name=site_id))
+            except Exception as exc:
+                raise DeploymentError(
+                    f"the SuperLink refused to register site {site_id!r}'s node key: "
+                    f"{_flower_error_text(exc)}. A key unregistered once cannot be registered "
+                    "again in the same state directory: provision a new key for the site, or "
+                    "start with a fresh --state"
+                ) from None
+            registered.append(site_id)
+        return sorted(registered), sorted(kept), sorted(unregistered)
 
     def run_status(self, run_id: int) -> tuple[str, str, str]:
         """``(status, sub_status, details)``, e.g. ``("finished", "failed", "...")``."""
@@ -787,6 +1309,7 @@ def _submit_run(
             "out-dir": str(opts.out_dir),
             "rounds": opts.rounds or 0,
             "wait-sites": float(wait_sites),
+            "kit": str(opts.kit_dir) if opts.kit_dir is not None else "",
         }
     )
     argv = [
@@ -832,11 +1355,14 @@ def _wait_for_sites(
     address: str,
     timeout: float,
     console: Console,
+    insecure: bool,
 ) -> int:
     expected = len(scenario.sites)
+    site_ids = {site.id for site in scenario.sites}
     minimum = scenario.scheduler.min_sites
     start = time.monotonic()
-    shown = -1
+    shown: list[str] | None = None
+    online: list[str] = []
     while True:
         if superlink.poll() is not None:
             raise DeploymentError(
@@ -846,25 +1372,33 @@ def _wait_for_sites(
             online = control.online_nodes()
         except Exception as exc:
             logger.debug("ListNodes failed: %s", exc)
-            online = max(shown, 0)
+            online = shown or []
+        if not insecure:  # registered nodes carry their site id: count the scenario's only
+            online = [name for name in online if name in site_ids]
         if online != shown:
-            console.print(f"  sites connected: {online}/{expected}")
+            names = f" ({', '.join(online)})" if online else ""
+            console.print(f"  sites connected: {len(online)}/{expected}{names}", highlight=False)
             shown = online
-        if online >= expected:
-            return online
+        if len(online) >= expected:
+            return len(online)
         waited = time.monotonic() - start
         if waited > timeout:
-            if online >= minimum:
+            if len(online) >= minimum:
                 console.print(
-                    f"[yellow]![/] only {online} of {expected} sites connected after "
+                    f"[yellow]![/] only {len(online)} of {expected} sites connected after "
                     f"{waited:.0f} s; starting anyway (scheduler.min_sites is {minimum})"
                 )
-                return online
+                return len(online)
+            how = (
+                f"--coordinator {address} --insecure"
+                if insecure
+                else f"--coordinator HOST:{address.rsplit(':', 1)[1]} --kit SITE-KIT"
+            )
             raise DeploymentError(
-                f"only {online} of {expected} sites connected within {timeout:.0f} s, and the "
-                f"scenario needs at least scheduler.min_sites={minimum}. Start `fed-client start "
-                f"--site SITE.yaml --coordinator {address} --insecure` on each "
-                "site, or raise --site-timeout"
+                f"only {len(online)} of {expected} sites connected within {timeout:.0f} s, and "
+                f"the scenario needs at least scheduler.min_sites={minimum}. Start `fed-client "
+                f"start --site SITE.yaml {how}` on each site (a site refused by this coordinator "
+                "says why in its own output), or raise --site-timeout"
             )
         time.sleep(0.5)
 
@@ -927,14 +1461,40 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
     from fedcore.config import ConfigError
 
     console = console or Console(soft_wrap=True)
+    security = opts.security
+    node_keys: dict[str, bytes] = {}
+    warnings: list[str] = []
     try:
         check_transport(opts.host, insecure=opts.insecure, action="listen on")
         scenario = load_scenario(opts.scenario_path, check_files=False)  # data lives at the sites
+        if opts.insecure and security is not None:
+            raise DeploymentError(
+                "insecure=True and security=... exclude each other: without TLS there is no "
+                "certificate to serve and no node key to check. Drop one of them"
+            )
+        if security is None and not opts.insecure:
+            raise DeploymentError(
+                NO_KIT_MESSAGE.format(cmd="fed-coordinator", kit="KITS/coordinator")
+            )
+        if security is not None:
+            warnings = security.check(opts.host)
+            node_keys = security.registration_keys()
+            missing = [s.id for s in scenario.sites if s.id not in node_keys]
+            if missing:
+                raise DeploymentError(
+                    f"scenario site(s) {', '.join(missing)} have no node public key in the "
+                    f"coordinator kit (nodes/<site-id>.pub holds {', '.join(sorted(node_keys))}), "
+                    "so they could never connect. Fix: add the sites to the consortium file and "
+                    "provision again, or run a scenario with the kit's sites"
+                )
     except (DeploymentError, ConfigError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
     address = format_address(opts.host, opts.port)
+    local = format_address(local_host(opts.host), opts.port)  # how this machine reaches it
     if not port_is_free(opts.host, opts.port):
         console.print(
             f"[red]error:[/] {address} is already in use (another fed-coordinator?); "
@@ -946,7 +1506,8 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
     for path in (opts.state_dir, opts.out_dir, opts.log_dir):
         path.mkdir(parents=True, exist_ok=True)
     flwr_home = opts.state_dir / "flwr-home"
-    write_connection_config(flwr_home, address)
+    ca_cert = security.ca_cert.resolve() if security is not None else None
+    write_connection_config(flwr_home, local, ca_cert)
     env = flower_env(flwr_home)
     superlink_log = opts.log_dir / "superlink.log"
     rounds = opts.rounds or scenario.rounds
@@ -955,11 +1516,43 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
         f"{len(scenario.sites)} sites, {rounds} rounds, min_sites {scenario.scheduler.min_sites}",
         highlight=False,
     )
-    console.print(f"  listen   {address} (insecure: loopback only)", highlight=False)
+    if security is None:
+        transport = "insecure: no TLS, no node authentication, loopback only"
+    else:
+        transport = f"TLS, node authentication; {len(node_keys)} member node key(s)"
+    console.print(f"  listen   {address} ({transport})", highlight=False)
+    if opts.kit_dir is not None:
+        console.print(f"  kit      {opts.kit_dir}", highlight=False)
     console.print(f"  state    {opts.state_dir / 'superlink.db'}", highlight=False)
     console.print(f"  results  {opts.out_dir}", highlight=False)
     console.print(f"  logs     {superlink_log}", highlight=False)
-    console.print(f"  inspect  FLWR_HOME={flwr_home} flwr ls {CONNECTION_NAME}", highlight=False)
+    console.print(
+        f"  inspect  FLWR_HOME={shlex.quote(str(flwr_home))} flwr ls {CONNECTION_NAME}",
+        highlight=False,
+    )
+
+    argv = [flower_command("flower-superlink")]
+    if security is None:
+        argv += ["--insecure"]
+    else:
+        argv += [
+            "--ssl-ca-certfile",
+            str(security.ca_cert.resolve()),
+            "--ssl-certfile",
+            str(security.server_cert.resolve()),
+            "--ssl-keyfile",
+            str(security.server_key.resolve()),
+            "--enable-supernode-auth",
+        ]
+    argv += [
+        "--host",
+        opts.host,
+        "--port",
+        str(opts.port),
+        "--database",
+        str(opts.state_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
 
     procs: list[ManagedProcess] = []
     control: _ControlApi | None = None
@@ -969,31 +1562,33 @@ def serve_coordinator(opts: CoordinatorOptions, console: Console | None = None) 
         try:
             t0 = time.monotonic()
             superlink = ManagedProcess.start(
-                "SuperLink",
-                [
-                    flower_command("flower-superlink"),
-                    "--insecure",
-                    "--host",
-                    opts.host,
-                    "--port",
-                    str(opts.port),
-                    "--database",
-                    str(opts.state_dir / "superlink.db"),
-                    "--disable-runtime-dependency-installation",
-                ],
-                log_path=superlink_log,
-                env=env,
-                registry=procs,
+                "SuperLink", argv, log_path=superlink_log, env=env, registry=procs
             )
             took = wait_until_healthy(
-                superlink, address, timeout=opts.startup_timeout, what="the SuperLink"
+                superlink,
+                local,
+                timeout=opts.startup_timeout,
+                what="the SuperLink",
+                ca_cert=ca_cert,
             )
-            console.print(
-                f"[green]✓[/] SuperLink ready on {address} in {took:.1f} s", highlight=False
-            )
-            control = _ControlApi(address, flwr_home)
+            control = _ControlApi(local, flwr_home, ca_cert)
+            if security is not None:
+                registered, kept, dropped = control.sync_nodes(node_keys)
+                for site_id in sorted(node_keys):
+                    how = "registered" if site_id in registered else "already registered"
+                    fingerprint = node_key_fingerprint(security.node_public_keys[site_id])
+                    console.print(
+                        f"  node key {escape(site_id)}: {fingerprint} ({how})", highlight=False
+                    )
+                if dropped:
+                    console.print(
+                        f"[yellow]![/] unregistered node(s) whose key is no longer in the kit: "
+                        f"{escape(', '.join(dropped))}",
+                        highlight=False,
+                    )
+            console.print(f"[green]✓[/] {READY_MARK} {address} in {took:.1f} s", highlight=False)
             online = _wait_for_sites(
-                control, superlink, scenario, address, opts.site_timeout, console
+                control, superlink, scenario, address, opts.site_timeout, console, opts.insecure
             )
             console.print(
                 f"[green]✓[/] {online} site(s) connected after {time.monotonic() - t0:.1f} s"
@@ -1096,120 +1691,229 @@ class SiteOptions:
 
     Attributes:
         site_path: The site config YAML; only its path goes to the ClientApp (``node_config``).
-        host: Coordinator host (loopback only for now).
+        host: Coordinator host.
         port: Coordinator port.
-        insecure: No TLS (required for now, see :func:`check_transport`).
+        security: The CA to trust and the node key to sign with; required unless ``insecure``.
+        insecure: No TLS and no node key; accepted for a loopback coordinator only (see
+            :func:`check_transport`), and only when asked for explicitly.
+        kit_dir: The site kit directory, handed to the ClientApp as node-config ``kit``
+            (``""`` when ``None``); it may be given with ``insecure`` too.
         state_dir: The SuperNode's ``FLWR_HOME`` and default log place; ``None`` uses the
             site config's ``state_dir`` or ``./fedcore-site-ID``.
         log_file: SuperNode log; ``None`` is ``STATE/logs/supernode.log``.
         startup_timeout: Seconds the SuperNode gets to answer its health check.
+        refused_retry_for: Seconds to keep starting the SuperNode again, every
+            :data:`REFUSED_RETRY_DELAY` s, while the coordinator refuses the node key
+            (a coordinator still registering keys, or this node's previous connection not
+            timed out yet); then give up. ``0`` gives up at the first refusal.
     """
 
     site_path: Path
     host: str
     port: int
-    insecure: bool = True
+    security: SiteSecurity | None = None
+    insecure: bool = False
+    kit_dir: Path | None = None
     state_dir: Path | None = None
     log_file: Path | None = None
     startup_timeout: float = 120.0
+    refused_retry_for: float = 90.0
+
+
+#: Seconds between two SuperNode starts while the coordinator refuses the node key.
+REFUSED_RETRY_DELAY = 5.0
+
+_REFUSED = re.compile(r"\[code: 200[14]\]")
+_TLS_VERIFY = re.compile(r"CERTIFICATE_VERIFY_FAILED[^\n]*", re.IGNORECASE)
+_TLS_NAME = re.compile(r"(hostname|ip address) mismatch", re.IGNORECASE)
+_TLS_PROTOCOL = re.compile(
+    r"WRONG_VERSION_NUMBER|RECORD_LAYER_FAILURE|PACKET_LENGTH_TOO_LONG|"
+    r"Server disconnected without sending a response",
+    re.IGNORECASE,
+)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """The text a log gained after ``offset`` bytes, without ANSI colours."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return ""
+    return _ANSI.sub("", data.decode("utf-8", errors="replace"))
+
+
+def _supernode_failure(
+    log_text: str, site_id: str, coordinator: str, security: SiteSecurity | None
+) -> tuple[str, bool] | None:
+    """Explain why a SuperNode could not connect; ``(message, retry)`` or ``None`` if unknown."""
+    if _REFUSED.search(log_text):
+        if security is None:
+            return (
+                f"the coordinator {coordinator} requires node authentication: this site needs "
+                "its kit (--kit KITS/SITE-ID) instead of --insecure",
+                False,
+            )
+        fingerprint = node_key_fingerprint(security.node_public_key)
+        return (
+            f"the coordinator {coordinator} refused this site's node key {fingerprint}. Either "
+            f"the key is not registered there (the coordinator kit's nodes/{site_id}.pub must be "
+            f"this kit's node.pub, {security.node_public_key}; fed-coordinator registers the "
+            "kit's keys when it starts, so restart it after provisioning), or a node with this "
+            "key is connected already (another fed-client with this kit, or one stopped less "
+            "than a minute ago)",
+            True,
+        )
+    verify = _TLS_VERIFY.search(log_text)
+    if verify and security is not None:
+        host = coordinator.rsplit(":", 1)[0].strip("[]")
+        if _TLS_NAME.search(verify.group(0)):
+            return (
+                f"the coordinator's TLS certificate does not name {host}: connect with a host "
+                "name the certificate lists (--coordinator HOST:PORT, as the consortium "
+                f"operator provisioned it), or ask the operator to provision it for {host}",
+                False,
+            )
+        return (
+            f"the coordinator {coordinator} presents a TLS certificate that this site's CA "
+            f"({security.ca_cert}) did not sign: the site kit and the coordinator kit come "
+            "from different provisionings, or --coordinator points at another server. Fix: use "
+            "the site kit written by the same `fedcore provision` run as the coordinator's",
+            False,
+        )
+    if _TLS_PROTOCOL.search(log_text):
+        if security is None:
+            return (
+                f"the coordinator {coordinator} speaks TLS but this site connects without it "
+                "(--insecure): pass --kit KITS/SITE-ID instead",
+                False,
+            )
+        return (
+            f"the coordinator {coordinator} does not speak TLS (was it started with "
+            "--insecure?); a site with a kit only connects with TLS",
+            False,
+        )
+    return None
 
 
 def serve_site(opts: SiteOptions, console: Console | None = None) -> int:
     """Run one site's SuperNode until Ctrl-C / SIGTERM (``fed-client start``).
 
-    The SuperNode gets ``--node-config "site-config='ABS_PATH'"``: the path of the
-    site config is all that reaches the ClientApp, and it stays on this machine.
+    The SuperNode gets ``--node-config "site-config='ABS_PATH' kit='KIT_DIR'"``: the
+    paths are all that reaches the ClientApp, and they stay on this machine. With
+    :class:`SiteSecurity` it trusts only the consortium CA
+    (``--root-certificates``) and signs its requests with the node key
+    (``--auth-supernode-private-key``).
 
     Returns:
-        :data:`EXIT_USAGE` for a bad site file or address, :data:`EXIT_FAILED` if the
-        SuperNode dies, :data:`EXIT_INTERRUPTED` after Ctrl-C / SIGTERM.
+        :data:`EXIT_USAGE` for a bad site file, kit or address (a kit of another site
+        included), :data:`EXIT_FAILED` if the SuperNode dies or the coordinator refuses
+        it (the message says why), :data:`EXIT_INTERRUPTED` after Ctrl-C / SIGTERM.
     """
     from fedcore.config import ConfigError
 
     console = console or Console(soft_wrap=True)
+    security = opts.security
+    warnings: list[str] = []
     try:
         check_transport(opts.host, insecure=opts.insecure, action="connect to")
         site = load_site_config(opts.site_path)
+        if opts.insecure and security is not None:
+            raise DeploymentError(
+                "insecure=True and security=... exclude each other: without TLS the node key "
+                "is never used. Drop one of them"
+            )
+        if security is None and not opts.insecure:
+            raise DeploymentError(NO_KIT_MESSAGE.format(cmd="fed-client", kit=f"KITS/{site.id}"))
+        if security is not None:
+            if security.site_id is not None and security.site_id != site.id:
+                where = f" {opts.kit_dir}" if opts.kit_dir is not None else ""
+                raise DeploymentError(
+                    f"the kit{where} was provisioned for site {security.site_id!r}, but the "
+                    f"site config {opts.site_path} is site {site.id!r}: expected this site's "
+                    f"own kit. Fix: pass --kit with the kit of {site.id!r} (KITS/{site.id})"
+                )
+            warnings = security.check()
+        node_config = config_args(
+            {
+                "site-config": str(opts.site_path.resolve()),
+                "kit": str(opts.kit_dir.resolve()) if opts.kit_dir is not None else "",
+            }
+        )
     except (DeploymentError, ConfigError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     site_path = opts.site_path.resolve()
     state_dir = (opts.state_dir or site.state_dir or Path(f"fedcore-site-{site.id}")).resolve()
     log_file = (opts.log_file or state_dir / "logs" / "supernode.log").resolve()
     coordinator = format_address(opts.host, opts.port)
     env = flower_env(state_dir / "flwr-home")
-    try:
-        node_config = config_args({"site-config": str(site_path)})
-    except DeploymentError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        return EXIT_USAGE
+    if security is None:
+        transport = "insecure: no TLS, no node key, loopback only"
+        auth_args = ["--insecure"]
+    else:
+        transport = f"TLS, node key {node_key_fingerprint(security.node_public_key)}"
+        auth_args = [
+            "--root-certificates",
+            str(security.ca_cert.resolve()),
+            "--auth-supernode-private-key",
+            str(security.node_private_key.resolve()),
+        ]
     console.print(
         f"[bold]fed-client[/]  site [bold]{escape(site.id)}[/] → coordinator {coordinator} "
-        "(insecure: loopback only)",
+        f"({transport})",
         highlight=False,
     )
     console.print(f"  site config  {site_path} (stays on this machine)", highlight=False)
+    if opts.kit_dir is not None:
+        console.print(f"  kit          {opts.kit_dir.resolve()}", highlight=False)
     console.print(f"  logs         {log_file}", highlight=False)
 
     procs: list[ManagedProcess] = []
+    first_refusal: float | None = None
     with sigterm_as_interrupt():
         try:
-            supernode: ManagedProcess | None = None
-            for attempt in range(3):
-                port = free_port("127.0.0.1")
-                supernode = ManagedProcess.start(
-                    f"SuperNode {site.id}",
-                    [
-                        flower_command("flower-supernode"),
-                        "--insecure",
-                        "--superlink",
-                        coordinator,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--node-config",
-                        node_config,
-                    ],
-                    log_path=log_file,
-                    env=env,
-                    registry=procs,
-                )
-                try:
-                    took = wait_until_healthy(
-                        supernode,
-                        format_address("127.0.0.1", port),
-                        timeout=opts.startup_timeout,
-                        what="the SuperNode",
-                    )
-                except AddressInUseError:
-                    if attempt == 2:
-                        raise
-                    stop_processes([supernode])
-                    continue
-                console.print(
-                    f"[green]✓[/] SuperNode up in {took:.1f} s (ClientAppIo 127.0.0.1:{port})"
-                )
-                break
-            assert supernode is not None
-            connected = False
             while True:
-                code = supernode.poll()
-                if code is not None:
-                    message = _with_tail(
-                        f"the SuperNode exited with code {code}", supernode.log_path
-                    )
+                supernode, log_offset = _start_supernode(
+                    site.id,
+                    coordinator,
+                    auth_args,
+                    node_config,
+                    log_file,
+                    env,
+                    opts,
+                    procs,
+                    console,
+                )
+                code, log_text, connected = _watch_supernode(
+                    supernode, log_offset, coordinator, console
+                )
+                stop_processes(procs)
+                procs.clear()
+                if connected:  # it was in once: a later refusal gets a fresh retry window
+                    first_refusal = None
+                failure = _supernode_failure(log_text, site.id, coordinator, security)
+                if failure is None:
+                    message = _with_tail(f"the SuperNode exited with code {code}", log_file)
                     console.print(f"[red]error:[/] {escape(message)}", highlight=False)
                     return EXIT_FAILED
-                if not connected:
-                    match = re.search(r"SuperNode ID: (\d+)", tail_text(supernode.log_path, 200))
-                    if match:
-                        connected = True
-                        console.print(
-                            f"[green]✓[/] connected to {coordinator} as node {match.group(1)}"
-                        )
-                supernode.refresh()
-                time.sleep(0.5)
+                reason, retry = failure
+                now = time.monotonic()
+                first_refusal = now if first_refusal is None else first_refusal
+                left = opts.refused_retry_for - (now - first_refusal)
+                if not retry or left <= 0:
+                    console.print(f"[red]error:[/] {escape(reason)}", highlight=False)
+                    console.print(f"  (SuperNode log: {log_file})", highlight=False)
+                    return EXIT_FAILED
+                console.print(
+                    f"[yellow]![/] {escape(reason)}; trying again in {REFUSED_RETRY_DELAY:.0f} s "
+                    f"(for {left:.0f} s more)",
+                    highlight=False,
+                )
+                time.sleep(REFUSED_RETRY_DELAY)
         except DeploymentError as exc:
             console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
             return EXIT_FAILED
@@ -1219,6 +1923,97 @@ def serve_site(opts: SiteOptions, console: Console | None = None) -> int:
         finally:
             with deferred_signals(reraise=False):  # already stopping: a second Ctrl-C waits
                 stop_processes(procs)
+
+
+def _start_supernode(
+    site_id: str,
+    coordinator: str,
+    auth_args: Sequence[str],
+    node_config: str,
+    log_file: Path,
+    env: Mapping[str, str],
+    opts: SiteOptions,
+    procs: list[ManagedProcess],
+    console: Console,
+) -> tuple[ManagedProcess, int]:
+    """Start ``flower-supernode`` on a free loopback port; return it and its log offset."""
+    for attempt in range(3):
+        port = free_port("127.0.0.1")
+        try:
+            log_offset = log_file.stat().st_size
+        except OSError:
+            log_offset = 0
+        supernode = ManagedProcess.start(
+            f"SuperNode {site_id}",
+            [
+                flower_command("flower-supernode"),
+                *auth_args,
+                "--superlink",
+                coordinator,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--node-config",
+                node_config,
+            ],
+            log_path=log_file,
+            env=env,
+            registry=procs,
+        )
+        try:
+            took = wait_until_healthy(
+                supernode,
+                format_address("127.0.0.1", port),
+                timeout=opts.startup_timeout,
+                what="the SuperNode",
+            )
+        except AddressInUseError:
+            stop_processes([supernode])
+            procs.remove(supernode)
+            if attempt == 2:
+                raise
+            continue
+        except DeploymentError:
+            # It exited while starting: the caller explains why from its log.
+            if supernode.poll() is None:
+                raise
+            return supernode, log_offset
+        console.print(f"[green]✓[/] SuperNode up in {took:.1f} s (ClientAppIo 127.0.0.1:{port})")
+        return supernode, log_offset
+    raise AssertionError("unreachable")
+
+
+#: Seconds without a connection after which ``fed-client`` says what to check.
+CONNECT_HINT_AFTER = 30.0
+
+
+def _watch_supernode(
+    supernode: ManagedProcess, log_offset: int, coordinator: str, console: Console
+) -> tuple[int, str, bool]:
+    """Follow a SuperNode until it exits; return its exit code, its log, whether it connected."""
+    connected = False
+    hinted = False
+    while True:
+        code = supernode.poll()
+        if code is not None:
+            return code, _read_from(supernode.log_path, log_offset), connected
+        if not connected:
+            match = re.search(r"SuperNode ID: (\d+)", _read_from(supernode.log_path, log_offset))
+            if match:
+                connected = True
+                console.print(f"[green]✓[/] connected to {coordinator} as node {match.group(1)}")
+            elif not hinted and time.monotonic() - supernode.started_at > CONNECT_HINT_AFTER:
+                hinted = True
+                console.print(
+                    f"[yellow]![/] not connected to {coordinator} after "
+                    f"{CONNECT_HINT_AFTER:.0f} s; still trying. Check that fed-coordinator runs "
+                    "there and listens on that address, and that both sides use TLS (--kit) or "
+                    "both --insecure",
+                    highlight=False,
+                )
+        supernode.refresh()
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- fedcore run
@@ -1246,12 +2041,55 @@ def _python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def _check_site_kits(scenario: Scenario, security: DeploymentSecurity) -> dict[str, Path]:
+    coordinator_kit = Path(security.coordinator_kit)
+    if not coordinator_kit.is_dir():
+        raise DeploymentError(
+            f"the coordinator kit {coordinator_kit} is not a directory: expected the "
+            "`coordinator` directory written by `fedcore provision`"
+        )
+    wanted = [s.id for s in scenario.sites]
+    missing = [s for s in wanted if s not in security.site_kits]
+    if missing:
+        raise DeploymentError(
+            f"security.site_kits must hold a kit for every scenario site ({', '.join(wanted)}); "
+            f"missing: {', '.join(missing)}"
+        )
+    kits = {}
+    for site_id in wanted:
+        path = Path(security.site_kits[site_id]).resolve()
+        if not path.is_dir():
+            raise DeploymentError(f"site {site_id!r}: the site kit {path} is not a directory")
+        kits[site_id] = path
+    return kits
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What every attempt of :func:`run_deployment` launches."""
+
+    scenario: Scenario
+    scenario_path: Path
+    out_dir: Path
+    log_dir: Path
+    rounds: int | None
+    sites: Mapping[str, Path]
+    coordinator_kit: Path | None
+    site_kits: Mapping[str, Path]
+    insecure: bool
+    on_round: Callable[[dict[str, Any]], None] | None
+    deadline: float
+    timeout: float
+
+
 def run_deployment(
     scenario_path: Path,
     out_dir: Path,
     *,
     rounds: int | None,
     site_configs: Mapping[str, Path],
+    security: DeploymentSecurity | None = None,
+    insecure: bool = False,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     timeout: float = 1800.0,
 ) -> dict[str, Any]:
@@ -1259,11 +2097,12 @@ def run_deployment(
 
     Launches the production commands as subprocesses, exactly as operators would:
     ``fed-coordinator start --scenario FILE --state OUT/deployment/coordinator
-    --listen 127.0.0.1:PORT --insecure --exit-when-done --out OUT --log-dir OUT/logs``
-    and one ``fed-client start --site SITE.yaml --coordinator 127.0.0.1:PORT
-    --insecure`` per site. Their output goes to ``OUT/logs/``. Every process is
-    stopped before this function returns or raises, also on KeyboardInterrupt
-    and SIGTERM.
+    --listen 127.0.0.1:PORT --kit KITS/coordinator --exit-when-done --out OUT
+    --log-dir OUT/logs`` and, once it reports its SuperLink ready (node keys
+    registered), one ``fed-client start --site SITE.yaml --coordinator
+    127.0.0.1:PORT --kit KITS/SITE`` per site. Their output goes to ``OUT/logs/``.
+    Every process is stopped before this function returns or raises, also on
+    KeyboardInterrupt and SIGTERM.
 
     Args:
         scenario_path: The scenario YAML.
@@ -1271,6 +2110,10 @@ def run_deployment(
             ``model.safetensors``, ``logs/``). Results of an earlier run there are removed.
         rounds: Rounds to run; ``None`` uses the scenario's.
         site_configs: Site id -> site config YAML, one per scenario site.
+        security: The provisioned kits: TLS and node authentication (the default way).
+        insecure: Run without TLS and node keys (``--insecure``, loopback). Required when
+            ``security`` is ``None``; with both, the kits only reach the apps (run-config and
+            node-config ``kit``) and the traffic stays unencrypted.
         on_round: Called with each object the coordinator appends to ``rounds.jsonl``.
         timeout: Seconds the whole federation may take, start-up included.
 
@@ -1279,14 +2122,22 @@ def run_deployment(
 
     Raises:
         fedcore.config.ConfigError: if the scenario file is invalid.
-        DeploymentError: if a process could not start, the run failed, too few
-            sites remain, or ``timeout`` passed; the message includes the log tail.
+        DeploymentError: if neither ``security`` nor ``insecure`` is given, a process could
+            not start, the run failed, too few sites remain, or ``timeout`` passed; the
+            message includes the log tail.
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after stopping every process.
     """
     scenario_path = Path(scenario_path).resolve()
     out_dir = Path(out_dir).resolve()
     scenario = load_scenario(scenario_path, check_files=False)
     sites = _check_site_configs(scenario, site_configs)
+    if security is None and not insecure:
+        raise DeploymentError(
+            "run_deployment needs the provisioned kits (security=DeploymentSecurity(...), from "
+            "`fedcore provision`) for TLS and node authentication, or insecure=True to run "
+            "without them on loopback"
+        )
+    site_kits = _check_site_kits(scenario, security) if security is not None else {}
     if rounds is not None and rounds < 1:
         raise DeploymentError(
             f"rounds must be at least 1 (or None: the scenario's), found {rounds}"
@@ -1294,25 +2145,26 @@ def run_deployment(
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_results(out_dir)
-    deadline = time.monotonic() + timeout
+    launch = _Launch(
+        scenario=scenario,
+        scenario_path=scenario_path,
+        out_dir=out_dir,
+        log_dir=log_dir,
+        rounds=rounds,
+        sites=sites,
+        coordinator_kit=Path(security.coordinator_kit).resolve() if security else None,
+        site_kits=site_kits,
+        insecure=insecure,
+        on_round=on_round,
+        deadline=time.monotonic() + timeout,
+        timeout=timeout,
+    )
     with sigterm_as_interrupt():
         for _attempt in range(3):
             port = free_port("127.0.0.1")
             procs: list[ManagedProcess] = []
             try:
-                result = _run_once(
-                    scenario,
-                    scenario_path,
-                    out_dir,
-                    log_dir,
-                    port,
-                    rounds,
-                    sites,
-                    on_round,
-                    deadline,
-                    timeout,
-                    procs,
-                )
+                result = _run_once(launch, port, procs)
             finally:
                 with deferred_signals():
                     stop_processes(procs, grace=DEFAULT_GRACE + 10.0)
@@ -1322,50 +2174,58 @@ def run_deployment(
     raise DeploymentError("could not find a free port on 127.0.0.1 for the SuperLink after 3 tries")
 
 
-def _run_once(
-    scenario: Scenario,
-    scenario_path: Path,
-    out_dir: Path,
-    log_dir: Path,
-    port: int,
-    rounds: int | None,
-    sites: Mapping[str, Path],
-    on_round: Callable[[dict[str, Any]], None] | None,
-    deadline: float,
-    timeout: float,
-    procs: list[ManagedProcess],
-) -> dict[str, Any] | None:
+def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[str, Any] | None:
     """One attempt of :func:`run_deployment`; ``None`` means "port taken, retry"."""
     address = format_address("127.0.0.1", port)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    state = out_dir / "deployment"
+    state = launch.out_dir / "deployment"
+    log_dir = launch.log_dir
+    transport = ["--insecure"] if launch.insecure else []
     argv = _python_module("fedcore.cli.coordinator_cmd") + [
         "start",
         "--scenario",
-        str(scenario_path),
+        str(launch.scenario_path),
         "--state",
         str(state / "coordinator"),
         "--listen",
         address,
-        "--insecure",
+        *transport,
+        *(["--kit", str(launch.coordinator_kit)] if launch.coordinator_kit else []),
         "--exit-when-done",
         "--out",
-        str(out_dir),
+        str(launch.out_dir),
         "--log-dir",
         str(log_dir),
         "--site-timeout",
-        str(max(30.0, min(120.0, timeout / 4))),
+        str(max(30.0, min(120.0, launch.timeout / 4))),
     ]
-    if rounds is not None:
-        argv += ["--rounds", str(rounds)]
+    if launch.rounds is not None:
+        argv += ["--rounds", str(launch.rounds)]
     coordinator = ManagedProcess.start(
         "fed-coordinator", argv, log_path=log_dir / "fed-coordinator.log", env=env, registry=procs
     )
+    if not launch.insecure:
+        # Sites connect only once their node keys are registered, or they would be refused.
+        while READY_MARK not in tail_text(coordinator.log_path, 200):
+            code = coordinator.poll()
+            if code is not None:
+                if code == EXIT_ADDRESS_IN_USE:
+                    return None
+                return _outcome(code, launch.out_dir, coordinator)
+            if time.monotonic() > launch.deadline:
+                raise DeploymentError(
+                    _with_tail(
+                        f"fed-coordinator did not get ready within {launch.timeout:.0f} s",
+                        coordinator.log_path,
+                    )
+                )
+            time.sleep(0.2)
     clients: dict[str, ManagedProcess] = {}
-    for site_id, site_path in sites.items():
+    for site_id, site_path in launch.sites.items():
+        kit = launch.site_kits.get(site_id)
         clients[site_id] = ManagedProcess.start(
             f"fed-client {site_id}",
             _python_module("fedcore.cli.client_cmd")
@@ -1375,7 +2235,8 @@ def _run_once(
                 str(site_path),
                 "--coordinator",
                 address,
-                "--insecure",
+                *transport,
+                *(["--kit", str(kit)] if kit is not None else []),
                 "--state",
                 str(state / "sites" / site_id),
                 "--log-file",
@@ -1385,14 +2246,14 @@ def _run_once(
             env=env,
             registry=procs,
         )
-    tail = RoundsTail(out_dir / "rounds.jsonl")
+    tail = RoundsTail(launch.out_dir / "rounds.jsonl")
     dead: set[str] = set()
-    minimum = scenario.scheduler.min_sites
+    minimum = launch.scenario.scheduler.min_sites
 
     def drain() -> None:
         for row in tail.read_new():
-            if on_round is not None:
-                on_round(row)
+            if launch.on_round is not None:
+                launch.on_round(row)
 
     while True:
         drain()
@@ -1401,7 +2262,7 @@ def _run_once(
             drain()
             if code == EXIT_ADDRESS_IN_USE:
                 return None
-            return _outcome(code, out_dir, coordinator)
+            return _outcome(code, launch.out_dir, coordinator)
         for site_id, client in clients.items():
             client_code = client.poll()
             if site_id in dead or client_code is None:
@@ -1424,11 +2285,11 @@ def _run_once(
             )
         for proc in procs:
             proc.refresh()
-        if time.monotonic() > deadline:
+        if time.monotonic() > launch.deadline:
             raise DeploymentError(
                 _with_tail(
-                    f"the federation did not finish within {timeout:.0f} s (timeout); raise it or "
-                    "run fewer rounds",
+                    f"the federation did not finish within {launch.timeout:.0f} s (timeout); "
+                    "raise it or run fewer rounds",
                     coordinator.log_path,
                 )
             )

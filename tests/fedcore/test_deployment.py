@@ -22,6 +22,7 @@ from fedcore.cli.runner import write_site_configs
 from fedcore.config import load_scenario
 from fedcore.engines.deployment import (
     DeploymentError,
+    DeploymentSecurity,
     ManagedProcess,
     RoundsTail,
     check_transport,
@@ -67,6 +68,21 @@ def write_scenario(
     return path, write_site_configs(load_scenario(path), root)
 
 
+def provision_kits(root: Path, sites: list[str], name: str = "tls-test") -> Path:
+    """Real kits from `fedcore provision` (CA, TLS certificates, node keys) under ``root``."""
+    from secure.provision import ConsortiumSpec, provision
+
+    provision(ConsortiumSpec(name=name, sites=sites), root)
+    return root
+
+
+def kits_for(kits: Path, sites: dict[str, Path]) -> DeploymentSecurity:
+    """What run_deployment needs: the coordinator kit and one kit per site."""
+    return DeploymentSecurity(
+        coordinator_kit=kits / "coordinator", site_kits={s: kits / s for s in sites}
+    )
+
+
 def _mentions(proc: psutil.Process, root: str) -> bool:
     try:
         if any(root in part for part in proc.cmdline()):
@@ -99,9 +115,12 @@ class ProcessWatch:
     def _remember(self, proc: psutil.Process) -> None:
         try:
             key = (proc.pid, proc.create_time())
-            if key not in self.seen:
-                self.commands[key] = " ".join(proc.cmdline())
-                self.seen[key] = proc
+            # Read the command line every time: a process seen between fork and exec
+            # still shows its parent's.
+            command = " ".join(proc.cmdline())
+            if command or key not in self.commands:  # a zombie's is empty: keep the last
+                self.commands[key] = command
+            self.seen.setdefault(key, proc)
         except psutil.Error:
             pass
 
@@ -200,7 +219,7 @@ DRIVER = textwrap.dedent(
 
     scenario, out, sites = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     try:
-        result = run_deployment(Path(scenario), Path(out), rounds=None,
+        result = run_deployment(Path(scenario), Path(out), rounds=None, insecure=True,
                                 site_configs={k: Path(v) for k, v in sites.items()}, timeout=600)
     except KeyboardInterrupt:
         print("KeyboardInterrupt", flush=True)
@@ -278,8 +297,10 @@ def test_loopback_only_without_tls() -> None:
     check_transport("127.0.0.1", insecure=True, action="listen on")
     with pytest.raises(DeploymentError, match="refusing to listen on 203.0.113.5 without TLS"):
         check_transport("203.0.113.5", insecure=True, action="listen on")
-    with pytest.raises(DeploymentError, match="TLS certificates .* not supported"):
-        check_transport("127.0.0.1", insecure=False, action="listen on")
+    # with TLS any address is fine
+    check_transport("127.0.0.1", insecure=False, action="listen on")
+    check_transport("192.0.2.1", insecure=False, action="connect to")
+    check_transport("coordinator.example.org", insecure=False, action="connect to")
 
 
 def test_config_args_quote_paths_for_flower() -> None:
@@ -340,14 +361,18 @@ def test_stop_processes_kills_groups_and_orphans(tmp_path: Path, watch: ProcessW
 
 
 @pytest.mark.slow
-def test_two_sites_complete_and_leave_no_process(tmp_path: Path, watch: ProcessWatch) -> None:
+def test_two_sites_complete_over_tls_and_leave_no_process(
+    tmp_path: Path, watch: ProcessWatch
+) -> None:
     scenario, sites = write_scenario(tmp_path)
+    kits = provision_kits(tmp_path / "kits dir", list(sites))  # a space: quoting of kit paths
     rounds: list[dict[str, Any]] = []
     result = run_deployment(
         scenario,
         tmp_path / "out",
         rounds=None,
         site_configs=sites,
+        security=kits_for(kits, sites),
         on_round=rounds.append,
         timeout=600,
     )
@@ -363,10 +388,18 @@ def test_two_sites_complete_and_leave_no_process(tmp_path: Path, watch: ProcessW
         "supernode-bank-b.log",
     ):
         assert (out / "logs" / name).stat().st_size > 0, name
-    # it really ran the production commands and Flower's processes
+    # it really ran the production commands and Flower's processes, with TLS and node keys
     assert {"flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp"} <= (
         watch.flower_seen()
     )
+    commands = list(watch.commands.values())
+    superlink = next(c for c in commands if "flower-superlink" in c)
+    assert "--enable-supernode-auth" in superlink and "--insecure" not in superlink
+    supernodes = [c for c in commands if "bin/flower-supernode" in c]
+    assert len(supernodes) == 2
+    assert all("--auth-supernode-private-key" in c and "--insecure" not in c for c in supernodes)
+    coordinator_log = _text(out / "logs" / "fed-coordinator.log")
+    assert "node key bank-a: SHA256:" in coordinator_log
     assert watch.survivors() == []
 
 
@@ -444,6 +477,7 @@ def test_site_crash_run_completes_with_remaining_sites(tmp_path: Path, watch: Pr
         tmp_path / "out",
         rounds=None,
         site_configs=sites,
+        insecure=True,
         on_round=crash_site_b,
         timeout=600,
     )
@@ -489,12 +523,18 @@ def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch
         "--site",
         str(sites["bank-a"]),
         "--coordinator",
-        "192.0.2.7:9092",
+        "192.0.2.1:9092",
         "--insecure",
         cwd=tmp_path,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "refusing to connect to 192.0.2.7 without TLS" in done.stdout
+    assert "refusing to connect to 192.0.2.1 without TLS" in done.stdout
+    assert watch.flower_seen() == set()  # refused before starting anything
+
+
+@pytest.mark.slow
+def test_no_kit_and_no_insecure_is_refused(tmp_path: Path, watch: ProcessWatch) -> None:
+    scenario, sites = write_scenario(tmp_path)
     done = _cli(
         "fedcore.cli.coordinator_cmd",
         "start",
@@ -506,8 +546,23 @@ def test_non_loopback_without_tls_is_refused(tmp_path: Path, watch: ProcessWatch
         str(tmp_path / "st"),
         cwd=tmp_path,
     )
-    assert done.returncode == 2 and "TLS certificates" in done.stdout, done.stdout
-    assert watch.flower_seen() == set()  # refused before starting anything
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "fedcore provision" in done.stdout and "--kit KITS/coordinator" in done.stdout
+    assert "--insecure" in done.stdout
+    done = _cli(
+        "fedcore.cli.client_cmd",
+        "start",
+        "--site",
+        str(sites["bank-a"]),
+        "--coordinator",
+        "127.0.0.1:9092",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "fedcore provision" in done.stdout and "--kit KITS/bank-a" in done.stdout
+    with pytest.raises(DeploymentError, match="needs the provisioned kits"):
+        run_deployment(scenario, tmp_path / "out", rounds=None, site_configs=sites)
+    assert watch.flower_seen() == set()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,7 +88,8 @@ class RoundDriver:
         self.history: list[dict[str, Any]] = []
         self.schedule: list[dict[str, Any]] = []
         self.privacy = scenario.privacy
-        self.run_key = scenario.fingerprint()
+        # sites keep per-run state (the CKKS model copy) under this key: unique per run, kept on resume
+        self.run_key = f"{scenario.fingerprint()}-{secrets.token_hex(4)}"
         self.verifier = ReplyVerifier(registered_keys)
         self.site_rounds: dict[str, int] = {}
         self.ckks: CkksAggregator | None = None
@@ -488,6 +490,7 @@ class RoundDriver:
         return out
 
     def _restore_privacy(self, extra: Mapping[str, Any]) -> None:
+        self.run_key = str(extra.get("run_key", self.run_key))
         if self.ckks is not None:
             self._ckks_index = list(extra.get("ckks", []))
             self.ckks.restore(self._ckks_index)
@@ -499,7 +502,7 @@ class RoundDriver:
             )
 
     def _privacy_state(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"run_key": self.run_key}
         if self.ckks is not None:
             extra["ckks"] = self._ckks_index
         if self.accountant is not None:
@@ -512,6 +515,7 @@ class RoundDriver:
             "error": error,
             "scenario": self.scenario.name,
             "fingerprint": self.scenario.fingerprint(),
+            "run_key": self.run_key,
             "rounds": self.history,
             "schedule": self.schedule,
             "privacy": self.privacy_summary(),

@@ -68,17 +68,17 @@ class SpyGrid(InProcessGrid):
         return got
 
 
-Tamper = Callable[[str, Message], Message]
+Tamper = Callable[[str, Message, Message], Message]
 
 
 def tampering(app: ClientApp, tamper: Tamper) -> ClientApp:
-    """A ClientApp whose replies pass through ``tamper(site_id, reply)`` (a hostile site)."""
+    """A ClientApp whose replies pass through ``tamper(site_id, instruction, reply)`` (a hostile site)."""
     wrapper = ClientApp()
 
     def call(msg: Message, ctx: Context) -> Message:
         reply = app(msg, ctx)
         site = Path(str(ctx.node_config["site-config"])).stem
-        return tamper(site, reply)
+        return tamper(site, msg, reply)
 
     wrapper.train()(call)
     wrapper.evaluate()(call)
@@ -118,11 +118,12 @@ def run_driver(
 
 
 def site_model(out: Path, scenario: Scenario, site: str) -> dict[str, np.ndarray]:
-    return dict(
-        load_file(
-            str(out / "sites" / site / "global" / scenario.fingerprint() / "model.safetensors")
-        )
-    )
+    """A site's own copy of the global model (ckks), under the run's key."""
+    import json
+
+    key = json.loads((out / "federation.json").read_text())["run_key"]
+    assert key.startswith(scenario.fingerprint())
+    return dict(load_file(str(out / "sites" / site / "global" / key / "model.safetensors")))
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def test_tampered_ciphertext_is_rejected_and_round_goes_on(
     )
     kits = provision_run_kits(scenario, tmp_path / "out")
 
-    def tamper(site: str, reply: Message) -> Message:
+    def tamper(site: str, msg: Message, reply: Message) -> Message:
         if site != "bank-c" or reply.metadata.message_type != R.TRAIN or reply.has_error():
             return reply
         parsed = R.TrainReply.from_content(reply.content)
@@ -281,14 +282,14 @@ def test_reply_signed_with_another_sites_key_is_refused(tmp_path: Path) -> None:
     kits = provision_run_kits(scenario, tmp_path / "out")
     kit_a = load_kit(kits.sites["bank-a"], role="site")
 
-    def forge(site: str, reply: Message) -> Message:
+    def forge(site: str, msg: Message, reply: Message) -> Message:
         """bank-d's node signs its train replies with bank-a's stolen key."""
         if site != "bank-d" or reply.metadata.message_type != R.TRAIN or reply.has_error():
             return reply
         parsed = R.TrainReply.from_content(reply.content)
-        payload = R.signing_payload(
-            R.TRAIN, "bank-d", parsed.round, scenario.fingerprint(), parsed.digest()
-        )
+        _, cfg = R.read_instruction(msg.content)
+        assert cfg is not None
+        payload = R.signing_payload(R.TRAIN, "bank-d", parsed.round, cfg.run_key, parsed.digest())
         R.attach_signature(reply.content, sign(kit_a, payload))
         return reply
 

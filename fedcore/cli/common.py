@@ -30,4 +30,8 @@ def configure_logging(verbose: bool, *, verbose_level: int = logging.DEBUG) -> N
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
+        # Flower sets its logger to DEBUG when its logging module is first imported:
+        # import it now, so that a later (lazy) import cannot undo the level set here
+        import flwr.supercore.logger  # noqa: F401
+
         logging.getLogger("flwr").setLevel(logging.ERROR)

@@ -82,7 +82,7 @@ def provision_run_kits(scenario: Scenario, out: Path) -> RunKits:
         if ok:
             log.info("reusing the kits in %s", root)
             return kits
-    spec = ConsortiumSpec(name=scenario.name, sites=site_ids, ckks=scenario.privacy.ckks)
+    spec = ConsortiumSpec(name=scenario.name[:48], sites=site_ids, ckks=scenario.privacy.ckks)
     provision(spec, root, force=True)
     return kits
 
@@ -125,8 +125,13 @@ def run_federation(
         result_path = plan.out / "federation.json"
         return dict(json.loads(result_path.read_text()))
     if plan.engine == "deployment":
-        from fedcore.engines.deployment import DeploymentError, run_deployment
+        from fedcore.engines.deployment import DeploymentError, DeploymentSecurity, run_deployment
 
+        security = (
+            DeploymentSecurity(coordinator_kit=kits.coordinator, site_kits=dict(kits.sites))
+            if kits is not None
+            else None
+        )
         try:
             result = run_deployment(
                 plan.scenario_path.resolve(),
@@ -134,6 +139,8 @@ def run_federation(
                 rounds=plan.rounds,
                 site_configs=site_paths,
                 on_round=on_round,
+                security=security,
+                insecure=security is None,
             )
         except DeploymentError as exc:
             raise RunFailed(str(exc)) from None
@@ -143,7 +150,9 @@ def run_federation(
     raise ValueError(f"unknown engine {plan.engine!r}; valid: inprocess, deployment")
 
 
-def final_model_path(plan: RunPlan, site_paths: Mapping[str, Path]) -> Path:
+def final_model_path(
+    plan: RunPlan, site_paths: Mapping[str, Path], run_key: str | None = None
+) -> Path:
     """Where the final global model is: the coordinator's, or (``ckks``) a site's own copy.
 
     Under CKKS the coordinator never holds the model in clear; every site decrypts the
@@ -153,7 +162,10 @@ def final_model_path(plan: RunPlan, site_paths: Mapping[str, Path]) -> Path:
         return plan.out / "model.safetensors"
     import hashlib
 
-    key = plan.scenario.fingerprint()
+    if not run_key:
+        result = json.loads((plan.out / "federation.json").read_text())
+        run_key = str(result.get("run_key", ""))
+    key = run_key
     copies = {
         sid: (plan.out / "sites" / sid / "global" / key / "model.safetensors") for sid in site_paths
     }

@@ -46,9 +46,30 @@ def test_ckks_instruction_carries_base_only_when_asked() -> None:
 @pytest.mark.parametrize(
     "record",
     [
-        {"length": 4, "rounds": [1], "weights": [1.0], "counts": [2], "chunk_counts": [2], "chunks": [b"x"]},
-        {"length": 4, "rounds": [1, 2], "weights": [1.0], "counts": [2], "chunk_counts": [1], "chunks": [b"x"]},
-        {"length": 4, "rounds": [1], "weights": [1.0], "counts": [2], "chunk_counts": [1], "chunks": ["text"]},
+        {
+            "length": 4,
+            "rounds": [1],
+            "weights": [1.0],
+            "counts": [2],
+            "chunk_counts": [2],
+            "chunks": [b"x"],
+        },
+        {
+            "length": 4,
+            "rounds": [1, 2],
+            "weights": [1.0],
+            "counts": [2],
+            "chunk_counts": [1],
+            "chunks": [b"x"],
+        },
+        {
+            "length": 4,
+            "rounds": [1],
+            "weights": [1.0],
+            "counts": [2],
+            "chunk_counts": [1],
+            "chunks": ["text"],
+        },
         {"rounds": [1], "weights": [1.0], "counts": [2], "chunk_counts": [1], "chunks": [b"x"]},
     ],
 )

@@ -66,9 +66,8 @@ def secret_context(context: Context, site_id: str) -> Any:
         )
     key = str(kit.path)
     if key not in _CONTEXTS:
-        from secure.ckks import context_from_bytes
-
         from secure import kitfiles
+        from secure.ckks import context_from_bytes
 
         data = (Path(kit.path) / kitfiles.CKKS_SECRET).read_bytes()
         _CONTEXTS[key] = context_from_bytes(data, expect_secret=True)

@@ -33,9 +33,8 @@ def load_coordinator_kit(path: str | Path | None) -> tuple[dict[str, bytes] | No
     """(registered node keys, public CKKS context) from the coordinator kit; (None, None) without one."""
     if not path:
         return None, None
-    from secure.ckks import context_from_bytes
-
     from secure import kitfiles
+    from secure.ckks import context_from_bytes
     from secure.kit import load_kit, registered_nodes
 
     kit = load_kit(Path(str(path)), role="coordinator")

@@ -172,7 +172,9 @@ class SecAggSpec(_Model):
         ge=2,
         description="shares needed to rebuild a dropped site's mask; tolerates num_shares - threshold dropouts",
     )
-    clipping_range: float = Field(8.0, gt=0.0, description="values are clipped to +-this before masking")
+    clipping_range: float = Field(
+        8.0, gt=0.0, description="values are clipped to +-this before masking"
+    )
     quantization_range: int = Field(
         2**22, ge=2**8, description="quantization levels over the clipping range"
     )
@@ -218,7 +220,9 @@ class PrivacySpec(_Model):
     mode: Literal["plaintext", "ckks", "secagg+"] = Field(
         "plaintext", description="plaintext (tests only), ckks or secagg+"
     )
-    dp: DpSpec | None = Field(None, description="add differential privacy (combinable with any mode)")
+    dp: DpSpec | None = Field(
+        None, description="add differential privacy (combinable with any mode)"
+    )
     ckks: CkksSpec = CkksSpec()
     secagg: SecAggSpec = SecAggSpec()
 

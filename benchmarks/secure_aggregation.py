@@ -336,6 +336,8 @@ def main(
     """Measure one aggregation round of every method and write the rows and targets."""
     import logging
 
+    import flwr.supercore.logger  # noqa: F401  (sets its level on import: import it first)
+
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the SecAgg+ rows log every stage
     started = time.perf_counter()
     lengths = [100_000] if quick else [100_000, 1_000_000]

@@ -344,7 +344,7 @@ class SiteConfig(_Model):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_loc(loc: tuple[int | str, ...], data: Any) -> str:
+def format_loc(loc: tuple[int | str, ...], data: Any) -> str:
     """Render a pydantic error location as a field path, using site ids where possible."""
     parts: list[str] = []
     node = data
@@ -370,13 +370,22 @@ def _format_loc(loc: tuple[int | str, ...], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _errors_to_message(err: ValidationError, data: Any) -> str:
+def validation_message(
+    err: ValidationError, data: Any, unknown_hint: str = "see docs/scenario.md"
+) -> str:
+    """Every problem of a validation error, one line each, located by field path.
+
+    Args:
+        err: The pydantic error.
+        data: The raw YAML data (to name list items by their ``id``).
+        unknown_hint: What to say after "unknown field (check the spelling; ...".
+    """
     lines = []
     for e in err.errors():
-        loc = _format_loc(tuple(e["loc"]), data)
-        msg = e["msg"]
+        loc = format_loc(tuple(e["loc"]), data)
+        msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/scenario.md)"
+            msg = f"unknown field (check the spelling; {unknown_hint})"
         elif e["type"] == "missing":
             msg = "required field is missing"
         found = e.get("input")
@@ -387,7 +396,7 @@ def _errors_to_message(err: ValidationError, data: Any) -> str:
     return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     if not path.exists():
         raise ConfigError(path, "file not found")
     if path.is_dir():
@@ -440,13 +449,13 @@ def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
         ConfigError: naming the file and each bad field path.
     """
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if isinstance(data.get("sites"), list):
         _resolve_csv_paths(data, data["sites"], path.resolve().parent)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _errors_to_message(exc, data)) from None
+        raise ConfigError(path, validation_message(exc, data)) from None
     if check_files:
         _check_files(
             path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)]
@@ -461,7 +470,7 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
         ConfigError: naming the file and each bad field path.
     """
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     base = path.resolve().parent
     _resolve_csv_paths(data, [data], base)
     if isinstance(data.get("state_dir"), str):
@@ -470,7 +479,7 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
     try:
         cfg = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _errors_to_message(exc, data)) from None
+        raise ConfigError(path, validation_message(exc, data)) from None
     if check_files:
         _check_files(path, [("(site)", cfg.data)])
     return cfg

@@ -23,9 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedcore.config import SITE_ID_PATTERN, CkksSpec, ConfigError, load_scenario
-from fedcore.config import _format_loc as format_loc
-from fedcore.config import _read_yaml as read_yaml
+from fedcore.config import (
+    SITE_ID_PATTERN,
+    CkksSpec,
+    ConfigError,
+    load_scenario,
+    read_yaml,
+    validation_message,
+)
+from fedcore.storage import atomic_write_bytes
 from secure import kitfiles
 from secure.kit import KIT_KIND, KIT_VERSION, KitManifest, Role
 
@@ -166,23 +172,11 @@ def _is_dns_name(host: str) -> bool:
 
 
 def _validation_message(err: ValidationError, data: Any) -> str:
-    lines = []
-    for e in err.errors():
-        loc = format_loc(tuple(e["loc"]), data)
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = (
-                "unknown field (check the spelling; a consortium file has name, sites, "
-                "coordinator.hosts, validity_days and ckks)"
-            )
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        found = e.get("input")
-        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(found, dict | list):
-            msg += f" (found {found!r})"
-        lines.append(f"  {loc}: {msg}")
-    n = len(lines)
-    return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
+    return validation_message(
+        err,
+        data,
+        "a consortium file has name, sites, coordinator.hosts, validity_days and ckks",
+    )
 
 
 def _is_scenario(data: dict[str, Any]) -> bool:
@@ -234,17 +228,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     restricted to 0600 and renamed over ``path``: a reader sees the old file or
     the new one, never half of it.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def _mkdir_private(path: Path) -> None:

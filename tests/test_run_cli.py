@@ -115,3 +115,47 @@ def test_too_few_sites_exits_1_and_keeps_state(tmp_path: Path) -> None:
     else:
         raise AssertionError("the run should have failed")
     assert json.loads((out / "federation.json").read_text())["status"] == "failed"
+
+
+def test_ckks_dp_run_records_privacy_and_never_writes_secrets(tmp_path: Path) -> None:
+    import base64
+
+    scenario = write_scenario(tmp_path)
+    text = scenario.read_text() + (
+        "privacy:\n  mode: ckks\n  ckks: {poly_modulus_degree: 4096, values_per_slot: 2}\n"
+        "  dp: {noise_multiplier: 1.0, clip_norm: 0.1}\n"
+    )
+    scenario.write_text(text)
+    out = tmp_path / "out"
+    res = fedcore("run", str(scenario), "--out", str(out), "-v")
+    assert res.returncode == 0, res.stderr + res.stdout
+    s = json.loads((out / "summary.json").read_text())
+    priv = s["privacy"]
+    assert priv["mode"] == "ckks" and priv["authenticated"] is True
+    assert priv["ckks"]["coordinator_holds_secret_key"] is False
+    assert priv["epsilon"] > 0 and priv["delta"] == 1e-5
+    assert priv["bytes_up"] > 0 and priv["bytes_down"] > 0
+    assert s["model_holder"] == "sites" and not (out / "model.safetensors").exists()
+    assert [r["epsilon"] for r in s["rounds"]] == sorted(r["epsilon"] for r in s["rounds"])
+    assert "ε" in res.stdout  # the running epsilon is printed per round
+
+    # every secret in the kits: PEM/OpenSSH key bodies and slices of the CKKS secret context
+    kits = out / "kits"
+    secret_names = {"ca.key", "server.key", "client.key", "node.key", "ckks-secret.ctx"}
+    needles: list[bytes] = []
+    for f in kits.rglob("*"):
+        if f.name not in secret_names:
+            continue
+        data = f.read_bytes()
+        if f.suffix == ".ctx":
+            for i in range(0, len(data) - 48, max(1, len(data) // 8)):
+                piece = data[i : i + 48]
+                needles += [piece, piece.hex().encode(), base64.b64encode(piece)[:40]]
+        else:
+            needles += [ln for ln in data.splitlines() if len(ln) >= 40 and b"-----" not in ln]
+    assert needles
+    haystacks = [res.stdout.encode(), res.stderr.encode()]
+    haystacks += [f.read_bytes() for f in out.rglob("*") if f.is_file() and kits not in f.parents]
+    for needle in needles:
+        for hay in haystacks:
+            assert needle not in hay

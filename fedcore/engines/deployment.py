@@ -1663,9 +1663,12 @@ def _report(
         and federation is not None
         and federation.get("status") == "completed"
     ):
-        model = opts.out_dir / str(federation.get("model") or "model.safetensors")
         n = len(federation.get("rounds") or [])
-        console.print(f"[green]✓ run completed[/]: {n} rounds; model {model}", highlight=False)
+        if federation.get("model"):
+            where = f"model {opts.out_dir / str(federation['model'])}"
+        else:  # ckks: the coordinator never held the model in clear
+            where = "the model stays at the sites (each in its state_dir, under global/)"
+        console.print(f"[green]✓ run completed[/]: {n} rounds; {where}", highlight=False)
         return EXIT_OK
     if federation is not None and federation.get("error"):
         reason = str(federation["error"])

@@ -69,3 +69,8 @@ def test_unusable_privacy_settings_are_refused(tmp_path: Path, privacy: str, mes
 def test_usable_privacy_settings_pass(tmp_path: Path, privacy: str) -> None:
     code, out = validate(tmp_path, privacy)
     assert code == 0, out
+    assert "privacy promise:" in out
+    if "ckks" in privacy:
+        assert "without a secret key" in out
+    if "dp:" in privacy:
+        assert "(epsilon, delta)-DP" in out

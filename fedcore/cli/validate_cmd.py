@@ -32,3 +32,7 @@ def validate(
         f"engine {s.engine.name}",
         highlight=False,
     )
+    from secure.modes import PROMISES
+
+    promise = PROMISES[s.privacy.mode] + (f"; {PROMISES['dp']}" if s.privacy.dp else "")
+    Console().print(f"  privacy promise: {promise}", highlight=False)

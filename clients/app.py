@@ -81,6 +81,23 @@ def data_size(context: Context) -> int | None:
         return None
 
 
+_DEVICES: dict[str, Any] = {}
+
+
+def site_device(site: SiteConfig) -> Any:
+    """The site's device (``fedcore.devices.SelectedDevice``) for its ``device`` setting, chosen once.
+
+    Raises:
+        DeviceError: the pinned vendor or index is not present on this machine.
+    """
+    if site.device not in _DEVICES:
+        from fedcore.devices.registry import select
+
+        _DEVICES[site.device] = select(site.device)
+        log.info("site %s trains on %s", site.id, _DEVICES[site.device].torch_device)
+    return _DEVICES[site.device]
+
+
 def local_seed(seed: int, site_id: str, round_: int) -> int:
     """The seed of one site's local training in one round (stable across processes)."""
     digest = hashlib.sha256(f"{seed}:{site_id}:{round_}".encode()).digest()
@@ -114,10 +131,13 @@ def _train_model(
     task = TaskSpec.model_validate(cfg.task)
     training = TrainingSpec.model_validate(cfg.training)
     site, graph = site_graph(context, task)
+    device = site_device(site).torch_device
     t0 = time.perf_counter()
     model = build_model(task, feature_dim(task))
     load_arrays(model, arrays)
-    stats = train_local(model, graph, training, seed=local_seed(cfg.seed, site.id, cfg.round))
+    stats = train_local(
+        model, graph, training, seed=local_seed(cfg.seed, site.id, cfg.round), device=device
+    )
     return site, model_to_arrays(model), stats, time.perf_counter() - t0
 
 
@@ -149,7 +169,7 @@ def _evaluate_arrays(
     site, graph = site_graph(context, task)
     model = build_model(task, feature_dim(task))
     load_arrays(model, arrays)
-    ev = evaluate_model(model, graph, task)
+    ev = evaluate_model(model, graph, task, device=site_device(site).torch_device)
     hp, hn = score_histograms(ev.labels, ev.scores, R.HIST_BINS)
     return R.EvalReply(
         site_id=site.id,
@@ -299,11 +319,15 @@ def make_client_app() -> ClientApp:
             "mem_total_mib": float(mem.total / 2**20),
             "cpu_count": float(psutil.cpu_count() or 1),
         }
+        dev = site_device(cfg)
+        reading = dev.reading()
+        if reading is not None:  # the training device's own readings, units in the names
+            readings.update({f"device_{k}": float(v) for k, v in reading.metrics().items()})
         tel = R.Telemetry(
             site_id=cfg.id,
             num_train_examples=n_train,
-            device="cpu",
-            vendor="cpu",
+            device=dev.torch_device,
+            vendor=dev.vendor,
             readings=readings,
             model_round=protect.model_round(store),
         )

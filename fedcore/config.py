@@ -91,7 +91,10 @@ class SiteSpec(_Model):
     id: str = Field(..., pattern=SITE_ID_PATTERN, description="short unique id, e.g. bank-a")
     kind: Literal["bank", "hospital"] = "bank"
     data: DataSource
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (later: amd, intel)")
+    device: str = Field(
+        "auto",
+        description="auto, cpu, nvidia[:N], cuda[:N], amd[:N], rocm[:N], intel[:N], xpu[:N]",
+    )
 
 
 class TaskSpec(_Model):
@@ -245,10 +248,17 @@ class EngineSpec(_Model):
 
 
 class ExportSpec(_Model):
-    """Model export after the last round (a later release adds INT8 per device)."""
+    """Model export after the last round: the global weights, and an INT8 model per site."""
 
     enabled: bool = True
     format: Literal["safetensors"] = "safetensors"
+    int8: bool = Field(True, description="each site exports an INT8 ONNX model for its own device")
+    tolerance: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="largest metric drop (PR-AUC) an INT8 export may show against FP32",
+    )
 
 
 class BaselineSpec(_Model):

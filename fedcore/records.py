@@ -41,6 +41,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 TELEMETRY = "query.telemetry"
 TRAIN = "train"
 EVALUATE = "evaluate"
+EXPORT = "query.export"
 
 # record keys
 ARRAYS = "arrays"
@@ -88,6 +89,8 @@ class RoundConfig:
     """This site's aggregation weight (CKKS: it encrypts ``weight * update``)."""
     max_sites: int = 0
     """How many sites may be summed in one round (sizes the CKKS packing headroom)."""
+    export: dict[str, Any] = field(default_factory=dict)
+    """The scenario's ``export`` section (INT8 export settings)."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -100,6 +103,7 @@ class RoundConfig:
                 "run_key": self.run_key,
                 "weight": float(self.weight),
                 "max_sites": int(self.max_sites),
+                "export": json.dumps(self.export, sort_keys=True),
             }
         )
 
@@ -114,6 +118,7 @@ class RoundConfig:
             run_key=str(rec.get("run_key", "")),
             weight=float(rec.get("weight", 1.0)),  # type: ignore[arg-type]
             max_sites=int(rec.get("max_sites", 0)),  # type: ignore[arg-type]
+            export=json.loads(str(rec.get("export", "{}"))),
         )
 
     @property
@@ -147,6 +152,35 @@ def telemetry_instruction(
             )
         }
     )
+
+
+def export_reply(site_id: str, manifest: Mapping[str, Any] | None, error: str = "") -> RecordDict:
+    """Content of a site's reply to ``query.export``: its export manifest, or why there is none."""
+    return RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {
+                    "site_id": site_id,
+                    "manifest": json.dumps(dict(manifest or {}), sort_keys=True),
+                    "error": error,
+                }
+            )
+        }
+    )
+
+
+def read_export_reply(content: RecordDict) -> tuple[str, dict[str, Any], str]:
+    """(site id, manifest, error) of an export reply; ``ValueError`` when malformed."""
+    rec = content.config_records.get(CONFIG)
+    if rec is None:
+        raise ValueError("export reply has no 'config' record")
+    try:
+        manifest = json.loads(str(rec.get("manifest", "{}")))
+    except ValueError as exc:
+        raise ValueError(f"export reply manifest is not JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError("export reply manifest must be a JSON object")
+    return str(rec.get("site_id", "?")), manifest, str(rec.get("error", ""))
 
 
 def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, dict[str, Any]]:

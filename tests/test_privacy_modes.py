@@ -161,6 +161,8 @@ def test_ckks_coordinator_receives_only_ciphertext(ckks_run: dict[str, Any]) -> 
     # no reply of any kind carries a float vector as large as the model
     n = sum(v.size for v in plain.values())
     for msg in grid.replies:
+        if msg.has_error():
+            continue
         for rec in msg.content.array_records.values():
             assert sum(a.numpy().size for a in rec.values()) < n
 
@@ -348,6 +350,8 @@ def test_secagg_aggregate_equals_plaintext_within_bound(tmp_path: Path) -> None:
     # the coordinator never pulled a clear model from any site
     n = sum(v.size for v in b.values())
     for msg in grid.replies:
+        if msg.has_error():
+            continue
         for rec in msg.content.array_records.values():
             arrays = list(rec.values())
             if sum(x.numpy().size for x in arrays) >= n:

@@ -1,0 +1,229 @@
+"""The manifest written next to a site's served model: what it is, how it was checked, what it expects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, cast
+
+from fedcore.config import TaskSpec
+from fedcore.data.graph import (
+    BASE_ROW_FEATURES,
+    CONTEXT_FEATURES,
+    ENTITY_FEATURES,
+    NODE_TYPES,
+    feature_dim,
+)
+from fedcore.export.onnx_export import ExportError
+from fedcore.export.quantize import PATHS_TAKEN, PathTaken
+
+MANIFEST_NAME = "manifest.json"
+"""File name of the manifest inside an export folder."""
+
+MANIFEST_VERSION = 1
+"""Version of the manifest layout; bump on incompatible changes."""
+
+REQUIRED_COLUMNS = ("payer", "payee", "amount", "timestamp")
+"""Transaction fields every CSV to score must map (see ``fedcore.config.ColumnMapping``)."""
+
+OPTIONAL_COLUMNS = ("transaction_id", "merchant", "device")
+"""Transaction fields a CSV may map; missing ones mean no merchant or device node."""
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def node_feature_names(task: TaskSpec) -> list[str]:
+    """Name of every column of a node's features, in the layout of ``fedcore.data.graph``.
+
+    Node-type one-hot (``type.transaction`` ...), transaction row features
+    (``row.log_amount`` ..., then ``row.<task feature>``), context features
+    (``context.payer_tx_1h`` ...), then one entity block per entity type
+    (``account.log_degree`` ..., ``merchant.*``, ``device.*``).
+    """
+    names = [f"type.{t}" for t in NODE_TYPES]
+    names += [f"row.{f}" for f in (*BASE_ROW_FEATURES, *task.features)]
+    names += [f"context.{f}" for f in CONTEXT_FEATURES]
+    for entity in NODE_TYPES[1:]:
+        names += [f"{entity}.{f}" for f in ENTITY_FEATURES]
+    if len(names) != feature_dim(task):
+        raise AssertionError(
+            f"node feature names ({len(names)}) disagree with feature_dim ({feature_dim(task)}); "
+            "update node_feature_names with fedcore.data.graph"
+        )
+    return names
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What a site serves after export, and the evidence that it is good enough.
+
+    Attributes:
+        file: File name of the served model inside the export folder.
+        sha256: Hex sha256 of that file.
+        size_bytes: Its size.
+        path_taken: ``onnx-dynamic``, ``onnx-static``, ``torch-dynamic`` or ``fp32-kept``.
+        provider: ONNX Runtime execution provider it was checked and timed on
+            (``torch-cpu`` for a PyTorch module).
+        metric: Name of the gate metric (a key of ``fedcore.metrics.METRIC_KEYS``).
+        fp32_metric: Metric of the FP32 model on the site's test transactions.
+        int8_metric: Metric of the INT8 model on the same inputs (``None``: not made).
+        drop: ``fp32_metric - int8_metric`` (``None``: not measured).
+        tolerance: Largest drop accepted.
+        refused: Why INT8 was refused and FP32 kept (``None`` when INT8 is served).
+        latency_ms: Median latency of the served model scoring the test batch.
+        test_transactions: Transactions in the test batch (the site's held-out split).
+        fp32_file: The FP32 ONNX file kept next to it (the fallback), or ``None``.
+        fp32_sha256: Its sha256, or ``None``.
+        input_names: Model inputs (``x``, ``edge_index``).
+        output_name: Model output (``logits``, one per node; sigmoid gives the score).
+        input_columns: Transaction fields a CSV to score must provide (the
+            ``fedcore.config.ColumnMapping`` fields, then ``features.<name>`` per
+            ``task.features``).
+        optional_columns: Fields a CSV may provide.
+        feature_names: Name of every node feature column, in order (width of ``x``).
+        opset: ONNX opset of the exported model (``None`` for a PyTorch module).
+        created: ISO-8601 UTC time of the export.
+        fedcore_version: ``fedcore.__version__`` that made it.
+        manifest_version: Layout version (:data:`MANIFEST_VERSION`).
+    """
+
+    file: str
+    sha256: str
+    size_bytes: int
+    path_taken: PathTaken
+    provider: str
+    metric: str
+    fp32_metric: float | None
+    int8_metric: float | None
+    drop: float | None
+    tolerance: float
+    refused: str | None
+    latency_ms: float | None
+    test_transactions: int
+    fp32_file: str | None
+    fp32_sha256: str | None
+    input_names: tuple[str, ...]
+    output_name: str
+    input_columns: tuple[str, ...]
+    optional_columns: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    opset: int | None
+    created: str
+    fedcore_version: str
+    manifest_version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        if self.path_taken not in PATHS_TAKEN:
+            raise ValueError(
+                f"path_taken must be one of {', '.join(PATHS_TAKEN)}; found {self.path_taken!r}"
+            )
+
+    @property
+    def served_int8(self) -> bool:
+        """Whether the served model is INT8."""
+        return self.path_taken != "fp32-kept"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists; non-finite numbers ``None``)."""
+        out = asdict(self)
+        for key in ("fp32_metric", "int8_metric", "drop", "latency_ms"):
+            out[key] = _finite_or_none(out[key])
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportManifest:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            ValueError: naming the missing or unknown keys, or on a newer layout.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"an export manifest is a JSON object; found {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.name != "manifest_version"}
+        missing, extra = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or extra:
+            raise ValueError(
+                f"export manifest keys do not match: missing {missing or 'none'}, unknown "
+                f"{extra or 'none'} (written by another fedcore version? re-run the export)"
+            )
+        version = int(data.get("manifest_version", MANIFEST_VERSION))
+        if version > MANIFEST_VERSION:
+            raise ValueError(
+                f"export manifest version {version} is newer than this fedcore reads "
+                f"({MANIFEST_VERSION}); upgrade fedcore"
+            )
+        for key in ("input_names", "input_columns", "optional_columns", "feature_names"):
+            data[key] = tuple(data[key])
+        return cls(**cast(dict[str, Any], data))
+
+    def write(self, directory: Path | str) -> Path:
+        """Write ``manifest.json`` into ``directory`` atomically; returns its path."""
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, directory: Path | str) -> ExportManifest:
+        """Read ``manifest.json`` from an export folder."""
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {MANIFEST_NAME} in {directory}; export the model first (export_for_site)"
+            )
+        try:
+            return cls.from_json(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def verify(self, directory: Path | str) -> Path:
+        """Check the served file's size and sha256 against the manifest.
+
+        Returns:
+            The served file's path.
+
+        Raises:
+            ExportError: if the file is missing or differs (size or hash).
+        """
+        path = Path(directory) / self.file
+        if not path.is_file():
+            raise ExportError(f"served model {path} is missing; re-run the export")
+        size = path.stat().st_size
+        digest = sha256_file(path)
+        if size != self.size_bytes or digest != self.sha256:
+            raise ExportError(
+                f"served model {path} does not match its manifest: expected {self.size_bytes} "
+                f"bytes, sha256 {self.sha256[:12]}..., found {size} bytes, sha256 "
+                f"{digest[:12]}...; the file changed after export, re-run the export"
+            )
+        return path
+
+
+def input_columns(task: TaskSpec) -> tuple[str, ...]:
+    """Required transaction fields of a CSV to score: the base fields, then ``features.<name>``."""
+    return (*REQUIRED_COLUMNS, *(f"features.{f}" for f in task.features))

@@ -1,0 +1,290 @@
+"""Tests of ONNX export, INT8 quantization, the accuracy gate and the export manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from fedcore.config import GeneratedData, TaskSpec, TrainingSpec
+from fedcore.data.generator import GENERATED_FEATURES, generate_transactions
+from fedcore.data.graph import FraudGraph, build_graph, feature_dim
+from fedcore.export import (
+    CPU_PROVIDER,
+    ExportError,
+    ExportManifest,
+    QuantizedModel,
+    export_for_site,
+    export_onnx,
+    gate,
+    graph_inputs,
+    node_feature_names,
+    ort_session,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    run_session,
+    select_provider,
+    sha256_file,
+    torch_dynamic_int8,
+)
+from fedcore.export import site as site_module
+from fedcore.models.fraud_gnn import FraudGNN, build_model
+from fedcore.training import seed_everything, train_local
+
+TASK = TaskSpec(hidden=16, features=list(GENERATED_FEATURES))
+# Measured on this fixture (trained 30 epochs, 450 test transactions): INT8 vs FP32 ONNX
+# logits on transaction nodes correlate at 0.9993 (dynamic and static); test-node
+# probabilities differ by at most 0.022 (dynamic), 0.041 (static), 0.038 (torch-dynamic).
+MIN_CORRELATION = 0.995
+MAX_PROB_DIFF = 0.1
+
+
+def _graph(n: int, seed: int) -> FraudGraph:
+    spec = GeneratedData(transactions=n, fraud_rate=0.03, customer_mix="mixed")
+    return build_graph(generate_transactions(spec, seed), TASK)
+
+
+@pytest.fixture(scope="module")
+def graph() -> FraudGraph:
+    return _graph(1500, 3)
+
+
+@pytest.fixture(scope="module")
+def model(graph: FraudGraph) -> FraudGNN:
+    seed_everything(0)
+    m = build_model(TASK, feature_dim(TASK))
+    assert isinstance(m, FraudGNN)
+    train_local(m, graph, TrainingSpec(lr=0.02), seed=0, epochs=30)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(model: FraudGNN, graph: FraudGraph, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(model, graph, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def _torch_logits(model: torch.nn.Module, graph: FraudGraph) -> np.ndarray:
+    with torch.no_grad():
+        return np.asarray(model(graph.data.x, graph.data.edge_index).numpy())
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-z.astype(np.float64))))
+
+
+def _weight_bytes(path: Path) -> int:
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+
+
+def _close_to_fp32(fp32: np.ndarray, int8: np.ndarray, graph: FraudGraph) -> None:
+    tx = np.arange(len(fp32)) < graph.num_tx
+    test = graph.data.test_mask.numpy()
+    assert np.corrcoef(fp32[tx], int8[tx])[0, 1] > MIN_CORRELATION
+    assert np.abs(_sigmoid(fp32) - _sigmoid(int8))[test].max() < MAX_PROB_DIFF
+
+
+def test_onnx_round_trip_matches_pytorch_on_graphs_of_any_size(
+    model: FraudGNN, graph: FraudGraph, fp32_onnx: Path
+) -> None:
+    session = ort_session(fp32_onnx)
+    assert [i.name for i in session.get_inputs()] == ["x", "edge_index"]
+    other = _graph(700, 11)  # different numbers of nodes and edges: dynamic axes
+    assert other.data.num_nodes != graph.data.num_nodes
+    for g in (graph, other):
+        out = run_session(session, graph_inputs(g))
+        assert out.shape == (g.data.num_nodes,)
+        np.testing.assert_allclose(out, _torch_logits(model, g), atol=1e-4, rtol=0)
+
+
+def test_export_leaves_the_model_unchanged(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, graph, tmp_path / "m.onnx")
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.eval()
+
+
+def test_dynamic_int8_is_close_to_fp32_and_smaller(
+    graph: FraudGraph, fp32_onnx: Path, tmp_path: Path
+) -> None:
+    q = quantize_dynamic_int8(fp32_onnx, tmp_path / "int8.onnx")
+    assert q.path_taken == "onnx-dynamic" and q.file is not None and q.module is None
+    ops = {n.op_type for n in onnx.load(str(q.file)).graph.node}
+    assert "MatMulInteger" in ops  # the linear layers really run in INT8
+    feed = graph_inputs(graph)
+    fp32 = run_session(ort_session(fp32_onnx), feed)
+    _close_to_fp32(fp32, run_session(ort_session(q.file), feed), graph)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(q.file)).graph.initializer]
+    assert sum(w.nbytes for w in weights if w.dtype == np.int8) > 0
+
+
+def test_static_int8_calibrated_on_site_data_is_close_to_fp32(
+    graph: FraudGraph, fp32_onnx: Path, tmp_path: Path
+) -> None:
+    feed = graph_inputs(graph)
+    q = quantize_static_int8(fp32_onnx, tmp_path / "static.onnx", [feed])
+    assert q.path_taken == "onnx-static" and q.file is not None
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(q.file)).graph.node}
+    fp32 = run_session(ort_session(fp32_onnx), feed)
+    _close_to_fp32(fp32, run_session(ort_session(q.file), feed), graph)
+    with pytest.raises(ValueError, match="at least one calibration input"):
+        quantize_static_int8(fp32_onnx, tmp_path / "none.onnx", [])
+
+
+def test_torch_dynamic_int8_quantizes_the_sage_layers_too(
+    model: FraudGNN, graph: FraudGraph
+) -> None:
+    q = torch_dynamic_int8(model)
+    assert q.path_taken == "torch-dynamic" and q.module is not None
+    quantized = [
+        m
+        for m in q.module.modules()
+        if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+    ]
+    assert len(quantized) == 2 * TASK.layers + 1  # lin_l and lin_r per SAGEConv, and the head
+    _close_to_fp32(_torch_logits(model, graph), _torch_logits(q.module, graph), graph)
+    assert isinstance(model.convs[0].lin_l, torch.nn.Module)  # the caller's model is untouched
+    assert "quantized" not in type(model.head).__module__
+
+
+def test_export_for_site_serves_int8_with_a_matching_manifest(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER])
+    assert m.path_taken == "onnx-dynamic" and m.served_int8 and m.refused is None
+    assert m.file == "model.int8.onnx" and m.fp32_file == "model.fp32.onnx"
+    served = tmp_path / m.file
+    assert m.sha256 == sha256_file(served) and m.size_bytes == served.stat().st_size
+    assert m.fp32_sha256 == sha256_file(tmp_path / "model.fp32.onnx")
+    # weights shrink ~3x (INT8 plus FP32 biases and scales); at hidden=16 the file does not,
+    # as the graph's ~100 nodes (gather, scatter, quantize ops) outweigh the weights
+    assert _weight_bytes(served) * 2.5 < _weight_bytes(tmp_path / "model.fp32.onnx")
+    assert m.provider == CPU_PROVIDER and m.latency_ms is not None and m.latency_ms > 0
+    assert m.fp32_metric is not None and m.int8_metric is not None and m.drop is not None
+    assert m.drop <= 0.01 and m.drop == pytest.approx(m.fp32_metric - m.int8_metric)
+    assert m.test_transactions == graph.num_test
+    assert m.input_columns == (
+        "payer",
+        "payee",
+        "amount",
+        "timestamp",
+        *(f"features.{f}" for f in TASK.features),
+    )
+    assert len(m.feature_names) == feature_dim(TASK) == len(node_feature_names(TASK))
+    assert ExportManifest.read(tmp_path) == m
+    assert ExportManifest.from_json(m.to_json()) == m
+    assert m.verify(tmp_path) == served
+    served.write_bytes(served.read_bytes() + b"\0")
+    with pytest.raises(ExportError, match="does not match its manifest"):
+        m.verify(tmp_path)
+
+
+def _zeroed_quantizer(onnx_path: Path | str, out_path: Path | str) -> QuantizedModel:
+    """A broken quantizer: every float weight zeroed, so all scores are equal."""
+    proto = onnx.load(str(onnx_path))
+    for t in proto.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.dtype == np.float32:
+            t.CopyFrom(numpy_helper.from_array(np.zeros_like(arr), t.name))
+    onnx.save(proto, str(out_path))
+    return QuantizedModel("onnx-dynamic", file=Path(out_path))
+
+
+def test_gate_refuses_a_bad_int8_model_and_keeps_fp32(
+    model: FraudGNN,
+    graph: FraudGraph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(site_module, "quantize_dynamic_int8", _zeroed_quantizer)
+    with caplog.at_level(logging.WARNING, logger="fedcore.export.site"):
+        m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER])
+    assert m.path_taken == "fp32-kept" and not m.served_int8
+    assert m.file == "model.fp32.onnx" and not (tmp_path / "model.int8.onnx").exists()
+    assert m.sha256 == sha256_file(tmp_path / m.file)
+    assert m.drop is not None and m.drop > 0.01
+    assert m.refused is not None and "INT8 model refused: pr_auc fell from" in m.refused
+    assert "tolerance 0.0100" in m.refused and "serving the FP32 model" in m.refused
+    assert m.refused in caplog.text
+    assert ExportManifest.read(tmp_path).refused == m.refused
+
+
+def test_negative_tolerance_refuses_even_a_good_int8_model(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER], tolerance=-1)
+    assert (
+        m.path_taken == "fp32-kept" and m.refused is not None and "tolerance -1.0000" in m.refused
+    )
+
+
+def test_gate_cannot_judge_without_fraud_in_the_test_split() -> None:
+    reason = gate(float("nan"), float("nan"), 0.01, "pr_auc", 300)
+    assert reason is not None and "undefined" in reason and "300" in reason
+    assert gate(0.80, 0.795, 0.01, "pr_auc", 300) is None
+    assert gate(0.80, 0.78, 0.01, "pr_auc", 300) is not None
+
+
+def test_provider_selection_falls_back_to_cpu(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert select_provider(["A", "B"], available=["B", "A", CPU_PROVIDER]) == "A"
+    assert select_provider(["CUDAExecutionProvider"], available=[CPU_PROVIDER]) == CPU_PROVIDER
+    assert select_provider([], available=[CPU_PROVIDER]) == CPU_PROVIDER
+    with caplog.at_level(logging.WARNING, logger="fedcore.export.onnx_export"):
+        m = export_for_site(
+            model,
+            graph,
+            tmp_path,
+            task=TASK,
+            providers=["NoSuchExecutionProvider", "ROCMExecutionProvider"],
+            latency_runs=1,
+        )
+    assert m.provider == CPU_PROVIDER
+    assert "none of the requested ONNX Runtime providers NoSuchExecutionProvider" in caplog.text
+
+
+@pytest.mark.filterwarnings(
+    "ignore:TypedStorage is deprecated"
+)  # torch loading packed INT8 weights
+def test_torch_fallback_when_the_model_does_not_export(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> Path:
+        raise ExportError("could not export FraudGNN to ONNX opset 17: test")
+
+    monkeypatch.setattr(site_module, "export_onnx", fail)
+    m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER], latency_runs=1)
+    assert m.path_taken == "torch-dynamic" and m.provider == "torch-cpu" and m.opset is None
+    assert m.file == "model.int8.pt" and m.sha256 == sha256_file(tmp_path / m.file)
+    assert m.drop is not None and m.drop <= 0.01
+    # the saved state dict loads into a freshly quantized model
+    fresh = torch_dynamic_int8(build_model(TASK, feature_dim(TASK))).module
+    assert fresh is not None
+    fresh.load_state_dict(torch.load(tmp_path / m.file, weights_only=True))
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_manifest_rejects_foreign_json() -> None:
+    with pytest.raises(ValueError, match=r"missing \['created'"):
+        ExportManifest.from_json('{"file": "m.onnx"}')
+    with pytest.raises(ValueError, match="JSON object"):
+        ExportManifest.from_json("[]")
+
+
+def test_bad_arguments_say_what_was_expected(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="metric must be one of pr_auc"):
+        export_for_site(model, graph, tmp_path, task=TASK, providers=[], metric="accuracy")
+    with pytest.raises(ExportError, match="not found; export it first"):
+        quantize_dynamic_int8(tmp_path / "missing.onnx", tmp_path / "q.onnx")

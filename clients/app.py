@@ -246,6 +246,44 @@ def _train_secagg(msg: Message, context: Context) -> Message:
     return Message(fit_reply_content([local[n] for n in names], weight, metrics), reply_to=msg)
 
 
+def _export_model(
+    context: Context, arrays: Mapping[str, np.ndarray], cfg: R.RoundConfig
+) -> dict[str, Any]:
+    """Quantize the global model for this site's device and check it on the site's test data.
+
+    Files go to ``STATE/export/<run key>/`` (the model, its FP32 fallback, ``manifest.json``).
+    """
+    from fedcore.config import ExportSpec
+    from fedcore.data.graph import feature_dim
+    from fedcore.export import export_for_site
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import load_arrays
+
+    task = TaskSpec.model_validate(cfg.task)
+    spec = ExportSpec.model_validate(cfg.export) if cfg.export else ExportSpec()
+    site, graph = site_graph(context, task)
+    model = build_model(task, feature_dim(task))
+    load_arrays(model, arrays)
+    base = (
+        Path(site.state_dir)
+        if site.state_dir is not None
+        else Path(str(context.node_config.get("site-config", "."))).resolve().parent
+        / f"{site.id}-state"
+    )
+    out_dir = base / "export" / (cfg.run_key or "default")
+    manifest = export_for_site(
+        model,
+        graph,
+        out_dir,
+        task=task,
+        providers=site_device(site).adapter.onnx_providers(),
+        tolerance=spec.tolerance,
+    )
+    info = manifest.to_dict()
+    info["directory"] = str(out_dir)
+    return info
+
+
 def make_client_app() -> ClientApp:
     """Build the site ClientApp. The site config path comes from node config ``site-config``.
 
@@ -292,6 +330,25 @@ def make_client_app() -> ClientApp:
             arrays, cfg = _instruction(msg)
         reply = _evaluate_arrays(context, arrays, cfg, protect.digest_hex(arrays))
         return Message(reply.to_content(), reply_to=msg)
+
+    @app.query("export")
+    def export(msg: Message, context: Context) -> Message:
+        """Export the final global model as INT8 for this site's device; reply with the manifest."""
+        cfg = _config(msg)
+        site = site_config(context, check_files=False)
+        if cfg.mode == "ckks":  # the model exists in clear only here, after decryption
+            codec, store = _ckks_state(context, site, cfg)
+            _, arrays = protect.bring_up_to_date(store, msg.content, codec)
+        else:
+            arrays, cfg = _instruction(msg)
+        try:
+            manifest = _export_model(context, arrays, cfg)
+        except Exception as exc:  # the run completed: a failed export is reported, not raised
+            log.warning("export failed at %s: %s", site.id, exc)
+            return Message(
+                R.export_reply(site.id, None, f"{type(exc).__name__}: {exc}"), reply_to=msg
+            )
+        return Message(R.export_reply(site.id, manifest), reply_to=msg)
 
     @app.query("telemetry")
     def telemetry(msg: Message, context: Context) -> Message:

@@ -114,6 +114,7 @@ class RoundDriver:
         self._rng = np.random.default_rng()  # DP noise: fresh OS entropy, never the scenario seed
         self._ckks_index: list[dict[str, Any]] = []
         self._weights: dict[str, float] = {}
+        self._last_candidates: list[Candidate] = []
 
     # ------------------------------------------------------------------ messaging
 
@@ -232,6 +233,7 @@ class RoundDriver:
             run_key=self.run_key,
             weight=weight,
             max_sites=len(self.scenario.sites),
+            export=self.scenario.export.model_dump(mode="json"),
         )
 
     def weights(self, chosen: Sequence[Candidate]) -> dict[str, float]:
@@ -462,6 +464,8 @@ class RoundDriver:
         result = self._result("completed", None)
         if self.ckks is None:
             result["model"] = self.store.save_model(self.global_arrays).name
+        if self.scenario.export.enabled and self.scenario.export.int8:
+            result["exports"] = self.export_models(nodes)
         else:
             result["model_location"] = (
                 "sites: in ckks mode only the sites can decrypt the global model; each keeps it "
@@ -469,6 +473,44 @@ class RoundDriver:
             )
         self.store.write_result(result)
         return result
+
+    def export_models(self, nodes: Sequence[int]) -> dict[str, Any]:
+        """Ask every site to export the final model for its own device; returns manifests by site.
+
+        A site that fails to export is reported with its reason; the run stays completed.
+        """
+        cands = self._last_candidates
+        if not cands:
+            cands, _ = self.telemetry(self.rounds, nodes)
+        cfg = self.round_config(self.rounds)
+        content = R.train_instruction(self.global_arrays, cfg) if self.ckks is None else None
+        by_node = {c.node_id: c for c in cands}
+        replies, errors, _, _ = self._exchange(
+            (
+                (c.node_id, content if content is not None else self._instruction(self.rounds, c))
+                for c in cands
+            ),
+            R.EXPORT,
+            self.rounds,
+        )
+        out: dict[str, Any] = {by_node[n].site_id: {"error": e} for n, e in errors.items()}
+        for nid, rep in replies:
+            site = by_node[nid].site_id
+            try:
+                claimed, manifest, error = R.read_export_reply(rep.content)
+            except ValueError as exc:
+                out[site] = {"error": f"malformed export reply: {exc}"}
+                continue
+            if claimed != site:
+                out[site] = {"error": f"reply names site {claimed!r}"}
+                continue
+            out[site] = manifest if not error else {"error": error, **manifest}
+        for site, m in sorted(out.items()):
+            if "error" in m:
+                log.warning("export at %s failed: %s", site, m["error"])
+            else:
+                log.info("export at %s: %s via %s", site, m.get("path_taken"), m.get("provider"))
+        return dict(sorted(out.items()))
 
     def privacy_summary(self) -> dict[str, Any]:
         """What protected this run's updates (parameters and running figures, never keys)."""
@@ -525,6 +567,7 @@ class RoundDriver:
     def _one_round(self, rnd: int, nodes: Sequence[int]) -> None:
         t0 = time.perf_counter()
         candidates, problems = self.telemetry(rnd, nodes)
+        self._last_candidates = candidates
         min_sites = self.scenario.scheduler.min_sites
         if len(candidates) < min_sites:
             raise FederationError(

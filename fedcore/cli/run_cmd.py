@@ -89,7 +89,28 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
             _fmt(lm.get("pr_auc")),
             _fmt(fm.get("pr_auc")),
         )
-    return [t, s]
+    tables = [t, s]
+    exports = summary.get("exports") or {}
+    if exports:
+        e = Table(title="exported model per site (checked on the site's test data)")
+        for col in ("site", "path", "provider", "FP32 PR-AUC", "INT8 PR-AUC", "KB", "ms"):
+            e.add_column(col, justify="left" if col in ("site", "path", "provider") else "right")
+        for sid, m in exports.items():
+            if "error" in m:
+                e.add_row(sid, f"[red]failed: {m['error']}[/]", "", "", "", "", "")
+                continue
+            size = m.get("size_bytes")
+            e.add_row(
+                sid,
+                str(m.get("path_taken")) + (" (INT8 refused)" if m.get("refused") else ""),
+                str(m.get("provider")),
+                _fmt(m.get("fp32_metric")),
+                _fmt(m.get("int8_metric")),
+                f"{size / 1024:.0f}" if isinstance(size, int | float) else "-",
+                _fmt(m.get("latency_ms"), 1),
+            )
+        tables.append(e)
+    return tables
 
 
 def run(

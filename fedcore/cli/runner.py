@@ -256,6 +256,22 @@ def build_summary(
         },
         "baselines": dict(baselines),
         "schedule": result.get("schedule", []),
+        "exports": {
+            site: {
+                **{k: v for k, v in m.items() if k not in ("feature_names", "directory")},
+                **(
+                    {"model_path": str(Path(m["directory"]) / m["file"])}
+                    if m.get("directory") and m.get("file")
+                    else {}
+                ),
+                **(
+                    {"manifest": str(Path(m["directory"]) / "manifest.json")}
+                    if m.get("directory")
+                    else {}
+                ),
+            }
+            for site, m in dict(result.get("exports") or {}).items()
+        },
         "model": str((model or plan.out / "model.safetensors").resolve()),
         "model_holder": "sites" if plan.scenario.privacy.mode == "ckks" else "coordinator",
         "rounds_csv": str((plan.out / "rounds.csv").resolve()),

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
+from fedcore.cli.predict_cmd import predict
 from fedcore.config import ConfigError, load_site_config
 from fedcore.engines.deployment import (
     EXIT_USAGE,
@@ -28,6 +29,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.command("predict")(predict)
 
 
 @app.callback()

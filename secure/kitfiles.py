@@ -3,7 +3,7 @@
 ``fedcore provision CONSORTIUM.yaml --out KITS/`` writes::
 
     KITS/ca/                    the consortium CA: keep offline, never distributed
-        ca.key  ca.crt
+        kit.json  ca.key  ca.crt
     KITS/coordinator/           the consortium operator's kit (fed-coordinator --kit)
         kit.json  ca.crt  server.crt  server.key  ckks-public.ctx
         nodes/<site-id>.pub     every member's OpenSSH ECDSA node public key

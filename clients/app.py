@@ -264,12 +264,7 @@ def _export_model(
     site, graph = site_graph(context, task)
     model = build_model(task, feature_dim(task))
     load_arrays(model, arrays)
-    base = (
-        Path(site.state_dir)
-        if site.state_dir is not None
-        else Path(str(context.node_config.get("site-config", "."))).resolve().parent
-        / f"{site.id}-state"
-    )
+    base = protect.site_state_dir(site, str(context.node_config.get("site-config", ".")))
     out_dir = base / "export" / (cfg.run_key or "default")
     manifest = export_for_site(
         model,
@@ -300,9 +295,10 @@ def make_client_app() -> ClientApp:
 
         if is_legacy_fit(msg.content):
             return _train_secagg(msg, context)
-        if _config(msg).mode == "ckks":
-            return _train_ckks(msg, context, _config(msg))
-        arrays, cfg = _instruction(msg)
+        cfg = _config(msg)
+        if cfg.mode == "ckks":
+            return _train_ckks(msg, context, cfg)
+        arrays, _ = _instruction(msg)
         privacy = PrivacySpec.model_validate(cfg.privacy) if cfg.privacy else PrivacySpec()
         site, local, stats, seconds = _train_model(context, arrays, cfg)
         local = _dp_clipped(local, arrays, privacy)

@@ -105,6 +105,13 @@ def digest_hex(arrays: Mapping[str, np.ndarray]) -> str:
 # --------------------------------------------------------------------------- the site's global model
 
 
+def site_state_dir(site: SiteConfig, site_config_path: str) -> Path:
+    """The site's state directory: ``state_dir``, else ``<site-id>-state`` next to its config."""
+    if site.state_dir is not None:
+        return Path(site.state_dir)
+    return Path(site_config_path).resolve().parent / f"{site.id}-state"
+
+
 @dataclass
 class GlobalModelStore:
     """The site's copy of the global model in ``ckks`` mode (the coordinator holds none).
@@ -117,12 +124,7 @@ class GlobalModelStore:
 
     @classmethod
     def for_site(cls, site: SiteConfig, site_config_path: str, run_key: str) -> GlobalModelStore:
-        base = (
-            Path(site.state_dir)
-            if site.state_dir is not None
-            else Path(site_config_path).resolve().parent / f"{site.id}-state"
-        )
-        return cls(base / "global" / (run_key or "default"))
+        return cls(site_state_dir(site, site_config_path) / "global" / (run_key or "default"))
 
     def load(self) -> tuple[int, dict[str, np.ndarray]] | None:
         meta = self.directory / "state.json"

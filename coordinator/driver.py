@@ -113,7 +113,6 @@ class RoundDriver:
             self.accountant = DpAccountant(self.privacy.dp, population_size=len(scenario.sites))
         self._rng = np.random.default_rng()  # DP noise: fresh OS entropy, never the scenario seed
         self._ckks_index: list[dict[str, Any]] = []
-        self._weights: dict[str, float] = {}
         self._last_candidates: list[Candidate] = []
 
     # ------------------------------------------------------------------ messaging
@@ -254,14 +253,18 @@ class RoundDriver:
         return R.train_instruction(self.global_arrays, cfg)
 
     def train(
-        self, round_: int, chosen: Sequence[Candidate]
+        self, round_: int, chosen: Sequence[Candidate], weights: Mapping[str, float]
     ) -> tuple[list[tuple[str, R.TrainReply]], dict[str, list[str]], int, int]:
         """Send train instructions; returns accepted replies (sorted by site) and rejections.
 
         In ``ckks`` mode the accepted replies carry ciphertexts, checked here and summed by
         :meth:`aggregate`; otherwise clear models, validated against the global model.
+
+        Args:
+            round_: The round.
+            chosen: The sites to train.
+            weights: Each chosen site's aggregation weight (:meth:`weights`).
         """
-        weights = self.weights(chosen)
         by_node = {c.node_id: c for c in chosen}
         replies, errors, down, up = self._exchange(
             ((c.node_id, self._instruction(round_, c, weights[c.site_id])) for c in chosen),
@@ -300,10 +303,14 @@ class RoundDriver:
         for site, reasons in rejected.items():
             log.warning("round %d: left out %s: %s", round_, site, "; ".join(reasons))
         accepted.sort(key=lambda x: x[0])
-        self._weights = weights
         return accepted, rejected, down, up
 
-    def aggregate(self, round_: int, accepted: Sequence[tuple[str, R.TrainReply]]) -> None:
+    def aggregate(
+        self,
+        round_: int,
+        accepted: Sequence[tuple[str, R.TrainReply]],
+        weights: Mapping[str, float],
+    ) -> None:
         """Combine the accepted updates into the new global state (clear or encrypted)."""
         dp = self.privacy.dp
         if self.ckks is not None:
@@ -315,7 +322,7 @@ class RoundDriver:
                 noise = gaussian_noise(self.ckks.length, sum_noise_std(dp), self._rng)
             agg = self.ckks.combine(
                 round_,
-                [Contribution(s, r.encrypted or [], self._weights[s]) for s, r in accepted],
+                [Contribution(s, r.encrypted or [], weights[s]) for s, r in accepted],
                 noise,
             )
             self._ckks_index = [e for e in self._ckks_index if e["round"] < round_]
@@ -578,7 +585,8 @@ class RoundDriver:
         if self.privacy.mode == "secagg+":
             sites, rejected, train_loss, down, up = self.train_secagg(rnd, selection.chosen)
         else:
-            accepted, rejected, down, up = self.train(rnd, selection.chosen)
+            weights = self.weights(selection.chosen)
+            accepted, rejected, down, up = self.train(rnd, selection.chosen, weights)
             sites = [s for s, _ in accepted]
         for who, reasons in problems.items():
             rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
@@ -588,7 +596,7 @@ class RoundDriver:
                 f"left out: {_fmt(rejected)}. Rounds 1..{rnd - 1} are saved in {self.store.out}"
             )
         if self.privacy.mode != "secagg+":
-            self.aggregate(rnd, accepted)
+            self.aggregate(rnd, accepted, weights)
             train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
         epsilon = None
         if self.accountant is not None:

@@ -354,7 +354,8 @@ def _host_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
     return out
 
 
-def _node_key_pair(site_id: str) -> tuple[bytes, bytes]:
+def node_key_pair(site_id: str) -> tuple[bytes, bytes]:
+    """A fresh ECDSA node key pair in OpenSSH format: (private, public with a comment)."""
     key = ec.generate_private_key(NODE_CURVE())
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -503,7 +504,7 @@ def provision(
     ca_pem = _pem_cert(ca.cert)
     ca_sha256 = _sha256(ca.cert.public_bytes(serialization.Encoding.DER))
     secret_ctx, public_ctx = _ckks_contexts(spec.ckks)
-    nodes = {site: _node_key_pair(site) for site in spec.sites}
+    nodes = {site: node_key_pair(site) for site in spec.sites}
     common: dict[str, Any] = {
         "spec": spec,
         "created": now,

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +184,6 @@ class ProcessWatch:
                     proc.kill()
                 except psutil.Error:
                     pass
-
-
-@pytest.fixture
-def watch(tmp_path: Path) -> Iterator[ProcessWatch]:
-    """Watches the test's processes; kills every survivor by PID, also when the test fails."""
-    w = ProcessWatch(tmp_path)
-    try:
-        yield w
-    finally:
-        w.kill_all()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

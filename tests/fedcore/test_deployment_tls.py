@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcore.engines.deployment import (
     READY_MARK,
@@ -25,6 +23,7 @@ from fedcore.engines.deployment import (
     free_port,
     node_key_fingerprint,
 )
+from secure.provision import node_key_pair
 from tests.fedcore.test_deployment import (
     ProcessWatch,
     _cli,
@@ -35,16 +34,6 @@ from tests.fedcore.test_deployment import (
 )
 
 SITES = ["bank-a", "bank-b"]
-
-
-@pytest.fixture
-def watch(tmp_path: Path) -> Iterator[ProcessWatch]:
-    """Watches the test's processes; kills every survivor by PID, also when the test fails."""
-    w = ProcessWatch(tmp_path)
-    try:
-        yield w
-    finally:
-        w.kill_all()
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +58,7 @@ def coordinator_security(kits: Path) -> CoordinatorSecurity:
 def rogue_kit(kits: Path, site: str, dest: Path) -> Path:
     """A copy of ``site``'s kit whose node key pair was never registered at the coordinator."""
     shutil.copytree(kits / site, dest)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    private, public = node_key_pair(site)
     for name, data in (("node.key", private), ("node.pub", public)):
         (dest / name).write_bytes(data)
         os.chmod(dest / name, 0o600)

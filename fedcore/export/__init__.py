@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from fedcore.export.layered import (
+    LayeredGNN,
+    NeighbourIndex,
+    ScoringBatch,
+    input_names,
+    layered_onnx,
+    layers_of,
+    scoring_batch,
+)
 from fedcore.export.manifest import (
     MANIFEST_NAME,
     ExportManifest,
@@ -11,12 +20,10 @@ from fedcore.export.manifest import (
 )
 from fedcore.export.onnx_export import (
     CPU_PROVIDER,
-    INPUT_NAMES,
     OUTPUT_NAME,
     ExportError,
     available_providers,
     export_onnx,
-    graph_inputs,
     ort_session,
     run_session,
     select_provider,
@@ -26,6 +33,7 @@ from fedcore.export.quantize import (
     FeedCalibrationReader,
     PathTaken,
     QuantizedModel,
+    compact_onnx,
     quantize_dynamic_int8,
     quantize_static_int8,
     torch_dynamic_int8,
@@ -34,26 +42,32 @@ from fedcore.export.site import export_for_site, gate
 
 __all__ = [
     "CPU_PROVIDER",
-    "INPUT_NAMES",
     "MANIFEST_NAME",
     "OUTPUT_NAME",
     "PATHS_TAKEN",
     "ExportError",
     "ExportManifest",
     "FeedCalibrationReader",
+    "LayeredGNN",
+    "NeighbourIndex",
     "PathTaken",
     "QuantizedModel",
+    "ScoringBatch",
     "available_providers",
+    "compact_onnx",
     "export_for_site",
     "export_onnx",
     "gate",
-    "graph_inputs",
     "input_columns",
+    "input_names",
+    "layered_onnx",
+    "layers_of",
     "node_feature_names",
     "ort_session",
     "quantize_dynamic_int8",
     "quantize_static_int8",
     "run_session",
+    "scoring_batch",
     "select_provider",
     "sha256_file",
     "torch_dynamic_int8",

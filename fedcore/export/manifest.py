@@ -24,7 +24,7 @@ from fedcore.export.quantize import PATHS_TAKEN, PathTaken
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside an export folder."""
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 """Version of the manifest layout; bump on incompatible changes."""
 
 REQUIRED_COLUMNS = ("payer", "payee", "amount", "timestamp")
@@ -89,7 +89,9 @@ class ExportManifest:
         test_transactions: Transactions in the test batch (the site's held-out split).
         fp32_file: The FP32 ONNX file kept next to it (the fallback), or ``None``.
         fp32_sha256: Its sha256, or ``None``.
-        input_names: Model inputs (``x``, ``edge_index``).
+        input_names: Model inputs: ``x``, then ``src{l}``, ``dst{l}``, ``deg_inv{l}`` per
+            layer (:func:`fedcore.export.layered.input_names`) for ONNX models;
+            ``x``, ``edge_index`` for a PyTorch module.
         output_name: Model output (``logits``, one per node; sigmoid gives the score).
         input_columns: Transaction fields a CSV to score must provide (the
             ``fedcore.config.ColumnMapping`` fields, then ``features.<name>`` per
@@ -171,6 +173,11 @@ class ExportManifest:
                 f"{extra or 'none'} (written by another fedcore version? re-run the export)"
             )
         version = int(data.get("manifest_version", MANIFEST_VERSION))
+        if version < MANIFEST_VERSION:
+            raise ValueError(
+                f"export manifest version {version} was written by an older fedcore, whose "
+                f"models take other inputs (this one reads {MANIFEST_VERSION}); re-run the export"
+            )
         if version > MANIFEST_VERSION:
             raise ValueError(
                 f"export manifest version {version} is newer than this fedcore reads "

@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,13 +15,13 @@ from torch import nn
 
 from fedcore.data.graph import FraudGraph
 
+if TYPE_CHECKING:
+    from fedcore.export.layered import ScoringBatch
+
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("x", "edge_index")
-"""ONNX input names: node features ``float32 [N, F]`` and edges ``int64 [2, E]``."""
-
 OUTPUT_NAME = "logits"
-"""ONNX output name: one fraud logit per node, ``float32 [N]``."""
+"""ONNX output name: one fraud logit per target of the batch, ``float32 [T]``."""
 
 CPU_PROVIDER = "CPUExecutionProvider"
 """ONNX Runtime's CPU execution provider, present in every build."""
@@ -31,106 +31,87 @@ class ExportError(RuntimeError):
     """A model could not be exported, quantized or checked."""
 
 
-def graph_inputs(graph: FraudGraph) -> dict[str, np.ndarray]:
-    """The ONNX feed of a site graph: ``{"x": float32 [N, F], "edge_index": int64 [2, E]}``."""
-    d = graph.data
-    return {
-        "x": np.ascontiguousarray(d.x.detach().cpu().numpy(), dtype=np.float32),
-        "edge_index": np.ascontiguousarray(d.edge_index.detach().cpu().numpy(), dtype=np.int64),
-    }
-
-
 def _torchscript_export(
-    model: nn.Module, args: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int
+    model: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], path: Path, opset: int
 ) -> None:
     with warnings.catch_warnings():
-        # the tracer warns about FraudGNN's shape check (a Python bool) and the exporter
-        # about its own deprecation; neither changes the exported graph
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notice
         torch.onnx.export(
             model,
             args,
             str(path),
             dynamo=False,
-            input_names=list(INPUT_NAMES),
+            input_names=names,
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamic_axes={
-                "x": {0: "num_nodes"},
-                "edge_index": {1: "num_edges"},
-                OUTPUT_NAME: {0: "num_nodes"},
-            },
+            dynamic_axes={n: {0: f"{n}_rows"} for n in names} | {OUTPUT_NAME: {0: "targets"}},
         )
 
 
-def _dynamo_export(
-    model: nn.Module, args: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int
-) -> None:
-    from torch.export import Dim
+def export_onnx(
+    model: nn.Module, graph: FraudGraph | ScoringBatch, path: Path | str, *, opset: int = 17
+) -> Path:
+    """Export an FP32 fraud GNN to ONNX in fedcore's layer-wise layout.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            args,
-            str(path),
-            dynamo=True,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes={"x": {0: Dim("num_nodes")}, "edge_index": {1: Dim("num_edges")}},
-            verbose=False,
-        )
-
-
-def export_onnx(model: nn.Module, graph: FraudGraph, path: Path | str, *, opset: int = 17) -> Path:
-    """Export an FP32 graph model (``model(x, edge_index) -> logits [N]``) to ONNX.
-
-    The graph's tensors are the example inputs; the numbers of nodes and edges are
-    dynamic axes, so the file scores any graph with the same feature width. PyG's
-    message passing becomes ``Gather`` + ``ScatterElements`` (add, then divide by the
-    clipped degree for mean aggregation).
-
-    Exporter: the TorchScript exporter (``dynamo=False``) is tried first: on torch 2.13
-    and PyG 2.8 it exports ``FraudGNN`` at opset 17 in about a second and matches
-    PyTorch to ~1e-7. The dynamo exporter (``torch.export``) also works, with the same
-    operators, but takes ~10 s; it is the fallback for torch releases that drop the
-    TorchScript path.
+    The model becomes a :class:`~fedcore.export.layered.LayeredGNN` (same numbers; each
+    SAGE layer one fused matrix product), written as a compact hand-built graph
+    (:func:`~fedcore.export.layered.layered_onnx`: ``Gather`` + ``ScatterND`` message
+    passing, ~1.5 KB of structure). Its inputs are :func:`~fedcore.export.layered.input_names`
+    (a :class:`~fedcore.export.layered.ScoringBatch` feed); every size is dynamic, so
+    the file scores any batch of any graph with the same feature width. Should the
+    hand-built graph fail its check, ``torch.onnx`` (TorchScript exporter) exports the
+    same module instead, correct but with the slower ``ScatterElements``.
 
     Args:
-        model: The model to export; left unchanged (a CPU copy in eval mode is exported).
-        graph: Site graph whose ``x`` and ``edge_index`` serve as example inputs.
+        model: A trained ``FraudGNN``; left unchanged (a CPU copy is exported).
+        graph: A site graph or batch: example inputs for the ``torch.onnx`` path.
         path: Output ``.onnx`` file; parent folders are created.
-        opset: ONNX opset (default: ``17``).
+        opset: ONNX opset (default: ``17``; at least 16).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ExportError: if neither exporter produced a file, with both reasons.
+        ExportError: if the model is not a layer-wise exportable GNN, or neither way
+            produced a file, with the reasons.
     """
+    import onnx
+
+    from fedcore.export.layered import (
+        LayeredGNN,
+        ScoringBatch,
+        input_names,
+        layered_onnx,
+        scoring_batch,
+    )
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frozen = copy.deepcopy(model).cpu().eval()
-    feed = graph_inputs(graph)
-    args = (torch.from_numpy(feed["x"]), torch.from_numpy(feed["edge_index"]))
-    errors: list[str] = []
-    for name, exporter in (("torchscript", _torchscript_export), ("dynamo", _dynamo_export)):
-        try:
-            exporter(frozen, args, out, opset)
-        except Exception as exc:  # every exporter failure is reported below
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            log.warning("ONNX export with the %s exporter failed: %s", name, exc)
-            continue
-        if out.is_file():
-            log.debug("exported %s to %s with the %s exporter", type(model).__name__, out, name)
-            return out
-        errors.append(f"{name}: finished without writing {out}")
-    raise ExportError(
-        f"could not export {type(model).__name__} to ONNX opset {opset}: "
-        + "; ".join(errors)
-        + " (try another opset, or use the torch-dynamic INT8 fallback)"
-    )
+    layered = LayeredGNN.from_model(copy.deepcopy(model).cpu().eval())
+    try:
+        onnx.save(layered_onnx(layered, opset=opset), str(out))
+        log.debug("exported %s to %s as a layer-wise ONNX graph", type(model).__name__, out)
+        return out
+    except ExportError:
+        raise
+    except Exception as exc:  # an onnx checker or writer failure: try torch.onnx below
+        first = f"layer-wise graph: {type(exc).__name__}: {exc}"
+        log.warning("the layer-wise ONNX graph failed (%s); trying torch.onnx", exc)
+    layers = len(layered.layers)
+    batch = graph if isinstance(graph, ScoringBatch) else scoring_batch(graph, layers)
+    try:
+        _torchscript_export(layered, batch.tensors(), list(input_names(layers)), out, opset)
+    except Exception as exc:  # reported with the first failure
+        raise ExportError(
+            f"could not export {type(model).__name__} to ONNX opset {opset}: {first}; "
+            f"torch.onnx: {type(exc).__name__}: {exc} (try another opset, or use the "
+            "torch-dynamic INT8 fallback)"
+        ) from exc
+    if not out.is_file():
+        raise ExportError(
+            f"could not export {type(model).__name__}: {first}; torch.onnx wrote no file"
+        )
+    return out
 
 
 def available_providers() -> list[str]:
@@ -191,6 +172,6 @@ def ort_session(
 
 
 def run_session(session: Any, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Logits ``float32 [N]`` of one ONNX Runtime run on ``feed`` (see :func:`graph_inputs`)."""
+    """Logits ``float32 [N]`` of one ONNX Runtime run on ``feed`` (see :meth:`~fedcore.export.layered.ScoringBatch.feed`)."""
     out = session.run([OUTPUT_NAME], dict(feed))[0]
     return np.asarray(out, dtype=np.float32).reshape(-1)

@@ -82,7 +82,8 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
     """
     from fedcore.data.csv_loader import load_transactions_csv
     from fedcore.data.graph import build_graph
-    from fedcore.export.onnx_export import graph_inputs, ort_session, run_session
+    from fedcore.export.layered import layers_of, scoring_batch
+    from fedcore.export.onnx_export import ort_session, run_session
 
     served, manifest = _resolve(model)
     with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -117,14 +118,20 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
                     w.writerow([*row, "label" if i == 0 else "0"])
         tx = load_transactions_csv(CsvData(path=src, columns=mapping), features)
     graph = build_graph(tx, TaskSpec(features=features))
-    feed = graph_inputs(graph)
-    if feed["x"].shape[1] != len(manifest.feature_names):
+    width = int(graph.data.x.shape[1])
+    if width != len(manifest.feature_names):
         raise InputError(
-            f"the CSV gives {feed['x'].shape[1]} node features; the model takes "
+            f"the CSV gives {width} node features; the model takes "
             f"{len(manifest.feature_names)} (was it exported for other task.features?)"
         )
-    logits = run_session(ort_session(served), feed)
-    scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64).reshape(-1)[: graph.num_tx]))
+    try:
+        layers = layers_of(manifest.input_names)
+    except ValueError as exc:
+        raise InputError(f"{served}: {exc}") from None
+    # transaction nodes come first in the graph: score exactly those, in file order
+    batch = scoring_batch(graph, layers, np.arange(graph.num_tx))
+    logits = run_session(ort_session(served), batch.feed())
+    scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64).reshape(-1)))
     return Scores([str(t) for t in tx.tx_id], scores, manifest, served)
 
 

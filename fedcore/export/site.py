@@ -18,6 +18,7 @@ from torch import nn
 import fedcore
 from fedcore.config import TaskSpec
 from fedcore.data.graph import FraudGraph
+from fedcore.export.layered import layers_of, scoring_batch
 from fedcore.export.manifest import (
     OPTIONAL_COLUMNS,
     ExportManifest,
@@ -26,11 +27,9 @@ from fedcore.export.manifest import (
     sha256_file,
 )
 from fedcore.export.onnx_export import (
-    INPUT_NAMES,
     OUTPUT_NAME,
     ExportError,
     export_onnx,
-    graph_inputs,
     ort_session,
     run_session,
     select_provider,
@@ -126,6 +125,7 @@ def _manifest(
     num_test: int,
     fp32_file: str | None,
     opset: int | None,
+    inputs: tuple[str, ...],
 ) -> ExportManifest:
     path = out / served
     manifest = ExportManifest(
@@ -144,7 +144,7 @@ def _manifest(
         test_transactions=num_test,
         fp32_file=fp32_file,
         fp32_sha256=None if fp32_file is None else sha256_file(out / fp32_file),
-        input_names=INPUT_NAMES,
+        input_names=inputs,
         output_name=OUTPUT_NAME,
         input_columns=input_columns(task),
         optional_columns=OPTIONAL_COLUMNS,
@@ -173,12 +173,14 @@ def export_for_site(
 ) -> ExportManifest:
     """Export, quantize and check the model a site will serve, and write its manifest.
 
-    Steps: export the FP32 model to ONNX (``model.fp32.onnx``, checked against PyTorch);
-    quantize it to INT8 (``model.int8.onnx``; ``dynamic`` or ``static`` calibrated on
-    the site graph); score the site's held-out test transactions with both on the first
-    available of ``providers`` (same inputs); serve INT8 only if ``metric`` drops by at
-    most ``tolerance``, else delete it and serve the FP32 ONNX (``fp32-kept``); time
-    the served model (median of ``latency_runs`` runs on the test graph); write
+    Steps: export the FP32 model to ONNX in the layer-wise layout (``model.fp32.onnx``,
+    checked against PyTorch); quantize it to INT8 (``model.int8.onnx``; ``dynamic``, or
+    ``static`` calibrated on the site's training transactions); score the site's
+    held-out test transactions with both on the first available of ``providers`` (same
+    inputs: one :class:`~fedcore.export.layered.ScoringBatch` of the test transactions);
+    serve INT8 only if ``metric`` drops by at most ``tolerance``, else delete it and
+    serve the FP32 ONNX (``fp32-kept``); time the served model (median of
+    ``latency_runs`` runs on that batch); write
     ``manifest.json``. When the model does not export to ONNX or ONNX Runtime cannot
     quantize it, PyTorch dynamic INT8 is checked the same way and its ``state_dict``
     saved (``model.int8.pt``, ``torch-dynamic``; FP32 ``model.fp32.pt`` kept beside).
@@ -263,6 +265,7 @@ def export_for_site(
             latency_ms=latency,
             fp32_file=FP32_TORCH,
             opset=None,
+            inputs=("x", "edge_index"),
             **common,
         )
 
@@ -271,29 +274,33 @@ def export_for_site(
     except ExportError as exc:
         return torch_fallback(str(exc))
     provider = select_provider(providers)
-    feed = graph_inputs(graph)
     fp32_session = ort_session(out / FP32_ONNX, provider, threads=threads)
+    inputs = tuple(i.name for i in fp32_session.get_inputs())
+    layers = layers_of(inputs)
+    test_nodes = np.flatnonzero(test)  # ascending: the order of `labels`
+    feed = scoring_batch(graph, layers, test_nodes).feed()
     onnx_logits = run_session(fp32_session, feed)
-    diff = float(np.max(np.abs(onnx_logits - ref_logits))) if len(ref_logits) else 0.0
+    diff = float(np.max(np.abs(onnx_logits - ref_logits[test]))) if num_test else 0.0
     if not diff <= ONNX_MATCH_ATOL:
         raise ExportError(
             f"the FP32 ONNX model disagrees with PyTorch: max |logit difference| {diff:.3g} > "
-            f"{ONNX_MATCH_ATOL} on the site graph ({provider}); the export is broken, report it "
-            "with the torch, torch-geometric and onnxruntime versions"
+            f"{ONNX_MATCH_ATOL} on the site's test transactions ({provider}); the export is "
+            "broken, report it with the torch, torch-geometric and onnxruntime versions"
         )
-    fp32_metric = _score(onnx_logits[test], labels, metric, task.threshold)
+    fp32_metric = _score(onnx_logits, labels, metric, task.threshold)
     try:
-        q: QuantizedModel = (
-            quantize_dynamic_int8(out / FP32_ONNX, out / INT8_ONNX)
-            if mode == "dynamic"
-            else quantize_static_int8(out / FP32_ONNX, out / INT8_ONNX, [feed])
-        )
+        if mode == "dynamic":
+            q: QuantizedModel = quantize_dynamic_int8(out / FP32_ONNX, out / INT8_ONNX)
+        else:  # calibrated on the training transactions; the gate judges on the test ones
+            train_nodes = np.flatnonzero(graph.data.train_mask.cpu().numpy())
+            calibration = [scoring_batch(graph, layers, train_nodes).feed()]
+            q = quantize_static_int8(out / FP32_ONNX, out / INT8_ONNX, calibration)
         assert q.file is not None
         int8_session = ort_session(q.file, provider, threads=threads)
         int8_logits = run_session(int8_session, feed)
     except Exception as exc:  # an operator ONNX Runtime cannot quantize or run in INT8
         return torch_fallback(f"ONNX Runtime INT8 failed: {type(exc).__name__}: {exc}")
-    int8_metric = _score(int8_logits[test], labels, metric, task.threshold)
+    int8_metric = _score(int8_logits, labels, metric, task.threshold)
     refused = gate(fp32_metric, int8_metric, tolerance, metric, num_test)
     path_taken: PathTaken
     if refused:
@@ -314,6 +321,7 @@ def export_for_site(
         latency_ms=latency,
         fp32_file=FP32_ONNX,
         opset=opset,
+        inputs=inputs,
         **common,
     )
     log.info(

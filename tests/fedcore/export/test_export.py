@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,16 +19,21 @@ from fedcore.export import (
     CPU_PROVIDER,
     ExportError,
     ExportManifest,
+    LayeredGNN,
+    NeighbourIndex,
     QuantizedModel,
     export_for_site,
     export_onnx,
     gate,
-    graph_inputs,
+    input_names,
+    layered_onnx,
+    layers_of,
     node_feature_names,
     ort_session,
     quantize_dynamic_int8,
     quantize_static_int8,
     run_session,
+    scoring_batch,
     select_provider,
     sha256_file,
     torch_dynamic_int8,
@@ -88,17 +94,88 @@ def _close_to_fp32(fp32: np.ndarray, int8: np.ndarray, graph: FraudGraph) -> Non
     assert np.abs(_sigmoid(fp32) - _sigmoid(int8))[test].max() < MAX_PROB_DIFF
 
 
+def _feed(g: FraudGraph) -> dict[str, np.ndarray]:
+    """Feed scoring every node of ``g``, in node order."""
+    return scoring_batch(g, TASK.layers).feed()
+
+
 def test_onnx_round_trip_matches_pytorch_on_graphs_of_any_size(
     model: FraudGNN, graph: FraudGraph, fp32_onnx: Path
 ) -> None:
     session = ort_session(fp32_onnx)
-    assert [i.name for i in session.get_inputs()] == ["x", "edge_index"]
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["x", "src1", "dst1", "deg_inv1", "src2", "dst2", "deg_inv2"]
+    assert layers_of(names) == TASK.layers == 2
     other = _graph(700, 11)  # different numbers of nodes and edges: dynamic axes
     assert other.data.num_nodes != graph.data.num_nodes
     for g in (graph, other):
-        out = run_session(session, graph_inputs(g))
+        out = run_session(session, _feed(g))
         assert out.shape == (g.data.num_nodes,)
         np.testing.assert_allclose(out, _torch_logits(model, g), atol=1e-4, rtol=0)
+    ops = [n.op_type for n in onnx.load(str(fp32_onnx)).graph.node]
+    assert ops.count("ScatterND") == 2 and "ScatterElements" not in ops
+
+
+def test_a_batch_of_targets_scores_like_the_whole_graph(
+    model: FraudGNN, graph: FraudGraph, fp32_onnx: Path
+) -> None:
+    test_nodes = torch.nonzero(graph.data.test_mask).view(-1)
+    targets = test_nodes[-100:].flip(0)  # any order: scores come back in target order
+    batch = scoring_batch(graph, TASK.layers, targets)
+    assert batch.num_targets == 100 and np.array_equal(batch.node_ids[:100], targets.numpy())
+    # layer 2 computes only the targets, layer 1 the targets and their neighbours
+    assert [len(d) for d in batch.deg_inv][1] == 100
+    assert 100 < len(batch.deg_inv[0]) < len(batch.x) < graph.data.num_nodes
+    full = _torch_logits(model, graph)[targets.numpy()]
+    np.testing.assert_allclose(LayeredGNN.from_model(model).score(batch), full, atol=1e-5)
+    np.testing.assert_allclose(
+        run_session(ort_session(fp32_onnx), batch.feed()), full, atol=1e-4, rtol=0
+    )
+
+
+def test_scoring_batch_by_hand() -> None:
+    # path 0 - 1 - 2 - 3 (both directions) and a lone node 4; x = node id
+    x = np.arange(5, dtype=np.float32).reshape(-1, 1)
+    edges = np.array([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+    b = NeighbourIndex(edges, 5).cut(x, 2, [3])
+    # rows: target 3, then its neighbour 2 (1 hop), then 2's other neighbour 1 (2 hops)
+    assert b.node_ids.tolist() == [3, 2, 1] and b.x[:, 0].tolist() == [3.0, 2.0, 1.0]
+    # layer 2: edges into row 0 (node 3) from row 1 (node 2); in-degree 1
+    assert b.src[1].tolist() == [1] and b.dst[1].reshape(-1).tolist() == [0]
+    assert b.deg_inv[1].reshape(-1).tolist() == [1.0]
+    # layer 1: rows 0, 1 (nodes 3, 2); node 3 <- 2 and node 2 <- 1, 3; 1/deg = 1, 1/2
+    assert sorted(zip(b.src[0].tolist(), b.dst[0].reshape(-1).tolist(), strict=True)) == [
+        (0, 1),
+        (1, 0),
+        (2, 1),
+    ]
+    assert b.deg_inv[0].reshape(-1).tolist() == [1.0, 0.5]
+    lone = NeighbourIndex(edges, 5).cut(x, 2, [4])  # no neighbours: mean over none is 0
+    assert lone.node_ids.tolist() == [4] and lone.num_edges == 0
+    assert lone.deg_inv[0].reshape(-1).tolist() == [1.0]
+    with pytest.raises(ValueError, match="distinct"):
+        scoring_batch((x, edges), 2, [1, 1])
+    with pytest.raises(ValueError, match=r"node ids in \[0, 5\)"):
+        scoring_batch((x, edges), 2, [5])
+    with pytest.raises(ValueError, match="layers must be >= 1"):
+        scoring_batch((x, edges), 0)
+    with pytest.raises(ValueError, match=r"shape \[2, E\]"):
+        NeighbourIndex(edges[:1], 5)
+    with pytest.raises(ValueError, match="outside"):
+        NeighbourIndex(edges + 5, 5)
+
+
+def test_layer_wise_layout_names() -> None:
+    assert input_names(1) == ("x", "src1", "dst1", "deg_inv1")
+    with pytest.raises(ValueError, match="re-run the export"):
+        layers_of(("x", "edge_index"))
+
+
+def test_only_mean_graphsage_exports_layer_wise(model: FraudGNN) -> None:
+    with pytest.raises(ExportError, match="supports FraudGNN; found Linear"):
+        LayeredGNN.from_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ExportError, match="opset >= 16"):
+        layered_onnx(LayeredGNN.from_model(model), opset=15)
 
 
 def test_export_leaves_the_model_unchanged(
@@ -119,7 +196,7 @@ def test_dynamic_int8_is_close_to_fp32_and_smaller(
     assert q.path_taken == "onnx-dynamic" and q.file is not None and q.module is None
     ops = {n.op_type for n in onnx.load(str(q.file)).graph.node}
     assert "MatMulInteger" in ops  # the linear layers really run in INT8
-    feed = graph_inputs(graph)
+    feed = _feed(graph)
     fp32 = run_session(ort_session(fp32_onnx), feed)
     _close_to_fp32(fp32, run_session(ort_session(q.file), feed), graph)
     weights = [numpy_helper.to_array(t) for t in onnx.load(str(q.file)).graph.initializer]
@@ -129,7 +206,7 @@ def test_dynamic_int8_is_close_to_fp32_and_smaller(
 def test_static_int8_calibrated_on_site_data_is_close_to_fp32(
     graph: FraudGraph, fp32_onnx: Path, tmp_path: Path
 ) -> None:
-    feed = graph_inputs(graph)
+    feed = _feed(graph)
     q = quantize_static_int8(fp32_onnx, tmp_path / "static.onnx", [feed])
     assert q.path_taken == "onnx-static" and q.file is not None
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(q.file)).graph.node}
@@ -164,9 +241,11 @@ def test_export_for_site_serves_int8_with_a_matching_manifest(
     served = tmp_path / m.file
     assert m.sha256 == sha256_file(served) and m.size_bytes == served.stat().st_size
     assert m.fp32_sha256 == sha256_file(tmp_path / "model.fp32.onnx")
-    # weights shrink ~3x (INT8 plus FP32 biases and scales); at hidden=16 the file does not,
-    # as the graph's ~100 nodes (gather, scatter, quantize ops) outweigh the weights
+    # weights shrink ~3x at hidden=16 (INT8 layers; FP32 biases, scales and the 16x1 head)
     assert _weight_bytes(served) * 2.5 < _weight_bytes(tmp_path / "model.fp32.onnx")
+    # the compact graph: short names, no stored shapes; structure under 2 KB
+    assert served.stat().st_size - _weight_bytes(served) < 2048
+    assert m.input_names == input_names(TASK.layers)
     assert m.provider == CPU_PROVIDER and m.latency_ms is not None and m.latency_ms > 0
     assert m.fp32_metric is not None and m.int8_metric is not None and m.drop is not None
     assert m.drop <= 0.01 and m.drop == pytest.approx(m.fp32_metric - m.int8_metric)
@@ -274,7 +353,11 @@ def test_torch_fallback_when_the_model_does_not_export(
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_manifest_rejects_foreign_json() -> None:
+def test_manifest_rejects_foreign_json(model: FraudGNN, graph: FraudGraph, tmp_path: Path) -> None:
+    m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER], latency_runs=1)
+    old = m.to_dict() | {"manifest_version": 1, "input_names": ["x", "edge_index"]}
+    with pytest.raises(ValueError, match="older fedcore.*re-run the export"):
+        ExportManifest.from_json(json.dumps(old))
     with pytest.raises(ValueError, match=r"missing \['created'"):
         ExportManifest.from_json('{"file": "m.onnx"}')
     with pytest.raises(ValueError, match="JSON object"):

@@ -98,6 +98,51 @@ def site_device(site: SiteConfig) -> Any:
     return _DEVICES[site.device]
 
 
+def training_device(site: SiteConfig, requested: int) -> Any:
+    """The device to train a round on: the scheduler's pick within the site's pool, if it can be honoured.
+
+    The scheduler moves work between the devices of one vendor's pool by index. A site
+    whose ``device`` setting pins an index (``"cuda:1"``) keeps it: the site's own pin
+    wins. An index the site does not have falls back to :func:`site_device` with a
+    warning, so a stale schedule never fails a round.
+
+    Args:
+        site: The site's config.
+        requested: Device index the scheduler chose, ``-1`` for the site's own choice.
+    """
+    base = site_device(site)
+    if requested < 0 or requested == base.index:
+        return base
+    if ":" in site.device:
+        log.info(
+            "site %s pins device %s; keeping it instead of the scheduler's device %d",
+            site.id,
+            site.device,
+            requested,
+        )
+        return base
+    spec = f"{base.vendor}:{requested}"
+    if spec not in _DEVICES:
+        from fedcore.devices.base import DeviceError
+        from fedcore.devices.registry import select
+
+        try:
+            _DEVICES[spec] = select(spec)
+        except (DeviceError, ValueError) as exc:
+            log.warning(
+                "site %s: the scheduler asked for device %d of its pool, which is not usable "
+                "here (%s); training on %s",
+                site.id,
+                requested,
+                exc,
+                base.torch_device,
+            )
+            return base
+    chosen = _DEVICES[spec]
+    log.info("site %s: the scheduler moved this round to %s", site.id, chosen.torch_device)
+    return chosen
+
+
 def local_seed(seed: int, site_id: str, round_: int) -> int:
     """The seed of one site's local training in one round (stable across processes)."""
     digest = hashlib.sha256(f"{seed}:{site_id}:{round_}".encode()).digest()
@@ -131,7 +176,7 @@ def _train_model(
     task = TaskSpec.model_validate(cfg.task)
     training = TrainingSpec.model_validate(cfg.training)
     site, graph = site_graph(context, task)
-    device = site_device(site).torch_device
+    device = training_device(site, cfg.device).torch_device
     t0 = time.perf_counter()
     model = build_model(task, feature_dim(task))
     load_arrays(model, arrays)

@@ -91,6 +91,8 @@ class RoundConfig:
     """How many sites may be summed in one round (sizes the CKKS packing headroom)."""
     export: dict[str, Any] = field(default_factory=dict)
     """The scenario's ``export`` section (INT8 export settings)."""
+    device: int = -1
+    """Index of the device in the site's pool that the scheduler chose (-1: the site's own choice)."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -104,6 +106,7 @@ class RoundConfig:
                 "weight": float(self.weight),
                 "max_sites": int(self.max_sites),
                 "export": json.dumps(self.export, sort_keys=True),
+                "device": int(self.device),
             }
         )
 
@@ -119,6 +122,7 @@ class RoundConfig:
             weight=float(rec.get("weight", 1.0)),  # type: ignore[arg-type]
             max_sites=int(rec.get("max_sites", 0)),  # type: ignore[arg-type]
             export=json.loads(str(rec.get("export", "{}"))),
+            device=int(rec.get("device", -1)),  # type: ignore[arg-type]
         )
 
     @property

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,71 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Selection:
-    """A selector's decision, with the reasons for every site left out."""
+    """A selector's decision, with the reasons for every site left out.
+
+    Attributes:
+        chosen: Sites that train this round.
+        rejected: Every site left out, with all its reasons.
+        scores: Score per site (0-100, higher = better), where the selector scores.
+        epochs: Local epochs per chosen site; a site absent here runs the scenario's
+            ``training.local_epochs``.
+        devices: Device index within the site's pool per chosen site; absent: the
+            site's own choice.
+        predicted_s: Predicted round seconds per chosen site.
+        deadline_s: The round deadline the work was sized for, if any.
+        details: Anything else worth keeping in ``summary.json`` (plugin weights,
+            scale/migrate decisions).
+    """
 
     chosen: list[Candidate]
     rejected: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
+    devices: dict[str, int] = field(default_factory=dict)
+    predicted_s: dict[str, float] = field(default_factory=dict)
+    deadline_s: float | None = None
+    details: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready form for logs and ``summary.json``."""
-        return {
+        """JSON-ready form for logs and ``summary.json`` (empty parts left out)."""
+        out: dict[str, object] = {
             "chosen": [c.site_id for c in self.chosen],
             "rejected": {k: list(v) for k, v in self.rejected.items()},
             "scores": dict(self.scores),
         }
+        if self.epochs:
+            out["epochs"] = dict(self.epochs)
+        if self.devices:
+            out["devices"] = dict(self.devices)
+        if self.predicted_s:
+            out["predicted_s"] = {k: round(v, 3) for k, v in self.predicted_s.items()}
+        if self.deadline_s is not None:
+            out["deadline_s"] = round(self.deadline_s, 3)
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """How one chosen site's round went, as the coordinator saw it.
+
+    Attributes:
+        site_id: The site.
+        seconds: Its measured round seconds (reported by the site: wall time, or the
+            simulator's virtual time); ``None`` when no valid update came back.
+        loss: Its mean local training loss; ``None`` if unknown.
+        epochs: Local epochs it was asked to run.
+        num_examples: Its training examples.
+        failed: Why its update is missing or was refused; ``None`` when it counted.
+    """
+
+    site_id: str
+    seconds: float | None
+    loss: float | None
+    epochs: int
+    num_examples: int
+    failed: str | None = None
 
 
 class Selector(ABC):
@@ -49,3 +102,15 @@ class Selector(ABC):
     @abstractmethod
     def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
         """Choose among ``candidates`` (sorted by site id) for round ``round_``."""
+
+    def observe(self, round_: int, results: Mapping[str, SiteResult]) -> None:
+        """Learn from how round ``round_`` went (default: nothing to learn)."""
+        del round_, results
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe state to keep with the coordinator's checkpoint (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output on resume (default: nothing)."""
+        del state

@@ -181,7 +181,12 @@ def _train_model(
     model = build_model(task, feature_dim(task))
     load_arrays(model, arrays)
     stats = train_local(
-        model, graph, training, seed=local_seed(cfg.seed, site.id, cfg.round), device=device
+        model,
+        graph,
+        training,
+        seed=local_seed(cfg.seed, site.id, cfg.round),
+        epochs=cfg.epochs if cfg.epochs > 0 else None,  # the scheduler's share of work
+        device=device,
     )
     return site, model_to_arrays(model), stats, time.perf_counter() - t0
 

@@ -8,16 +8,16 @@ import numpy as np
 
 
 def weighted_average(
-    updates: Sequence[tuple[Mapping[str, np.ndarray], int]],
+    updates: Sequence[tuple[Mapping[str, np.ndarray], float]],
 ) -> dict[str, np.ndarray]:
-    """FedAvg: the example-weighted mean of each named array.
+    """FedAvg: the weighted mean of each named array (weights: examples, or FedNova's examples / epochs).
 
     ``result[k] = sum_i n_i * w_i[k] / sum_i n_i``, computed in float64 and
     cast back to each array's dtype. Inputs are never modified.
 
     Args:
-        updates: ``(arrays, num_examples)`` per site; every site must send the
-            same names and shapes and a positive example count.
+        updates: ``(arrays, weight)`` per site; every site must send the same names
+            and shapes and a positive, finite weight.
 
     Returns:
         The averaged arrays (new objects).
@@ -28,10 +28,10 @@ def weighted_average(
     if not updates:
         raise ValueError("weighted_average needs at least one update, got none")
     names = list(updates[0][0])
-    total = 0
+    total = 0.0
     for i, (arrays, n) in enumerate(updates):
-        if n <= 0:
-            raise ValueError(f"update {i} has num_examples={n}; expected a positive count")
+        if not (n > 0 and np.isfinite(n)):
+            raise ValueError(f"update {i} has weight {n}; expected a positive, finite number")
         if list(arrays) != names:
             raise ValueError(f"update {i} has arrays {sorted(arrays)}; expected {sorted(names)}")
         total += n

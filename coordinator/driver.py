@@ -22,7 +22,7 @@ from coordinator.validation import check_train_reply
 from fedcore import records as R
 from fedcore.config import Scenario
 from fedcore.metrics import metrics_from_histograms
-from scheduling.base import Candidate, Selector
+from scheduling.base import Candidate, Selection, Selector, SiteResult
 from secure.modes import warn_if_plaintext
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class RoundDriver:
         self._rng = np.random.default_rng()  # DP noise: fresh OS entropy, never the scenario seed
         self._ckks_index: list[dict[str, Any]] = []
         self._last_candidates: list[Candidate] = []
+        self._selection: Selection | None = None
 
     # ------------------------------------------------------------------ messaging
 
@@ -221,8 +222,11 @@ class RoundDriver:
             )
         return sorted(cands.values(), key=lambda c: c.site_id), problems
 
-    def round_config(self, round_: int, weight: float = 1.0) -> R.RoundConfig:
-        """The settings a site receives with this round's instructions."""
+    def round_config(
+        self, round_: int, weight: float = 1.0, site: str | None = None
+    ) -> R.RoundConfig:
+        """The settings a site receives with this round's instructions (with its share of work)."""
+        sel = self._selection
         return R.RoundConfig(
             round=round_,
             seed=self.scenario.seed,
@@ -233,21 +237,33 @@ class RoundDriver:
             weight=weight,
             max_sites=len(self.scenario.sites),
             export=self.scenario.export.model_dump(mode="json"),
+            device=sel.devices.get(site, -1) if sel is not None and site else -1,
+            epochs=sel.epochs.get(site, 0) if sel is not None and site else 0,
+            deadline_s=(sel.deadline_s or 0.0) if sel is not None else 0.0,
         )
+
+    def epochs_of(self, site: str) -> int:
+        """Local epochs ``site`` runs this round."""
+        sel = self._selection
+        given = sel.epochs.get(site, 0) if sel is not None else 0
+        return given if given > 0 else self.scenario.training.local_epochs
 
     def weights(self, chosen: Sequence[Candidate]) -> dict[str, float]:
         """Aggregation weight per chosen site: its examples over the largest site's (DP: 1 each)."""
         if self.privacy.dp is not None:
             return {c.site_id: 1.0 for c in chosen}
-        # relative to the largest site, so the largest update uses the whole CKKS packing range
+        # FedNova (Wang et al. 2020): examples over local epochs keeps the aggregate unbiased
+        # when the scheduler gives sites unequal work (equal epochs: plain examples)
+        raw = {c.site_id: max(c.num_train_examples, 0) / self.epochs_of(c.site_id) for c in chosen}
+        # relative to the largest, so the largest update uses the whole CKKS packing range
         # (the aggregate is divided by the sum of the weights, so the scale cancels)
-        largest = max((c.num_train_examples for c in chosen), default=0)
+        largest = max(raw.values(), default=0.0)
         if largest <= 0:
             return {c.site_id: 1.0 for c in chosen}
-        return {c.site_id: max(c.num_train_examples, 0) / largest for c in chosen}
+        return {k: v / largest for k, v in raw.items()}
 
     def _instruction(self, round_: int, cand: Candidate, weight: float = 1.0) -> RecordDict:
-        cfg = self.round_config(round_, weight)
+        cfg = self.round_config(round_, weight, cand.site_id)
         if self.ckks is not None:
             return self.ckks.instruction(cfg, self.site_rounds.get(cand.site_id, 0))
         return R.train_instruction(self.global_arrays, cfg)
@@ -332,7 +348,7 @@ class RoundDriver:
             mean = weighted_average([(r.arrays, 1) for _, r in accepted])
             self.global_arrays = self._noised(mean, len(accepted))
             return
-        self.global_arrays = weighted_average([(r.arrays, r.num_examples) for _, r in accepted])
+        self.global_arrays = weighted_average([(r.arrays, weights[s]) for s, r in accepted])
 
     def _noised(self, mean: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
         from secure.dp import gaussian_noise, noise_std
@@ -455,6 +471,7 @@ class RoundDriver:
             cp, arrays = resumed
             self.global_arrays, self.history, self.schedule = arrays, cp.history, cp.schedule
             self._restore_privacy(cp.extra)
+            self.selector.load_state_dict(cp.extra.get("selector", {}))
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
         self.store.reset_logs(self.history)
@@ -556,6 +573,7 @@ class RoundDriver:
             extra["ckks"] = self._ckks_index
         if self.accountant is not None:
             extra["dp"] = self.accountant.state_dict()
+        extra["selector"] = self.selector.state_dict()
         return extra
 
     def _result(self, status: str, error: str | None) -> dict[str, Any]:
@@ -582,6 +600,7 @@ class RoundDriver:
                 f"scheduler.min_sites={min_sites}; problems: {_fmt(problems)}"
             )
         selection = self.selector.select(rnd, candidates)
+        self._selection = selection
         if self.privacy.mode == "secagg+":
             sites, rejected, train_loss, down, up = self.train_secagg(rnd, selection.chosen)
         else:
@@ -598,6 +617,21 @@ class RoundDriver:
         if self.privacy.mode != "secagg+":
             self.aggregate(rnd, accepted, weights)
             train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
+            replies = dict(accepted)
+        else:
+            replies = {}
+        results = {
+            c.site_id: SiteResult(
+                c.site_id,
+                replies[c.site_id].seconds if c.site_id in replies else None,
+                replies[c.site_id].loss if c.site_id in replies else None,
+                self.epochs_of(c.site_id),
+                c.num_train_examples,
+                None if c.site_id in sites else "; ".join(rejected.get(c.site_id, ["no update"])),
+            )
+            for c in selection.chosen
+        }
+        self.selector.observe(rnd, results)
         epsilon = None
         if self.accountant is not None:
             epsilon = self.accountant.step(len(selection.chosen))
@@ -623,6 +657,9 @@ class RoundDriver:
             {
                 "round": rnd,
                 **selection.as_dict(),
+                "measured_s": {
+                    k: round(r.seconds, 3) for k, r in results.items() if r.seconds is not None
+                },
                 "telemetry_problems": problems,
                 "eval_problems": ev_problems,
             }

@@ -230,14 +230,89 @@ class PrivacySpec(_Model):
     secagg: SecAggSpec = SecAggSpec()
 
 
-class SchedulerSpec(_Model):
-    """Which sites train each round."""
+SCHEDULER_POLICIES = ("random", "round-robin", "least-loaded", "oort", "fedcore")
+"""Participant-selection policies a scenario may name in ``scheduler.policy``."""
 
-    policy: Literal["random"] = "random"
+
+class PluginSpec(_Model):
+    """One filter or score plugin of the ``fedcore`` scheduler, by registry name."""
+
+    name: str = Field(..., description="plugin name, e.g. health, task-fit, entropy-load")
+    weight: float = Field(1.0, ge=0.0, description="score plugins: weight of its 0-100 score")
+    params: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="keyword arguments of the plugin"
+    )
+
+
+class AllocatorSpec(_Model):
+    """How the ``fedcore`` scheduler sizes each site's local work against a round deadline."""
+
+    deadline_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="round deadline in seconds; unset: the deadline_quantile of the chosen "
+        "sites' predicted times at training.local_epochs",
+    )
+    deadline_quantile: float = Field(0.5, gt=0.0, le=1.0)
+    headroom: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of each site's capacity kept free for its own work"
+    )
+    min_epochs: int = Field(1, ge=1, description="fewest local epochs a chosen site runs")
+    max_epochs: int | None = Field(
+        None, ge=1, description="most local epochs (unset: training.local_epochs)"
+    )
+
+
+class PredictorSpec(_Model):
+    """The round-duration forecaster of the ``fedcore`` scheduler."""
+
+    kind: Literal["lstm", "ewma", "last-value"] = "lstm"
+    model: Path | None = Field(
+        None,
+        description="a trained LSTM file (relative: to the scenario); unset: EWMA until one is "
+        "fitted on this run's own history",
+    )
+    refit_every: int = Field(
+        0, ge=0, description="refit the LSTM on the run's history every N rounds (0: never)"
+    )
+
+
+class ScalingSpec(_Model):
+    """The scale/migrate policy of the ``fedcore`` scheduler."""
+
+    policy: Literal["hold", "rules", "dqn"] = "rules"
+    period: int = Field(3, ge=1, description="rounds between two scale/migrate decisions")
+    model: Path | None = Field(None, description="dqn: trained weights (relative: to the scenario)")
+
+
+class SchedulerSpec(_Model):
+    """Which sites train each round, on which device, and how much."""
+
+    policy: Literal["random", "round-robin", "least-loaded", "oort", "fedcore"] = Field(
+        "random", description="participant selection policy"
+    )
     fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of healthy sites chosen per round"
     )
     min_sites: int = Field(2, ge=1, description="fewest valid replies a round may aggregate")
+    task_kind: Literal["training", "fine-tuning", "inference"] = Field(
+        "training", description="what the sites run; sizes the task-fit filter's needs"
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="health limits for the filters, e.g. max_temperature_c: 85",
+    )
+    filters: list[PluginSpec] = Field(
+        default_factory=lambda: [PluginSpec(name="health"), PluginSpec(name="task-fit")],
+        description="fedcore: filter plugins, run in order",
+    )
+    scores: list[PluginSpec] = Field(
+        default_factory=lambda: [PluginSpec(name="entropy-load")],
+        description="fedcore: score plugins and their weights",
+    )
+    allocator: AllocatorSpec = AllocatorSpec()
+    predictor: PredictorSpec = PredictorSpec()
+    scaling: ScalingSpec = ScalingSpec()
 
 
 class EngineSpec(_Model):
@@ -435,6 +510,18 @@ def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> No
             src["path"] = str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _resolve_scheduler_paths(data: dict[str, Any], base: Path) -> None:
+    """Make ``scheduler.predictor.model`` and ``scheduler.scaling.model`` relative to the scenario."""
+    sched = data.get("scheduler")
+    if not isinstance(sched, dict):
+        return
+    for section in ("predictor", "scaling"):
+        part = sched.get(section)
+        if isinstance(part, dict) and isinstance(part.get("model"), str):
+            p = Path(part["model"]).expanduser()
+            part["model"] = str(p if p.is_absolute() else (base / p).resolve())
+
+
 def _check_files(path: Path, sites: list[tuple[str, DataSource]]) -> None:
     problems = []
     for label, src in sites:
@@ -462,6 +549,7 @@ def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
     data = read_yaml(path)
     if isinstance(data.get("sites"), list):
         _resolve_csv_paths(data, data["sites"], path.resolve().parent)
+    _resolve_scheduler_paths(data, path.resolve().parent)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

@@ -93,6 +93,10 @@ class RoundConfig:
     """The scenario's ``export`` section (INT8 export settings)."""
     device: int = -1
     """Index of the device in the site's pool that the scheduler chose (-1: the site's own choice)."""
+    epochs: int = 0
+    """Local epochs the scheduler gave this site this round (0: ``training.local_epochs``)."""
+    deadline_s: float = 0.0
+    """The round deadline the scheduler sized the work for, seconds (0: none)."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -107,6 +111,8 @@ class RoundConfig:
                 "max_sites": int(self.max_sites),
                 "export": json.dumps(self.export, sort_keys=True),
                 "device": int(self.device),
+                "epochs": int(self.epochs),
+                "deadline_s": float(self.deadline_s),
             }
         )
 
@@ -123,6 +129,8 @@ class RoundConfig:
             max_sites=int(rec.get("max_sites", 0)),  # type: ignore[arg-type]
             export=json.loads(str(rec.get("export", "{}"))),
             device=int(rec.get("device", -1)),  # type: ignore[arg-type]
+            epochs=int(rec.get("epochs", 0)),  # type: ignore[arg-type]
+            deadline_s=float(rec.get("deadline_s", 0.0)),  # type: ignore[arg-type]
         )
 
     @property

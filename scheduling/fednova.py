@@ -75,6 +75,36 @@ def local_norm(steps: int, momentum: float = 0.0) -> float:
     return (steps - rho * (1.0 - rho**steps) / (1.0 - rho)) / (1.0 - rho)
 
 
+def fednova_weights(data_weights: Sequence[float], steps: Sequence[float]) -> list[float]:
+    r"""Aggregation weights that make a plain weighted average of site models FedNova.
+
+    With :math:`w_i = n_i / \tau_i`, the weighted average of the site models is
+    :math:`x + \sum_i w_i \Delta_i / \sum_j w_j`, i.e. FedNova's update
+    :math:`x - \tau_{\text{eff}} \sum_i p_i d_i` with :math:`d_i = -\Delta_i / \tau_i`
+    and :math:`\tau_{\text{eff}} = (\sum_i p_i / \tau_i)^{-1}`. FedNova's fixed point
+    does not depend on :math:`\tau_{\text{eff}}` (Wang et al. 2020, Sec. 4: any positive
+    value keeps the objective :math:`\sum_i p_i F_i`; it only scales the step), so these
+    weights stay unbiased; and, being plain weights, they work unchanged wherever the
+    aggregation is a weighted sum: clear, CKKS-encrypted or SecAgg+-masked.
+
+    Args:
+        data_weights: :math:`n_i` (examples), positive.
+        steps: :math:`\tau_i`, local steps, positive.
+
+    >>> fednova_weights([100, 300], [2, 6])
+    [50.0, 50.0]
+    """
+    if len(data_weights) != len(steps):
+        raise ValueError(
+            f"need one step count per site; found {len(data_weights)} weights and {len(steps)} steps"
+        )
+    if any(t <= 0 for t in steps) or any(n <= 0 for n in data_weights):
+        raise ValueError(
+            f"data weights and steps must be positive; found {list(data_weights)}, {list(steps)}"
+        )
+    return [float(n) / float(t) for n, t in zip(data_weights, steps, strict=True)]
+
+
 def fedavg_aggregate(
     site_weights: Sequence[Weights], data_weights: Sequence[float]
 ) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ def test_integer_arrays_are_rounded() -> None:
     ("updates", "match"),
     [
         ([], "at least one update"),
-        ([({"w": np.zeros(2)}, 0)], "num_examples=0"),
+        ([({"w": np.zeros(2)}, 0)], "has weight 0"),
         ([({"w": np.zeros(2)}, 1), ({"v": np.zeros(2)}, 1)], "expected"),
         ([({"w": np.zeros(2)}, 1), ({"w": np.zeros(3)}, 1)], r"shape \(3,\); expected \(2,\)"),
     ],

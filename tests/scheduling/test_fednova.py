@@ -13,6 +13,7 @@ from scheduling.fednova import (
     effective_steps,
     fedavg_aggregate,
     fednova_aggregate,
+    fednova_weights,
     local_norm,
     site_scaled_update,
 )
@@ -222,3 +223,22 @@ def test_equal_local_work_both_agree() -> None:
     np.testing.assert_allclose(fednova, fedavg, atol=1e-12)
     np.testing.assert_allclose(fednova, _fixed_point(P * q), atol=1e-9)
     assert np.linalg.norm(fednova - X_STAR) == pytest.approx(0.133, abs=0.001)
+
+
+def test_fednova_weights_in_a_plain_weighted_average_are_unbiased_too() -> None:
+    # weights n_i / tau_i = (100, 60, 30): the average x + sum w_i D_i / sum w_i is FedNova
+    # with tau_eff = 1 / sum(p_i / tau_i); the fixed point does not depend on tau_eff, so it
+    # is FedNova's (P q / tau above), 0.068 from x*, where plain FedAvg ends 7.69 away.
+    steps, lr = [1, 5, 20], 0.01
+    assert fednova_weights(N, steps) == [100.0, 60.0, 30.0]
+    q = 1 - (1 - lr * A) ** np.array(steps)
+    x = np.zeros(2)
+    for _ in range(400):
+        local = [[_local_gd(x, i, t, lr)] for i, t in enumerate(steps)]
+        x = fedavg_aggregate(local, fednova_weights(N, steps))[0]
+    np.testing.assert_allclose(x, _fixed_point(P * q / steps), atol=1e-9)
+    assert np.linalg.norm(x - X_STAR) == pytest.approx(0.068, abs=0.001)
+    with pytest.raises(ValueError, match="one step count per site"):
+        fednova_weights([1, 2], [1])
+    with pytest.raises(ValueError, match="positive"):
+        fednova_weights([1, 2], [1, 0])

@@ -1,0 +1,293 @@
+"""fedcore's scheduler: filter -> score, forecast each site's round, size its work to a deadline, scale and migrate."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedcore.config import SchedulerSpec
+from scheduling.allocator import (
+    AllocatorConfig,
+    SiteForecast,
+    allocate,
+    deadline_from_predictions,
+)
+from scheduling.base import Candidate, Selection, Selector, SiteResult
+from scheduling.framework import Pipeline, SchedulingContext
+from scheduling.history import TelemetryHistory
+from scheduling.plugins import build_filter, build_score
+from scheduling.policy.base import ScalePolicy
+from scheduling.policy.observation import ACTIONS, ClusterObservation
+from scheduling.predictor import EwmaForecaster, Forecaster
+from scheduling.random_selector import sample_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCH_SECONDS = 1.0
+"""Predicted seconds per local epoch of a site nothing is known about (first round)."""
+
+
+def _clip(value: float, low: float = 0.0, high: float = 1.0) -> float:
+    return min(high, max(low, value))
+
+
+class FedcoreSelector(Selector):
+    """Choose sites, their local epochs and devices so that rounds finish together and on time.
+
+    Each round: the filter plugins drop unhealthy or unfit sites (every reason kept);
+    the score plugins rank the rest (entropy-weighted load by default); the forecaster
+    predicts each site's seconds at the scenario's local epochs from its telemetry
+    history; the allocator takes the best-ranked sites up to the job size and gives
+    each as many epochs as fit the deadline while leaving ``allocator.headroom`` of its
+    capacity free; every ``scaling.period`` rounds the scale/migrate policy may grow or
+    shrink the job or move the slowest site to another device of its pool.
+
+    Unequal epochs keep the aggregate unbiased only with FedNova-style weights
+    (:func:`scheduling.fednova.fednova_weights`); where the aggregation cannot apply
+    them (``unequal_work=False``), every chosen site runs the scenario's epochs and the
+    allocator only chooses sites.
+
+    Args:
+        spec: The scenario's ``scheduler`` section.
+        base_epochs: The scenario's ``training.local_epochs``.
+        num_sites: Sites in the consortium.
+        unequal_work: Whether sites may run different numbers of epochs.
+        forecaster: Round-duration forecaster (default: EWMA).
+        policy: Scale/migrate policy (default: none, the job size stays put).
+    """
+
+    name = "fedcore"
+
+    def __init__(
+        self,
+        spec: SchedulerSpec,
+        *,
+        base_epochs: int,
+        num_sites: int,
+        unequal_work: bool = True,
+        forecaster: Forecaster | None = None,
+        policy: ScalePolicy | None = None,
+    ) -> None:
+        if base_epochs < 1:
+            raise ValueError(f"base_epochs must be >= 1; found {base_epochs}")
+        self.spec = spec
+        self.base_epochs = base_epochs
+        self.unequal_work = unequal_work
+        self.forecaster: Forecaster = forecaster or EwmaForecaster()
+        self.policy = policy
+        self.pipeline = Pipeline(
+            [build_filter(f.name, **f.params) for f in spec.filters],
+            [(build_score(s.name, **s.params), s.weight) for s in spec.scores],
+        )
+        self.history = TelemetryHistory()
+        self.target_sites = sample_size(num_sites, spec.fraction, spec.min_sites)
+        self.devices: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ select
+
+    def _forecast(self, cand: Candidate, epochs: int) -> tuple[float, str]:
+        work = {"steps": float(epochs), "examples": float(epochs * max(cand.num_train_examples, 1))}
+        try:
+            return self.forecaster.predict_with_source(
+                self.history.for_site(cand.site_id), work, cand.readings
+            )
+        except ValueError:  # nothing measured anywhere yet
+            return DEFAULT_EPOCH_SECONDS * epochs, "default"
+
+    def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
+        for c in candidates:
+            try:
+                self.history.record_telemetry(c.site_id, round_, float(round_), c.readings)
+            except ValueError as exc:
+                log.warning("round %d: telemetry of %s not kept: %s", round_, c.site_id, exc)
+        ctx = SchedulingContext(round_, self.spec.task_kind, dict(self.spec.thresholds))
+        result = self.pipeline.run(candidates, ctx)
+        rejected = {k: list(v) for k, v in result.rejected.items()}
+        scaling = self._scale(round_, result.passed)
+        forecasts: list[SiteForecast] = []
+        predicted_base: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for c in result.passed:
+            seconds, source = self._forecast(c, self.base_epochs)
+            predicted_base[c.site_id], sources[c.site_id] = seconds, source
+            background = _clip(c.readings.get("background_load_percent", 0.0) / 100.0, 0.0, 0.99)
+            # the forecast ran on the capacity left by the site's own load; per full device:
+            per_epoch = seconds / self.base_epochs * (1.0 - background)
+            forecasts.append(
+                SiteForecast(
+                    c.site_id,
+                    result.total.get(c.site_id, 0.0),
+                    max(per_epoch, 1e-9),
+                    0.0,
+                    background,
+                )
+            )
+        alloc_spec = self.spec.allocator
+        deadline = alloc_spec.deadline_s
+        if deadline is None and predicted_base:
+            deadline = deadline_from_predictions(
+                list(predicted_base.values()), alloc_spec.deadline_quantile
+            )
+        config = AllocatorConfig(
+            deadline_s=deadline or 1.0,
+            base_steps=self.base_epochs,
+            headroom=alloc_spec.headroom,
+            min_steps=alloc_spec.min_epochs if self.unequal_work else self.base_epochs,
+            max_steps=(alloc_spec.max_epochs or self.base_epochs)
+            if self.unequal_work
+            else self.base_epochs,
+            max_sites=max(self.target_sites, 1),
+            min_sites=min(self.spec.min_sites, len(forecasts)) or 1,
+        )
+        allocation = allocate(forecasts, config) if forecasts else None
+        by_id = {c.site_id: c for c in candidates}
+        chosen: list[Candidate] = []
+        epochs: dict[str, int] = {}
+        predicted: dict[str, float] = {}
+        if allocation is not None:
+            for a in allocation.chosen:
+                chosen.append(by_id[a.site_id])
+                epochs[a.site_id] = a.steps
+                predicted[a.site_id] = a.predicted_s
+            for site, reasons in allocation.excluded.items():
+                rejected.setdefault(site, []).extend(f"allocator: {r}" for r in reasons)
+        chosen.sort(key=lambda c: c.site_id)
+        devices = {c.site_id: self.devices[c.site_id] for c in chosen if c.site_id in self.devices}
+        details: dict[str, Any] = {
+            "job_size": self.target_sites,
+            "forecast": {
+                "forecaster": self.forecaster.name,
+                "source": sources,
+                "seconds_at_base_epochs": {k: round(v, 3) for k, v in predicted_base.items()},
+            },
+            "plugin_weights": result.weights,
+            "plugins": result.details,
+        }
+        if allocation is not None and allocation.warnings:
+            details["allocator_warnings"] = list(allocation.warnings)
+        if scaling:
+            details["scaling"] = scaling
+        self._last = {
+            "chosen": [c.site_id for c in chosen],
+            "deadline": deadline,
+            "passed": len(result.passed),
+        }
+        return Selection(
+            chosen=chosen,
+            rejected=rejected,
+            scores={k: float(v) for k, v in result.total.items()},
+            epochs=epochs,
+            devices=devices,
+            predicted_s=predicted,
+            deadline_s=deadline,
+            details=details,
+        )
+
+    # ------------------------------------------------------------------ scale / migrate
+
+    def observation(self, passed: Sequence[Candidate]) -> ClusterObservation:
+        """The cluster state the scale/migrate policy sees, from telemetry and the last round."""
+        chosen = [c for c in passed if c.site_id in set(self._last.get("chosen", []))]
+        active = chosen or list(passed)
+        results: Mapping[str, SiteResult] = self._last.get("results", {})
+        utils = [c.readings.get("device_utilization_percent", 0.0) for c in active]
+        limit = self.spec.thresholds.get("max_temperature_c", 85.0)
+        temps = [c.readings.get("device_temperature_c", 0.0) / limit for c in active]
+        done = [r.seconds for r in results.values() if r.seconds is not None]
+        deadline = self._last.get("deadline")
+        straggler = 0.0
+        if len(done) >= 2:
+            straggler = _clip(max(done) / max(statistics.median(done), 1e-9) - 1.0, 0.0, 4.0) / 4.0
+        devices = [max(c.readings.get("num_devices", 1.0), 1.0) for c in active]
+        return ClusterObservation(
+            active_fraction=_clip(len(chosen) / max(len(passed), 1)),
+            mean_utilization=_clip(sum(utils) / max(len(utils), 1) / 100.0),
+            max_temperature=_clip(max(temps, default=0.0), 0.0, 2.0),
+            straggler_ratio=straggler,
+            dropout_rate=_clip(sum(1 for r in results.values() if r.failed) / max(len(results), 1)),
+            queue=0.0,  # work does not queue at a site in this setting
+            deadline_miss=_clip(max(done) / deadline - 1.0) if done and deadline else 0.0,
+            spare_devices=_clip(sum(d - 1.0 for d in devices) / max(sum(devices), 1.0)),
+        )
+
+    def _scale(self, round_: int, passed: Sequence[Candidate]) -> dict[str, Any] | None:
+        period = self.spec.scaling.period
+        if self.policy is None or round_ <= 1 or (round_ - 1) % period:
+            return None
+        obs = self.observation(passed)
+        action = ACTIONS[self.policy.act(obs.to_vector())]
+        why = self.policy.explain(obs.to_vector())
+        out: dict[str, Any] = {"action": action, "why": why, "policy": self.policy.name}
+        if action == "scale-up":
+            self.target_sites = min(self.target_sites + 1, max(len(passed), 1))
+        elif action == "scale-down":
+            self.target_sites = max(self.target_sites - 1, self.spec.min_sites)
+        elif action == "migrate":
+            moved = self._migrate(passed)
+            out["moved"] = moved or "no site with a spare device"
+        out["job_size"] = self.target_sites
+        log.info("round %d: %s (%s): %s", round_, action, self.policy.name, why)
+        return out
+
+    def _migrate(self, passed: Sequence[Candidate]) -> dict[str, int] | None:
+        """Move the slowest last-round site with more than one device to its next device."""
+        results: Mapping[str, SiteResult] = self._last.get("results", {})
+        pools = {c.site_id: int(c.readings.get("num_devices", 1.0)) for c in passed}
+        timed = sorted(
+            (
+                (r.seconds, s)
+                for s, r in results.items()
+                if r.seconds is not None and pools.get(s, 1) > 1
+            ),
+            reverse=True,
+        )
+        if not timed:
+            return None
+        site = timed[0][1]
+        current = self.devices.get(site, 0)
+        self.devices[site] = (current + 1) % pools[site]
+        return {site: self.devices[site]}
+
+    # ------------------------------------------------------------------ learn
+
+    def observe(self, round_: int, results: Mapping[str, SiteResult]) -> None:
+        for site, r in results.items():
+            try:
+                self.history.record_work(
+                    site,
+                    round_,
+                    {
+                        "steps": float(r.epochs),
+                        "examples": float(r.epochs * max(r.num_examples, 1)),
+                    },
+                )
+                if r.seconds is not None and r.seconds > 0 and r.failed is None:
+                    self.history.record_duration(site, round_, r.seconds)
+            except ValueError as exc:
+                log.warning("round %d: result of %s not kept: %s", round_, site, exc)
+        self._last["results"] = dict(results)
+        every = self.spec.predictor.refit_every
+        if every and round_ % every == 0:
+            self.forecaster.fit(self.history.histories())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history.to_dict(),
+            "target_sites": self.target_sites,
+            "devices": dict(self.devices),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "history" in state:
+            self.history = TelemetryHistory.from_dict(state["history"])
+        self.target_sites = int(state.get("target_sites", self.target_sites))
+        self.devices = {str(k): int(v) for k, v in dict(state.get("devices", {})).items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"FedcoreSelector(job_size={self.target_sites}, forecaster={self.forecaster.name}, "
+            f"policy={self.policy.name if self.policy else None})"
+        )

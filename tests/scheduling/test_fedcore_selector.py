@@ -1,0 +1,157 @@
+"""fedcore's scheduler on hand-made telemetry, and inside a real `fedcore run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedcore.config import SchedulerSpec
+from scheduling.base import Candidate, SiteResult
+from scheduling.fedcore_selector import FedcoreSelector
+from scheduling.policy import build_policy
+from scheduling.predictor import EwmaForecaster
+
+
+def cand(
+    site: str, util: float, temp: float = 60.0, devices: float = 1.0, n: int = 1000
+) -> Candidate:
+    return Candidate(
+        site,
+        hash(site) % 1000,
+        n,
+        {
+            "device_utilization_percent": util,
+            "background_load_percent": util,
+            "device_temperature_c": temp,
+            "device_memory_used_mib": 1000.0,
+            "device_memory_total_mib": 40000.0,
+            "relative_throughput": 1.0,
+            "num_devices": devices,
+        },
+    )
+
+
+def spec(**kw: object) -> SchedulerSpec:
+    base = {
+        "policy": "fedcore",
+        "fraction": 1.0,
+        "min_sites": 1,
+        "allocator": {"deadline_s": 10.0, "headroom": 0.2},
+    }
+    return SchedulerSpec.model_validate(base | kw)
+
+
+def test_hot_sites_are_filtered_and_slow_sites_get_less_work() -> None:
+    sel = FedcoreSelector(spec(), base_epochs=8, num_sites=3, forecaster=EwmaForecaster())
+    sites = [cand("a", 10.0), cand("b", 10.0), cand("c", 10.0, temp=95.0)]
+    first = sel.select(1, sites)
+    assert [c.site_id for c in first.chosen] == ["a", "b"]
+    assert any("95.0" in r for r in first.rejected["c"])  # the reason quotes the reading
+    # round 1 measured: a took 4 s for 8 epochs, b 16 s (4x slower per epoch)
+    sel.observe(
+        1,
+        {
+            "a": SiteResult("a", 4.0, 0.5, 8, 1000),
+            "b": SiteResult("b", 16.0, 0.5, 8, 1000),
+        },
+    )
+    second = sel.select(2, sites[:2])
+    # EWMA: a 0.5 s/epoch, b 2 s/epoch at background 10 %; per full device x 0.9, and the
+    # site may use 1 - 0.2 - 0.1 = 0.7 of it: a 0.643 s/epoch, b 2.571 s/epoch; within 10 s:
+    # a floor(10 / 0.643) = 15 -> capped at 8 epochs; b floor(10 / 2.571) = 3 epochs
+    assert second.epochs == {"a": 8, "b": 3}
+    assert second.predicted_s["b"] == pytest.approx(3 * 2.0 * 0.9 / 0.7)
+    assert second.deadline_s == 10.0
+    assert second.details["forecast"]["source"] == {"a": "ewma", "b": "ewma"}  # type: ignore[index]
+
+
+def test_equal_work_when_the_aggregation_cannot_reweight() -> None:
+    sel = FedcoreSelector(spec(), base_epochs=8, num_sites=2, unequal_work=False)
+    sites = [cand("a", 10.0), cand("b", 10.0)]
+    sel.select(1, sites)
+    sel.observe(
+        1, {"a": SiteResult("a", 4.0, 0.5, 8, 1000), "b": SiteResult("b", 9.0, 0.5, 8, 1000)}
+    )
+    assert set(sel.select(2, sites).epochs.values()) == {8}
+
+
+def test_the_scaling_policy_migrates_a_straggler_within_its_pool() -> None:
+    s = spec(fraction=0.75, scaling={"policy": "rules", "period": 1})
+    sel = FedcoreSelector(s, base_epochs=4, num_sites=4, policy=build_policy("rules"))
+    sites = [cand(x, 5.0, devices=2.0) for x in "abcd"]
+    assert len(sel.select(1, sites).chosen) == 3
+    chosen = sel.select(1, sites).chosen
+    sel.observe(
+        1,
+        {
+            c.site_id: SiteResult(c.site_id, 10.0 if i == 2 else 1.0, 0.5, 4, 1000)
+            for i, c in enumerate(chosen)
+        },
+    )
+    nxt = sel.select(2, sites)
+    scaling = nxt.details["scaling"]
+    assert isinstance(scaling, dict) and scaling["action"] == "migrate"
+    slow = chosen[2].site_id  # 10 s against a median of 1 s: it moves to device 1 of its pool
+    assert scaling["moved"] == {slow: 1}
+    state = json.loads(json.dumps(sel.state_dict()))
+    again = FedcoreSelector(s, base_epochs=4, num_sites=4)
+    again.load_state_dict(state)
+    assert again.devices == {slow: 1} and len(again.history.for_site(slow)) >= 1
+
+
+SCENARIO = textwrap.dedent(
+    """
+    name: tiny-fedcore
+    seed: 5
+    rounds: 3
+    sites:
+      - {id: bank-a, data: {kind: generated, transactions: 700, fraud_rate: 0.03}}
+      - {id: bank-b, data: {kind: generated, transactions: 400, fraud_rate: 0.03}}
+      - {id: bank-c, data: {kind: generated, transactions: 500, fraud_rate: 0.03}}
+    task: {hidden: 8}
+    training: {local_epochs: 3}
+    export: {enabled: false}
+    scheduler:
+      policy: fedcore
+      min_sites: 2
+      predictor: {kind: ewma}
+      scaling: {policy: rules, period: 1}
+      allocator: {deadline_s: 30}
+    """
+)
+
+
+def test_fedcore_run_keeps_every_decision_in_the_summary(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli.main", "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    schedule = summary["schedule"]
+    assert [s["round"] for s in schedule] == [1, 2, 3]
+    for entry, rnd in zip(schedule, summary["rounds"], strict=True):
+        assert set(entry["chosen"]) >= set(rnd["sites"]) and entry["deadline_s"] == 30
+        assert set(entry["epochs"]) == set(entry["chosen"])
+        assert all(1 <= e <= 3 for e in entry["epochs"].values())
+        assert set(entry["measured_s"]) == set(rnd["sites"])
+        assert all(v > 0 for v in entry["measured_s"].values())
+        assert set(entry["predicted_s"]) == set(entry["chosen"])
+        assert set(entry["scores"]) >= set(entry["chosen"])
+    assert schedule[0]["details"]["forecast"]["source"] == {
+        s: "prior" for s in schedule[0]["chosen"]
+    } or all(
+        v in ("prior", "default") for v in schedule[0]["details"]["forecast"]["source"].values()
+    )
+    assert set(schedule[2]["details"]["forecast"]["source"].values()) == {"ewma"}
+    assert "scaling" in schedule[1]["details"]

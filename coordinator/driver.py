@@ -652,6 +652,10 @@ class RoundDriver:
         }
         if epsilon is not None:
             record["epsilon"] = round(epsilon, 4)
+        record["schedule"] = schedule_digest(self.selector.name, selection, results, len(candidates))
+        clock = getattr(self.grid, "clock_s", None)
+        if clock is not None:  # a simulated consortium: its virtual time after this round
+            record["virtual_time_s"] = round(float(clock), 3)
         self.history.append(record)
         self.schedule.append(
             {
@@ -682,6 +686,30 @@ class RoundDriver:
         )
         if self.observer is not None:
             self.observer(record)
+
+
+def schedule_digest(
+    policy: str, selection: Selection, results: Mapping[str, SiteResult], candidates: int
+) -> dict[str, Any]:
+    """A round's scheduling decision in a few numbers, for the progress display and ``rounds.jsonl``."""
+    measured = [r.seconds for r in results.values() if r.seconds is not None]
+    out: dict[str, Any] = {
+        "policy": policy,
+        "chosen": len(selection.chosen),
+        "candidates": candidates,
+    }
+    if selection.epochs:
+        out["epochs"] = [min(selection.epochs.values()), max(selection.epochs.values())]
+    if selection.deadline_s is not None:
+        out["deadline_s"] = round(selection.deadline_s, 3)
+    if selection.predicted_s:
+        out["predicted_max_s"] = round(max(selection.predicted_s.values()), 3)
+    if measured:
+        out["measured_max_s"] = round(max(measured), 3)
+    scaling = selection.details.get("scaling")
+    if isinstance(scaling, dict):
+        out["scaling"] = scaling.get("action")
+    return out
 
 
 def _fmt(problems: Mapping[str, list[str]]) -> str:

@@ -33,6 +33,28 @@ def _count(x: Any) -> str:
     return "—" if x is None else str(int(x))
 
 
+def _schedule_line(rec: dict[str, Any]) -> str:
+    """The round's scheduling decision, as a second line (policies other than random)."""
+    sched = rec.get("schedule")
+    if not isinstance(sched, dict) or sched.get("policy") == "random":
+        return ""
+    parts = [f"{sched.get('policy')}: {sched.get('chosen')}/{sched.get('candidates')} sites"]
+    if "epochs" in sched:
+        lo, hi = sched["epochs"]
+        parts.append(f"epochs {lo}" if lo == hi else f"epochs {lo}-{hi}")
+    if "deadline_s" in sched:
+        parts.append(f"deadline {sched['deadline_s']:.1f}s")
+    if "predicted_max_s" in sched:
+        parts.append(f"predicted ≤{sched['predicted_max_s']:.1f}s")
+    if "measured_max_s" in sched:
+        parts.append(f"measured ≤{sched['measured_max_s']:.1f}s")
+    if sched.get("scaling"):
+        parts.append(f"scale: {sched['scaling']}")
+    if rec.get("virtual_time_s") is not None:
+        parts.append(f"virtual clock {rec['virtual_time_s'] / 3600:.2f} h")
+    return "\n          [cyan]" + ", ".join(parts) + "[/]"
+
+
 def _left_out(rejected: dict[str, list[str]]) -> str:
     return "; ".join(f"{site} ({', '.join(reasons)[:120]})" for site, reasons in rejected.items())
 
@@ -183,6 +205,7 @@ def run(
             f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
             f"↑{_bytes(rec.get('bytes_up'))} ↓{_bytes(rec.get('bytes_down'))}"
             + (f"  ε {rec['epsilon']:.3f}" if rec.get("epsilon") is not None else "")
+            + _schedule_line(rec)
             + (
                 f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]"
                 if rec.get("rejected")

@@ -188,7 +188,11 @@ def _train_model(
         epochs=cfg.epochs if cfg.epochs > 0 else None,  # the scheduler's share of work
         device=device,
     )
-    return site, model_to_arrays(model), stats, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    simulated = context.node_config.get(R.SIM_SECONDS)
+    if simulated is not None:  # a simulated site reports its simulated device's time
+        seconds = float(simulated)
+    return site, model_to_arrays(model), stats, seconds
 
 
 def _dp_clipped(
@@ -426,6 +430,12 @@ def make_client_app() -> ClientApp:
         reading = dev.reading()
         if reading is not None:  # the training device's own readings, units in the names
             readings.update({f"device_{k}": float(v) for k, v in reading.metrics().items()})
+        simulated = context.node_config.get(R.SIM_TELEMETRY)
+        if simulated:  # a simulated site: its simulated device's readings replace the real ones
+            readings = {
+                k: v for k, v in readings.items() if not k.startswith(("device_", "cpu_", "mem_"))
+            }
+            readings.update({str(k): float(v) for k, v in json.loads(str(simulated)).items()})
         tel = R.Telemetry(
             site_id=cfg.id,
             num_train_examples=n_train,

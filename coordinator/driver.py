@@ -240,6 +240,7 @@ class RoundDriver:
             device=sel.devices.get(site, -1) if sel is not None and site else -1,
             epochs=sel.epochs.get(site, 0) if sel is not None and site else 0,
             deadline_s=(sel.deadline_s or 0.0) if sel is not None else 0.0,
+            headroom=sel.headroom if sel is not None else 0.0,
         )
 
     def epochs_of(self, site: str) -> int:
@@ -652,7 +653,9 @@ class RoundDriver:
         }
         if epsilon is not None:
             record["epsilon"] = round(epsilon, 4)
-        record["schedule"] = schedule_digest(self.selector.name, selection, results, len(candidates))
+        record["schedule"] = schedule_digest(
+            self.selector.name, selection, results, len(candidates)
+        )
         clock = getattr(self.grid, "clock_s", None)
         if clock is not None:  # a simulated consortium: its virtual time after this round
             record["virtual_time_s"] = round(float(clock), 3)

@@ -45,6 +45,7 @@ ROUND_FIELDS = [
     "bytes_up",
     "bytes_down",
     "epsilon",
+    "virtual_time_s",
 ]
 
 

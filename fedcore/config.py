@@ -254,6 +254,13 @@ class AllocatorSpec(_Model):
         "sites' predicted times at training.local_epochs",
     )
     deadline_quantile: float = Field(0.5, gt=0.0, le=1.0)
+    margin: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="work is sized to finish by (1 - margin) x deadline; the rest absorbs "
+        "forecast error",
+    )
     headroom: float = Field(
         0.2, ge=0.0, lt=1.0, description="share of each site's capacity kept free for its own work"
     )
@@ -315,6 +322,29 @@ class SchedulerSpec(_Model):
     scaling: ScalingSpec = ScalingSpec()
 
 
+class SimulatorSpec(_Model):
+    """Run the consortium on simulated device pools and a virtual clock (in-process engine only).
+
+    Models really train; how long each site takes, whether it waits for its device or
+    drops out, and what telemetry it reports come from the trace-driven simulator.
+    """
+
+    seed: int = Field(0, description="seed of the simulated loads, heat, noise and failures")
+    start_hour: float = Field(9.0, ge=0.0, lt=24.0, description="UTC hour at virtual time 0")
+    examples_per_second: float = Field(
+        2000.0, gt=0.0, description="training examples per second on an idle, cool A100"
+    )
+    round_overhead_s: float = Field(
+        5.0, ge=0.0, description="virtual seconds of each round's telemetry and evaluation"
+    )
+    pools: dict[str, list[Literal["h100", "a100", "t4", "mi250", "mi300x", "max1550", "cpu"]]] = (
+        Field(
+            default_factory=dict,
+            description="device pool per site id; unlisted sites get a seeded heterogeneous pool",
+        )
+    )
+
+
 class EngineSpec(_Model):
     """Where the federation runs."""
 
@@ -358,6 +388,9 @@ class Scenario(_Model):
     scheduler: SchedulerSpec = SchedulerSpec()
     engine: EngineSpec = EngineSpec()
     export: ExportSpec = ExportSpec()
+    simulator: SimulatorSpec | None = Field(
+        None, description="simulate the sites' devices and clock (in-process engine)"
+    )
     baselines: BaselineSpec = BaselineSpec()
 
     @field_validator("sites")
@@ -383,6 +416,18 @@ class Scenario(_Model):
                         f"site {site.id!r}: data.columns.features lacks task feature(s) "
                         f"{', '.join(missing)}"
                     )
+        if self.simulator is not None:
+            unknown = sorted(set(self.simulator.pools) - {s.id for s in self.sites})
+            if unknown:
+                raise ValueError(
+                    f"simulator.pools names site(s) {', '.join(unknown)} that the scenario "
+                    "does not list"
+                )
+            if self.engine.name != "inprocess":
+                raise ValueError(
+                    "simulator needs engine.name inprocess (it simulates the sites' devices "
+                    "and clock in one process); remove the simulator section to deploy"
+                )
         return self
 
     def site(self, site_id: str) -> SiteSpec:

@@ -38,6 +38,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 # message types
+SIM_TELEMETRY = "sim-telemetry"
+"""Node-config key of a simulated site: the device readings it reports (JSON), set by the simulator."""
+SIM_SECONDS = "sim-seconds"
+"""Node-config key of a simulated site: the virtual seconds its training took, set by the simulator."""
+
 TELEMETRY = "query.telemetry"
 TRAIN = "train"
 EVALUATE = "evaluate"
@@ -97,6 +102,8 @@ class RoundConfig:
     """Local epochs the scheduler gave this site this round (0: ``training.local_epochs``)."""
     deadline_s: float = 0.0
     """The round deadline the scheduler sized the work for, seconds (0: none)."""
+    headroom: float = 0.0
+    """Share of the device the site should leave free for its own work beyond its current load."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -113,6 +120,7 @@ class RoundConfig:
                 "device": int(self.device),
                 "epochs": int(self.epochs),
                 "deadline_s": float(self.deadline_s),
+                "headroom": float(self.headroom),
             }
         )
 
@@ -131,6 +139,7 @@ class RoundConfig:
             device=int(rec.get("device", -1)),  # type: ignore[arg-type]
             epochs=int(rec.get("epochs", 0)),  # type: ignore[arg-type]
             deadline_s=float(rec.get("deadline_s", 0.0)),  # type: ignore[arg-type]
+            headroom=float(rec.get("headroom", 0.0)),  # type: ignore[arg-type]
         )
 
     @property

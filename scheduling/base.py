@@ -39,6 +39,7 @@ class Selection:
             site's own choice.
         predicted_s: Predicted round seconds per chosen site.
         deadline_s: The round deadline the work was sized for, if any.
+        headroom: Share of each chosen site's device to leave free for its own work.
         details: Anything else worth keeping in ``summary.json`` (plugin weights,
             scale/migrate decisions).
     """
@@ -50,6 +51,7 @@ class Selection:
     devices: dict[str, int] = field(default_factory=dict)
     predicted_s: dict[str, float] = field(default_factory=dict)
     deadline_s: float | None = None
+    headroom: float = 0.0
     details: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -67,6 +69,8 @@ class Selection:
             out["predicted_s"] = {k: round(v, 3) for k, v in self.predicted_s.items()}
         if self.deadline_s is not None:
             out["deadline_s"] = round(self.deadline_s, 3)
+        if self.headroom:
+            out["headroom"] = self.headroom
         if self.details:
             out["details"] = dict(self.details)
         return out

@@ -13,6 +13,7 @@ from scheduling.allocator import (
     SiteForecast,
     allocate,
     deadline_from_predictions,
+    usable_share,
 )
 from scheduling.base import Candidate, Selection, Selector, SiteResult
 from scheduling.framework import Pipeline, SchedulingContext
@@ -40,8 +41,10 @@ class FedcoreSelector(Selector):
     the score plugins rank the rest (entropy-weighted load by default); the forecaster
     predicts each site's seconds at the scenario's local epochs from its telemetry
     history; the allocator takes the best-ranked sites up to the job size and gives
-    each as many epochs as fit the deadline while leaving ``allocator.headroom`` of its
-    capacity free; every ``scaling.period`` rounds the scale/migrate policy may grow or
+    each as many epochs as fit the deadline. Sites keep ``allocator.headroom`` of their
+    device free beyond their own load (the instruction carries it, so the measured
+    durations the forecasts learn from include it); a site whose load leaves nothing
+    after the headroom is left out. Every ``scaling.period`` rounds the scale/migrate policy may grow or
     shrink the job or move the slowest site to another device of its pool.
 
     Unequal epochs keep the aggregate unbiased only with FedNova-style weights
@@ -110,31 +113,42 @@ class FedcoreSelector(Selector):
         forecasts: list[SiteForecast] = []
         predicted_base: dict[str, float] = {}
         sources: dict[str, str] = {}
+        headroom = self.spec.allocator.headroom
+        eligible: list[Candidate] = []
         for c in result.passed:
+            background = _clip(c.readings.get("background_load_percent", 0.0) / 100.0)
+            if usable_share(background, headroom) <= 0.0:
+                rejected.setdefault(c.site_id, []).append(
+                    f"allocator: background load {100 * background:.0f}% plus headroom "
+                    f"{100 * headroom:.0f}% leaves no capacity for this job"
+                )
+                continue
+            eligible.append(c)
             seconds, source = self._forecast(c, self.base_epochs)
             predicted_base[c.site_id], sources[c.site_id] = seconds, source
-            background = _clip(c.readings.get("background_load_percent", 0.0) / 100.0, 0.0, 0.99)
-            # the forecast ran on the capacity left by the site's own load; per full device:
-            per_epoch = seconds / self.base_epochs * (1.0 - background)
+            # the measured rounds ran with the headroom kept free at the site (RoundConfig),
+            # so the forecast already prices it in: the allocator adds no share of its own
             forecasts.append(
                 SiteForecast(
                     c.site_id,
                     result.total.get(c.site_id, 0.0),
-                    max(per_epoch, 1e-9),
-                    0.0,
-                    background,
+                    max(seconds / self.base_epochs, 1e-9),
                 )
             )
         alloc_spec = self.spec.allocator
         deadline = alloc_spec.deadline_s
+        if forecasts and all(src == "default" for src in sources.values()):
+            # nothing measured anywhere yet: rank only, everyone runs the scenario's epochs
+            # with no deadline, and the first round's measurements seed the forecasts
+            return self._first_round(round_, result, eligible, rejected, sources, scaling)
         if deadline is None and predicted_base:
             deadline = deadline_from_predictions(
                 list(predicted_base.values()), alloc_spec.deadline_quantile
             )
         config = AllocatorConfig(
-            deadline_s=deadline or 1.0,
+            deadline_s=(deadline or 1.0) * (1.0 - alloc_spec.margin),
             base_steps=self.base_epochs,
-            headroom=alloc_spec.headroom,
+            headroom=0.0,  # enforced at the sites, priced into the forecasts
             min_steps=alloc_spec.min_epochs if self.unequal_work else self.base_epochs,
             max_steps=(alloc_spec.max_epochs or self.base_epochs)
             if self.unequal_work
@@ -183,6 +197,43 @@ class FedcoreSelector(Selector):
             devices=devices,
             predicted_s=predicted,
             deadline_s=deadline,
+            headroom=alloc_spec.headroom,
+            details=details,
+        )
+
+    def _first_round(
+        self,
+        round_: int,
+        result: Any,
+        eligible: Sequence[Candidate],
+        rejected: dict[str, list[str]],
+        sources: dict[str, str],
+        scaling: dict[str, Any] | None,
+    ) -> Selection:
+        k = max(min(self.target_sites, len(eligible)), 0)
+        chosen = sorted(eligible[:k], key=lambda c: c.site_id)
+        for rank, c in enumerate(eligible[k:], start=k + 1):
+            rejected.setdefault(c.site_id, []).append(
+                f"ranked {rank} by score {result.total.get(c.site_id, 0.0):.1f}; job size {k}"
+            )
+        deadline = self.spec.allocator.deadline_s  # a fixed deadline holds from the start
+        self._last = {"chosen": [c.site_id for c in chosen], "deadline": deadline}
+        details: dict[str, Any] = {
+            "job_size": self.target_sites,
+            "forecast": {"forecaster": self.forecaster.name, "source": sources},
+            "note": "no measured round yet: chosen by score, each runs the scenario's epochs",
+            "plugin_weights": result.weights,
+        }
+        if scaling:
+            details["scaling"] = scaling
+        log.info("round %d: no durations measured yet; choosing by score only", round_)
+        return Selection(
+            chosen=chosen,
+            rejected=rejected,
+            scores={k_: float(v) for k_, v in result.total.items()},
+            epochs={c.site_id: self.base_epochs for c in chosen},
+            deadline_s=deadline,
+            headroom=self.spec.allocator.headroom,
             details=details,
         )
 
@@ -269,9 +320,13 @@ class FedcoreSelector(Selector):
             except ValueError as exc:
                 log.warning("round %d: result of %s not kept: %s", round_, site, exc)
         self._last["results"] = dict(results)
+        histories = self.history.histories()
+        fallback = getattr(self.forecaster, "fallback", None)
+        if isinstance(fallback, Forecaster):
+            fallback.fit(histories)  # the EWMA fallback's fleet prior: cheap, every round
         every = self.spec.predictor.refit_every
-        if every and round_ % every == 0:
-            self.forecaster.fit(self.history.histories())
+        if self.forecaster.name != "lstm" or (every and round_ % every == 0):
+            self.forecaster.fit(histories)
 
     def state_dict(self) -> dict[str, Any]:
         return {

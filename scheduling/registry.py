@@ -94,4 +94,7 @@ def build_selector(scenario: Scenario) -> Selector:
         raise ValueError(
             f"unknown scheduler policy {policy!r}; valid: {', '.join(sorted(_REGISTRY))}"
         ) from None
-    return factory(scenario)
+    try:
+        return factory(scenario)
+    except (TypeError, AttributeError, KeyError) as exc:  # a plugin's parameters do not fit
+        raise ValueError(f"scheduler.{policy}: {type(exc).__name__}: {exc}") from None

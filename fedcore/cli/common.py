@@ -14,12 +14,17 @@ def load_checked_scenario(path: Path) -> Scenario:
     Raises:
         ConfigError: naming the file and what is wrong.
     """
+    from scheduling.registry import build_selector
     from secure.codecs import privacy_problems
 
     scenario = load_scenario(path)
     problems = privacy_problems(scenario.privacy, len(scenario.sites))
     if problems:
         raise ConfigError(path, "; ".join(problems))
+    try:  # plugin names and parameters, trained model files
+        build_selector(scenario)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(path, f"scheduler: {exc}") from None
     return scenario
 
 

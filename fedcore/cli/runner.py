@@ -107,10 +107,16 @@ def run_federation(
         from coordinator.driver import FederationError
         from fedcore.engines.inprocess import run_inprocess
 
+        make_grid = None
+        if plan.scenario.simulator is not None:
+            from scheduling.sim.grid import simulated_grid_factory
+
+            make_grid = simulated_grid_factory(plan.scenario)
         try:
             run_inprocess(
                 make_server_app(observer=on_round),
                 make_client_app(),
+                make_grid=make_grid,
                 run_config=run_config,
                 node_configs={
                     sid: {
@@ -124,6 +130,11 @@ def run_federation(
             raise RunFailed(str(exc)) from None
         result_path = plan.out / "federation.json"
         return dict(json.loads(result_path.read_text()))
+    if plan.engine == "deployment" and plan.scenario.simulator is not None:
+        raise RunFailed(
+            "the scenario simulates its sites (simulator section): run it on the inprocess "
+            "engine, or remove the simulator section to deploy"
+        )
     if plan.engine == "deployment":
         from fedcore.engines.deployment import DeploymentError, DeploymentSecurity, run_deployment
 
@@ -214,8 +225,17 @@ def evaluate_outcome(
     load_arrays(model, load_file(str(final_model_path(plan, site_paths))))
     final = dict(evaluate_per_site(model, graphs, s.task))
     final["unavailable"] = problems
-    if on_stage:
-        on_stage("training baselines (local-only, centralized, non-graph)")
+    wanted = [
+        name
+        for name, on in (
+            ("local-only", s.baselines.local_only),
+            ("centralized", s.baselines.centralized),
+            ("non-graph", s.baselines.non_graph),
+        )
+        if on
+    ]
+    if on_stage and wanted:
+        on_stage(f"training baselines ({', '.join(wanted)})")
     baselines = run_baselines(graphs, s, epochs=plan.rounds * s.training.local_epochs)
     return final, baselines
 
@@ -243,7 +263,9 @@ def build_summary(
         },
         "sites": [s.id for s in plan.scenario.sites],
         "rounds": [
-            {k: r.get(k) for k in (*ROUND_FIELDS, "rejected")} for r in result.get("rounds", [])
+            {k: r.get(k) for k in (*ROUND_FIELDS, "rejected")}
+            | ({"schedule": r["schedule"]} if "schedule" in r else {})
+            for r in result.get("rounds", [])
         ],
         "final": {
             **{

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -166,6 +166,7 @@ def run_inprocess(
     run_config: Mapping[str, Any],
     node_configs: Mapping[str, Mapping[str, Any]],
     run_id: int = 1,
+    make_grid: Callable[..., InProcessGrid] | None = None,
 ) -> None:
     """Run a ServerApp against in-process sites until its main returns.
 
@@ -175,11 +176,15 @@ def run_inprocess(
         run_config: The run config (the ServerApp and sites both see it).
         node_configs: Per site id, its node config.
         run_id: Run id stamped on messages.
+        make_grid: Builds the grid from the keyword arguments of :class:`InProcessGrid`
+            (default: :class:`InProcessGrid` itself), e.g. a simulated consortium's grid.
     """
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
-    grid = InProcessGrid(client_app, node_configs, run_id=run_id, run_config=run_config)
+    grid = (make_grid or InProcessGrid)(
+        client_app=client_app, node_configs=node_configs, run_id=run_id, run_config=run_config
+    )
     ctx = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,

@@ -40,9 +40,17 @@ def free_memory_mib(readings: Mapping[str, float], on_device: bool) -> tuple[flo
 
 
 def _per_kind(
-    arg: str, given: Mapping[str, float] | None, base: Mapping[str, float]
+    arg: str, given: Mapping[str, float] | float | None, base: Mapping[str, float]
 ) -> dict[str, float]:
+    """Per-kind values: a mapping overrides the kinds it names; a single number, every kind."""
     merged = dict(base)
+    if isinstance(given, (int, float)) and not isinstance(given, bool):
+        given = {kind: float(given) for kind in TASK_KINDS}
+    if given is not None and not isinstance(given, Mapping):
+        raise ValueError(
+            f"task-fit: {arg} must be a number of MiB or a mapping task kind -> MiB; "
+            f"found {given!r}"
+        )
     for kind, value in (given or {}).items():
         if kind not in TASK_KINDS:
             raise ValueError(
@@ -64,7 +72,7 @@ class TaskFitFilter(FilterPlugin):
     device, or on the host when the site works on its CPU. Absent readings are not a rejection.
 
     Args:
-        min_free_memory_mib: Free MiB per task kind, merged over
+        min_free_memory_mib: Free MiB per task kind (or one number for every kind), merged over
             :data:`DEFAULT_MIN_FREE_MEMORY_MIB` (training 4096, fine-tuning 2048, inference 512).
         allow_cpu: Let CPU-only sites train and fine-tune (default ``False``).
         min_relative_throughput: Least ``relative_throughput`` (A100 = 1.0) per task kind
@@ -75,7 +83,7 @@ class TaskFitFilter(FilterPlugin):
 
     def __init__(
         self,
-        min_free_memory_mib: Mapping[str, float] | None = None,
+        min_free_memory_mib: Mapping[str, float] | float | None = None,
         allow_cpu: bool = False,
         min_relative_throughput: Mapping[str, float] | None = None,
     ) -> None:

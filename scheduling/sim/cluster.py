@@ -36,17 +36,19 @@ def training_rate(
     background_percent: float,
     throttle: float = 1.0,
     min_share: float = 0.05,
+    headroom: float = 0.0,
 ) -> float:
     """Examples per second a device trains on, given its background load and throttle factor.
 
-    ``base * throughput * max(min_share, 1 - background / 100) * throttle``: the site's
-    own workloads keep their share of the device, the federation gets the rest (never
-    less than ``min_share``).
+    ``base * throughput * max(min_share, 1 - background / 100 - headroom) * throttle``:
+    the site's own workloads keep their share of the device, plus ``headroom`` kept free
+    when the scheduler asks for it; the federation gets the rest (never less than
+    ``min_share``).
 
     >>> training_rate(2000.0, 1.0, 25.0)  # 2000 * 1 * 0.75 * 1
     1500.0
     """
-    share = max(min_share, 1.0 - background_percent / 100.0)
+    share = max(min_share, 1.0 - background_percent / 100.0 - headroom)
     return base_examples_per_s * relative_throughput * share * throttle
 
 
@@ -116,6 +118,8 @@ class Work:
         upload_bytes: Bytes sent back (the protected update).
         download_bytes: Bytes received first (the global model).
         memory_mib: Device memory the training needs; more than is free fails the work.
+        headroom: Share of the device the work leaves free beyond the background load
+            (the scheduler's headroom), 0 to 1.
     """
 
     steps: int
@@ -124,6 +128,7 @@ class Work:
     upload_bytes: int = 0
     download_bytes: int = 0
     memory_mib: float = 0.0
+    headroom: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.examples_per_step < 1:
@@ -135,6 +140,8 @@ class Work:
                 "Work bytes and memory must be >= 0; found "
                 f"upload {self.upload_bytes}, download {self.download_bytes}, memory {self.memory_mib}"
             )
+        if not 0.0 <= self.headroom < 1.0:
+            raise ValueError(f"Work headroom must be in [0, 1); found {self.headroom}")
 
     @property
     def examples(self) -> int:
@@ -452,7 +459,7 @@ class SimCluster:
                 f"out of device memory on {dev.profile.model} (device {index}): the work needs "
                 f"{work.memory_mib:.0f} MiB, {max(0.0, free):.0f} MiB free",
             )
-        compute_s = self._compute(site, dev, start, temp, work.examples * noise)
+        compute_s = self._compute(site, dev, start, temp, work.examples * noise, work.headroom)
         phases = [down_s, wait_s, compute_s, up_s]
         total = sum(phases)
         if fails:
@@ -592,7 +599,13 @@ class SimCluster:
         return thermal_step(dev.profile, temp, u, dt, site.ambient_offset_c)
 
     def _compute(
-        self, site: SimSite, dev: _Device, start: float, temp: float, examples: float
+        self,
+        site: SimSite,
+        dev: _Device,
+        start: float,
+        temp: float,
+        examples: float,
+        headroom: float = 0.0,
     ) -> float:
         """Seconds to train on ``examples`` from ``start``, as load and temperature change."""
         t, left = start, examples
@@ -600,7 +613,12 @@ class SimCluster:
             bg = dev.load.at(t)
             f = throttle_factor(dev.profile, temp)
             rate = training_rate(
-                self.base_examples_per_s, dev.profile.relative_throughput, bg, f, self.min_share
+                self.base_examples_per_s,
+                dev.profile.relative_throughput,
+                bg,
+                f,
+                self.min_share,
+                headroom,
             )
             dt = min(self.step_s, left / rate)
             left -= rate * dt

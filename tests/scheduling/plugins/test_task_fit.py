@@ -153,3 +153,11 @@ def test_free_memory() -> None:
 def test_bad_arguments(kwargs: dict[str, dict[str, float]], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TaskFitFilter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_one_number_of_mib_applies_to_every_task_kind() -> None:
+    # a scenario's plugin params are scalars: min_free_memory_mib: 1024 for every kind
+    f = TaskFitFilter(min_free_memory_mib=1024)
+    assert set(f.min_free_memory_mib.values()) == {1024.0}
+    with pytest.raises(ValueError, match="a number of MiB or a mapping"):
+        TaskFitFilter(min_free_memory_mib="lots")  # type: ignore[arg-type]

@@ -588,7 +588,12 @@ class RoundDriver:
             "schedule": self.schedule,
             "privacy": self.privacy_summary(),
             "model": None,
-        }
+        } | self._simulation()
+
+    def _simulation(self) -> dict[str, Any]:
+        """A simulated consortium's figures (virtual time, waits, dropouts), if the grid has them."""
+        stats = getattr(self.grid, "stats", None)
+        return {"simulation": stats()} if callable(stats) else {}
 
     def _one_round(self, rnd: int, nodes: Sequence[int]) -> None:
         t0 = time.perf_counter()
@@ -610,13 +615,25 @@ class RoundDriver:
             sites = [s for s, _ in accepted]
         for who, reasons in problems.items():
             rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
+        skipped = False
         if len(sites) < min_sites:
-            raise FederationError(
-                f"round {rnd}: only {len(sites)} valid update(s), need scheduler.min_sites={min_sites}; "
-                f"left out: {_fmt(rejected)}. Rounds 1..{rnd - 1} are saved in {self.store.out}"
+            if self.scenario.scheduler.short_round != "skip" or self.privacy.mode == "secagg+":
+                raise FederationError(
+                    f"round {rnd}: only {len(sites)} valid update(s), need scheduler.min_sites={min_sites}; "
+                    f"left out: {_fmt(rejected)}. Rounds 1..{rnd - 1} are saved in {self.store.out}"
+                )
+            log.warning(
+                "round %d: only %d valid update(s), need %d; keeping the global model "
+                "(scheduler.short_round: skip); left out: %s",
+                rnd,
+                len(sites),
+                min_sites,
+                _fmt(rejected),
             )
+            skipped, sites, accepted = True, [], []
         if self.privacy.mode != "secagg+":
-            self.aggregate(rnd, accepted, weights)
+            if not skipped:
+                self.aggregate(rnd, accepted, weights)
             train_loss = weighted_mean([(r.loss, r.num_examples) for _, r in accepted])
             replies = dict(accepted)
         else:
@@ -634,7 +651,7 @@ class RoundDriver:
         }
         self.selector.observe(rnd, results)
         epsilon = None
-        if self.accountant is not None:
+        if self.accountant is not None and not skipped:
             epsilon = self.accountant.step(len(selection.chosen))
         ev, ev_problems, edown, eup = self.evaluate(rnd, candidates)
         per_site: Any = ev.pop("per_site", {})

@@ -302,6 +302,11 @@ class SchedulerSpec(_Model):
         1.0, gt=0.0, le=1.0, description="share of healthy sites chosen per round"
     )
     min_sites: int = Field(2, ge=1, description="fewest valid replies a round may aggregate")
+    short_round: Literal["fail", "skip"] = Field(
+        "fail",
+        description="a round with fewer than min_sites valid updates: stop the run (fail), or "
+        "keep the global model and go on (skip; plaintext and ckks)",
+    )
     task_kind: Literal["training", "fine-tuning", "inference"] = Field(
         "training", description="what the sites run; sizes the task-fit filter's needs"
     )
@@ -416,6 +421,11 @@ class Scenario(_Model):
                         f"site {site.id!r}: data.columns.features lacks task feature(s) "
                         f"{', '.join(missing)}"
                     )
+        if self.scheduler.short_round == "skip" and self.privacy.mode == "secagg+":
+            raise ValueError(
+                "scheduler.short_round: skip cannot apply to secagg+ (SecAgg+ aggregates "
+                "before the round's update count is known); use fail"
+            )
         if self.simulator is not None:
             unknown = sorted(set(self.simulator.pools) - {s.id for s in self.sites})
             if unknown:

@@ -59,6 +59,8 @@ class FedcoreSelector(Selector):
         unequal_work: Whether sites may run different numbers of epochs.
         forecaster: Round-duration forecaster (default: EWMA).
         policy: Scale/migrate policy (default: none, the job size stays put).
+        max_deadline_s: The longest the coordinator waits for a site (the scenario's
+            ``engine.round_timeout``): no deadline is set beyond it.
     """
 
     name = "fedcore"
@@ -72,6 +74,7 @@ class FedcoreSelector(Selector):
         unequal_work: bool = True,
         forecaster: Forecaster | None = None,
         policy: ScalePolicy | None = None,
+        max_deadline_s: float | None = None,
     ) -> None:
         if base_epochs < 1:
             raise ValueError(f"base_epochs must be >= 1; found {base_epochs}")
@@ -80,6 +83,7 @@ class FedcoreSelector(Selector):
         self.unequal_work = unequal_work
         self.forecaster: Forecaster = forecaster or EwmaForecaster()
         self.policy = policy
+        self.max_deadline_s = max_deadline_s
         self.pipeline = Pipeline(
             [build_filter(f.name, **f.params) for f in spec.filters],
             [(build_score(s.name, **s.params), s.weight) for s in spec.scores],
@@ -145,6 +149,8 @@ class FedcoreSelector(Selector):
             deadline = deadline_from_predictions(
                 list(predicted_base.values()), alloc_spec.deadline_quantile
             )
+        if deadline is not None and self.max_deadline_s is not None:
+            deadline = min(deadline, self.max_deadline_s)
         config = AllocatorConfig(
             deadline_s=(deadline or 1.0) * (1.0 - alloc_spec.margin),
             base_steps=self.base_epochs,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -315,11 +316,20 @@ class OortSelector(Selector):
         :meth:`observe_site`); its ``seconds`` update the duration when > 0. Other results,
         and values out of range, are logged and left out.
         """
+        known = [v.loss for v in self._sites.values() if v.loss is not None]
+        neutral = float(statistics.median(known)) if known else 1.0
         for site, r in sorted(results.items()):
             if r.failed is not None or r.loss is None:
+                # selected but no update (dropout, timeout): explored all the same, as in
+                # Oort, so it is not re-explored every round; its loss stays unknown, so it
+                # gets the median of the others, and its duration comes from its telemetry
                 log.debug(
                     "oort round %d: %s not observed (%s)", round_, site, r.failed or "no loss"
                 )
+                if site not in self._sites:
+                    self._sites[site] = _SiteState(round_, neutral, None, 0)
+                else:
+                    self._sites[site].last_round = round_
                 continue
             seconds = r.seconds if r.seconds is not None and r.seconds > 0 else None
             try:

@@ -54,6 +54,7 @@ def _fedcore(s: Scenario) -> Selector:
         unequal_work=unequal,
         forecaster=forecaster,
         policy=policy,
+        max_deadline_s=s.engine.round_timeout,
     )
 
 

@@ -278,6 +278,7 @@ def build_summary(
         },
         "baselines": dict(baselines),
         "schedule": result.get("schedule", []),
+        **({"simulation": result["simulation"]} if "simulation" in result else {}),
         "exports": {
             site: {
                 **{k: v for k, v in m.items() if k not in ("feature_names", "directory")},

@@ -60,7 +60,8 @@ class SimulatedGrid(InProcessGrid):
     took on the site's simulated device (:data:`SIM_SECONDS`), which the site reports.
     A site the simulator makes drop out, or whose work would end after the round's
     deadline (``RoundConfig.deadline_s``), is not asked to train: its reply is the
-    error the coordinator would get (code :data:`SIM_ERROR_CODE`). After each round of
+    error the coordinator would get (code :data:`SIM_ERROR_CODE`); so is a site still
+    busy when ``timeout_s`` runs out, whatever the policy. After each round of
     train instructions the virtual clock moves by the round's length (its slowest site,
     at most the deadline) plus ``round_overhead_s``.
 
@@ -71,6 +72,9 @@ class SimulatedGrid(InProcessGrid):
 
     cluster: SimCluster | None = None
     round_overhead_s: float = 5.0
+    timeout_s: float = 0.0
+    """Virtual seconds the coordinator waits for a site at most (the scenario's
+    ``engine.round_timeout``); 0: no limit beyond the scheduler's deadline."""
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     """Every simulated train outcome: round, site, epochs, deadline and the :class:`Outcome` fields."""
     _examples: dict[str, int] = field(init=False, default_factory=dict)
@@ -125,7 +129,10 @@ class SimulatedGrid(InProcessGrid):
                 download_bytes=nbytes,
                 headroom=min(max(cfg.headroom, 0.0), 0.95),
             )
-            meta[site_id] = (mid, epochs, cfg.deadline_s, cfg.round)
+            limit = cfg.deadline_s if cfg.deadline_s > 0 else 0.0
+            if self.timeout_s > 0:
+                limit = min(limit, self.timeout_s) if limit > 0 else self.timeout_s
+            meta[site_id] = (mid, epochs, limit, cfg.round)
         outcomes = self.sim.run(work)
         deadline = max((m[2] for m in meta.values()), default=0.0)
         lengths = [o.duration_s for o in outcomes.values()]
@@ -202,7 +209,10 @@ def simulated_grid_factory(scenario: Scenario) -> Callable[..., SimulatedGrid]:
 
     def make(**kwargs: Any) -> SimulatedGrid:
         return SimulatedGrid(
-            **kwargs, cluster=build_cluster(scenario), round_overhead_s=spec.round_overhead_s
+            **kwargs,
+            cluster=build_cluster(scenario),
+            round_overhead_s=spec.round_overhead_s,
+            timeout_s=scenario.engine.round_timeout,
         )
 
     return make

@@ -158,6 +158,27 @@ def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(
     )
 
 
+def test_short_round_skip_keeps_the_global_model_and_goes_on(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    skip = scenario.model_copy(
+        update={"scheduler": scenario.scheduler.model_copy(update={"short_round": "skip"})}
+    )
+    out = tmp_path / "out"
+    result = make_driver(skip, out, {"bank-b": "nan", "bank-c": "raise"}, from_round=2).run()
+    assert result["status"] == "completed"
+    log = rounds_log(out)
+    # round 1 aggregates all three (+2.5); rounds 2 and 3 have one valid update of the two
+    # needed: no aggregation, every reason kept, the model stays at 2.5
+    assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"], [], []]
+    assert "disk on fire" in " ".join(log[1]["rejected"]["bank-c"])
+    from safetensors.numpy import load_file
+
+    np.testing.assert_allclose(
+        load_file(str(out / "model.safetensors"))["w"], np.full((2, 3), 2.5), rtol=1e-6
+    )
+
+
 def test_refuses_state_of_another_scenario(scenario: Scenario, tmp_path: Path) -> None:
     out = tmp_path / "out"
     make_driver(scenario, out, {}).run()

@@ -322,8 +322,10 @@ def test_observe_round_results(caplog: pytest.LogCaptureFixture) -> None:
         3,
         {
             "a": SiteResult("a", seconds=12.5, loss=0.7, epochs=1, num_examples=100),
-            "b": SiteResult("b", None, 0.9, 1, 100, failed="timed out"),  # not counted
-            "c": SiteResult("c", None, None, 1, 100),  # no loss: nothing to learn
+            # selected without an update: explored (not re-explored every round) with the
+            # median loss of the sites known before this round (none yet: 1.0)
+            "b": SiteResult("b", None, 0.9, 1, 100, failed="timed out"),
+            "c": SiteResult("c", None, None, 1, 100),
             "d": SiteResult("d", 0.0, 0.4, 1, 100),  # no valid duration: loss only
         },
     )
@@ -336,6 +338,8 @@ def test_observe_round_results(caplog: pytest.LogCaptureFixture) -> None:
     sel.observe(4, {"a": SiteResult("a", None, 0.6, 1, 100)})  # duration unknown: kept
     assert sel.state_dict()["sites"] == {
         "a": {"last_round": 4, "loss": 0.6, "duration_s": 12.5, "rounds_trained": 2},
+        "b": {"last_round": 3, "loss": 1.0, "duration_s": None, "rounds_trained": 0},
+        "c": {"last_round": 3, "loss": 1.0, "duration_s": None, "rounds_trained": 0},
         "d": {"last_round": 3, "loss": 0.4, "duration_s": None, "rounds_trained": 1},
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fedcore.config import SchedulerSpec
@@ -19,6 +20,7 @@ from scheduling.base import Candidate, Selection, Selector, SiteResult
 from scheduling.framework import Pipeline, SchedulingContext
 from scheduling.history import TelemetryHistory
 from scheduling.plugins import build_filter, build_score
+from scheduling.plugins.staleness import ROUNDS_SINCE
 from scheduling.policy.base import ScalePolicy
 from scheduling.policy.observation import ACTIONS, ClusterObservation
 from scheduling.predictor import EwmaForecaster, Forecaster
@@ -91,6 +93,7 @@ class FedcoreSelector(Selector):
         self.history = TelemetryHistory()
         self.target_sites = sample_size(num_sites, spec.fraction, spec.min_sites)
         self.devices: dict[str, int] = {}
+        self._trained: dict[str, int] = {}  # site -> last round it sent a valid update
         self._last: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ select
@@ -104,7 +107,17 @@ class FedcoreSelector(Selector):
         except ValueError:  # nothing measured anywhere yet
             return DEFAULT_EPOCH_SECONDS * epochs, "default"
 
+    def _with_history(self, round_: int, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """Candidates whose readings also say how many rounds ago each last trained."""
+        out = []
+        for c in candidates:
+            last = self._trained.get(c.site_id)
+            extra = {ROUNDS_SINCE: float(round_ - last)} if last is not None else {}
+            out.append(replace(c, readings={**c.readings, **extra}))
+        return out
+
     def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
+        candidates = self._with_history(round_, candidates)
         for c in candidates:
             try:
                 self.history.record_telemetry(c.site_id, round_, float(round_), c.readings)
@@ -326,6 +339,9 @@ class FedcoreSelector(Selector):
             except ValueError as exc:
                 log.warning("round %d: result of %s not kept: %s", round_, site, exc)
         self._last["results"] = dict(results)
+        for site, r in results.items():
+            if r.failed is None:
+                self._trained[site] = round_
         histories = self.history.histories()
         fallback = getattr(self.forecaster, "fallback", None)
         if isinstance(fallback, Forecaster):
@@ -339,6 +355,7 @@ class FedcoreSelector(Selector):
             "history": self.history.to_dict(),
             "target_sites": self.target_sites,
             "devices": dict(self.devices),
+            "trained": dict(self._trained),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -346,6 +363,7 @@ class FedcoreSelector(Selector):
             self.history = TelemetryHistory.from_dict(state["history"])
         self.target_sites = int(state.get("target_sites", self.target_sites))
         self.devices = {str(k): int(v) for k, v in dict(state.get("devices", {})).items()}
+        self._trained = {str(k): int(v) for k, v in dict(state.get("trained", {})).items()}
 
     def __repr__(self) -> str:
         return (

@@ -10,6 +10,7 @@ from scheduling.framework import FilterPlugin, ScorePlugin
 from scheduling.plugins.entropy_load import EntropyLoadScore
 from scheduling.plugins.health import HealthFilter
 from scheduling.plugins.least_loaded import LeastLoadedScore
+from scheduling.plugins.staleness import StalenessScore
 from scheduling.plugins.task_fit import TaskFitFilter
 from scheduling.plugins.throughput import ThroughputScore
 
@@ -22,6 +23,7 @@ __all__ = [
     "build_filter",
     "build_score",
     "filter_names",
+    "StalenessScore",
     "register_filter",
     "register_score",
     "score_names",
@@ -34,6 +36,7 @@ _FILTERS: dict[str, Callable[..., FilterPlugin]] = {
 _SCORES: dict[str, Callable[..., ScorePlugin]] = {
     EntropyLoadScore.name: EntropyLoadScore,
     LeastLoadedScore.name: LeastLoadedScore,
+    StalenessScore.name: StalenessScore,
     ThroughputScore.name: ThroughputScore,
 }
 

@@ -1,16 +1,34 @@
-"""Scale/migrate policies (hold, rules, DQN) by name, and how to train and evaluate them."""
+"""Scale/migrate policies (hold, rules, DQN) by name, and how to train and evaluate them.
+
+The DQN's names (and :func:`train_dqn`, :func:`evaluate_policy`) load on first use: they
+need torch, and the rules, the observation and the registry should not.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scheduling.policy.base import ScalePolicy, ScalingEnvProtocol
-from scheduling.policy.dqn import DqnAgent, DqnConfig, DqnPolicy, QNetwork, ReplayBuffer
 from scheduling.policy.observation import ACTIONS, OBSERVATION_SIZE, ClusterObservation
 from scheduling.policy.rules import HoldPolicy, RulePolicy
-from scheduling.policy.train import TrainingLog, evaluate_policy, train_dqn
+
+if TYPE_CHECKING:
+    from scheduling.policy.dqn import DqnAgent, DqnConfig, DqnPolicy, QNetwork, ReplayBuffer
+    from scheduling.policy.train import TrainingLog, evaluate_policy, train_dqn
+
+_LAZY = {
+    "DqnAgent": "dqn",
+    "DqnConfig": "dqn",
+    "DqnPolicy": "dqn",
+    "QNetwork": "dqn",
+    "ReplayBuffer": "dqn",
+    "TrainingLog": "train",
+    "evaluate_policy": "train",
+    "train_dqn": "train",
+}
 
 __all__ = [
     "ACTIONS",
@@ -32,10 +50,22 @@ __all__ = [
     "train_dqn",
 ]
 
+
+def _load_dqn(
+    path: str | Path,
+    observation_size: int = OBSERVATION_SIZE,
+    actions: Sequence[str] = ACTIONS,
+) -> ScalePolicy:
+    """:meth:`DqnPolicy.load <scheduling.policy.dqn.DqnPolicy.load>`, importing torch only now."""
+    from scheduling.policy.dqn import DqnPolicy
+
+    return DqnPolicy.load(path, observation_size, actions)
+
+
 POLICIES: dict[str, Callable[..., ScalePolicy]] = {
     "hold": HoldPolicy,
     "rules": RulePolicy,
-    "dqn": DqnPolicy.load,
+    "dqn": _load_dqn,
 }
 """Policy builders by name: ``hold`` (no parameters), ``rules`` (its thresholds),
 ``dqn`` (``path`` of a saved policy; optionally ``observation_size``, ``actions``)."""
@@ -73,3 +103,11 @@ def build_policy(name: str, **params: Any) -> ScalePolicy:
             f"it takes: {', '.join(accepted) or 'no parameters'}"
         )
     return builder(**params)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"scheduling.policy.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'scheduling.policy' has no attribute {name!r}")

@@ -59,6 +59,75 @@ def test_default_rules(changes: dict[str, float], expected: str) -> None:
     assert ACTIONS[RulePolicy().act(obs.to_vector())] == expected
 
 
+# One job, decision after decision: (changes to CALM) per decision -> actions. The
+# straggler is a CPU-only site among T4 sites: 0.2 / 0.03 = 6.7x the median, clipped to
+# straggler_ratio 1.0. spare_devices counts the idle devices of every active pool, 0.2
+# here, but the straggler's own pool has none, so a migrate changes nothing; a migrate
+# that pays lowers the ratio by migrate_gain = 0.05 or more by the next decision.
+S = "straggler_ratio"
+
+
+@pytest.mark.parametrize(
+    ("decisions", "expected"),
+    [
+        # the stuck straggler: one migrate, then the other rules decide
+        ([{S: 1.0}, {S: 1.0}, {S: 1.0}], ["migrate", "hold", "hold"]),
+        # ... scale-down once the straggler makes the job late (65 s / 50 s - 1 = 0.3)
+        ([{S: 1.0}, {S: 1.0, "deadline_miss": 0.3}], ["migrate", "scale-down"]),
+        # ... scale-up of a small job on time
+        ([{S: 1.0}, {S: 1.0, "active_fraction": 0.25}], ["migrate", "scale-up"]),
+        # 0.5 -> 0.3: it fell by 0.2 >= 0.05, the move paid; 0.3 >= 0.25 still: again
+        ([{S: 0.5}, {S: 0.3}], ["migrate", "migrate"]),
+        # 0.5 -> 0.46: a fall of 0.04 < 0.05 does not pay
+        ([{S: 0.5}, {S: 0.46}], ["migrate", "hold"]),
+        # off while the ratio stays within 0.05 of 0.5 (the same straggler) ...
+        ([{S: 0.5}, {S: 0.5}, {S: 0.54}, {S: 0.47}], ["migrate", "hold", "hold", "hold"]),
+        # ... on again when it moves further: 0.8 - 0.5 = 0.3 > 0.05 (another straggler)
+        ([{S: 0.5}, {S: 0.5}, {S: 0.8}], ["migrate", "hold", "migrate"]),
+        # no straggler in between: on again (0.1 is 0.4 below 0.5)
+        ([{S: 0.5}, {S: 0.5}, {S: 0.1}, {S: 0.5}], ["migrate", "hold", "hold", "migrate"]),
+    ],
+)
+def test_a_migrate_that_did_not_pay_is_not_repeated(
+    decisions: list[dict[str, float]], expected: list[str]
+) -> None:
+    policy = RulePolicy()
+    actions = [ACTIONS[policy.act(replace(CALM, **c).to_vector())] for c in decisions]
+    assert actions == expected
+
+
+def test_migrate_gain_is_configurable() -> None:
+    policy = RulePolicy(migrate_gain=0.3)
+    # 0.5 -> 0.3 falls by 0.2 < 0.3: not enough for this policy
+    actions = [
+        ACTIONS[policy.act(replace(CALM, straggler_ratio=r).to_vector())] for r in (0.5, 0.3)
+    ]
+    assert actions == ["migrate", "hold"]
+
+
+def test_memory_explained_reset_and_not_compared() -> None:
+    policy = RulePolicy()
+    stuck = replace(CALM, straggler_ratio=1.0).to_vector()
+    assert ACTIONS[policy.act(stuck)] == "migrate"
+    assert policy.explain(stuck).startswith("rules: migrate: ")  # why act chose it
+    assert ACTIONS[policy.act(stuck)] == "hold"
+    assert policy.explain(stuck) == (
+        "rules: hold: no rule fired: migrate is off: the last one left straggler_ratio at "
+        "1.00 (a move that pays lowers it by 0.05); scale-down needs one of "
+        "deadline_miss=0.00 >= 0.10 or dropout_rate=0.00 >= 0.20 or max_temperature=0.60 "
+        ">= 0.95; scale-up needs active_fraction=0.80 < 0.50"
+    )
+    late = replace(CALM, straggler_ratio=1.0, deadline_miss=0.3).to_vector()
+    assert policy.explain(late) == (  # not acted on: what act would do, memory untouched
+        "rules: scale-down: deadline_miss=0.30 >= 0.10 (migrate is off: the last one left "
+        "straggler_ratio at 1.00 (a move that pays lowers it by 0.05))"
+    )
+    assert ACTIONS[policy.act(stuck)] == "hold"
+    assert policy == RulePolicy() and "memory" not in repr(policy)
+    policy.reset()
+    assert ACTIONS[policy.act(stuck)] == "migrate"  # a new job: worth a try
+
+
 @pytest.mark.parametrize(
     ("thresholds", "changes", "expected"),
     [
@@ -113,6 +182,10 @@ def test_explain_quotes_the_values(changes: dict[str, float], line: str) -> None
             "RulePolicy.straggler_high must be a number in \\[0, 1\\].*found 1.5",
         ),
         ({"queue_low": -0.1}, "RulePolicy.queue_low must be a number in \\[0, 1\\].*found -0.1"),
+        (
+            {"migrate_gain": 1.5},
+            "RulePolicy.migrate_gain must be a number in \\[0, 1\\].*found 1.5",
+        ),
         ({"dropout_high": True}, "RulePolicy.dropout_high must be a number.*found True"),
         (
             {"deadline_miss_ok": 0.2},
@@ -135,7 +208,7 @@ def test_bad_observations_are_refused() -> None:
 def test_repr_and_name() -> None:
     assert RulePolicy.name == "rules"
     assert repr(RulePolicy(queue_low=0.2)).startswith("RulePolicy(straggler_high=0.25, ")
-    assert "queue_low=0.2)" in repr(RulePolicy(queue_low=0.2))
+    assert "queue_low=0.2, migrate_gain=0.05)" in repr(RulePolicy(queue_low=0.2))
 
 
 def test_hold_always_holds() -> None:

@@ -28,6 +28,20 @@ from scheduling.random_selector import sample_size
 
 log = logging.getLogger(__name__)
 
+CENSORED_FACTOR = 1.5
+"""A site that missed the deadline is recorded as taking this many deadlines (a lower bound)."""
+
+TIMEOUT_MARKERS = ("deadline", "no reply within")
+"""Words of a left-out reason that mean the site ran out of time (simulated or real)."""
+
+
+def _timed_out(reason: str) -> bool:
+    return any(m in reason for m in TIMEOUT_MARKERS)
+
+
+MAX_DEADLINE_SCALE = 16.0
+"""Most the automatic deadline grows after rounds that most chosen sites missed."""
+
 DEFAULT_EPOCH_SECONDS = 1.0
 """Predicted seconds per local epoch of a site nothing is known about (first round)."""
 
@@ -94,6 +108,7 @@ class FedcoreSelector(Selector):
         self.target_sites = sample_size(num_sites, spec.fraction, spec.min_sites)
         self.devices: dict[str, int] = {}
         self._trained: dict[str, int] = {}  # site -> last round it sent a valid update
+        self.deadline_scale = 1.0
         self._last: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ select
@@ -162,6 +177,8 @@ class FedcoreSelector(Selector):
             deadline = deadline_from_predictions(
                 list(predicted_base.values()), alloc_spec.deadline_quantile
             )
+        if deadline is not None and alloc_spec.deadline_s is None:
+            deadline *= self.deadline_scale  # backs off after rounds most sites missed
         if deadline is not None and self.max_deadline_s is not None:
             deadline = min(deadline, self.max_deadline_s)
         config = AllocatorConfig(
@@ -324,6 +341,7 @@ class FedcoreSelector(Selector):
     # ------------------------------------------------------------------ learn
 
     def observe(self, round_: int, results: Mapping[str, SiteResult]) -> None:
+        deadline = self._last.get("deadline")
         for site, r in results.items():
             try:
                 self.history.record_work(
@@ -336,9 +354,27 @@ class FedcoreSelector(Selector):
                 )
                 if r.seconds is not None and r.seconds > 0 and r.failed is None:
                     self.history.record_duration(site, round_, r.seconds)
+                elif deadline and r.failed is not None and _timed_out(r.failed):
+                    # censored: it took longer than the deadline; record a lower bound, or
+                    # its forecast never grows and it is chosen, and misses, round after round
+                    self.history.record_duration(site, round_, CENSORED_FACTOR * deadline)
             except ValueError as exc:
                 log.warning("round %d: result of %s not kept: %s", round_, site, exc)
         self._last["results"] = dict(results)
+        failed = sum(1 for r in results.values() if r.failed is not None)
+        if results and failed * 2 > len(results):
+            # most chosen sites sent nothing (deadline missed, dropped): the forecasts were
+            # too short or the sites too busy; give the next rounds twice the time
+            self.deadline_scale = min(self.deadline_scale * 2.0, MAX_DEADLINE_SCALE)
+            log.warning(
+                "round %d: %d of %d chosen sites sent no update; deadline x%.0f from now on",
+                round_,
+                failed,
+                len(results),
+                self.deadline_scale,
+            )
+        elif failed == 0:
+            self.deadline_scale = max(1.0, self.deadline_scale / 2.0)
         for site, r in results.items():
             if r.failed is None:
                 self._trained[site] = round_
@@ -356,6 +392,7 @@ class FedcoreSelector(Selector):
             "target_sites": self.target_sites,
             "devices": dict(self.devices),
             "trained": dict(self._trained),
+            "deadline_scale": self.deadline_scale,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -364,6 +401,7 @@ class FedcoreSelector(Selector):
         self.target_sites = int(state.get("target_sites", self.target_sites))
         self.devices = {str(k): int(v) for k, v in dict(state.get("devices", {})).items()}
         self._trained = {str(k): int(v) for k, v in dict(state.get("trained", {})).items()}
+        self.deadline_scale = float(state.get("deadline_scale", 1.0))
 
     def __repr__(self) -> str:
         return (

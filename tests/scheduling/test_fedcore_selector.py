@@ -164,3 +164,40 @@ def test_fedcore_run_keeps_every_decision_in_the_summary(tmp_path: Path) -> None
         assert set(entry["predicted_s"]) == set(entry["chosen"])
         assert set(entry["details"]["forecast"]["source"].values()) == {"ewma"}
     assert "scaling" in schedule[1]["details"]
+
+
+def test_the_deadline_backs_off_after_a_round_most_sites_missed() -> None:
+    sel = FedcoreSelector(spec(allocator={"headroom": 0.2}), base_epochs=4, num_sites=2)
+    sites = [cand("a", 10.0), cand("b", 10.0)]
+    sel.select(1, sites)
+    sel.observe(
+        1, {"a": SiteResult("a", 4.0, 0.5, 4, 1000), "b": SiteResult("b", 8.0, 0.5, 4, 1000)}
+    )
+    first = sel.select(2, sites).deadline_s  # the median of the forecasts 4 s and 8 s: 6 s
+    assert first == pytest.approx(6.0)
+    missed = {s: SiteResult(s, None, None, 4, 1000, failed="site went offline") for s in "ab"}
+    sel.observe(2, missed)
+    assert sel.select(3, sites).deadline_s == pytest.approx(12.0)  # twice the time
+    sel.observe(
+        3, {"a": SiteResult("a", 4.0, 0.5, 4, 1000), "b": SiteResult("b", 8.0, 0.5, 4, 1000)}
+    )
+    assert sel.deadline_scale == 1.0  # a clean round halves it back
+
+
+def test_a_site_that_missed_the_deadline_is_forecast_slower() -> None:
+    sel = FedcoreSelector(spec(allocator={"deadline_s": 10.0}), base_epochs=4, num_sites=2)
+    sites = [cand("a", 10.0), cand("b", 10.0)]
+    sel.select(1, sites)
+    sel.observe(
+        1,
+        {
+            "a": SiteResult("a", 4.0, 0.5, 4, 1000),
+            "b": SiteResult(
+                "b", None, None, 4, 1000, failed="site error: no update by the round deadline"
+            ),
+        },
+    )
+    # b is recorded at 1.5 x the 10 s deadline (a lower bound): 15 s for 4 epochs, 3.75 s
+    # each; within (1 - 0.1) x 10 s it fits 2 epochs, instead of being sent 4 and missing again
+    assert sel.history.for_site("b")[-1].duration_s == pytest.approx(15.0)
+    assert sel.select(2, sites).epochs["b"] == 2

@@ -459,6 +459,10 @@ class LstmForecaster(Forecaster):
             self.train_loss,
         )
 
+    def _batch_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss of one batch of standardized log per-example times (squared error)."""
+        return nn.functional.mse_loss(predicted, target)
+
     def _train(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> tuple[_LstmNet, float]:
         n = len(y)
         steps_per_epoch = math.ceil(n / self.batch_size)
@@ -476,7 +480,7 @@ class LstmForecaster(Forecaster):
                 total = 0.0
                 for start in range(0, n, self.batch_size):
                     idx = perm[start : start + self.batch_size]
-                    loss = nn.functional.mse_loss(net(x[idx], c[idx]), y[idx])
+                    loss = self._batch_loss(net(x[idx], c[idx]), y[idx])
                     opt.zero_grad()
                     loss.backward()  # type: ignore[no-untyped-call]
                     nn.utils.clip_grad_norm_(net.parameters(), 1.0)

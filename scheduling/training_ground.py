@@ -26,7 +26,6 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from fedcore.storage import atomic_write_json
 from scheduling.history import Observation
@@ -40,7 +39,6 @@ from scheduling.predictor import (
     Forecaster,
     LastValueForecaster,
     LstmForecaster,
-    _LstmNet,
     evaluate,
 )
 from scheduling.sim.env import ScalingEnv
@@ -154,33 +152,8 @@ class _RelativeErrorLstm(LstmForecaster):
     :meth:`LstmForecaster.load` reads.
     """
 
-    def _train(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> tuple[_LstmNet, float]:
-        n = len(y)
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        scale = self._target_std
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = _LstmNet(x.shape[-1], c.shape[-1], self.hidden)
-            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=self.epochs * steps_per_epoch
-            )
-            order = torch.Generator().manual_seed(self.seed)
-            total = 0.0
-            for _ in range(self.epochs):
-                perm = torch.randperm(n, generator=order)
-                total = 0.0
-                for start in range(0, n, self.batch_size):
-                    idx = perm[start : start + self.batch_size]
-                    loss = relative_error_loss(net(x[idx], c[idx]), y[idx], scale)
-                    opt.zero_grad()
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach()) * len(idx)
-        net.eval()
-        return net, total / n
+    def _batch_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return relative_error_loss(predicted, target, self._target_std)
 
 
 def fit_forecaster(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,32 @@ class SiteResult:
     epochs: int
     num_examples: int
     failed: str | None = None
+
+
+def by_site_id(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates sorted by site id.
+
+    Raises:
+        ValueError: if a site id occurs more than once (two nodes claiming one site).
+    """
+    ordered = sorted(candidates, key=lambda c: c.site_id)
+    ids = [c.site_id for c in ordered]
+    dupes = sorted({s for s in ids if ids.count(s) > 1})
+    if dupes:
+        raise ValueError(f"site ids must be unique; found {', '.join(dupes)} more than once")
+    return ordered
+
+
+def check_job_size(policy: str, fraction: float, min_sites: int) -> None:
+    """Refuse a job size a selector cannot use, naming the policy.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1] or ``min_sites`` below 1.
+    """
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"{policy}: fraction must be in (0, 1]; found {fraction!r}")
+    if min_sites < 1:
+        raise ValueError(f"{policy}: min_sites must be >= 1; found {min_sites!r}")
 
 
 class Selector(ABC):

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from scheduling.base import Candidate, Selection
+from scheduling.base import Candidate, Selection, by_site_id
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +228,7 @@ class Pipeline:
             ValueError: On duplicate site ids, or on a score plugin that returns scores for
                 other sites than those passed to it, or normalized scores outside [0, 100].
         """
-        ids = [c.site_id for c in candidates]
-        dupes = sorted({s for s in ids if ids.count(s) > 1})
-        if dupes:
-            raise ValueError(f"site ids must be unique; found {', '.join(dupes)} more than once")
-        ordered = sorted(candidates, key=lambda c: c.site_id)
+        ordered = by_site_id(candidates)
         rejected: dict[str, list[str]] = {}
         for cand in ordered:
             reasons = [

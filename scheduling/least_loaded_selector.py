@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from scheduling.base import Candidate, Selection, Selector
+from scheduling.base import Candidate, Selection, Selector, by_site_id, check_job_size
 from scheduling.plugins.least_loaded import free_percent, load_percent
 from scheduling.random_selector import sample_size
 
@@ -30,19 +29,13 @@ class LeastLoadedSelector(Selector):
     name = "least-loaded"
 
     def __init__(self, fraction: float = 1.0, min_sites: int = 1) -> None:
-        if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
-            raise ValueError(f"least-loaded: fraction must be in (0, 1]; found {fraction!r}")
-        if min_sites < 1:
-            raise ValueError(f"least-loaded: min_sites must be >= 1; found {min_sites!r}")
+        check_job_size(self.name, fraction, min_sites)
         self.fraction = fraction
         self.min_sites = min_sites
 
     def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
-        ordered = sorted(candidates, key=lambda c: c.site_id)
+        ordered = by_site_id(candidates)
         ids = [c.site_id for c in ordered]
-        dupes = sorted({s for s in ids if ids.count(s) > 1})
-        if dupes:
-            raise ValueError(f"site ids must be unique; found {', '.join(dupes)} more than once")
         loads = {c.site_id: load_percent(c.readings) for c in ordered}
         free = {s: free_percent(100.0 if load is None else load) for s, load in loads.items()}
         ranked = sorted(ids, key=lambda s: (-free[s], s))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduling.base import Candidate, Selection, Selector, SiteResult
+from scheduling.base import Candidate, Selection, Selector, SiteResult, by_site_id
 from scheduling.random_selector import sample_size
 
 log = logging.getLogger(__name__)
@@ -407,11 +407,7 @@ class OortSelector(Selector):
     # -- selection ---------------------------------------------------------------------------
 
     def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
-        ordered = sorted(candidates, key=lambda c: c.site_id)
-        ids = [c.site_id for c in ordered]
-        dupes = sorted({s for s in ids if ids.count(s) > 1})
-        if dupes:
-            raise ValueError(f"site ids must be unique; found {', '.join(dupes)} more than once")
+        ordered = by_site_id(candidates)
         k = sample_size(len(ordered), self.fraction, self.min_sites)
         views = {c.site_id: self._view(c) for c in ordered}
         known = [v.duration_s for v in views.values() if v.duration_s is not None]

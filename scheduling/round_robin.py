@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scheduling.base import Candidate, Selection, Selector
+from scheduling.base import Candidate, Selection, Selector, by_site_id, check_job_size
 from scheduling.random_selector import sample_size
 
 _STATE_VERSION = 1
@@ -59,10 +58,7 @@ class RoundRobinSelector(Selector):
     name = "round-robin"
 
     def __init__(self, fraction: float = 1.0, min_sites: int = 1) -> None:
-        if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
-            raise ValueError(f"round-robin: fraction must be in (0, 1]; found {fraction!r}")
-        if min_sites < 1:
-            raise ValueError(f"round-robin: min_sites must be >= 1; found {min_sites!r}")
+        check_job_size(self.name, fraction, min_sites)
         self.fraction = fraction
         self.min_sites = min_sites
         self._last_chosen: str | None = None  # id chosen last, in rotation order
@@ -70,11 +66,8 @@ class RoundRobinSelector(Selector):
         self._round_after: str | None = None  # the position that round started from
 
     def select(self, round_: int, candidates: Sequence[Candidate]) -> Selection:
-        ordered = sorted(candidates, key=lambda c: c.site_id)
+        ordered = by_site_id(candidates)
         ids = [c.site_id for c in ordered]
-        dupes = sorted({s for s in ids if ids.count(s) > 1})
-        if dupes:
-            raise ValueError(f"site ids must be unique; found {', '.join(dupes)} more than once")
         after = self._round_after if round_ == self._round else self._last_chosen
         k = sample_size(len(ordered), self.fraction, self.min_sites)
         picks = rotation(ids, after, k)

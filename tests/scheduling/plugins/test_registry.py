@@ -25,7 +25,7 @@ from scheduling.plugins import (
 
 def test_names() -> None:
     assert filter_names() == ["health", "task-fit"]
-    assert score_names() == ["entropy-load", "least-loaded", "throughput"]
+    assert score_names() == ["entropy-load", "least-loaded", "staleness", "throughput"]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_unknown_names_list_the_valid_ones() -> None:
         build_filter("thermal")
     with pytest.raises(
         ValueError,
-        match="unknown score plugin 'fastest'; valid: entropy-load, least-loaded, throughput",
+        match="unknown score plugin 'fastest'; valid: entropy-load, least-loaded, staleness, throughput",
     ):
         build_score("fastest")
 

@@ -99,7 +99,7 @@ def scenario_dict(
                 {"name": "throughput", "weight": 0.5},
                 {"name": "staleness", "weight": 1.0},
             ],
-            "allocator": {"headroom": 0.2, "deadline_quantile": 0.5, "max_epochs": 8},
+            "allocator": {"headroom": 0.2, "deadline_quantile": 0.8, "max_epochs": 8},
             "predictor": {"kind": "lstm", "model": str(lstm)}
             if lstm.is_file()
             else {"kind": "ewma"},

@@ -253,7 +253,12 @@ class AllocatorSpec(_Model):
         description="round deadline in seconds; unset: the deadline_quantile of the chosen "
         "sites' predicted times at training.local_epochs",
     )
-    deadline_quantile: float = Field(0.5, gt=0.0, le=1.0)
+    deadline_quantile: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="quantile of the sites' predicted seconds that sets the automatic deadline",
+    )
     margin: float = Field(
         0.1,
         ge=0.0,

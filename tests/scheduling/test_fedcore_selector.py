@@ -173,11 +173,12 @@ def test_the_deadline_backs_off_after_a_round_most_sites_missed() -> None:
     sel.observe(
         1, {"a": SiteResult("a", 4.0, 0.5, 4, 1000), "b": SiteResult("b", 8.0, 0.5, 4, 1000)}
     )
-    first = sel.select(2, sites).deadline_s  # the median of the forecasts 4 s and 8 s: 6 s
-    assert first == pytest.approx(6.0)
+    # the 0.8 quantile of the forecasts 4 s and 8 s: 4 + 0.8 x (8 - 4) = 7.2 s
+    first = sel.select(2, sites).deadline_s
+    assert first == pytest.approx(7.2)
     missed = {s: SiteResult(s, None, None, 4, 1000, failed="site went offline") for s in "ab"}
     sel.observe(2, missed)
-    assert sel.select(3, sites).deadline_s == pytest.approx(12.0)  # twice the time
+    assert sel.select(3, sites).deadline_s == pytest.approx(14.4)  # twice the time
     sel.observe(
         3, {"a": SiteResult("a", 4.0, 0.5, 4, 1000), "b": SiteResult("b", 8.0, 0.5, 4, 1000)}
     )

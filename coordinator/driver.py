@@ -226,7 +226,7 @@ class RoundDriver:
         self, round_: int, weight: float = 1.0, site: str | None = None
     ) -> R.RoundConfig:
         """The settings a site receives with this round's instructions (with its share of work)."""
-        sel = self._selection
+        sel = self._selection or Selection([])
         return R.RoundConfig(
             round=round_,
             seed=self.scenario.seed,
@@ -237,16 +237,15 @@ class RoundDriver:
             weight=weight,
             max_sites=len(self.scenario.sites),
             export=self.scenario.export.model_dump(mode="json"),
-            device=sel.devices.get(site, -1) if sel is not None and site else -1,
-            epochs=sel.epochs.get(site, 0) if sel is not None and site else 0,
-            deadline_s=(sel.deadline_s or 0.0) if sel is not None else 0.0,
-            headroom=sel.headroom if sel is not None else 0.0,
+            device=sel.devices.get(site, -1) if site else -1,
+            epochs=sel.epochs.get(site, 0) if site else 0,
+            deadline_s=sel.deadline_s or 0.0,
+            headroom=sel.headroom,
         )
 
     def epochs_of(self, site: str) -> int:
         """Local epochs ``site`` runs this round."""
-        sel = self._selection
-        given = sel.epochs.get(site, 0) if sel is not None else 0
+        given = self._selection.epochs.get(site, 0) if self._selection is not None else 0
         return given if given > 0 else self.scenario.training.local_epochs
 
     def weights(self, chosen: Sequence[Candidate]) -> dict[str, float]:
@@ -638,17 +637,17 @@ class RoundDriver:
             replies = dict(accepted)
         else:
             replies = {}
-        results = {
-            c.site_id: SiteResult(
+        results = {}
+        for c in selection.chosen:
+            rep = replies.get(c.site_id)
+            results[c.site_id] = SiteResult(
                 c.site_id,
-                replies[c.site_id].seconds if c.site_id in replies else None,
-                replies[c.site_id].loss if c.site_id in replies else None,
+                None if rep is None else rep.seconds,
+                None if rep is None else rep.loss,
                 self.epochs_of(c.site_id),
                 c.num_train_examples,
                 None if c.site_id in sites else "; ".join(rejected.get(c.site_id, ["no update"])),
             )
-            for c in selection.chosen
-        }
         self.selector.observe(rnd, results)
         epsilon = None
         if self.accountant is not None and not skipped:

@@ -265,39 +265,6 @@ class Forecaster(ABC):
         return seconds
 
 
-class LastValueForecaster(Forecaster):
-    """The last measured duration, scaled by the work ratio (next work / last round's work).
-
-    Args:
-        prior_example_seconds: Seconds per example for a site with no measured round when
-            :meth:`fit` saw none either (see :class:`DurationPrior`).
-    """
-
-    name = "last-value"
-
-    def __init__(self, prior_example_seconds: float | None = None) -> None:
-        super().__init__()
-        self.prior = DurationPrior(default=_positive_or_none(prior_example_seconds))
-
-    def fit(self, histories: Mapping[str, Sequence[Observation]]) -> None:
-        self.prior = self.prior.refit(histories)
-
-    def predict_with_source(
-        self,
-        history: Sequence[Observation],
-        next_work: Mapping[str, float],
-        next_readings: Mapping[str, float],
-    ) -> tuple[float, str]:
-        for obs in reversed(history):
-            seconds = example_seconds(obs)
-            if seconds is not None:
-                return seconds * work_size(next_work), self.name
-        return self.prior.seconds_per_example(next_readings) * work_size(next_work), "prior"
-
-    def __repr__(self) -> str:
-        return f"LastValueForecaster(prior={self.prior})"
-
-
 class EwmaForecaster(Forecaster):
     """EWMA of the site's seconds per example, times the next round's work.
 
@@ -332,6 +299,23 @@ class EwmaForecaster(Forecaster):
 
     def __repr__(self) -> str:
         return f"EwmaForecaster(alpha={self.alpha}, prior={self.prior})"
+
+
+class LastValueForecaster(EwmaForecaster):
+    """The last measured duration, scaled by the work ratio (next work / last round's work).
+
+    Args:
+        prior_example_seconds: Seconds per example for a site with no measured round when
+            :meth:`fit` saw none either (see :class:`DurationPrior`).
+    """
+
+    name = "last-value"
+
+    def __init__(self, prior_example_seconds: float | None = None) -> None:
+        super().__init__(alpha=1.0, prior_example_seconds=prior_example_seconds)  # the last value
+
+    def __repr__(self) -> str:
+        return f"LastValueForecaster(prior={self.prior})"
 
 
 class _LstmNet(nn.Module):

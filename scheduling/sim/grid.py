@@ -12,7 +12,7 @@ from flwr.app import Error, Message
 
 from fedcore import records as R
 from fedcore.config import Scenario, SimulatorSpec
-from fedcore.engines.inprocess import InProcessGrid
+from fedcore.engines.inprocess import InProcessGrid, wire_copy
 from scheduling.sim.cluster import Outcome, SimCluster, SimSite, Work, heterogeneous_consortium
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,6 @@ class SimulatedGrid(InProcessGrid):
 
     @staticmethod
     def _error(ins: Message, reason: str) -> Message:
-        from fedcore.engines.inprocess import wire_copy
-
         return wire_copy(Message(Error(code=SIM_ERROR_CODE, reason=reason), reply_to=ins))
 
     def stats(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
+from fedcore.cli.deid_cmd import deid
 from fedcore.cli.predict_cmd import predict
 from fedcore.config import ConfigError, load_site_config
 from fedcore.engines.deployment import (
@@ -32,6 +33,7 @@ app = typer.Typer(
 
 
 app.command("predict")(predict)
+app.command("deid")(deid)
 
 
 @app.callback()

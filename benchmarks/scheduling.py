@@ -93,13 +93,23 @@ def scenario_dict(
     if policy == "fedcore":
         lstm, dqn = models / "duration-lstm.pt", models / "scaling-dqn.safetensors"
         scheduler |= {
-            "filters": [{"name": "health"}, {"name": "task-fit", "params": {"allow_cpu": True}}],
-            "scores": [
-                {"name": "entropy-load", "weight": 1.0},
-                {"name": "throughput", "weight": 0.5},
-                {"name": "staleness", "weight": 1.0},
+            "filters": [
+                {"name": "health"},
+                {"name": "task-fit", "params": {"allow_cpu": True}},
+                {"name": "device-free"},
             ],
-            "allocator": {"headroom": 0.2, "deadline_quantile": 0.8, "max_epochs": 8},
+            "scores": [
+                {"name": "entropy-load", "weight": 0.5},
+                {"name": "staleness", "weight": 2.0},
+                {"name": "statistical-utility", "weight": 1.0},
+            ],
+            # chosen on the simulator's training seeds 1000-1002 (never the evaluation seeds)
+            "allocator": {
+                "headroom": 0.2,
+                "deadline_quantile": 0.8,
+                "margin": 0.3,
+                "max_epochs": 4,
+            },
             "predictor": {"kind": "lstm", "model": str(lstm)}
             if lstm.is_file()
             else {"kind": "ewma"},

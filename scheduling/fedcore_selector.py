@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -21,6 +22,7 @@ from scheduling.framework import Pipeline, SchedulingContext
 from scheduling.history import TelemetryHistory
 from scheduling.plugins import build_filter, build_score
 from scheduling.plugins.staleness import ROUNDS_SINCE
+from scheduling.plugins.statistical_utility import LAST_LOSS
 from scheduling.policy.base import ScalePolicy
 from scheduling.policy.observation import ACTIONS, ClusterObservation
 from scheduling.predictor import EwmaForecaster, Forecaster
@@ -108,6 +110,7 @@ class FedcoreSelector(Selector):
         self.target_sites = sample_size(num_sites, spec.fraction, spec.min_sites)
         self.devices: dict[str, int] = {}
         self._trained: dict[str, int] = {}  # site -> last round it sent a valid update
+        self._losses: dict[str, float] = {}  # site -> its mean train loss that round
         self.deadline_scale = 1.0
         self._last: dict[str, Any] = {}
 
@@ -123,11 +126,13 @@ class FedcoreSelector(Selector):
             return DEFAULT_EPOCH_SECONDS * epochs, "default"
 
     def _with_history(self, round_: int, candidates: Sequence[Candidate]) -> list[Candidate]:
-        """Candidates whose readings also say how many rounds ago each last trained."""
+        """Candidates whose readings also say how many rounds ago each last trained, and its loss then."""
         out = []
         for c in candidates:
             last = self._trained.get(c.site_id)
             extra = {ROUNDS_SINCE: float(round_ - last)} if last is not None else {}
+            if c.site_id in self._losses:
+                extra[LAST_LOSS] = self._losses[c.site_id]
             out.append(replace(c, readings={**c.readings, **extra}))
         return out
 
@@ -378,6 +383,8 @@ class FedcoreSelector(Selector):
         for site, r in results.items():
             if r.failed is None:
                 self._trained[site] = round_
+                if r.loss is not None and math.isfinite(r.loss):
+                    self._losses[site] = float(r.loss)
         histories = self.history.histories()
         fallback = getattr(self.forecaster, "fallback", None)
         if isinstance(fallback, Forecaster):
@@ -392,6 +399,7 @@ class FedcoreSelector(Selector):
             "target_sites": self.target_sites,
             "devices": dict(self.devices),
             "trained": dict(self._trained),
+            "losses": dict(self._losses),
             "deadline_scale": self.deadline_scale,
         }
 
@@ -401,6 +409,7 @@ class FedcoreSelector(Selector):
         self.target_sites = int(state.get("target_sites", self.target_sites))
         self.devices = {str(k): int(v) for k, v in dict(state.get("devices", {})).items()}
         self._trained = {str(k): int(v) for k, v in dict(state.get("trained", {})).items()}
+        self._losses = {str(k): float(v) for k, v in dict(state.get("losses", {})).items()}
         self.deadline_scale = float(state.get("deadline_scale", 1.0))
 
     def __repr__(self) -> str:

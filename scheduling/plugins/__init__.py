@@ -7,14 +7,17 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from scheduling.framework import FilterPlugin, ScorePlugin
+from scheduling.plugins.device_free import DeviceFreeFilter
 from scheduling.plugins.entropy_load import EntropyLoadScore
 from scheduling.plugins.health import HealthFilter
 from scheduling.plugins.least_loaded import LeastLoadedScore
 from scheduling.plugins.staleness import StalenessScore
+from scheduling.plugins.statistical_utility import StatisticalUtilityScore
 from scheduling.plugins.task_fit import TaskFitFilter
 from scheduling.plugins.throughput import ThroughputScore
 
 __all__ = [
+    "DeviceFreeFilter",
     "EntropyLoadScore",
     "HealthFilter",
     "LeastLoadedScore",
@@ -24,12 +27,14 @@ __all__ = [
     "build_score",
     "filter_names",
     "StalenessScore",
+    "StatisticalUtilityScore",
     "register_filter",
     "register_score",
     "score_names",
 ]
 
 _FILTERS: dict[str, Callable[..., FilterPlugin]] = {
+    DeviceFreeFilter.name: DeviceFreeFilter,
     HealthFilter.name: HealthFilter,
     TaskFitFilter.name: TaskFitFilter,
 }
@@ -37,6 +42,7 @@ _SCORES: dict[str, Callable[..., ScorePlugin]] = {
     EntropyLoadScore.name: EntropyLoadScore,
     LeastLoadedScore.name: LeastLoadedScore,
     StalenessScore.name: StalenessScore,
+    StatisticalUtilityScore.name: StatisticalUtilityScore,
     ThroughputScore.name: ThroughputScore,
 }
 

@@ -41,7 +41,7 @@ def spec(**kw: object) -> SchedulerSpec:
         "policy": "fedcore",
         "fraction": 1.0,
         "min_sites": 1,
-        "allocator": {"deadline_s": 10.0, "headroom": 0.2},
+        "allocator": {"deadline_s": 10.0, "headroom": 0.2, "margin": 0.1},
     }
     return SchedulerSpec.model_validate(base | kw)
 
@@ -186,7 +186,9 @@ def test_the_deadline_backs_off_after_a_round_most_sites_missed() -> None:
 
 
 def test_a_site_that_missed_the_deadline_is_forecast_slower() -> None:
-    sel = FedcoreSelector(spec(allocator={"deadline_s": 10.0}), base_epochs=4, num_sites=2)
+    sel = FedcoreSelector(
+        spec(allocator={"deadline_s": 10.0, "margin": 0.1}), base_epochs=4, num_sites=2
+    )
     sites = [cand("a", 10.0), cand("b", 10.0)]
     sel.select(1, sites)
     sel.observe(
@@ -202,3 +204,27 @@ def test_a_site_that_missed_the_deadline_is_forecast_slower() -> None:
     # each; within (1 - 0.1) x 10 s it fits 2 epochs, instead of being sent 4 and missing again
     assert sel.history.for_site("b")[-1].duration_s == pytest.approx(15.0)
     assert sel.select(2, sites).epochs["b"] == 2
+
+
+def test_last_loss_feeds_the_statistical_utility_and_survives_a_restart() -> None:
+    s = spec(scores=[{"name": "statistical-utility"}], fraction=0.5)
+    sel = FedcoreSelector(s, base_epochs=2, num_sites=2, forecaster=EwmaForecaster())
+    sites = [cand("a", 10.0, n=1000), cand("b", 10.0, n=1000)]
+    sel.select(1, sites)
+    # both trained; a's data still has a high loss (0.9), b's is nearly learnt (0.1)
+    sel.observe(
+        1, {"a": SiteResult("a", 2.0, 0.9, 2, 1000), "b": SiteResult("b", 2.0, 0.1, 2, 1000)}
+    )
+    nxt = sel.select(2, sites)
+    assert nxt.scores == {"a": 100.0, "b": 0.0}  # 1000 x 0.9 vs 1000 x 0.1, min-max
+    assert [c.site_id for c in nxt.chosen] == ["a"]
+    again = FedcoreSelector(s, base_epochs=2, num_sites=2, forecaster=EwmaForecaster())
+    again.load_state_dict(json.loads(json.dumps(sel.state_dict())))
+    assert again.select(2, sites).scores == nxt.scores
+
+
+def test_busy_device_is_left_out_by_default() -> None:
+    sel = FedcoreSelector(spec(), base_epochs=2, num_sites=2, forecaster=EwmaForecaster())
+    first = sel.select(1, [cand("a", 10.0), cand("b", 100.0)])
+    assert [c.site_id for c in first.chosen] == ["a"]
+    assert any("device busy" in r for r in first.rejected["b"])

@@ -24,8 +24,14 @@ from scheduling.plugins import (
 
 
 def test_names() -> None:
-    assert filter_names() == ["health", "task-fit"]
-    assert score_names() == ["entropy-load", "least-loaded", "staleness", "throughput"]
+    assert filter_names() == ["device-free", "health", "task-fit"]
+    assert score_names() == [
+        "entropy-load",
+        "least-loaded",
+        "staleness",
+        "statistical-utility",
+        "throughput",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -61,12 +67,13 @@ def test_parameters_reach_the_plugin() -> None:
 
 def test_unknown_names_list_the_valid_ones() -> None:
     with pytest.raises(
-        ValueError, match="unknown filter plugin 'thermal'; valid: health, task-fit"
+        ValueError, match="unknown filter plugin 'thermal'; valid: device-free, health, task-fit"
     ):
         build_filter("thermal")
     with pytest.raises(
         ValueError,
-        match="unknown score plugin 'fastest'; valid: entropy-load, least-loaded, staleness, throughput",
+        match="unknown score plugin 'fastest'; valid: entropy-load, least-loaded, staleness, "
+        "statistical-utility, throughput",
     ):
         build_score("fastest")
 

@@ -33,17 +33,17 @@ def site_config(context: Context, *, check_files: bool = True) -> SiteConfig:
 
 
 def site_graph(context: Context, task: TaskSpec) -> tuple[SiteConfig, Any]:
-    """The site's config and its data graph, loaded once per process and task."""
-    from fedcore.data.sites import load_site_data
+    """The site's config and its data (transaction graph or CT patches), loaded once per process and task."""
+    from fedcore.tasks import load_site, num_train
 
     path = str(context.node_config.get("site-config", ""))
     mtime = os.path.getmtime(path) if path and os.path.exists(path) else 0.0
     key = (path, mtime, task.model_dump_json())
     if key not in _CACHE:
         cfg = site_config(context)
-        graph = load_site_data(cfg, task)
-        _CACHE[key] = (cfg, graph)
-        _remember_data_size(context, int(graph.num_train))
+        data = load_site(cfg, task)
+        _CACHE[key] = (cfg, data)
+        _remember_data_size(context, num_train(data))
     return _CACHE[key]  # type: ignore[no-any-return]
 
 
@@ -169,20 +169,20 @@ def _train_model(
     context: Context, arrays: Mapping[str, Any], cfg: R.RoundConfig
 ) -> tuple[SiteConfig, dict[str, Any], Any, float]:
     """Train the global ``arrays`` locally; returns (site, local arrays, stats, seconds)."""
-    from fedcore.data.graph import feature_dim
-    from fedcore.models.fraud_gnn import build_model
-    from fedcore.training import load_arrays, model_to_arrays, train_local
+    from fedcore import tasks
+    from fedcore.training import load_arrays, model_to_arrays
 
     task = TaskSpec.model_validate(cfg.task)
     training = TrainingSpec.model_validate(cfg.training)
-    site, graph = site_graph(context, task)
+    site, data = site_graph(context, task)
     device = training_device(site, cfg.device).torch_device
     t0 = time.perf_counter()
-    model = build_model(task, feature_dim(task))
+    model = tasks.build(task)
     load_arrays(model, arrays)
-    stats = train_local(
+    stats = tasks.train(
         model,
-        graph,
+        data,
+        task,
         training,
         seed=local_seed(cfg.seed, site.id, cfg.round),
         epochs=cfg.epochs if cfg.epochs > 0 else None,  # the scheduler's share of work
@@ -213,17 +213,15 @@ def _dp_clipped(
 def _evaluate_arrays(
     context: Context, arrays: Mapping[str, Any], cfg: R.RoundConfig, digest: str = ""
 ) -> R.EvalReply:
-    from fedcore.data.graph import feature_dim
+    from fedcore import tasks
     from fedcore.metrics import score_histograms
-    from fedcore.models.fraud_gnn import build_model
-    from fedcore.training import evaluate as evaluate_model
     from fedcore.training import load_arrays
 
     task = TaskSpec.model_validate(cfg.task)
-    site, graph = site_graph(context, task)
-    model = build_model(task, feature_dim(task))
+    site, data = site_graph(context, task)
+    model = tasks.build(task)
     load_arrays(model, arrays)
-    ev = evaluate_model(model, graph, task, device=site_device(site).torch_device)
+    ev = tasks.evaluate(model, data, task, device=site_device(site).torch_device)
     hp, hn = score_histograms(ev.labels, ev.scores, R.HIST_BINS)
     return R.EvalReply(
         site_id=site.id,
@@ -314,6 +312,8 @@ def _export_model(
     from fedcore.training import load_arrays
 
     task = TaskSpec.model_validate(cfg.task)
+    if task.is_imaging:
+        raise ValueError(f"INT8 export is not available for task model {task.model} yet")
     spec = ExportSpec.model_validate(cfg.export) if cfg.export else ExportSpec()
     site, graph = site_graph(context, task)
     model = build_model(task, feature_dim(task))
@@ -411,8 +411,8 @@ def make_client_app() -> ClientApp:
         n_train = data_size(context)
         if n_train is None:
             try:  # first contact: load the data once so the coordinator can weight this site
-                _, graph = site_graph(context, TaskSpec.model_validate(task))
-                n_train = int(graph.num_train)
+                _, data = site_graph(context, TaskSpec.model_validate(task))
+                n_train = int(data.num_train)
             except Exception as exc:  # broken data: report 0, training will say why
                 log.warning("site data not loadable for telemetry: %s", exc)
                 n_train = 0

@@ -19,13 +19,12 @@ log = logging.getLogger(__name__)
 
 def initial_arrays(scenario: Scenario) -> dict[str, np.ndarray]:
     """The global model before round 1, seeded by the scenario's seed (same on every engine)."""
+    from fedcore import tasks
     from fedcore.baselines import derive_seed
-    from fedcore.data.graph import feature_dim
-    from fedcore.models.fraud_gnn import build_model
     from fedcore.training import model_to_arrays, seed_everything
 
     seed_everything(derive_seed(scenario.seed, "init"))  # the baselines start from the same weights
-    model = build_model(scenario.task, feature_dim(scenario.task))
+    model = tasks.build(scenario.task)
     return model_to_arrays(model)
 
 

@@ -1,4 +1,4 @@
-"""Reference models next to the federation: local-only GNNs, a centralized GNN on pooled data, a non-graph model."""
+"""Reference models next to the federation: local-only models, a centralized model on pooled data, a non-graph model."""
 
 from __future__ import annotations
 
@@ -12,17 +12,30 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fedcore import tasks
 from fedcore.config import Scenario, TaskSpec
-from fedcore.data.graph import FraudGraph, feature_dim, merge_graphs, row_feature_dim
+from fedcore.data.graph import row_feature_dim
 from fedcore.metrics import METRIC_KEYS, binary_metrics
 from fedcore.models.baseline import build_row_model
-from fedcore.models.fraud_gnn import build_model
-from fedcore.training import evaluate, seed_everything, train_local
+from fedcore.training import seed_everything, train_local
 
 log = logging.getLogger(__name__)
 
 ModelOrFactory = nn.Module | Callable[[str], nn.Module]
 """One model for every site, or a function giving the model of a site id."""
+
+
+IMAGING_KEYS = ("sensitivity", "specificity")
+"""Metrics an imaging task adds: sensitivity (= recall) and specificity (= 1 - FPR)."""
+
+
+def with_imaging_metrics(metrics: Mapping[str, float], task: TaskSpec) -> dict[str, float]:
+    """``metrics`` plus sensitivity and specificity for an imaging task (unchanged otherwise)."""
+    out = dict(metrics)
+    if task.is_imaging and "recall" in out and "fpr" in out:
+        out["sensitivity"] = out["recall"]
+        out["specificity"] = 1.0 - out["fpr"]  # nan without negatives stays nan
+    return out
 
 
 def derive_seed(seed: int, *parts: str) -> int:
@@ -44,7 +57,8 @@ def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float
     ``num_test`` and ``num_test_pos`` are summed instead of averaged.
     """
     out: dict[str, float] = {}
-    for key in METRIC_KEYS:
+    keys = [*METRIC_KEYS, *(k for k in IMAGING_KEYS if any(k in m for m in per_site.values()))]
+    for key in keys:
         vals = np.array([m[key] for m in per_site.values() if key in m], dtype=np.float64)
         ok = vals[np.isfinite(vals)]
         out[key] = float(ok.mean()) if len(ok) else float("nan")
@@ -54,15 +68,15 @@ def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float
 
 
 def evaluate_per_site(
-    model: ModelOrFactory, graphs: Mapping[str, FraudGraph], task: TaskSpec
+    model: ModelOrFactory, graphs: Mapping[str, Any], task: TaskSpec
 ) -> dict[str, Any]:
     """Evaluate on every site's own test split, per site, pooled and averaged.
 
     Args:
         model: One model for all sites (e.g. the final federated model), or a function
             from site id to that site's model (e.g. local-only models).
-        graphs: Site id -> site graph.
-        task: Gives the decision threshold.
+        graphs: Site id -> site data (graph or patches).
+        task: The task (model kind, decision threshold).
 
     Returns:
         ``{"per_site": {site: metrics}, "pooled": metrics, "mean": metrics}`` where
@@ -74,23 +88,21 @@ def evaluate_per_site(
     scores, labels = [], []
     for site, graph in graphs.items():
         m = model if isinstance(model, nn.Module) else model(site)
-        ev = evaluate(m, graph, task)
+        ev = tasks.evaluate(m, graph, task)
         per_site[site] = _with_count(ev.metrics, ev.num_examples, ev.num_positive)
         scores.append(ev.scores)
         labels.append(ev.labels)
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     pooled = _with_count(
-        binary_metrics(all_labels, all_scores, task.threshold),
+        with_imaging_metrics(binary_metrics(all_labels, all_scores, task.threshold), task),
         len(all_labels),
         int(all_labels.sum()),
     )
     return {"per_site": per_site, "pooled": pooled, "mean": mean_metrics(per_site)}
 
 
-def run_baselines(
-    graphs: Mapping[str, FraudGraph], scenario: Scenario, *, epochs: int
-) -> dict[str, Any]:
+def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int) -> dict[str, Any]:
     """Train and evaluate the reference models the federation is compared with.
 
     * ``local_only``: each site trains its own GNN alone for ``epochs`` epochs and is
@@ -99,12 +111,13 @@ def run_baselines(
     * ``centralized``: one GNN trained for ``epochs`` epochs on the disjoint union of all
       site graphs (what pooling the data would give), evaluated on the pooled test
       transactions, with ``per_site`` and ``mean`` inside;
-    * ``non_graph``: a row-feature MLP trained on the pooled rows, evaluated likewise.
+    * ``non_graph``: a row-feature MLP trained on the pooled rows, evaluated likewise
+      (fraud only: CT patches have no graph to leave out).
 
     Every model is initialised from a seed derived from ``scenario.seed``.
 
     Args:
-        graphs: Site id -> site graph, built for ``scenario.task``.
+        graphs: Site id -> site data (graph or patches), built for ``scenario.task``.
         scenario: Task, training settings, seed and ``baselines`` flags.
         epochs: Training epochs of each baseline; use ``rounds * local_epochs`` to
             match the federation's total local epochs.
@@ -114,7 +127,6 @@ def run_baselines(
         and ``seconds`` (time per baseline).
     """
     task, training, flags = scenario.task, scenario.training, scenario.baselines
-    in_dim = feature_dim(task)
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
 
@@ -123,10 +135,11 @@ def run_baselines(
         models: dict[str, nn.Module] = {}
         for site, graph in graphs.items():
             seed_everything(derive_seed(scenario.seed, "init"))
-            model = build_model(task, in_dim)
-            train_local(
+            model = tasks.build(task)
+            tasks.train(
                 model,
                 graph,
+                task,
                 training,
                 seed=derive_seed(scenario.seed, "local", site),
                 epochs=epochs,
@@ -140,19 +153,24 @@ def run_baselines(
         }
         seconds["local_only"] = time.perf_counter() - start
 
-    pooled: FraudGraph | None = merge_graphs(list(graphs.values())) if graphs else None
+    pooled = tasks.merge(task, list(graphs.values())) if graphs else None
     if flags.centralized and pooled is not None:
         start = time.perf_counter()
         seed_everything(derive_seed(scenario.seed, "init"))
-        model = build_model(task, in_dim)
-        train_local(
-            model, pooled, training, seed=derive_seed(scenario.seed, "centralized"), epochs=epochs
+        model = tasks.build(task)
+        tasks.train(
+            model,
+            pooled,
+            task,
+            training,
+            seed=derive_seed(scenario.seed, "centralized"),
+            epochs=epochs,
         )
         res = evaluate_per_site(model, graphs, task)
         out["centralized"] = {**res["pooled"], "per_site": res["per_site"], "mean": res["mean"]}
         seconds["centralized"] = time.perf_counter() - start
 
-    if flags.non_graph and pooled is not None:
+    if flags.non_graph and pooled is not None and not task.is_imaging:
         start = time.perf_counter()
         seed_everything(derive_seed(scenario.seed, "init-rows"))
         row_model = build_row_model(row_feature_dim(task))

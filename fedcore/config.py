@@ -79,7 +79,88 @@ class CsvData(_Model):
     delimiter: str = Field(",", min_length=1, max_length=1)
 
 
-DataSource = Annotated[GeneratedData | CsvData, Field(discriminator="kind")]
+class SyntheticCtData(_Model):
+    """Seeded synthetic chest CT series, written as real DICOM files at the site (:mod:`fedcore.data.synthetic_ct`)."""
+
+    kind: Literal["synthetic-ct"] = "synthetic-ct"
+    scans: int = Field(40, ge=2, le=5000, description="CT series (one per patient) to generate")
+    scanner: str = Field(
+        "ge-standard",
+        min_length=1,
+        description="scanner profile: noise, kernel, slice thickness, pixel spacing (see docs)",
+    )
+    nodule_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="chance that a scan holds a nodule (prevalence)"
+    )
+    matrix: int | None = Field(
+        None, ge=96, le=512, description="rows and columns per slice; default: the scanner's"
+    )
+    slices: int | None = Field(
+        None, ge=24, le=1024, description="slices per series; default: the scanner's"
+    )
+
+    @field_validator("scanner")
+    @classmethod
+    def _known_scanner(cls, name: str) -> str:
+        from fedcore.data.synthetic_ct import SCANNERS
+
+        if name not in SCANNERS:
+            raise ValueError(f"unknown scanner {name!r}; valid: {', '.join(sorted(SCANNERS))}")
+        return name
+
+    seed: int | None = Field(
+        None, description="generator seed; default: derived from the scenario seed and site id"
+    )
+
+
+class DicomData(_Model):
+    """The hospital's own CT series: a folder of DICOM files or a DICOMDIR, and the candidate list."""
+
+    kind: Literal["dicom"] = "dicom"
+    path: Path = Field(
+        ..., description="folder of DICOM files, or a DICOMDIR file (relative: to the config file)"
+    )
+    candidates: Path = Field(
+        ...,
+        description="CSV of candidate locations: series_uid,x_mm,y_mm,z_mm,nodule[,malignant,...]",
+    )
+
+
+class PacsSource(_Model):
+    """Where the hospital's PACS answers DICOM query/retrieve (C-FIND, then C-GET or C-MOVE)."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(..., ge=1, le=65535)
+    called_ae: str = Field(..., min_length=1, max_length=16, description="the PACS's AE title")
+    calling_ae: str = Field(
+        "FEDCORE", min_length=1, max_length=16, description="this site's AE title"
+    )
+    method: Literal["c-get", "c-move"] = "c-get"
+    move_destination_ae: str | None = Field(
+        None, max_length=16, description="c-move: the AE title the PACS sends to (fedcore's own)"
+    )
+    store_port: int | None = Field(
+        None, ge=1, le=65535, description="c-move: port of fedcore's storage server"
+    )
+    timeout_s: float = Field(30.0, gt=0.0)
+    query: dict[str, str] = Field(
+        default_factory=dict, description='extra C-FIND keys, e.g. {"Modality": "CT"}'
+    )
+
+
+class PacsData(_Model):
+    """CT studies pulled from the hospital's PACS into the site's state folder, then read as DICOM."""
+
+    kind: Literal["pacs"] = "pacs"
+    pacs: PacsSource
+    candidates: Path = Field(..., description="CSV of candidate locations (as for kind dicom)")
+
+
+DataSource = Annotated[
+    GeneratedData | CsvData | SyntheticCtData | DicomData | PacsData,
+    Field(discriminator="kind"),
+]
+IMAGING_DATA = (SyntheticCtData, DicomData, PacsData)
 
 
 # --------------------------------------------------------------------------- sections
@@ -97,11 +178,54 @@ class SiteSpec(_Model):
     )
 
 
+class ImagingSpec(_Model):
+    """The nodule model and its input: patches cut around candidate locations in CT volumes."""
+
+    patch_size: int = Field(32, ge=8, le=128, description="patch edge in voxels (a cube)")
+    spacing_mm: float = Field(
+        1.5, gt=0.2, le=10.0, description="isotropic spacing volumes are resampled to (mm)"
+    )
+    window_hu: tuple[float, float] = Field(
+        (-1000.0, 400.0), description="HU window scaled to [0, 1] (low, high)"
+    )
+    channels: list[int] = Field(
+        default_factory=lambda: [8, 16, 32],
+        min_length=1,
+        max_length=4,
+        description="3D CNN stem: channels per stride-2 stage",
+    )
+    dim: int = Field(32, ge=8, le=512, description="Transformer token width")
+    heads: int = Field(4, ge=1, le=16, description="attention heads (must divide dim)")
+    transformer_layers: int = Field(2, ge=1, le=8, description="Transformer encoder layers")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in the Transformer")
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagingSpec:
+        low, high = self.window_hu
+        if not low < high:
+            raise ValueError(
+                f"window_hu must be (low, high) with low < high; found {self.window_hu}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.patch_size % 2 ** len(self.channels):
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be divisible by 2**{len(self.channels)} "
+                f"(one halving per stem stage; channels: {self.channels})"
+            )
+        return self
+
+
 class TaskSpec(_Model):
     """What is trained: model family and its hyper-parameters."""
 
-    model: Literal["fraud-gnn"] = "fraud-gnn"
-    dataset: Literal["transactions"] = "transactions"
+    model: Literal["fraud-gnn", "nodule-net"] = Field(
+        "fraud-gnn",
+        description="fraud-gnn (transaction graphs) or nodule-net (3D CNN + Transformer on CT)",
+    )
+    dataset: Literal["transactions", "ct-candidates"] = Field(
+        "transactions", description="follows the model: transactions or ct-candidates"
+    )
     hidden: int = Field(64, ge=4, le=1024)
     layers: int = Field(2, ge=1, le=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -112,6 +236,30 @@ class TaskSpec(_Model):
     threshold: float = Field(
         0.5, gt=0.0, lt=1.0, description="score threshold for F1/precision/recall/FPR"
     )
+    imaging: ImagingSpec = Field(
+        default_factory=ImagingSpec, description="nodule-net: patch geometry and model size"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_follows_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") == "nodule-net" and "dataset" not in data:
+            return {**data, "dataset": "ct-candidates"}
+        return data
+
+    @model_validator(mode="after")
+    def _model_fits_dataset(self) -> TaskSpec:
+        expected = "ct-candidates" if self.model == "nodule-net" else "transactions"
+        if self.dataset != expected:
+            raise ValueError(
+                f"model {self.model} trains on dataset {expected}; found dataset {self.dataset}"
+            )
+        return self
+
+    @property
+    def is_imaging(self) -> bool:
+        """Whether this task trains the nodule model on CT data."""
+        return self.model == "nodule-net"
 
 
 class TrainingSpec(_Model):
@@ -260,7 +408,7 @@ class AllocatorSpec(_Model):
         description="quantile of the sites' predicted seconds that sets the automatic deadline",
     )
     margin: float = Field(
-        0.1,
+        0.3,
         ge=0.0,
         lt=1.0,
         description="work is sized to finish by (1 - margin) x deadline; the rest absorbs "
@@ -320,11 +468,19 @@ class SchedulerSpec(_Model):
         description="health limits for the filters, e.g. max_temperature_c: 85",
     )
     filters: list[PluginSpec] = Field(
-        default_factory=lambda: [PluginSpec(name="health"), PluginSpec(name="task-fit")],
+        default_factory=lambda: [
+            PluginSpec(name="health"),
+            PluginSpec(name="task-fit"),
+            PluginSpec(name="device-free"),
+        ],
         description="fedcore: filter plugins, run in order",
     )
     scores: list[PluginSpec] = Field(
-        default_factory=lambda: [PluginSpec(name="entropy-load")],
+        default_factory=lambda: [
+            PluginSpec(name="entropy-load", weight=0.5),
+            PluginSpec(name="staleness", weight=2.0),
+            PluginSpec(name="statistical-utility", weight=1.0),
+        ],
         description="fedcore: score plugins and their weights",
     )
     allocator: AllocatorSpec = AllocatorSpec()
@@ -419,6 +575,18 @@ class Scenario(_Model):
                 f"{len(self.sites)} site(s) are listed"
             )
         for site in self.sites:
+            imaging_data = isinstance(site.data, IMAGING_DATA)
+            if imaging_data != self.task.is_imaging:
+                raise ValueError(
+                    f"site {site.id!r}: data kind {site.data.kind} does not fit task model "
+                    f"{self.task.model} (fraud-gnn takes generated or csv transactions; "
+                    "nodule-net takes synthetic-ct, dicom or pacs)"
+                )
+            if self.task.is_imaging and self.export.enabled and self.export.int8:
+                raise ValueError(
+                    "export.int8 is not available for task model nodule-net yet; "
+                    "set export: {int8: false} (the global weights are still exported)"
+                )
             if isinstance(site.data, CsvData):
                 missing = sorted(set(self.task.features) - set(site.data.columns.features))
                 if missing:
@@ -565,9 +733,13 @@ def read_yaml(path: Path) -> Any:
 def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> None:
     for site in sites:
         src = site.get("data") if isinstance(site, dict) else None
-        if isinstance(src, dict) and src.get("kind") == "csv" and isinstance(src.get("path"), str):
-            p = Path(src["path"]).expanduser()
-            src["path"] = str(p if p.is_absolute() else (base / p).resolve())
+        if not isinstance(src, dict):
+            continue
+        keys = {"csv": ("path",), "dicom": ("path", "candidates"), "pacs": ("candidates",)}
+        for key in keys.get(str(src.get("kind")), ()):
+            if isinstance(src.get(key), str):
+                p = Path(src[key]).expanduser()
+                src[key] = str(p if p.is_absolute() else (base / p).resolve())
 
 
 def _resolve_scheduler_paths(data: dict[str, Any], base: Path) -> None:
@@ -587,6 +759,10 @@ def _check_files(path: Path, sites: list[tuple[str, DataSource]]) -> None:
     for label, src in sites:
         if isinstance(src, CsvData) and not src.path.is_file():
             problems.append(f"  {label}.data.path: file not found: {src.path}")
+        if isinstance(src, DicomData) and not src.path.exists():
+            problems.append(f"  {label}.data.path: no such folder or DICOMDIR: {src.path}")
+        if isinstance(src, DicomData | PacsData) and not src.candidates.is_file():
+            problems.append(f"  {label}.data.candidates: file not found: {src.candidates}")
     if problems:
         n = len(problems)
         raise ConfigError(path, f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(problems))

@@ -81,25 +81,48 @@ def _privacy_line(sc: Any) -> str:
 
 def summary_tables(summary: dict[str, Any]) -> list[Table]:
     """The comparison printed at the end of a run: models, then sites."""
-    t = Table(title="test metrics (each site's latest transactions)", title_justify="left")
-    for col in ("model", "PR-AUC", "ROC-AUC", "F1", "FPR"):
+    imaging = summary.get("task") == "nodule-net"
+    if imaging:
+        title, name, unit, positives = (
+            "test metrics (each hospital's held-out patients)",
+            "model",
+            "test patches",
+            "nodules",
+        )
+        cols = {
+            "ROC-AUC": "roc_auc",
+            "sensitivity": "sensitivity",
+            "specificity": "specificity",
+            "PR-AUC": "pr_auc",
+        }
+    else:
+        title, name, unit, positives = (
+            "test metrics (each site's latest transactions)",
+            "GNN",
+            "test tx",
+            "frauds",
+        )
+        cols = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", "F1": "f1", "FPR": "fpr"}
+    t = Table(title=title, title_justify="left")
+    for col in ("model", *cols):
         t.add_column(col, justify="left" if col == "model" else "right")
 
     def row(label: str, m: dict[str, Any] | None) -> None:
         if m:
-            t.add_row(label, *(_fmt(m.get(k)) for k in ("pr_auc", "roc_auc", "f1", "fpr")))
+            t.add_row(label, *(_fmt(m.get(k)) for k in cols.values()))
 
     fin = summary["final"]
     b = summary["baselines"]
     lo = b.get("local_only") or {}
-    row("federated GNN, pooled", fin)
-    row("federated GNN, site mean", fin.get("mean_over_sites"))
-    row("local-only GNN, site mean", lo.get("mean"))
-    row("centralized GNN, pooled", b.get("centralized"))
+    row(f"federated {name}, pooled", fin)
+    row(f"federated {name}, site mean", fin.get("mean_over_sites"))
+    row(f"local-only {name}, site mean", lo.get("mean"))
+    row(f"centralized {name}, pooled", b.get("centralized"))
     row("non-graph model, pooled", b.get("non_graph"))
 
-    s = Table(title="PR-AUC per site", title_justify="left")
-    for col in ("site", "test tx", "frauds", "local-only", "federated"):
+    key = "roc_auc" if imaging else "pr_auc"
+    s = Table(title=f"{'ROC-AUC' if imaging else 'PR-AUC'} per site", title_justify="left")
+    for col in ("site", unit, positives, "local-only", "federated"):
         s.add_column(col, justify="left" if col == "site" else "right")
     fed_sites = fin.get("per_site") or {}
     for sid, fm in fed_sites.items():
@@ -108,8 +131,8 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
             sid,
             _count(fm.get("num_test")),
             _count(fm.get("num_test_pos")),
-            _fmt(lm.get("pr_auc")),
-            _fmt(fm.get("pr_auc")),
+            _fmt(lm.get(key)),
+            _fmt(fm.get(key)),
         )
     tables = [t, s]
     exports = summary.get("exports") or {}

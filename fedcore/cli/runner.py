@@ -201,11 +201,9 @@ def evaluate_outcome(
     """
     from safetensors.numpy import load_file
 
+    from fedcore import tasks
     from fedcore.baselines import evaluate_per_site, run_baselines
     from fedcore.config import load_site_config
-    from fedcore.data.graph import feature_dim
-    from fedcore.data.sites import load_site_data
-    from fedcore.models.fraud_gnn import build_model
     from fedcore.training import load_arrays
 
     s = plan.scenario
@@ -215,13 +213,13 @@ def evaluate_outcome(
     problems: dict[str, str] = {}
     for sid, p in site_paths.items():
         try:
-            graphs[sid] = load_site_data(load_site_config(p), s.task)
+            graphs[sid] = tasks.load_site(load_site_config(p), s.task)
         except Exception as exc:  # a site's broken data must not sink the whole report
             problems[sid] = str(exc)
             log.warning("site %s left out of the final evaluation: %s", sid, exc)
     if not graphs:
         raise RunFailed(f"no site's data could be loaded for the final evaluation: {problems}")
-    model = build_model(s.task, feature_dim(s.task))
+    model = tasks.build(s.task)
     load_arrays(model, load_file(str(final_model_path(plan, site_paths))))
     final = dict(evaluate_per_site(model, graphs, s.task))
     final["unavailable"] = problems
@@ -230,7 +228,7 @@ def evaluate_outcome(
         for name, on in (
             ("local-only", s.baselines.local_only),
             ("centralized", s.baselines.centralized),
-            ("non-graph", s.baselines.non_graph),
+            ("non-graph", s.baselines.non_graph and not s.task.is_imaging),
         )
         if on
     ]
@@ -252,6 +250,7 @@ def build_summary(
     pooled = dict(final.get("pooled", {}))
     return {
         "scenario": plan.scenario.name,
+        "task": plan.scenario.task.model,
         "scenario_file": str(plan.scenario_path),
         "engine": plan.engine,
         "seed": plan.scenario.seed,
@@ -270,7 +269,16 @@ def build_summary(
         "final": {
             **{
                 k: pooled.get(k)
-                for k in ("pr_auc", "roc_auc", "f1", "precision", "recall", "fpr", "num_test")
+                for k in (
+                    "pr_auc",
+                    "roc_auc",
+                    "f1",
+                    "precision",
+                    "recall",
+                    "fpr",
+                    *(("sensitivity", "specificity") if plan.scenario.task.is_imaging else ()),
+                    "num_test",
+                )
             },
             "mean_over_sites": final.get("mean"),
             "per_site": final.get("per_site"),

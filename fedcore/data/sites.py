@@ -43,7 +43,12 @@ def load_site_transactions(cfg: SiteConfig, task: TaskSpec) -> Transactions:
     """
     if isinstance(cfg.data, GeneratedData):
         return generate_transactions(cfg.data, data_seed(cfg))
-    return load_transactions_csv(cfg.data, task.features)
+    if isinstance(cfg.data, CsvData):
+        return load_transactions_csv(cfg.data, task.features)
+    raise ValueError(
+        f"site {cfg.id}: data kind {cfg.data.kind} holds CT images, not transactions; "
+        "use it with task model nodule-net"
+    )
 
 
 def _cache_key(cfg: SiteConfig, task: TaskSpec) -> str:

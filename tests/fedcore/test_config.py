@@ -145,3 +145,72 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "colour: unknown field" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+HOSPITALS = textwrap.dedent(
+    """
+    name: scans
+    rounds: 2
+    sites:
+      - id: hospital-a
+        kind: hospital
+        data: {kind: synthetic-ct, scans: 4, scanner: canon-thick}
+      - id: hospital-b
+        kind: hospital
+        data: {kind: dicom, path: export, candidates: export/candidates.csv}
+    task: {model: nodule-net}
+    export: {int8: false}
+    """
+)
+
+
+def test_imaging_scenario_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "candidates.csv").write_text("series_uid,x_mm,y_mm,z_mm,nodule\n")
+    sc = load_scenario(write(tmp_path, HOSPITALS))
+    assert sc.task.is_imaging and sc.task.dataset == "ct-candidates"
+    assert sc.task.imaging.patch_size == 32 and sc.task.imaging.dropout == 0.0
+    b = sc.sites[1].data
+    assert b.kind == "dicom" and b.path == tmp_path / "export"  # type: ignore[union-attr]
+    assert b.candidates == tmp_path / "export" / "candidates.csv"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("scanner: canon-thick", "scanner: no-such-ct"), "unknown scanner 'no-such-ct'"),
+        (("export: {int8: false}", "export: {int8: true}"), "export.int8 is not available"),
+        (("task: {model: nodule-net}", "task: {}"), "data kind synthetic-ct does not fit"),
+        (
+            ("task: {model: nodule-net}", "task: {model: nodule-net, dataset: transactions}"),
+            "model nodule-net trains on dataset ct-candidates",
+        ),
+        (
+            ("task: {model: nodule-net}", "task: {model: nodule-net, imaging: {dim: 30}}"),
+            "heads \\(4\\) must divide dim \\(30\\)",
+        ),
+        (
+            ("task: {model: nodule-net}", "task: {model: nodule-net, imaging: {patch_size: 20}}"),
+            "patch_size \\(20\\) must be divisible by 2\\*\\*3",
+        ),
+    ],
+)
+def test_bad_imaging_scenarios_say_why(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_scenario(write(tmp_path, HOSPITALS.replace(*change)), check_files=False)
+
+
+def test_missing_dicom_folder_and_candidates_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_scenario(write(tmp_path, HOSPITALS))
+    msg = str(info.value)
+    assert "data.path: no such folder or DICOMDIR" in msg
+    assert "data.candidates: file not found" in msg
+
+
+def test_the_shipped_hospital_scenario_validates() -> None:
+    sc = load_scenario(Path(__file__).parents[2] / "scenarios" / "hospital-nodules.yaml")
+    assert len(sc.sites) == 3 and sc.privacy.mode in ("secagg+", "ckks")
+    assert len({s.data.scanner for s in sc.sites}) == 3  # type: ignore[union-attr]

@@ -1,0 +1,108 @@
+"""One interface over fedcore's tasks: the fraud GNN on transaction graphs, the nodule model on CT patches.
+
+The client app, the baselines and ``fedcore run`` go through these functions, so a
+task is added here once instead of at every call site. Imaging modules are imported
+only for an imaging task (a bank needs no DICOM stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from fedcore.config import SiteConfig, TaskSpec, TrainingSpec
+from fedcore.training import EvalStats, TrainStats
+
+
+def load_site(cfg: SiteConfig, task: TaskSpec) -> Any:
+    """The site's data for ``task``: a ``FraudGraph`` or a ``SitePatches`` (cached in its state folder)."""
+    if task.is_imaging:
+        from fedcore.data.imaging_sites import load_site_patches
+
+        return load_site_patches(cfg, task)
+    from fedcore.data.sites import load_site_data
+
+    return load_site_data(cfg, task)
+
+
+def build(task: TaskSpec) -> nn.Module:
+    """A freshly initialised model for ``task`` (seed the RNGs first for a reproducible start)."""
+    if task.is_imaging:
+        from fedcore.models.nodule_net import NoduleNet
+
+        spec = task.imaging
+        return NoduleNet(
+            in_size=spec.patch_size,
+            channels=tuple(spec.channels),
+            dim=spec.dim,
+            heads=spec.heads,
+            layers=spec.transformer_layers,
+            dropout=spec.dropout,
+        )
+    from fedcore.data.graph import feature_dim
+    from fedcore.models.fraud_gnn import build_model
+
+    return build_model(task, feature_dim(task))
+
+
+def num_train(data: Any) -> int:
+    """Training examples of a site's data (transactions or patches)."""
+    return int(data.num_train)
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    task: TaskSpec,
+    training: TrainingSpec,
+    *,
+    seed: int,
+    epochs: int | None = None,
+    device: str = "cpu",
+) -> TrainStats:
+    """Train ``model`` in place on the site's training split (see the task's own ``train`` function)."""
+    if task.is_imaging:
+        from fedcore.imaging_training import train_patches
+
+        return train_patches(model, data.train, training, seed=seed, epochs=epochs, device=device)
+    from fedcore.training import train_local
+
+    return train_local(model, data, training, seed=seed, epochs=epochs, device=device)
+
+
+def evaluate(model: nn.Module, data: Any, task: TaskSpec, *, device: str = "cpu") -> EvalStats:
+    """Score the site's test split: loss, counts, metrics, and the scores and labels themselves."""
+    if task.is_imaging:
+        from fedcore.imaging_training import evaluate_patches
+
+        return evaluate_patches(model, data.test, task.threshold, device=device)
+    from fedcore.training import evaluate as evaluate_graph
+
+    return evaluate_graph(model, data, task, device=device)
+
+
+def merge(task: TaskSpec, datas: Sequence[Any]) -> Any:
+    """All sites' data as one (the centralized baseline: what pooling the data would give)."""
+    if task.is_imaging:
+        import torch
+
+        from fedcore.data.imaging_sites import SitePatches
+        from fedcore.models.nodule_net import PatchSet
+
+        def cat(sets: list[PatchSet]) -> PatchSet:
+            return PatchSet(
+                torch.cat([s.x for s in sets]),
+                torch.cat([s.y for s in sets]),
+                [i for s in sets for i in s.ids],
+            )
+
+        return SitePatches(
+            train=cat([d.train for d in datas]),
+            test=cat([d.test for d in datas]),
+            problems=[p for d in datas for p in d.problems],
+        )
+    from fedcore.data.graph import merge_graphs
+
+    return merge_graphs(list(datas))

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -126,33 +135,102 @@ class DicomData(_Model):
     )
 
 
-class PacsSource(_Model):
-    """Where the hospital's PACS answers DICOM query/retrieve (C-FIND, then C-GET or C-MOVE)."""
+_AE_TITLE = re.compile(r"^[ -\[\]-~]{1,16}$")  # DICOM default repertoire, no backslash, no control
 
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(..., ge=1, le=65535)
-    called_ae: str = Field(..., min_length=1, max_length=16, description="the PACS's AE title")
-    calling_ae: str = Field(
-        "FEDCORE", min_length=1, max_length=16, description="this site's AE title"
-    )
-    method: Literal["c-get", "c-move"] = "c-get"
+
+def _check_ae_title(value: str, what: str) -> str:
+    title = value.strip()
+    if not _AE_TITLE.fullmatch(title):
+        raise ValueError(
+            f"{what} must be 1 to 16 printable ASCII characters without a backslash, "
+            f"got {value!r}; use the AE title configured on the PACS"
+        )
+    return title
+
+
+def check_query_keys(keys: dict[str, str]) -> dict[str, str]:
+    """``keys`` if every one is a DICOM keyword with a string value (``ValueError`` naming the bad one)."""
+    from pydicom.datadict import tag_for_keyword
+
+    for keyword, value in keys.items():
+        if keyword == "QueryRetrieveLevel" or tag_for_keyword(keyword) is None:
+            raise ValueError(
+                f"C-FIND key {keyword!r} is not a DICOM attribute keyword usable as a matching "
+                "key; use keywords such as 'ModalitiesInStudy', 'StudyDate', 'PatientID', "
+                "'AccessionNumber'"
+            )
+        if not isinstance(value, str):
+            raise ValueError(
+                f"C-FIND key {keyword!r} needs a string value (DICOM matching syntax, "
+                f"e.g. '20240101-' or 'CT'), got {value!r}"
+            )
+    return keys
+
+
+class PacsSpec(_Model):
+    """Where a hospital's PACS answers DICOM query/retrieve (C-FIND, then C-GET or C-MOVE)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="PACS host name or IP address")
+    port: int = Field(..., ge=1, le=65535, description="PACS DICOM port")
+    called_ae: str = Field(..., description="the PACS's AE title")
+    calling_ae: str = Field("FEDCORE", description="fedcore's AE title, as registered on the PACS")
     move_destination_ae: str | None = Field(
-        None, max_length=16, description="c-move: the AE title the PACS sends to (fedcore's own)"
+        None,
+        description="C-MOVE only: AE title the PACS sends to (fedcore's storage SCP); "
+        "defaults to calling_ae",
     )
     store_port: int | None = Field(
-        None, ge=1, le=65535, description="c-move: port of fedcore's storage server"
+        None, ge=1, le=65535, description="C-MOVE only: port of fedcore's storage SCP"
     )
-    timeout_s: float = Field(30.0, gt=0.0)
+    store_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="C-MOVE only: address fedcore's storage SCP listens on; the interface "
+        "the PACS reaches this machine by (never 0.0.0.0 without a firewall)",
+    )
+    method: Literal["c-get", "c-move"] = "c-get"
+    timeout_s: float = Field(30.0, gt=0, description="connection, ACSE and DIMSE timeout")
     query: dict[str, str] = Field(
-        default_factory=dict, description='extra C-FIND keys, e.g. {"Modality": "CT"}'
+        default_factory=dict,
+        description="extra C-FIND matching keys at study level, e.g. {'ModalitiesInStudy': 'CT'}",
     )
+
+    @field_validator("called_ae", "calling_ae", "move_destination_ae")
+    @classmethod
+    def _ae_title(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _check_ae_title(value, str(info.field_name))
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_query_keys(value)
+
+    @model_validator(mode="after")
+    def _move_needs_store_port(self) -> PacsSpec:
+        if self.method == "c-move" and self.store_port is None:
+            raise ValueError(
+                "method 'c-move' needs store_port: the port of fedcore's storage SCP, the one "
+                "registered for the move destination AE on the PACS"
+            )
+        return self
+
+    @property
+    def destination_ae(self) -> str:
+        """AE title of fedcore's storage SCP for C-MOVE."""
+        return self.move_destination_ae or self.calling_ae
+
+    def describe(self) -> str:
+        """``host:port`` and both AE titles, for messages."""
+        return (
+            f"PACS {self.called_ae!r} at {self.host}:{self.port} (calling AE {self.calling_ae!r})"
+        )
 
 
 class PacsData(_Model):
     """CT studies pulled from the hospital's PACS into the site's state folder, then read as DICOM."""
 
     kind: Literal["pacs"] = "pacs"
-    pacs: PacsSource
+    pacs: PacsSpec
     candidates: Path = Field(..., description="CSV of candidate locations (as for kind dicom)")
 
 

@@ -141,12 +141,11 @@ def _raw_series(cfg: SiteConfig) -> tuple[Path, Path]:
     if isinstance(data, PacsData):
         out = _state(cfg) / "imaging" / "pacs" / _digest(data.pacs.model_dump(mode="json"))
         if not _done(out).is_file():
-            from fedcore.data.pacs import PacsSpec, pull
+            from fedcore.data.pacs import pull
 
             _fresh(out)
-            spec = PacsSpec.model_validate(data.pacs.model_dump())
-            files = pull(spec, out)
-            log.info("site %s: pulled %d file(s) from %s", cfg.id, len(files), spec.host)
+            files = pull(data.pacs, out)
+            log.info("site %s: pulled %d file(s) from %s", cfg.id, len(files), data.pacs.describe())
             _done(out).write_text(f"{len(files)}\n")
         return out, data.candidates
     if isinstance(data, SyntheticCtData):

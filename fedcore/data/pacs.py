@@ -22,18 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 from pydicom import uid
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
@@ -47,9 +38,10 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from fedcore.config import PacsSpec, check_query_keys
+
 logger = logging.getLogger(__name__)
 
-_AE_TITLE = re.compile(r"^[ -\[\]-~]{1,16}$")  # default repertoire, no backslash, no control
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Study Root Query/Retrieve information models (PS3.4 C.6.2)
 STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
@@ -121,93 +113,6 @@ def get_storage_contexts() -> list[tuple[UID, list[UID]]]:
         contexts.extend((UID(sop), [ts]) for ts in (uid.JPEGExtended12Bit, uid.JPEGLossless))
     contexts.extend((UID(sop), list(_UNCOMPRESSED)) for sop in _PLAIN_CLASSES)
     return contexts
-
-
-def _check_ae_title(value: str, what: str) -> str:
-    title = value.strip()
-    if not _AE_TITLE.fullmatch(title):
-        raise ValueError(
-            f"{what} must be 1 to 16 printable ASCII characters without a backslash, "
-            f"got {value!r}; use the AE title configured on the PACS"
-        )
-    return title
-
-
-def _check_query_keys(keys: dict[str, str]) -> dict[str, str]:
-    for keyword, value in keys.items():
-        if keyword == "QueryRetrieveLevel" or tag_for_keyword(keyword) is None:
-            raise ValueError(
-                f"C-FIND key {keyword!r} is not a DICOM attribute keyword usable as a matching "
-                "key; use keywords such as 'Modality', 'ModalitiesInStudy', 'StudyDate', "
-                "'PatientID', 'AccessionNumber'"
-            )
-        if not isinstance(value, str):
-            raise ValueError(
-                f"C-FIND key {keyword!r} needs a string value (DICOM matching syntax, "
-                f"e.g. '20240101-' or 'CT'), got {value!r}"
-            )
-    return keys
-
-
-class PacsSpec(BaseModel):
-    """Where a site's PACS is and how to retrieve from it (the ``pacs:`` block of a site config)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = Field("127.0.0.1", min_length=1, description="PACS host name or IP address")
-    port: int = Field(..., ge=1, le=65535, description="PACS DICOM port")
-    called_ae: str = Field(..., description="the PACS's AE title")
-    calling_ae: str = Field("FEDCORE", description="fedcore's AE title, as registered on the PACS")
-    move_destination_ae: str | None = Field(
-        None,
-        description="C-MOVE only: AE title the PACS sends to (fedcore's storage SCP); "
-        "defaults to calling_ae",
-    )
-    store_port: int | None = Field(
-        None, ge=1, le=65535, description="C-MOVE only: port of fedcore's storage SCP"
-    )
-    store_host: str = Field(
-        "127.0.0.1",
-        min_length=1,
-        description="C-MOVE only: address fedcore's storage SCP listens on; the interface "
-        "the PACS reaches this machine by (never 0.0.0.0 without a firewall)",
-    )
-    method: Literal["c-get", "c-move"] = "c-get"
-    timeout_s: float = Field(30.0, gt=0, description="connection, ACSE and DIMSE timeout")
-    query: dict[str, str] = Field(
-        default_factory=dict,
-        description="extra C-FIND matching keys for pull(), e.g. {'ModalitiesInStudy': 'CT'}",
-    )
-
-    @field_validator("called_ae", "calling_ae", "move_destination_ae")
-    @classmethod
-    def _ae_title(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _check_ae_title(value, str(info.field_name))
-
-    @field_validator("query")
-    @classmethod
-    def _query(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_query_keys(value)
-
-    @model_validator(mode="after")
-    def _move_needs_store_port(self) -> PacsSpec:
-        if self.method == "c-move" and self.store_port is None:
-            raise ValueError(
-                "method 'c-move' needs store_port: the port of fedcore's storage SCP, the one "
-                "registered for the move destination AE on the PACS"
-            )
-        return self
-
-    @property
-    def destination_ae(self) -> str:
-        """AE title of fedcore's storage SCP for C-MOVE."""
-        return self.move_destination_ae or self.calling_ae
-
-    def describe(self) -> str:
-        """``host:port`` and both AE titles, for messages."""
-        return (
-            f"PACS {self.called_ae!r} at {self.host}:{self.port} (calling AE {self.calling_ae!r})"
-        )
 
 
 class PacsError(RuntimeError):
@@ -364,7 +269,7 @@ def find_studies(spec: PacsSpec, **keys: str) -> list[StudyInfo]:
         PacsError: the PACS cannot be reached, refuses the association, or answers with a
             failure status.
     """
-    _check_query_keys(keys)
+    check_query_keys(keys)
     returned = {
         "StudyInstanceUID": "",
         "PatientID": "",

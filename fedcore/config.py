@@ -546,12 +546,9 @@ class SchedulerSpec(_Model):
         description="health limits for the filters, e.g. max_temperature_c: 85",
     )
     filters: list[PluginSpec] = Field(
-        default_factory=lambda: [
-            PluginSpec(name="health"),
-            PluginSpec(name="task-fit"),
-            PluginSpec(name="device-free"),
-        ],
-        description="fedcore: filter plugins, run in order",
+        default_factory=lambda: [PluginSpec(name="health"), PluginSpec(name="task-fit")],
+        description="fedcore: filter plugins, run in order (add device-free where sites "
+        "report GPU utilization)",
     )
     scores: list[PluginSpec] = Field(
         default_factory=lambda: [

@@ -15,7 +15,7 @@ from torch import nn
 from fedcore.config import TrainingSpec
 from fedcore.metrics import METRIC_KEYS, binary_metrics
 from fedcore.models.nodule_net import PatchSet
-from fedcore.training import EvalStats, TrainStats, seed_everything
+from fedcore.training import EvalStats, TrainStats, class_weight, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def patch_positive_weight(train: PatchSet, training: TrainingSpec) -> float:
-    """``training.pos_weight``, or ``sqrt(neg / pos)`` of the site's train patches (1.0 without both)."""
-    if training.pos_weight is not None:
-        return float(training.pos_weight)
-    pos = train.num_pos
-    neg = len(train) - pos
-    if pos == 0 or neg == 0:
-        return 1.0
-    return math.sqrt(neg / pos)
+    """:func:`fedcore.training.class_weight` of the site's train patches (1.0 without both classes)."""
+    return class_weight(train.num_pos, len(train), training)
 
 
 def train_patches(

@@ -109,15 +109,23 @@ def _forward(model: nn.Module, x: torch.Tensor, edge_index: torch.Tensor | None)
     return out
 
 
-def positive_weight(graph: FraudGraph, training: TrainingSpec) -> float:
-    """``training.pos_weight``, or ``sqrt(neg / pos)`` of the site's train split (1.0 without fraud)."""
+def class_weight(num_pos: int, num_total: int, training: TrainingSpec) -> float:
+    """``training.pos_weight``, or ``sqrt(neg / pos)`` (1.0 when a class is missing).
+
+    >>> class_weight(10, 1010, TrainingSpec())
+    10.0
+    """
     if training.pos_weight is not None:
         return float(training.pos_weight)
-    pos = graph.num_train_pos
-    neg = graph.num_train - pos
-    if pos == 0 or neg == 0:
+    neg = num_total - num_pos
+    if num_pos <= 0 or neg <= 0:
         return 1.0
-    return math.sqrt(neg / pos)
+    return math.sqrt(neg / num_pos)
+
+
+def positive_weight(graph: FraudGraph, training: TrainingSpec) -> float:
+    """:func:`class_weight` of the site's train transactions (1.0 without fraud)."""
+    return class_weight(graph.num_train_pos, graph.num_train, training)
 
 
 def train_local(

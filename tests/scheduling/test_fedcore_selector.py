@@ -223,8 +223,11 @@ def test_last_loss_feeds_the_statistical_utility_and_survives_a_restart() -> Non
     assert again.select(2, sites).scores == nxt.scores
 
 
-def test_busy_device_is_left_out_by_default() -> None:
-    sel = FedcoreSelector(spec(), base_epochs=2, num_sites=2, forecaster=EwmaForecaster())
+def test_busy_device_is_left_out_with_the_device_free_filter() -> None:
+    filters = [{"name": "health"}, {"name": "device-free"}]
+    sel = FedcoreSelector(
+        spec(filters=filters), base_epochs=2, num_sites=2, forecaster=EwmaForecaster()
+    )
     first = sel.select(1, [cand("a", 10.0), cand("b", 100.0)])
     assert [c.site_id for c in first.chosen] == ["a"]
     assert any("device busy" in r for r in first.rejected["b"])

@@ -159,3 +159,17 @@ def test_ckks_dp_run_records_privacy_and_never_writes_secrets(tmp_path: Path) ->
     for needle in needles:
         for hay in haystacks:
             assert needle not in hay
+
+
+def test_out_dir_of_another_scenario_is_refused_cleanly(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "out"
+    assert fedcore("run", str(scenario), "--out", str(out), "--rounds", "1").returncode == 0
+    before = (out / "rounds.csv").read_text()
+    other = tmp_path / "other.yaml"
+    other.write_text(scenario.read_text().replace("seed: 5", "seed: 6"))
+    res = fedcore("run", str(other), "--out", str(out), "--rounds", "1")
+    assert res.returncode == 2, res.stderr
+    assert "cannot use the output directory" in res.stderr and "different scenario" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (out / "rounds.csv").read_text() == before  # the earlier run is untouched

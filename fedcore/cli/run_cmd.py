@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from coordinator.state import StateError
 from fedcore.cli.common import configure_logging, load_checked_scenario
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError
@@ -248,6 +249,9 @@ def run(
         err.print(f"[bold red]federation failed:[/] {exc}", highlight=False)
         err.print(f"completed rounds, logs and checkpoints are kept in {out_dir}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
+    except StateError as exc:  # e.g. --out holds another scenario's run: nothing was touched
+        err.print(f"[bold red]cannot use the output directory:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]; completed rounds are kept in {out_dir}")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "ct-patches-v1"
+CACHE_VERSION = "ct-patches-v2"
 """Bump when the generator, de-identification or patch cutting changes, so stale caches are ignored."""
 
 SECRET_FILE = "deid.secret"
@@ -250,10 +250,15 @@ def build_patches(cfg: SiteConfig, task: TaskSpec) -> SitePatches:
             f"({len(candidates)} candidate(s), {len(volumes)} readable series); "
             + ("; ".join(problems[:3]) or "check the candidates' series UIDs")
         )
-    test_series = _split(sorted(patches), task.test_fraction, cfg.seed)
+    # order and split by the site's own series UIDs: the remapped ones change with the
+    # site's secret, and the same data and seed must give the same patients in each split
+    original = {uid: by_series[uid][0][1].series_uid for uid in patches}
+    order = sorted(patches, key=original.__getitem__)
+    held_out = _split([original[u] for u in order], task.test_fraction, cfg.seed)
+    test_series = {u for u in order if original[u] in held_out}
 
     def patch_set(keep: bool) -> PatchSet:
-        rows = [p for uid in sorted(patches) if (uid in test_series) == keep for p in patches[uid]]
+        rows = [p for uid in order if (uid in test_series) == keep for p in patches[uid]]
         if not rows:
             return PatchSet(
                 torch.zeros((0, 1, size, size, size)), torch.zeros(0, dtype=torch.int64), []

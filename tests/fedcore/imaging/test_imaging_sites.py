@@ -199,3 +199,15 @@ def test_synthetic_overrides_reach_the_generator(tmp_path: Path) -> None:
     assert (ds.Rows, ds.Columns) == (96, 96)
     assert len(list(f.parent.glob("*.dcm"))) == 24
     assert isinstance(cfg.data, SyntheticCtData)
+
+
+def test_same_data_and_seed_give_the_same_split_whatever_the_secret(tmp_path: Path) -> None:
+    one = build_patches(site(tmp_path / "one", scans=3), TASK)
+    two = build_patches(site(tmp_path / "two", scans=3), TASK)  # another random site secret
+    assert (tmp_path / "one" / "deid.secret").read_bytes() != (
+        tmp_path / "two" / "deid.secret"
+    ).read_bytes()
+    assert one.train.ids != two.train.ids  # the remapped UIDs differ...
+    assert torch.equal(one.train.x, two.train.x) and torch.equal(
+        one.test.y, two.test.y
+    )  # ...nothing else

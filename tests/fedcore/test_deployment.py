@@ -395,7 +395,9 @@ def test_two_sites_complete_over_tls_and_leave_no_process(
 
 @pytest.mark.slow
 def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
-    scenario, sites = write_scenario(tmp_path)
+    # rounds to spare: the first ClientApp seen may already be the last round's, and the run
+    # must still be going when the signal lands (it stops there, so they cost nothing)
+    scenario, sites = write_scenario(tmp_path, rounds=4)
     driver = start_driver(watch, tmp_path, scenario, sites)
     wait_for(
         lambda: _clientapp_running(watch) or driver.poll() is not None,

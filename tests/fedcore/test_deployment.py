@@ -406,7 +406,13 @@ def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
     )
     assert driver.poll() is None, _text(tmp_path / "driver.log")
     os.kill(driver.pid, signal.SIGINT)
-    assert driver.wait(timeout=90) == 130, _text(tmp_path / "driver.log")
+    # every layer stops its children with a grace period (SIGTERM, then SIGKILL); on a loaded
+    # 2-core CI machine the whole tree has taken more than 90 s, so wait for the bound instead
+    try:
+        code = driver.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGINT did not stop the run within 240 s:\n" + _text(tmp_path / "driver.log"))
+    assert code == 130, _text(tmp_path / "driver.log")
     assert "KeyboardInterrupt" in _text(tmp_path / "driver.log")
     assert watch.survivors() == []
 

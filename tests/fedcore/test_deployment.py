@@ -397,7 +397,7 @@ def test_two_sites_complete_over_tls_and_leave_no_process(
 @pytest.mark.xfail(
     strict=False,
     reason="known race, under investigation: on a loaded 2-core machine a SIGINT sent once the "
-    "first ClientApp runs has been lost (the run went on to complete), in 3 of 4 runs today",
+    "first ClientApp runs has been lost (the run went on or did not stop), in 4 of 6 runs today",
 )
 def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
     # rounds to spare: the first ClientApp seen may already be the last round's, and the run

@@ -30,17 +30,9 @@ def load_site(cfg: SiteConfig, task: TaskSpec) -> Any:
 def build(task: TaskSpec) -> nn.Module:
     """A freshly initialised model for ``task`` (seed the RNGs first for a reproducible start)."""
     if task.is_imaging:
-        from fedcore.models.nodule_net import NoduleNet
+        from fedcore.models.nodule_net import build_nodule_net
 
-        spec = task.imaging
-        return NoduleNet(
-            in_size=spec.patch_size,
-            channels=tuple(spec.channels),
-            dim=spec.dim,
-            heads=spec.heads,
-            layers=spec.transformer_layers,
-            dropout=spec.dropout,
-        )
+        return build_nodule_net(task)
     from fedcore.data.graph import feature_dim
     from fedcore.models.fraud_gnn import build_model
 

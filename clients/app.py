@@ -223,15 +223,18 @@ def _evaluate_arrays(
     load_arrays(model, arrays)
     ev = tasks.evaluate(model, data, task, device=site_device(site).torch_device)
     hp, hn = score_histograms(ev.labels, ev.scores, R.HIST_BINS)
+    tp, fp = ev.flagged()
     return R.EvalReply(
         site_id=site.id,
         num_examples=ev.num_examples,
         num_positive=ev.num_positive,
         loss=ev.loss,
-        metrics={k: float(v) for k, v in ev.metrics.items()},
+        metrics={**{k: float(v) for k, v in ev.metrics.items()}, "threshold": ev.threshold},
         hist_pos=hp,
         hist_neg=hn,
         model_digest=digest,
+        flagged_pos=tp,
+        flagged_neg=fp,
     )
 
 

@@ -21,7 +21,7 @@ from coordinator.state import Checkpoint, StateStore
 from coordinator.validation import check_train_reply
 from fedcore import records as R
 from fedcore.config import Scenario
-from fedcore.metrics import metrics_from_histograms
+from fedcore.metrics import metrics_from_counts, metrics_from_histograms
 from scheduling.base import Candidate, Selection, Selector, SiteResult
 from secure.modes import warn_if_plaintext
 
@@ -452,12 +452,8 @@ class RoundDriver:
                 down,
                 up,
             )
-        hp = np.sum([p.hist_pos for p in parsed], axis=0)
-        hn = np.sum([p.hist_neg for p in parsed], axis=0)
-        threshold = self.scenario.task.threshold
-        pooled = metrics_from_histograms(hp.tolist(), hn.tolist(), threshold)
-        pooled["loss"] = weighted_mean([(p.loss, p.num_examples) for p in parsed])
-        pooled["per_site"] = {p.site_id: p.metrics for p in parsed}  # type: ignore[assignment]
+        pooled: dict[str, Any] = pool_evaluations(parsed, self.scenario.task.threshold)
+        pooled["per_site"] = {p.site_id: p.metrics for p in parsed}
         return pooled, problems, down, up
 
     # ------------------------------------------------------------------ main loop
@@ -705,6 +701,29 @@ class RoundDriver:
         )
         if self.observer is not None:
             self.observer(record)
+
+
+def pool_evaluations(parsed: Sequence[R.EvalReply], threshold: float) -> dict[str, float]:
+    """Pooled metrics of the sites' evaluations, without any site's scores.
+
+    AUCs come from the summed score histograms. F1, precision, recall and FPR come from the
+    summed flag counts when every site sent them (each site flags at its own operating
+    threshold, ``task.operating_point``), else from the histograms at ``threshold``.
+    """
+    hp = np.sum([p.hist_pos for p in parsed], axis=0)
+    hn = np.sum([p.hist_neg for p in parsed], axis=0)
+    pooled = metrics_from_histograms(hp.tolist(), hn.tolist(), threshold)
+    if all(p.flagged_pos is not None and p.flagged_neg is not None for p in parsed):
+        pooled.update(
+            metrics_from_counts(
+                sum(int(p.flagged_pos or 0) for p in parsed),
+                sum(int(p.flagged_neg or 0) for p in parsed),
+                sum(p.num_positive for p in parsed),
+                sum(p.num_examples - p.num_positive for p in parsed),
+            )
+        )
+    pooled["loss"] = weighted_mean([(p.loss, p.num_examples) for p in parsed])
+    return pooled
 
 
 def schedule_digest(

@@ -15,7 +15,7 @@ from torch import nn
 from fedcore import tasks
 from fedcore.config import Scenario, TaskSpec
 from fedcore.data.graph import row_feature_dim
-from fedcore.metrics import METRIC_KEYS, binary_metrics
+from fedcore.metrics import METRIC_KEYS, binary_metrics, metrics_from_counts
 from fedcore.models.baseline import build_row_model
 from fedcore.training import seed_everything, train_local
 
@@ -81,24 +81,30 @@ def evaluate_per_site(
     Returns:
         ``{"per_site": {site: metrics}, "pooled": metrics, "mean": metrics}`` where
         metrics are :func:`fedcore.metrics.binary_metrics` plus ``num_test`` and
-        ``num_test_pos``; ``pooled`` is computed over the concatenated test scores of
-        all sites and ``mean`` is :func:`mean_metrics` of ``per_site``.
+        ``num_test_pos`` (per site also ``threshold``, the site's operating threshold
+        for this model: :func:`fedcore.tasks.operating_threshold`); ``pooled`` has the
+        AUCs of the concatenated test scores of all sites and the threshold metrics of
+        the summed flags of every site, and ``mean`` is :func:`mean_metrics` of ``per_site``.
     """
     per_site: dict[str, dict[str, float]] = {}
     scores, labels = [], []
+    tp = fp = 0
     for site, graph in graphs.items():
         m = model if isinstance(model, nn.Module) else model(site)
         ev = tasks.evaluate(m, graph, task)
         per_site[site] = _with_count(ev.metrics, ev.num_examples, ev.num_positive)
+        per_site[site]["threshold"] = ev.threshold
+        site_tp, site_fp = ev.flagged()
+        tp, fp = tp + site_tp, fp + site_fp
         scores.append(ev.scores)
         labels.append(ev.labels)
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    pooled = _with_count(
-        with_imaging_metrics(binary_metrics(all_labels, all_scores, task.threshold), task),
-        len(all_labels),
-        int(all_labels.sum()),
-    )
+    pos = int(all_labels.sum())
+    # curves from the pooled scores; flags as each site set them (its own threshold)
+    metrics = binary_metrics(all_labels, all_scores, task.threshold)
+    metrics.update(metrics_from_counts(tp, fp, pos, len(all_labels) - pos))
+    pooled = _with_count(with_imaging_metrics(metrics, task), len(all_labels), pos)
     return {"per_site": per_site, "pooled": pooled, "mean": mean_metrics(per_site)}
 
 

@@ -312,7 +312,15 @@ class TaskSpec(_Model):
     )
     test_fraction: float = Field(0.3, gt=0.0, lt=0.9, description="latest share of time held out")
     threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="score threshold for F1/precision/recall/FPR"
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="score threshold for F1/precision/recall/FPR (operating_point: fixed)",
+    )
+    operating_point: Literal["fixed", "balanced"] = Field(
+        "fixed",
+        description="fixed: flag scores >= threshold; balanced: each site flags at the score "
+        "where sensitivity equals specificity on its own training split, for every model",
     )
     imaging: ImagingSpec = Field(
         default_factory=ImagingSpec, description="nodule-net: patch geometry and model size"

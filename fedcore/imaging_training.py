@@ -233,4 +233,5 @@ def evaluate_patches(
         metrics=imaging_metrics(labels, scores, threshold),
         scores=scores,
         labels=labels,
+        threshold=threshold,
     )

@@ -97,6 +97,64 @@ def binary_metrics(
     return {"pr_auc": ap, "roc_auc": roc, **_threshold_metrics(tp, fp, pos, neg)}
 
 
+OPERATING_POINTS = ("fixed", "balanced")
+"""How a site chooses the score at or above which it flags (``task.operating_point``)."""
+
+
+def balanced_threshold(y_true: ArrayLike, scores: ArrayLike, fallback: float = 0.5) -> float:
+    """The score threshold where sensitivity and specificity are closest (the equal-error point).
+
+    Meant for a site's own training split: the threshold is then used on its test split.
+    Among the thresholds with the smallest ``|sensitivity - specificity|`` the one with the
+    largest sum wins (then the highest). The threshold returned lies midway between the
+    lowest flagged score and the next lower score, so the counts on ``scores`` are those of
+    the chosen point.
+
+    Args:
+        y_true: Labels (1 = positive), shape ``[n]``.
+        scores: Scores, same shape; finite.
+        fallback: Returned when ``y_true`` lacks one of the two classes (no such point).
+
+    Raises:
+        ValueError: for mismatched lengths, labels other than 0/1 or non-finite scores.
+    """
+    y, s = _check(y_true, scores)
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float(fallback)
+    order = np.argsort(-s, kind="mergesort")
+    ys, ss = y[order], s[order]
+    last = np.concatenate([np.flatnonzero(np.diff(ss)), [len(ss) - 1]])
+    tps = np.cumsum(ys)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    sens = tps / pos
+    spec = 1.0 - fps / neg
+    gap = np.round(np.abs(sens - spec), 12)
+    total = np.round(sens + spec, 12)
+    best = int(np.lexsort((np.arange(len(gap)), -total, gap))[0])
+    low = ss[last[best]]
+    below = ss[last[best] + 1] if last[best] + 1 < len(ss) else None
+    return float(low if below is None else (low + below) / 2.0)
+
+
+def flagged_counts(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> tuple[int, int]:
+    """``(true positives, false positives)``: positives and negatives scored ``>= threshold``."""
+    y, s = _check(y_true, scores)
+    flagged = s >= threshold
+    return int(np.sum(flagged & (y == 1))), int(np.sum(flagged & (y == 0)))
+
+
+def metrics_from_counts(tp: float, fp: float, pos: float, neg: float) -> dict[str, float]:
+    """F1, precision, recall and FPR from flagged counts (e.g. summed over sites)."""
+    if min(tp, fp, pos, neg) < 0 or tp > pos or fp > neg:
+        raise ValueError(
+            f"flagged counts must satisfy 0 <= tp <= pos and 0 <= fp <= neg; "
+            f"found tp={tp}, fp={fp}, pos={pos}, neg={neg}"
+        )
+    return _threshold_metrics(float(tp), float(fp), float(pos), float(neg))
+
+
 def score_histograms(
     y_true: ArrayLike, scores: ArrayLike, bins: int
 ) -> tuple[list[int], list[int]]:

@@ -437,6 +437,10 @@ class EvalReply:
     hist_neg: list[int]
     model_digest: str = ""
     """Hex digest of the model the site evaluated (``ckks``: every site must hold the same)."""
+    flagged_pos: int | None = None
+    """Positives flagged at the site's operating threshold (``metrics["threshold"]``)."""
+    flagged_neg: int | None = None
+    """Negatives flagged there; with ``flagged_pos``, what pooled F1/recall/FPR are summed from."""
 
     def to_content(self) -> RecordDict:
         m: dict[str, Any] = {
@@ -446,6 +450,9 @@ class EvalReply:
             "hist_pos": [int(x) for x in self.hist_pos],
             "hist_neg": [int(x) for x in self.hist_neg],
         }
+        if self.flagged_pos is not None and self.flagged_neg is not None:
+            m["flagged_pos"] = int(self.flagged_pos)
+            m["flagged_neg"] = int(self.flagged_neg)
         m.update({f"m.{k}": float(v) for k, v in self.metrics.items()})
         return RecordDict(
             {
@@ -467,10 +474,23 @@ class EvalReply:
         hist_neg = [int(x) for x in m["hist_neg"]]  # type: ignore[union-attr]
         if len(hist_pos) != HIST_BINS or len(hist_neg) != HIST_BINS:
             raise ValueError(f"evaluate reply histograms must have {HIST_BINS} bins")
+        num_examples = int(m["num_examples"])  # type: ignore[arg-type]
+        num_positive = int(m["num_positive"])  # type: ignore[arg-type]
+        flagged: list[int | None] = [None, None]
+        if "flagged_pos" in m or "flagged_neg" in m:
+            if "flagged_pos" not in m or "flagged_neg" not in m:
+                raise ValueError("evaluate reply has only one of flagged_pos and flagged_neg")
+            flagged = [int(m["flagged_pos"]), int(m["flagged_neg"])]  # type: ignore[arg-type]
+            tp, fp = flagged
+            if not (0 <= tp <= num_positive and 0 <= fp <= num_examples - num_positive):  # type: ignore[operator]
+                raise ValueError(
+                    f"evaluate reply flags {tp} positive(s) and {fp} negative(s) of "
+                    f"{num_positive} and {num_examples - num_positive}: impossible counts"
+                )
         return cls(
             site_id=str(site),
-            num_examples=int(m["num_examples"]),  # type: ignore[arg-type]
-            num_positive=int(m["num_positive"]),  # type: ignore[arg-type]
+            num_examples=num_examples,
+            num_positive=num_positive,
             loss=float(m["loss"]),  # type: ignore[arg-type]
             metrics={k[2:]: float(v) for k, v in m.items() if k.startswith("m.")},  # type: ignore[arg-type]
             hist_pos=hist_pos,
@@ -478,6 +498,8 @@ class EvalReply:
             model_digest=str(
                 content.config_records.get(CONFIG, ConfigRecord()).get("model_digest", "")
             ),
+            flagged_pos=flagged[0],
+            flagged_neg=flagged[1],
         )
 
 

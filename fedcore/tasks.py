@@ -64,15 +64,45 @@ def train(
     return train_local(model, data, training, seed=seed, epochs=epochs, device=device)
 
 
-def evaluate(model: nn.Module, data: Any, task: TaskSpec, *, device: str = "cpu") -> EvalStats:
-    """Score the site's test split: loss, counts, metrics, and the scores and labels themselves."""
+def _scores(
+    model: nn.Module, data: Any, task: TaskSpec, split: str, threshold: float, device: str
+) -> EvalStats:
     if task.is_imaging:
         from fedcore.imaging_training import evaluate_patches
 
-        return evaluate_patches(model, data.test, task.threshold, device=device)
+        patches = data.train if split == "train" else data.test
+        return evaluate_patches(model, patches, threshold, device=device)
     from fedcore.training import evaluate as evaluate_graph
 
-    return evaluate_graph(model, data, task, device=device)
+    return evaluate_graph(model, data, task, device=device, split=split, threshold=threshold)
+
+
+def operating_threshold(
+    model: nn.Module, data: Any, task: TaskSpec, *, device: str = "cpu"
+) -> float:
+    """The score at or above which this site flags, for this model (``task.operating_point``).
+
+    ``fixed``: ``task.threshold``. ``balanced``: the equal-error point of the model's scores
+    on the site's own training split (:func:`fedcore.metrics.balanced_threshold`), so each
+    site and each model is judged at its own balanced operating point, chosen without
+    looking at test labels; ``task.threshold`` where the training split lacks a class.
+    """
+    if task.operating_point == "fixed":
+        return task.threshold
+    from fedcore.metrics import balanced_threshold
+
+    train = _scores(model, data, task, "train", task.threshold, device)
+    return balanced_threshold(train.labels, train.scores, fallback=task.threshold)
+
+
+def evaluate(model: nn.Module, data: Any, task: TaskSpec, *, device: str = "cpu") -> EvalStats:
+    """Score the site's test split: loss, counts, metrics, and the scores and labels themselves.
+
+    Threshold metrics (F1, precision, recall, FPR, sensitivity, specificity) are at
+    :func:`operating_threshold`, which the result carries as ``threshold``.
+    """
+    threshold = operating_threshold(model, data, task, device=device)
+    return _scores(model, data, task, "test", threshold, device)
 
 
 def merge(task: TaskSpec, datas: Sequence[Any]) -> Any:

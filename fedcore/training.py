@@ -84,6 +84,13 @@ class EvalStats:
     metrics: dict[str, float]
     scores: np.ndarray
     labels: np.ndarray
+    threshold: float = 0.5
+    """Score at or above which an example counted as flagged in ``metrics``."""
+
+    def flagged(self) -> tuple[int, int]:
+        """``(true positives, false positives)`` at :attr:`threshold`."""
+        flagged = self.scores >= self.threshold
+        return int(np.sum(flagged & (self.labels == 1))), int(np.sum(flagged & (self.labels == 0)))
 
 
 def _is_row_model(model: nn.Module) -> bool:
@@ -224,7 +231,13 @@ def predict(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, graph: FraudGraph, task: TaskSpec, *, device: str = "cpu", split: str = "test"
+    model: nn.Module,
+    graph: FraudGraph,
+    task: TaskSpec,
+    *,
+    device: str = "cpu",
+    split: str = "test",
+    threshold: float | None = None,
 ) -> EvalStats:
     """Score one split of the site's transactions.
 
@@ -234,11 +247,13 @@ def evaluate(
         task: Gives the decision threshold (``task.threshold``).
         device: Torch device string.
         split: ``"test"`` (the latest transactions) or ``"train"``.
+        threshold: Flag scores at or above this instead of ``task.threshold``.
 
     Returns:
         Unweighted BCE loss, counts, :func:`fedcore.metrics.binary_metrics`, and the
         scores (probabilities) and labels themselves (which must stay at the site).
     """
+    threshold = task.threshold if threshold is None else threshold
     model.to(device)
     model.eval()
     x, edge_index, y, mask = _inputs(model, graph, split, device)
@@ -255,7 +270,8 @@ def evaluate(
         loss=loss,
         num_examples=int(labels.numel()),
         num_positive=int(labels_np.sum()),
-        metrics=binary_metrics(labels_np, scores, task.threshold),
+        metrics=binary_metrics(labels_np, scores, threshold),
         scores=scores,
         labels=labels_np,
+        threshold=threshold,
     )

@@ -36,6 +36,10 @@ def test_hospital_run_reports_imaging_metrics_and_baselines(tmp_path: Path) -> N
     assert {"roc_auc", "sensitivity", "specificity", "num_test"} <= set(final)
     assert 0.0 <= final["sensitivity"] <= 1.0 and 0.0 <= final["specificity"] <= 1.0
     assert final["sensitivity"] == final["recall"] and final["specificity"] == 1.0 - final["fpr"]
+    # every hospital flags at its own balanced threshold, chosen on its training patients
+    assert final["operating_point"] == spec["task"]["operating_point"] == "balanced"
+    thresholds = [m["threshold"] for m in final["per_site"].values()]
+    assert len(thresholds) == 3 and all(0.0 < t < 1.0 for t in thresholds)
     local = s["baselines"]["local_only"]
     assert set(local["per_site"]) == {"hospital-a", "hospital-b", "hospital-c"}
     assert {"sensitivity", "specificity"} <= set(local["mean"])

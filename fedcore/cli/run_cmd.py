@@ -104,6 +104,9 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
             "frauds",
         )
         cols = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", "F1": "f1", "FPR": "fpr"}
+    point = summary["final"].get("operating_point", "fixed")
+    if point == "balanced":
+        title += "; flags at each site's balanced threshold (chosen on its training patients)"
     t = Table(title=title, title_justify="left")
     for col in ("model", *cols):
         t.add_column(col, justify="left" if col == "model" else "right")

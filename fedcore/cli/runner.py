@@ -280,6 +280,7 @@ def build_summary(
                     "num_test",
                 )
             },
+            "operating_point": plan.scenario.task.operating_point,
             "mean_over_sites": final.get("mean"),
             "per_site": final.get("per_site"),
             "sites_without_data": final.get("unavailable", {}),

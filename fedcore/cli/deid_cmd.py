@@ -56,6 +56,15 @@ def deid(
         Path | None,
         typer.Option("--report", help=f"JSON report of what changed. Default: OUT/{REPORT_NAME}."),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Worker processes for a folder. Default: the usable CPU cores, at most 4. "
+            "The output is the same for any number.",
+        ),
+    ] = None,
 ) -> None:
     """De-identify DICOM files per the PS3.15 Basic Application Level Confidentiality Profile.
 
@@ -68,6 +77,7 @@ def deid(
         DeidentificationError,
         Deidentifier,
         check_output_outside,
+        default_jobs,
         load_site_secret,
         write_report,
     )
@@ -115,7 +125,7 @@ def deid(
             check_output_outside(input_path, output)
         except DeidentificationError as exc:
             raise usage_error(str(exc)) from None
-        reports = _run_tree(deidentifier, input_path, output, err)
+        reports = _run_tree(deidentifier, input_path, output, err, jobs or default_jobs())
     else:
         target = output / input_path.name
         if target.resolve() == input_path.resolve():
@@ -135,7 +145,9 @@ def deid(
         raise typer.Exit(EXIT_SKIPPED)
 
 
-def _run_tree(deidentifier: Deidentifier, src: Path, dst: Path, err: Console) -> list[FileReport]:
+def _run_tree(
+    deidentifier: Deidentifier, src: Path, dst: Path, err: Console, jobs: int
+) -> list[FileReport]:
     """De-identify a folder with a progress bar on stderr."""
     progress = Progress(
         TextColumn("[bold blue]de-identifying"),
@@ -151,7 +163,7 @@ def _run_tree(deidentifier: Deidentifier, src: Path, dst: Path, err: Console) ->
         progress.update(task, completed=done, total=total)
 
     with progress:
-        return deidentifier.tree(src, dst, progress=on_progress)
+        return deidentifier.tree(src, dst, progress=on_progress, jobs=jobs)
 
 
 def _print_summary(reports: list[FileReport], output: Path, report_path: Path) -> None:

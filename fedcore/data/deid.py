@@ -48,10 +48,12 @@ import hashlib
 import hmac
 import json
 import logging
+import multiprocessing
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -993,6 +995,7 @@ class Deidentifier:
         dst_dir: Path,
         *,
         progress: Callable[[int, int], None] | None = None,
+        jobs: int = 1,
     ) -> list[FileReport]:
         """De-identify every file under ``src_dir`` into the same layout under ``dst_dir``.
 
@@ -1004,6 +1007,8 @@ class Deidentifier:
             dst_dir: The output folder (made if missing); neither inside ``src_dir``, nor equal
                 to it, nor a folder above it.
             progress: Called as ``progress(done, total)`` before the first file and after each.
+            jobs: Worker processes (each file is independent, so the output and the reports
+                are the same for any number); 1 works in this process.
 
         Returns:
             One report per file, in sorted path order.
@@ -1022,11 +1027,30 @@ class Deidentifier:
         total = len(files)
         if progress is not None:
             progress(0, total)
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1; found {jobs}")
+        pairs = [(path, dst / path.relative_to(src)) for path in files]
         reports: list[FileReport] = []
-        for done, path in enumerate(files, start=1):
-            reports.append(self.file(path, dst / path.relative_to(src)))
-            if progress is not None:
-                progress(done, total)
+        if jobs == 1 or total < 2 * _CHUNK:
+            results: Iterable[FileReport] = (self.file(a, b) for a, b in pairs)
+            pool = None
+        else:
+            # spawned, not forked: the caller may run threads (a Flower node, torch)
+            pool = ProcessPoolExecutor(
+                max_workers=jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(self._key, self.site_id),
+            )
+            results = pool.map(_worker_file, pairs, chunksize=_CHUNK)
+        try:
+            for done, report in enumerate(results, start=1):
+                reports.append(report)
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         written = sum(1 for r in reports if r.ok)
         logger.info(
             "site %s: de-identified %d of %d files from %s into %s",
@@ -1243,6 +1267,29 @@ def _same_file(src: Path, dst: Path) -> bool:
         return dst.exists() and os.path.samefile(src, dst)
     except OSError:
         return False
+
+
+def default_jobs() -> int:
+    """Worker processes for a folder: the CPU cores this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+_CHUNK: Final = 16
+"""Files per task handed to a worker process by :meth:`Deidentifier.tree`."""
+
+_WORKER: list[Deidentifier] = []
+
+
+def _worker_init(key: bytes, site_id: str) -> None:
+    _WORKER[:] = [Deidentifier(key, site_id=site_id)]
+
+
+def _worker_file(pair: tuple[Path, Path]) -> FileReport:
+    return _WORKER[0].file(*pair)
 
 
 def _read_dicom(src: Path) -> Dataset:

@@ -171,7 +171,7 @@ def _raw_series(cfg: SiteConfig) -> tuple[Path, Path]:
 
 def _deidentified(cfg: SiteConfig, raw: Path) -> tuple[Path, Deidentifier]:
     """De-identified copy of ``raw`` (PS3.15 basic profile) in the state folder, and the de-identifier."""
-    from fedcore.data.deid import Deidentifier, write_report
+    from fedcore.data.deid import Deidentifier, default_jobs, write_report
 
     deid = Deidentifier(site_secret(cfg), site_id=cfg.id)
     st = raw.stat()
@@ -179,7 +179,7 @@ def _deidentified(cfg: SiteConfig, raw: Path) -> tuple[Path, Deidentifier]:
     if not _done(out).is_file():
         source = raw.parent if raw.is_file() else raw  # a DICOMDIR: its folder
         _fresh(out)
-        reports = deid.tree(source, out)
+        reports = deid.tree(source, out, jobs=default_jobs())
         report = out.with_name(out.name + ".deid-report.json")
         write_report(reports, report)
         failed = [r for r in reports if r.error]

@@ -597,3 +597,33 @@ def test_report_counts_match_changes(
     assert {"tag", "keyword", "action"} == set(entry["changes"][0])
     first = _read(Path(reports[0].source if reports[0].ok else entry["source"]))
     assert str(first.PatientName) not in path.read_text()  # a report holds no values
+
+
+def test_tree_in_worker_processes_writes_the_same_files_and_reports(
+    deid: Deidentifier, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from fedcore.data.synthetic_ct import generate_site, scanner_profile
+
+    src = tmp_path / "in"
+    profile = replace(scanner_profile("canon-thick"), matrix=96, slices=40)
+    generate_site(src, scans=1, scanner=profile, seed=5)  # 40 slices and candidates.csv
+    (src / "notes.txt").write_text("not an image")
+    one = deid.tree(src, tmp_path / "one")
+    seen: list[tuple[int, int]] = []
+    two = deid.tree(
+        src, tmp_path / "two", jobs=2, progress=lambda done, total: seen.append((done, total))
+    )
+    assert len(one) == 42 and sum(r.ok for r in one) == 40
+    # same reports in the same (sorted) order, apart from where they were written
+    for a, b in zip(one, two, strict=True):
+        assert (a.source, a.error, a.changes) == (b.source, b.error, b.changes)
+        assert (a.target is None) == (b.target is None)
+    for a in one:
+        if a.target is not None:
+            rel = Path(a.target).relative_to((tmp_path / "one").resolve())
+            assert Path(a.target).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+    assert seen[0] == (0, 42) and seen[-1] == (42, 42) and len(seen) == 43
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        deid.tree(src, tmp_path / "three", jobs=0)

@@ -172,3 +172,12 @@ def test_missing_input_is_a_usage_error(secret_file: Path, tmp_path: Path) -> No
     a_file.write_text("")
     to_file = _run(_shipped("MR_small.dcm"), a_file, "--secret-file", secret_file)
     assert to_file.exit_code == EXIT_USAGE and "is a file: expected a folder" in _text(to_file)
+
+
+def test_jobs_option(src: Path, secret_file: Path, tmp_path: Path) -> None:
+    result = _run(src, tmp_path / "out", "--secret-file", secret_file, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert "de-identified 2 of 2 files" in _text(result)
+    refused = _run(src, tmp_path / "out2", "--secret-file", secret_file, "--jobs", "0")
+    assert refused.exit_code == 2 and "--jobs" in _text(refused)
+    assert not (tmp_path / "out2").exists()

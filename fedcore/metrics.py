@@ -59,6 +59,18 @@ def _check(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray
     return y.astype(np.int64), s
 
 
+def _curve_counts(
+    y: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores sorted high to low, the index of each distinct score's last row, and the
+    cumulative true / false positives at each distinct score (non-empty, checked input)."""
+    order = np.argsort(-s, kind="mergesort")
+    ys, ss = y[order], s[order]
+    last = np.concatenate([np.flatnonzero(np.diff(ss)), [len(ss) - 1]])
+    tps = np.cumsum(ys)[last].astype(np.float64)
+    return ss, last, tps, (last + 1) - tps
+
+
 def binary_metrics(
     y_true: ArrayLike, scores: ArrayLike, threshold: float = 0.5
 ) -> dict[str, float]:
@@ -83,11 +95,7 @@ def binary_metrics(
     pos = float(y.sum())
     neg = float(len(y) - pos)
     if len(y):
-        order = np.argsort(-s, kind="mergesort")
-        ys, ss = y[order], s[order]
-        last = np.concatenate([np.flatnonzero(np.diff(ss)), [len(ss) - 1]])
-        tps = np.cumsum(ys)[last].astype(np.float64)
-        fps = (last + 1) - tps
+        _, _, tps, fps = _curve_counts(y, s)
         ap, roc = _curve_metrics(tps, fps)
     else:
         ap, roc = float("nan"), float("nan")
@@ -95,10 +103,6 @@ def binary_metrics(
     tp = float(np.sum(flagged & (y == 1)))
     fp = float(np.sum(flagged & (y == 0)))
     return {"pr_auc": ap, "roc_auc": roc, **_threshold_metrics(tp, fp, pos, neg)}
-
-
-OPERATING_POINTS = ("fixed", "balanced")
-"""How a site chooses the score at or above which it flags (``task.operating_point``)."""
 
 
 def balanced_threshold(y_true: ArrayLike, scores: ArrayLike, fallback: float = 0.5) -> float:
@@ -123,11 +127,7 @@ def balanced_threshold(y_true: ArrayLike, scores: ArrayLike, fallback: float = 0
     neg = len(y) - pos
     if pos == 0 or neg == 0:
         return float(fallback)
-    order = np.argsort(-s, kind="mergesort")
-    ys, ss = y[order], s[order]
-    last = np.concatenate([np.flatnonzero(np.diff(ss)), [len(ss) - 1]])
-    tps = np.cumsum(ys)[last].astype(np.float64)
-    fps = (last + 1) - tps
+    ss, last, tps, fps = _curve_counts(y, s)
     sens = tps / pos
     spec = 1.0 - fps / neg
     gap = np.round(np.abs(sens - spec), 12)

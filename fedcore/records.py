@@ -476,17 +476,18 @@ class EvalReply:
             raise ValueError(f"evaluate reply histograms must have {HIST_BINS} bins")
         num_examples = int(m["num_examples"])  # type: ignore[arg-type]
         num_positive = int(m["num_positive"])  # type: ignore[arg-type]
-        flagged: list[int | None] = [None, None]
+        flagged_pos: int | None = None
+        flagged_neg: int | None = None
         if "flagged_pos" in m or "flagged_neg" in m:
             if "flagged_pos" not in m or "flagged_neg" not in m:
                 raise ValueError("evaluate reply has only one of flagged_pos and flagged_neg")
-            flagged = [int(m["flagged_pos"]), int(m["flagged_neg"])]  # type: ignore[arg-type]
-            tp, fp = flagged
-            if not (0 <= tp <= num_positive and 0 <= fp <= num_examples - num_positive):  # type: ignore[operator]
+            tp, fp = int(m["flagged_pos"]), int(m["flagged_neg"])  # type: ignore[arg-type]
+            if not (0 <= tp <= num_positive and 0 <= fp <= num_examples - num_positive):
                 raise ValueError(
                     f"evaluate reply flags {tp} positive(s) and {fp} negative(s) of "
                     f"{num_positive} and {num_examples - num_positive}: impossible counts"
                 )
+            flagged_pos, flagged_neg = tp, fp
         return cls(
             site_id=str(site),
             num_examples=num_examples,
@@ -498,8 +499,8 @@ class EvalReply:
             model_digest=str(
                 content.config_records.get(CONFIG, ConfigRecord()).get("model_digest", "")
             ),
-            flagged_pos=flagged[0],
-            flagged_neg=flagged[1],
+            flagged_pos=flagged_pos,
+            flagged_neg=flagged_neg,
         )
 
 

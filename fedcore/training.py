@@ -16,7 +16,7 @@ from torch import nn
 
 from fedcore.config import TaskSpec, TrainingSpec
 from fedcore.data.graph import FraudGraph
-from fedcore.metrics import binary_metrics
+from fedcore.metrics import binary_metrics, flagged_counts
 from fedcore.models.baseline import RowMLP
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ class EvalStats:
 
     def flagged(self) -> tuple[int, int]:
         """``(true positives, false positives)`` at :attr:`threshold`."""
-        flagged = self.scores >= self.threshold
-        return int(np.sum(flagged & (self.labels == 1))), int(np.sum(flagged & (self.labels == 0)))
+        return flagged_counts(self.labels, self.scores, self.threshold)
 
 
 def _is_row_model(model: nn.Module) -> bool:

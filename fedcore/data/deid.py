@@ -1016,6 +1016,8 @@ class Deidentifier:
         Raises:
             DeidentificationError: If ``src_dir`` is not a folder or ``dst_dir`` overlaps it.
         """
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1; found {jobs}")
         src = src_dir.resolve()
         dst = dst_dir.resolve()
         if not src.is_dir():
@@ -1027,8 +1029,6 @@ class Deidentifier:
         total = len(files)
         if progress is not None:
             progress(0, total)
-        if jobs < 1:
-            raise ValueError(f"jobs must be at least 1; found {jobs}")
         pairs = [(path, dst / path.relative_to(src)) for path in files]
         reports: list[FileReport] = []
         if jobs == 1 or total < 2 * _CHUNK:

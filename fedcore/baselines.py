@@ -108,12 +108,40 @@ def evaluate_per_site(
     return {"per_site": per_site, "pooled": pooled, "mean": mean_metrics(per_site)}
 
 
+def evaluate_across_sites(
+    models: Mapping[str, nn.Module], graphs: Mapping[str, Any], task: TaskSpec
+) -> dict[str, Any]:
+    """Judge each site's own model on every site's test split, as the federated model is judged.
+
+    Every site scores each model at its own operating point for that model (with
+    ``operating_point: balanced``, chosen on that site's training split, which a model
+    trained elsewhere has never seen), and the flags are pooled over all sites: the same
+    test data and the same rule as the federated model's pooled figures.
+
+    Args:
+        models: Site id -> the model that site trained alone.
+        graphs: Site id -> site data (graph or patches).
+        task: The task (model kind, operating point).
+
+    Returns:
+        ``{"per_model": {site: pooled metrics of that site's model}, "mean": their mean}``;
+        ``mean`` counts the shared test data once (``num_test``, ``num_test_pos``).
+    """
+    per_model = {site: evaluate_per_site(m, graphs, task)["pooled"] for site, m in models.items()}
+    mean = mean_metrics(per_model)
+    for key in ("num_test", "num_test_pos"):
+        mean[key] = next(iter(per_model.values()))[key] if per_model else 0.0
+    return {"per_model": per_model, "mean": mean}
+
+
 def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int) -> dict[str, Any]:
     """Train and evaluate the reference models the federation is compared with.
 
     * ``local_only``: each site trains its own GNN alone for ``epochs`` epochs and is
       evaluated on its own test split (``per_site``, their ``mean``, and ``pooled``
-      over the concatenated scores of the local models);
+      over the concatenated scores of the local models); with ``cross_site``, also
+      ``across_sites``: each of those models judged on every site's test split
+      (:func:`evaluate_across_sites`);
     * ``centralized``: one GNN trained for ``epochs`` epochs on the disjoint union of all
       site graphs (what pooling the data would give), evaluated on the pooled test
       transactions, with ``per_site`` and ``mean`` inside;
@@ -157,6 +185,8 @@ def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int)
             "mean": res["mean"],
             "pooled": res["pooled"],
         }
+        if flags.cross_site:
+            out["local_only"]["across_sites"] = evaluate_across_sites(models, graphs, task)
         seconds["local_only"] = time.perf_counter() - start
 
     pooled = tasks.merge(task, list(graphs.values())) if graphs else None

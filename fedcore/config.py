@@ -619,8 +619,19 @@ class BaselineSpec(_Model):
     """Reference models trained next to the federation in ``fedcore run``."""
 
     local_only: bool = True
+    cross_site: bool = Field(
+        False,
+        description="also judge each local-only model at every site (each site scores it at "
+        "its own operating point for that model), pooled over all sites' test data",
+    )
     centralized: bool = True
     non_graph: bool = True
+
+    @model_validator(mode="after")
+    def _cross_site_needs_local_models(self) -> BaselineSpec:
+        if self.cross_site and not self.local_only:
+            raise ValueError("cross_site judges the local-only models: it needs local_only: true")
+        return self
 
 
 class Scenario(_Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def test_hospital_run_reports_imaging_metrics_and_baselines(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "COLUMNS": "200"},  # the final table's rows on one line each
     )
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -43,8 +45,16 @@ def test_hospital_run_reports_imaging_metrics_and_baselines(tmp_path: Path) -> N
     local = s["baselines"]["local_only"]
     assert set(local["per_site"]) == {"hospital-a", "hospital-b", "hospital-c"}
     assert {"sensitivity", "specificity"} <= set(local["mean"])
+    # cross_site: each hospital's own model judged on every hospital's held-out patients
+    across = local["across_sites"]
+    assert set(across["per_model"]) == {"hospital-a", "hospital-b", "hospital-c"}
+    assert all(m["num_test"] == final["num_test"] for m in across["per_model"].values())
+    assert across["mean"]["num_test"] == final["num_test"]
+    assert 0.0 <= across["mean"]["sensitivity"] <= 1.0
+    assert 0.0 <= across["mean"]["specificity"] <= 1.0
     assert {"sensitivity", "specificity", "roc_auc"} <= set(s["baselines"]["centralized"])
     assert "non_graph" not in s["baselines"]  # no graph to leave out
     for sid in ("hospital-a", "hospital-b", "hospital-c"):  # sites keep their de-id reports
         assert list((out / "sites" / sid / "imaging" / "deid").glob("*.deid-report.json"))
     assert "sensitivity" in res.stdout and "specificity" in res.stdout  # the final table
+    assert "each on all sites" in res.stdout

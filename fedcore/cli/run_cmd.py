@@ -121,6 +121,7 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
     row(f"federated {name}, pooled", fin)
     row(f"federated {name}, site mean", fin.get("mean_over_sites"))
     row(f"local-only {name}, site mean", lo.get("mean"))
+    row(f"local-only {name}, each on all sites, mean", (lo.get("across_sites") or {}).get("mean"))
     row(f"centralized {name}, pooled", b.get("centralized"))
     row("non-graph model, pooled", b.get("non_graph"))
 

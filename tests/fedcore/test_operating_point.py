@@ -13,7 +13,7 @@ from torch import nn
 from coordinator.driver import pool_evaluations
 from fedcore import records as R
 from fedcore import tasks
-from fedcore.baselines import evaluate_per_site
+from fedcore.baselines import evaluate_across_sites, evaluate_per_site
 from fedcore.config import ConfigError, TaskSpec, load_scenario
 from fedcore.data.imaging_sites import SitePatches
 from fedcore.metrics import (
@@ -209,3 +209,55 @@ def test_operating_point_must_be_known(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"task\.operating_point.*'fixed' or 'balanced'"):
         load_scenario(p)
+
+
+class ShiftedScore(MeanScore):
+    """:class:`MeanScore` with every logit moved by ``shift``: another site's own model."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.shift
+
+
+def test_each_sites_model_is_judged_at_every_site_at_that_sites_own_threshold() -> None:
+    task = TaskSpec.model_validate({"model": "nodule-net", "operating_point": "balanced"})
+    sites = {"a": _site(TRAIN, TEST), "b": _site([m + 0.1 for m in TRAIN], TEST)}
+    models: dict[str, nn.Module] = {"a": MeanScore(), "b": ShiftedScore(-1.5)}
+    res = evaluate_across_sites(models, sites, task)
+    assert set(res["per_model"]) == {"a", "b"}
+    for name, model in models.items():
+        tp = tn = 0
+        for site in sites.values():  # by hand: the site's own training split sets its threshold
+            with torch.no_grad():
+                train = torch.sigmoid(model(site.train.x)).numpy()
+                test = torch.sigmoid(model(site.test.x)).numpy()
+            t = balanced_threshold(site.train.y.numpy(), train)
+            y = site.test.y.numpy()
+            tp += int(np.sum((test >= t) & (y == 1)))
+            tn += int(np.sum((test < t) & (y == 0)))
+        got = res["per_model"][name]
+        assert got["sensitivity"] == pytest.approx(tp / 8)  # 4 nodules at each of 2 sites
+        assert got["specificity"] == pytest.approx(tn / 8)
+        assert got["num_test"] == 16
+    # a model trained elsewhere gets the same rule as the federated one: evaluate_per_site
+    assert res["per_model"]["b"] == evaluate_per_site(models["b"], sites, task)["pooled"]
+    mean = res["mean"]
+    for key in ("sensitivity", "specificity", "roc_auc"):
+        assert mean[key] == pytest.approx(np.mean([m[key] for m in res["per_model"].values()]))
+    assert mean["num_test"] == 16 and mean["num_test_pos"] == 8  # the shared test data, once
+
+
+def test_cross_site_needs_the_local_models(tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "name: x\nbaselines: {local_only: false, cross_site: true}\nsites:\n"
+        "  - {id: a, data: {kind: generated, transactions: 300}}\n"
+        "  - {id: b, data: {kind: generated, transactions: 300}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"cross_site.*needs local_only: true"):
+        load_scenario(p)
+    p.write_text(p.read_text().replace("local_only: false, ", ""))
+    assert load_scenario(p).baselines.cross_site

@@ -55,12 +55,12 @@ def export_onnx(
 
     The model becomes a :class:`~fedcore.export.layered.LayeredGNN` (same numbers; each
     SAGE layer one fused matrix product), written as a compact hand-built graph
-    (:func:`~fedcore.export.layered.layered_onnx`: ``Gather`` + ``ScatterND`` message
-    passing, ~1.5 KB of structure). Its inputs are :func:`~fedcore.export.layered.input_names`
+    (:func:`~fedcore.export.layered.layered_onnx`: ``Gather`` and per-row sums from
+    running sums, ~2 KB of structure). Its inputs are :func:`~fedcore.export.layered.input_names`
     (a :class:`~fedcore.export.layered.ScoringBatch` feed); every size is dynamic, so
     the file scores any batch of any graph with the same feature width. Should the
     hand-built graph fail its check, ``torch.onnx`` (TorchScript exporter) exports the
-    same module instead, correct but with the slower ``ScatterElements``.
+    same module instead, correct but with the slower ``ScatterElements(add)``.
 
     Args:
         model: A trained ``FraudGNN``; left unchanged (a CPU copy is exported).

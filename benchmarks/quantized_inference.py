@@ -257,7 +257,7 @@ def main(
         },
         {
             "variant": "fp32-torch-layerwise",
-            "what": "the same weights as LayeredGNN on the layer-wise batch (index_add)",
+            "what": "the same weights and sums as LayeredGNN on the layer-wise batch",
             "batch": layered_fn(layered, batch),
             "test": layered_fn(layered, test_batch),
             "file_bytes": state_dict_bytes(layered),
@@ -411,6 +411,7 @@ def main(
             "subgraph_edges": int(sub_ei.shape[1]),
             "layerwise_rows_per_layer": [len(batch.x), *(len(d) for d in batch.deg_inv)],
             "layerwise_edges_per_layer": [len(e) for e in batch.src],
+            "layerwise_chunks_per_layer": [list(c.shape) for c in batch.nbr],
             "neighbour_index_build_ms": index_ms,
             "timed_runs": runs,
             "warmup_runs": warmup,

@@ -6,18 +6,19 @@ layer-wise computation graph of neighbour-sampling GNNs, Hamilton et al. 2017,
 Algorithm 2, here with every neighbour kept). Scoring 1,000 new transactions of a
 20,000-transaction bank then runs the last layer on 1,000 rows instead of 20,000.
 
-The ONNX graph sums each row's messages without ``ScatterND(reduction="add")``: ONNX
-Runtime's CPU kernel for it splits the edges between its threads and adds into shared
+Each row's messages are summed without any scatter: ONNX Runtime's CPU
+``ScatterND(reduction="add")`` splits the edges between its threads and adds into shared
 rows without synchronisation, so a row whose in-edges straddle two threads' ranges can
-lose messages (intermittently, with more than one intra-op thread). The edges of a
-:class:`ScoringBatch` come grouped by destination row, so the graph takes float64
-running sums over the messages (``CumSum``), keeps their values at each row's last
-in-edge (``Compress``), differences them into per-row sums and writes those with a
-plain ``ScatterND`` whose indices are distinct. Measured on 2 cores, scoring the 1,000
-newest transactions of a generated 20,000-transaction bank (54k edges, hidden 64): 14 ms
-single-threaded, against 7 ms for the racy ``ScatterND(add)``; the ``ScatterElements(add)``
-that ``torch.onnx`` writes (single-threaded in ONNX Runtime, so also exact) aggregates
-95k edges x 64 features ~20x slower than ``ScatterND(add)``.
+lose messages (microsoft/onnxruntime#18048). Instead :class:`ScoringBatch` lays each
+row's in-edges out in fixed-width chunks (``nbr``, padded with a zero row); the graph
+gathers them, sums every chunk (``ReduceSum``), takes float64 running sums over the
+chunks (``CumSum``) and differences them at each row's chunk offsets (``ptr``). Every
+operator writes each output element from one thread, so any number of threads gives the
+same, complete sums, bit for bit. The float64 work is one row per chunk, not one per
+edge: scoring the 1,000 newest transactions of a generated 20,000-transaction bank
+(54k edges, hidden 64) on 2 cores, the FP32 graph runs in about 3/4 of the time of
+float64 running sums over every edge (11 ms on a quiet machine), with 17 nodes a layer
+instead of 24.
 """
 
 from __future__ import annotations
@@ -36,33 +37,83 @@ from torch import nn
 from fedcore.data.graph import FraudGraph
 from fedcore.export.onnx_export import OUTPUT_NAME, ExportError
 
+CHUNK_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
+"""Chunk widths :meth:`NeighbourIndex.cut` chooses from, per layer."""
+
+CHUNK_COST = 16
+"""Cost of one chunk's float64 running sum, in gathered rows: :meth:`NeighbourIndex.cut`
+picks the width ``C`` minimising ``(C + CHUNK_COST) * chunks``. On the benchmark batch
+(``benchmarks/quantized_inference.py``) that is 16 for the first layer (widths 8 to 32
+ran within 3 % of each other in ONNX Runtime, 4 was 12 % slower) and 4 for the
+second, whose transactions have about 3 in-edges each."""
+
 
 def input_names(layers: int) -> tuple[str, ...]:
-    """ONNX input names of a ``layers``-layer model: ``x``, then ``src{l}``, ``dst{l}``, ``deg_inv{l}`` per layer.
+    """ONNX input names of a ``layers``-layer model: ``x``, then ``nbr{l}``, ``ptr{l}``, ``deg_inv{l}`` per layer.
 
     >>> input_names(1)
-    ('x', 'src1', 'dst1', 'deg_inv1')
+    ('x', 'nbr1', 'ptr1', 'deg_inv1')
     """
     if layers < 1:
         raise ValueError(f"layers must be >= 1; found {layers}")
-    return ("x", *(f"{n}{k}" for k in range(1, layers + 1) for n in ("src", "dst", "deg_inv")))
+    return ("x", *(f"{n}{k}" for k in range(1, layers + 1) for n in ("nbr", "ptr", "deg_inv")))
 
 
 def layers_of(names: Sequence[str]) -> int:
     """Number of layers of a model with these input names (inverse of :func:`input_names`).
 
     Raises:
-        ValueError: if ``names`` is not a layer-wise input layout (e.g. an old
-            ``x, edge_index`` export).
+        ValueError: if ``names`` is not this layer-wise input layout (e.g. an older
+            ``x, edge_index`` or ``x, src1, dst1, deg_inv1`` export).
     """
     layers = (len(names) - 1) // 3
     if layers < 1 or tuple(names) != input_names(layers):
         raise ValueError(
             f"model inputs {', '.join(names) or 'none'} are not fedcore's layer-wise layout "
-            f"(x, src1, dst1, deg_inv1, ...); the model was exported by another fedcore "
+            f"(x, nbr1, ptr1, deg_inv1, ...); the model was exported by another fedcore "
             "version: re-run the export"
         )
     return layers
+
+
+def chunk_edges(
+    src: np.ndarray, degree: np.ndarray, pad: int, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lay out the in-edges of consecutive rows in chunks of ``width`` source rows.
+
+    Args:
+        src: Source row of every edge, ``int64 [E]``, grouped by destination row (row
+            ``i``'s ``degree[i]`` edges follow row ``i - 1``'s).
+        degree: In-degree of every destination row, ``[n]``.
+        pad: The row index chunks are padded with (the zero row after the sources' rows).
+        width: Chunk width (default: the one of :data:`CHUNK_WIDTHS` minimising
+            ``(width + CHUNK_COST) * chunks``).
+
+    Returns:
+        ``nbr``: ``int64 [1 + chunks, width]``, chunk 0 all ``pad``, then row 0's
+        ``ceil(degree[0] / width)`` chunks, row 1's, ... (each padded with ``pad``);
+        ``ptr``: ``int64 [n + 1]``, the number of chunks before each row, so row ``i``
+        owns chunks ``ptr[i] + 1 .. ptr[i + 1]``: with running sums ``S`` over the chunk
+        sums, its sum is ``S[ptr[i + 1]] - S[ptr[i]]``.
+
+    >>> nbr, ptr = chunk_edges(np.array([5, 6, 7]), np.array([2, 0, 1]), pad=9, width=2)
+    >>> nbr.tolist(), ptr.tolist()
+    ([[9, 9], [5, 6], [7, 9]], [0, 1, 1, 2])
+    """
+    deg = np.asarray(degree, dtype=np.int64)
+    if src.size != int(deg.sum()):
+        raise ValueError(f"src has {src.size} edges; degree sums to {int(deg.sum())}")
+    if width is None:
+        costs = [(w + CHUNK_COST) * int((-(-deg // w)).sum()) for w in CHUNK_WIDTHS]
+        width = CHUNK_WIDTHS[int(np.argmin(costs))]
+    chunks = -(-deg // width)
+    ptr = np.zeros(deg.size + 1, dtype=np.int64)
+    np.cumsum(chunks, out=ptr[1:])
+    nbr = np.full((1 + int(ptr[-1]), width), pad, dtype=np.int64)
+    if src.size:
+        pos = np.arange(src.size, dtype=np.int64) - np.repeat(np.cumsum(deg) - deg, deg)
+        nbr[1 + np.repeat(ptr[:-1], deg) + pos // width, pos % width] = src
+    return nbr, ptr
 
 
 @dataclass(frozen=True)
@@ -72,14 +123,18 @@ class ScoringBatch:
     Rows are ordered so that every layer's outputs are a prefix: the targets first,
     then the nodes one hop out, then two hops out, and so on. Layer ``l`` (1-based)
     computes rows ``[0, n_l)`` with ``n_l = len(deg_inv[l - 1])``; ``n_layers`` equals
-    ``num_targets``.
+    ``num_targets``. Layer ``l`` reads the ``N_l`` rows of the layer before
+    (``N_1 = len(x)``).
 
     Attributes:
         x: Node features of every row, ``float32 [N, F]``.
-        src: Per layer, the source row of every edge into its rows, ``int64 [E_l]``.
-        dst: Per layer, the destination row of those edges, ``int64 [E_l, 1]``,
-            non-decreasing: each row's in-edges are consecutive (the ONNX graph of
-            :func:`layered_onnx` relies on it).
+        src: Per layer, the source row of every edge into its rows, ``int64 [E_l]``,
+            grouped by destination row.
+        dst: Per layer, the destination row of those edges, ``int64 [E_l]``,
+            non-decreasing.
+        nbr: Per layer, the same edges in chunks (:func:`chunk_edges`), padded with
+            row ``N_l`` (a zero row the model appends), ``int64 [1 + chunks, width]``.
+        ptr: Per layer, the chunks before each row, ``int64 [n_l + 1]``.
         deg_inv: Per layer, ``1 / max(in-degree, 1)`` of its rows, ``float32 [n_l, 1]``.
         node_ids: The graph's node id of every row, ``int64 [N]``.
         num_targets: Number of target nodes (the first rows).
@@ -88,6 +143,8 @@ class ScoringBatch:
     x: np.ndarray
     src: tuple[np.ndarray, ...]
     dst: tuple[np.ndarray, ...]
+    nbr: tuple[np.ndarray, ...]
+    ptr: tuple[np.ndarray, ...]
     deg_inv: tuple[np.ndarray, ...]
     node_ids: np.ndarray
     num_targets: int
@@ -106,8 +163,8 @@ class ScoringBatch:
         """ONNX Runtime feed, keyed by :func:`input_names`."""
         out = {"x": self.x}
         for k in range(self.layers):
-            out[f"src{k + 1}"] = self.src[k]
-            out[f"dst{k + 1}"] = self.dst[k]
+            out[f"nbr{k + 1}"] = self.nbr[k]
+            out[f"ptr{k + 1}"] = self.ptr[k]
             out[f"deg_inv{k + 1}"] = self.deg_inv[k]
         return out
 
@@ -170,7 +227,7 @@ class NeighbourIndex:
         if int((local >= 0).sum()) != tgt.size:
             raise ValueError("targets must be distinct node ids; found repeats")
         rows = tgt  # the rows whose output the current layer computes: always a prefix
-        per_layer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        per_layer: list[tuple[np.ndarray, ...]] = []
         for _ in range(layers):  # from the last layer (the targets) down to the first
             deg = self.degree[rows]
             ends = np.cumsum(deg)
@@ -185,13 +242,16 @@ class NeighbourIndex:
             local[added] = rows.size + np.arange(added.size)
             rows = np.concatenate([rows, added])
             inv = (1.0 / np.maximum(deg, 1)).astype(np.float32).reshape(-1, 1)
-            per_layer.append((local[src], dst.reshape(-1, 1), inv))
+            nbr, ptr = chunk_edges(local[src], deg, pad=rows.size)
+            per_layer.append((local[src], dst, nbr, ptr, inv))
         per_layer.reverse()  # first layer first
         return ScoringBatch(
             x=np.ascontiguousarray(feats[rows]),
             src=tuple(np.ascontiguousarray(p[0]) for p in per_layer),
-            dst=tuple(np.ascontiguousarray(p[1]) for p in per_layer),
-            deg_inv=tuple(p[2] for p in per_layer),
+            dst=tuple(p[1] for p in per_layer),
+            nbr=tuple(p[2] for p in per_layer),
+            ptr=tuple(p[3] for p in per_layer),
+            deg_inv=tuple(p[4] for p in per_layer),
             node_ids=rows,
             num_targets=int(tgt.size),
         )
@@ -235,7 +295,9 @@ class LayeredGNN(nn.Module):
         \mathcal{N}(i)} h_j \,\Vert\, h_i\big] + b\Big)
 
     with :math:`W = [W_1 \Vert W_2]`: the same numbers as PyG's ``SAGEConv`` (``lin_l``
-    on the mean, ``lin_r`` on the node itself), one matrix product per layer.
+    on the mean, ``lin_r`` on the node itself), one matrix product per layer. The sums
+    are computed as in :func:`layered_onnx` (chunk sums, float64 running sums over the
+    chunks, differenced per row), so ``torch.onnx`` exports the same race-free graph.
 
     Args:
         layers: One ``nn.Linear(2 * in, out)`` per layer.
@@ -293,7 +355,7 @@ class LayeredGNN(nn.Module):
         return cls(fused, head).eval()
 
     def forward(self, x: torch.Tensor, *blocks: torch.Tensor) -> torch.Tensor:
-        """Logits of the targets, ``[num_targets]``; ``blocks`` = (src, dst, deg_inv) per layer."""
+        """Logits of the targets, ``[num_targets]``; ``blocks`` = (nbr, ptr, deg_inv) per layer."""
         if len(blocks) != 3 * len(self.layers):
             raise ValueError(
                 f"LayeredGNN with {len(self.layers)} layer(s) takes x and "
@@ -301,13 +363,12 @@ class LayeredGNN(nn.Module):
             )
         h = x
         for k, layer in enumerate(self.layers):
-            src, dst, deg_inv = blocks[3 * k : 3 * k + 3]
+            nbr, ptr, deg_inv = blocks[3 * k : 3 * k + 3]
             rows = deg_inv.shape[0]
-            msgs = h.index_select(0, src)
-            agg = torch.zeros(rows, h.shape[1], dtype=h.dtype)
-            # scatter_add, not index_add: torch.onnx writes index_add as a plain scatter
-            # that keeps one message per row instead of their sum
-            agg = agg.scatter_add(0, dst.reshape(-1, 1).expand_as(msgs), msgs) * deg_inv
+            padded = F.pad(h, (0, 0, 0, 1))  # row N: the zero row that pads the chunks
+            chunks = padded.index_select(0, nbr.reshape(-1)).reshape(*nbr.shape, -1).sum(dim=1)
+            running = chunks.double().cumsum(dim=0).index_select(0, ptr)
+            agg = (running[1:] - running[:-1]).to(h.dtype) * deg_inv
             h = F.relu(layer(torch.cat([agg, h[:rows]], dim=1)))
         logits: torch.Tensor = self.head(h).reshape(-1)
         return logits
@@ -322,14 +383,15 @@ class LayeredGNN(nn.Module):
 def layered_onnx(model: LayeredGNN, *, opset: int = 17) -> onnx.ModelProto:
     """A compact ONNX graph computing ``model``.
 
-    Per layer: ``Gather`` the source rows (in float64); sum them per destination row
-    from running sums (``CumSum``, ``Compress`` at each row's last in-edge, ``Sub``; the
-    batch's ``dst`` must keep each row's in-edges together, as :class:`ScoringBatch`
-    does) and ``ScatterND`` the sums, one per row, onto zeros; scale by ``deg_inv``,
-    ``Concat`` with the layer's own rows (``Slice``), one ``MatMul`` + ``Add`` +
-    ``Relu``; then the head's ``MatMul`` + ``Add``. No operator adds into shared rows
-    from several threads, so every run gives the same, complete sums. Names are short:
-    the graph structure costs about 2 KB, so the file is mostly weights.
+    Per layer: ``Pad`` the input rows with a zero row; ``Gather`` the chunks of each
+    row's sources (``nbr``) and ``ReduceSum`` every chunk; ``Cast`` the chunk sums to
+    float64 and take running sums (``CumSum``, chunk 0 is zero); ``Gather`` them at the
+    rows' chunk offsets (``ptr``) and subtract consecutive ones (two ``Slice`` + ``Sub``):
+    each row's sum; ``Cast`` back, scale by ``deg_inv``, ``Concat`` with the layer's own
+    rows (``Slice``), one ``MatMul`` + ``Add`` + ``Relu``; then the head's ``MatMul`` +
+    ``Add``. No operator adds into rows shared between threads, so every run gives the
+    same, complete sums. Names are short: the graph structure costs about 1.3 KB, so the
+    file is mostly weights.
 
     Raises:
         ExportError: for an opset below 16.
@@ -355,44 +417,28 @@ def layered_onnx(model: LayeredGNN, *, opset: int = 17) -> onnx.ModelProto:
     minus1 = init("neg1", np.array([-1], dtype=np.int64))
     end_i = init("iE", np.array([np.iinfo(np.int64).max], dtype=np.int64))
     axis0 = init("ax", np.array(0, dtype=np.int64))
-    pad_top = init("pt", np.array([1, 0, 0, 0], dtype=np.int64))
+    pad_row = init("pr", np.array([0, 0, 1, 0], dtype=np.int64))
     h = "x"
     for k, layer in enumerate(model.layers, start=1):
         assert isinstance(layer, nn.Linear)
-        width = layer.in_features // 2
         weight = layer.weight.detach().cpu().numpy().T.astype(np.float32)
         w = init(f"W{k}", np.ascontiguousarray(weight))
         b = init(f"b{k}", layer.bias.detach().cpu().numpy().astype(np.float32))
-        cols = init(f"d{k}", np.array([width], dtype=np.int64))
-        src, dst, inv = names[3 * k - 2 : 3 * k + 1]
+        nbr, ptr, inv = names[3 * k - 2 : 3 * k + 1]
         nodes += [
-            # sum of each run of equal `dst` (one row's in-edges): differences of running
-            # sums in float64 taken at the runs' last edges, one per row with in-edges
-            helper.make_node("Cast", [h], [f"hd{k}"], to=TensorProto.DOUBLE),
-            helper.make_node("Gather", [f"hd{k}", src], [f"md{k}"], axis=0),
-            helper.make_node("CumSum", [f"md{k}", axis0], [f"cs{k}"]),
-            helper.make_node("Reshape", [dst, minus1], [f"e{k}"]),
-            helper.make_node("Concat", [f"e{k}", minus1], [f"ep{k}"], axis=0),
-            helper.make_node("Slice", [f"ep{k}", one_i, end_i], [f"en{k}"]),
-            helper.make_node("Equal", [f"e{k}", f"en{k}"], [f"eq{k}"]),
-            helper.make_node("Not", [f"eq{k}"], [f"l{k}"]),
-            helper.make_node("Compress", [f"cs{k}", f"l{k}"], [f"cl{k}"], axis=0),
-            helper.make_node("Compress", [dst, f"l{k}"], [f"u{k}"], axis=0),
-            helper.make_node("Pad", [f"cl{k}", pad_top], [f"cp{k}"]),
-            helper.make_node("Slice", [f"cp{k}", zero_i, minus1, zero_i], [f"cb{k}"]),
-            helper.make_node("Sub", [f"cl{k}", f"cb{k}"], [f"gd{k}"]),
-            helper.make_node("Cast", [f"gd{k}"], [f"g{k}"], to=TensorProto.FLOAT),
-            helper.make_node("Shape", [inv], [f"n{k}"], start=0, end=1),
-            helper.make_node("Concat", [f"n{k}", cols], [f"zs{k}"], axis=0),
-            helper.make_node(
-                "ConstantOfShape",
-                [f"zs{k}"],
-                [f"z{k}"],
-                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
-            ),
-            helper.make_node("ScatterND", [f"z{k}", f"u{k}", f"g{k}"], [f"s{k}"]),
-            helper.make_node("Mul", [f"s{k}", inv], [f"a{k}"]),
-            helper.make_node("Slice", [h, zero_i, f"n{k}", zero_i], [f"r{k}"]),
+            helper.make_node("Pad", [h, pad_row], [f"z{k}"]),
+            helper.make_node("Gather", [f"z{k}", nbr], [f"m{k}"]),
+            helper.make_node("ReduceSum", [f"m{k}", one_i], [f"s{k}"], keepdims=0),
+            helper.make_node("Cast", [f"s{k}"], [f"sd{k}"], to=TensorProto.DOUBLE),
+            helper.make_node("CumSum", [f"sd{k}", axis0], [f"cs{k}"]),
+            helper.make_node("Gather", [f"cs{k}", ptr], [f"g{k}"]),
+            helper.make_node("Slice", [f"g{k}", one_i, end_i], [f"ge{k}"]),
+            helper.make_node("Slice", [f"g{k}", zero_i, minus1], [f"gs{k}"]),
+            helper.make_node("Sub", [f"ge{k}", f"gs{k}"], [f"gd{k}"]),
+            helper.make_node("Cast", [f"gd{k}"], [f"t{k}"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"t{k}", inv], [f"a{k}"]),
+            helper.make_node("Shape", [inv], [f"n{k}"], end=1),
+            helper.make_node("Slice", [h, zero_i, f"n{k}"], [f"r{k}"]),
             helper.make_node("Concat", [f"a{k}", f"r{k}"], [f"c{k}"], axis=1),
             helper.make_node("MatMul", [f"c{k}", w], [f"p{k}"]),
             helper.make_node("Add", [f"p{k}", b], [f"q{k}"]),
@@ -410,8 +456,8 @@ def layered_onnx(model: LayeredGNN, *, opset: int = 17) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_dim])]
     for k in range(1, num_layers + 1):
         inputs += [
-            helper.make_tensor_value_info(f"src{k}", TensorProto.INT64, [f"E{k}"]),
-            helper.make_tensor_value_info(f"dst{k}", TensorProto.INT64, [f"E{k}", 1]),
+            helper.make_tensor_value_info(f"nbr{k}", TensorProto.INT64, [f"K{k}", f"C{k}"]),
+            helper.make_tensor_value_info(f"ptr{k}", TensorProto.INT64, [f"P{k}"]),
             helper.make_tensor_value_info(f"deg_inv{k}", TensorProto.FLOAT, [f"n{k}", 1]),
         ]
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["T"])]
@@ -425,9 +471,12 @@ def layered_onnx(model: LayeredGNN, *, opset: int = 17) -> onnx.ModelProto:
 
 
 __all__ = [
+    "CHUNK_COST",
+    "CHUNK_WIDTHS",
     "LayeredGNN",
     "NeighbourIndex",
     "ScoringBatch",
+    "chunk_edges",
     "input_names",
     "layered_onnx",
     "layers_of",

@@ -24,7 +24,7 @@ from fedcore.export.quantize import PATHS_TAKEN, PathTaken
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside an export folder."""
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 """Version of the manifest layout; bump on incompatible changes."""
 
 REQUIRED_COLUMNS = ("payer", "payee", "amount", "timestamp")
@@ -89,7 +89,7 @@ class ExportManifest:
         test_transactions: Transactions in the test batch (the site's held-out split).
         fp32_file: The FP32 ONNX file kept next to it (the fallback), or ``None``.
         fp32_sha256: Its sha256, or ``None``.
-        input_names: Model inputs: ``x``, then ``src{l}``, ``dst{l}``, ``deg_inv{l}`` per
+        input_names: Model inputs: ``x``, then ``nbr{l}``, ``ptr{l}``, ``deg_inv{l}`` per
             layer (:func:`fedcore.export.layered.input_names`) for ONNX models;
             ``x``, ``edge_index`` for a PyTorch module.
         output_name: Model output (``logits``, one per node; sigmoid gives the score).

@@ -44,7 +44,9 @@ def _torchscript_export(
             input_names=names,
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamic_axes={n: {0: f"{n}_rows"} for n in names} | {OUTPUT_NAME: {0: "targets"}},
+            dynamic_axes={n: {0: f"{n}_rows"} for n in names}
+            | {n: {0: f"{n}_rows", 1: f"{n}_width"} for n in names if n.startswith("nbr")}
+            | {OUTPUT_NAME: {0: "targets"}},
         )
 
 
@@ -55,12 +57,13 @@ def export_onnx(
 
     The model becomes a :class:`~fedcore.export.layered.LayeredGNN` (same numbers; each
     SAGE layer one fused matrix product), written as a compact hand-built graph
-    (:func:`~fedcore.export.layered.layered_onnx`: ``Gather`` and per-row sums from
-    running sums, ~2 KB of structure). Its inputs are :func:`~fedcore.export.layered.input_names`
-    (a :class:`~fedcore.export.layered.ScoringBatch` feed); every size is dynamic, so
-    the file scores any batch of any graph with the same feature width. Should the
+    (:func:`~fedcore.export.layered.layered_onnx`: per-row sums from chunk sums and
+    float64 running sums, ~1.4 KB of structure). Its inputs are
+    :func:`~fedcore.export.layered.input_names` (a
+    :class:`~fedcore.export.layered.ScoringBatch` feed); every size is dynamic, so the
+    file scores any batch of any graph with the same feature width. Should the
     hand-built graph fail its check, ``torch.onnx`` (TorchScript exporter) exports the
-    same module instead, correct but with the slower ``ScatterElements(add)``.
+    same module instead: the same sums, in a larger graph.
 
     Args:
         model: A trained ``FraudGNN``; left unchanged (a CPU copy is exported).

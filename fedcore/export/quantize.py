@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import shutil
+import string
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -70,7 +72,7 @@ def quantize_dynamic_int8(onnx_path: Path | str, out_path: Path | str) -> Quanti
     Weights of ``MatMul``/``Gemm`` become per-tensor ``QInt8``; activations are quantized
     on the fly at every run (``DynamicQuantizeLinear`` + ``MatMulInteger``). Needs no
     calibration data, which suits linear-heavy models such as the fraud GNN, whose
-    message passing (gather, scatter) stays in FP32. ``MatMul`` layers smaller than
+    message passing (gathers and sums) stays in FP32. ``MatMul`` layers smaller than
     :data:`SMALL_MATMUL` weights stay FP32, and the written graph gets short tensor
     names (:func:`compact_onnx`).
 
@@ -105,24 +107,27 @@ def quantize_dynamic_int8(onnx_path: Path | str, out_path: Path | str) -> Quanti
 def compact_onnx(path: Path | str) -> None:
     """Rewrite an ONNX file with short names, in place; the computation is unchanged.
 
-    Drops the stored intermediate shapes (ONNX Runtime infers them) and node names, and
-    renames every intermediate tensor and initializer ``t0``, ``t1``, ... (graph inputs
-    and outputs keep their names). The quantizer's names (``c1_scale_W1_scale_mul:0``)
-    cost more bytes than a small model's INT8 weights save otherwise.
+    Drops the stored intermediate shapes (ONNX Runtime infers them), node names and the
+    model metadata (the quantizer's ``onnx.infer`` marker), and renames every intermediate tensor and
+    initializer ``a``, ``b``, ... ``Z``, ``aa``, ... (graph inputs and outputs keep
+    their names). The quantizer's names (``c1_scale_W1_scale_mul:0``) cost more bytes
+    than a small model's INT8 weights save otherwise.
     """
     import onnx
 
     proto = onnx.load(str(path))
     graph = proto.graph
     del graph.value_info[:]
+    del proto.metadata_props[:]
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
     names: dict[str, str] = {}
+    fresh = _short_names(keep)
 
     def short(name: str) -> str:
         if name in keep:
             return name
         if name not in names:
-            names[name] = f"t{len(names)}"
+            names[name] = next(fresh)
         return names[name]
 
     for init in graph.initializer:
@@ -134,6 +139,16 @@ def compact_onnx(path: Path | str) -> None:
         node.output[:] = [short(n) for n in node.output]
     graph.doc_string = ""
     onnx.save(proto, str(path))
+
+
+def _short_names(taken: set[str]) -> Iterator[str]:
+    """``a`` ... ``z``, ``A`` ... ``Z``, ``aa``, ``ab``, ...: the shortest names first, none of ``taken``."""
+    letters = string.ascii_letters
+    for size in itertools.count(1):
+        for chars in itertools.product(letters, repeat=size):
+            name = "".join(chars)
+            if name not in taken:
+                yield name
 
 
 STATIC_OPS = ("Conv", "MatMul", "Gemm")

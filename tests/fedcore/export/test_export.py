@@ -23,6 +23,7 @@ from fedcore.export import (
     NeighbourIndex,
     QuantizedModel,
     ScoringBatch,
+    chunk_edges,
     export_for_site,
     export_onnx,
     gate,
@@ -106,7 +107,7 @@ def test_onnx_round_trip_matches_pytorch_on_graphs_of_any_size(
 ) -> None:
     session = ort_session(fp32_onnx)
     names = [i.name for i in session.get_inputs()]
-    assert names == ["x", "src1", "dst1", "deg_inv1", "src2", "dst2", "deg_inv2"]
+    assert names == ["x", "nbr1", "ptr1", "deg_inv1", "nbr2", "ptr2", "deg_inv2"]
     assert layers_of(names) == TASK.layers == 2
     other = _graph(700, 11)  # different numbers of nodes and edges: dynamic axes
     assert other.data.num_nodes != graph.data.num_nodes
@@ -114,12 +115,10 @@ def test_onnx_round_trip_matches_pytorch_on_graphs_of_any_size(
         out = run_session(session, _feed(g))
         assert out.shape == (g.data.num_nodes,)
         np.testing.assert_allclose(out, _torch_logits(model, g), atol=1e-4, rtol=0)
-    nodes = onnx.load(str(fp32_onnx)).graph.node
-    ops = [n.op_type for n in nodes]
-    assert ops.count("ScatterND") == 2 and "ScatterElements" not in ops
-    # one distinct row per index: no reduction into rows shared between ONNX Runtime's
-    # threads (its CPU ScatterND(add) loses messages when threads meet on a row)
-    assert all(not n.attribute for n in nodes if n.op_type == "ScatterND")
+    ops = {n.op_type for n in onnx.load(str(fp32_onnx)).graph.node}
+    # no scatter at all: nothing adds into rows shared between ONNX Runtime's threads
+    # (its CPU ScatterND(add) loses messages when threads meet on a row)
+    assert not ops & {"ScatterND", "ScatterElements"} and "ReduceSum" in ops
 
 
 def _hub_batch(rng: np.random.Generator, edges: int) -> tuple[ScoringBatch, LayeredGNN]:
@@ -141,8 +140,11 @@ def test_onnx_sums_every_message_on_many_threads(tmp_path: Path) -> None:
     onnx.save(layered_onnx(model), str(path))
     expected = model.score(batch)
     session = ort_session(path, threads=8)
-    for _ in range(10):
-        np.testing.assert_allclose(run_session(session, batch.feed()), expected, atol=1e-5)
+    first = run_session(session, batch.feed())
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    for threads in (1, 2, 3, 8, 8, 8):  # the same bits on any number of threads
+        out = run_session(ort_session(path, threads=threads), batch.feed())
+        assert np.array_equal(out, first)
     # no edges at all: the sums are zero
     lone = scoring_batch((batch.x[:4], np.zeros((2, 0), np.int64)), 1)
     np.testing.assert_allclose(run_session(session, lone.feed()), model.score(lone), atol=1e-6)
@@ -156,7 +158,8 @@ def test_torch_onnx_fallback_sums_messages_too(
 
     monkeypatch.setattr(layered_module, "layered_onnx", fail)
     path = export_onnx(model, graph, tmp_path / "ts.onnx")
-    assert "ScatterElements" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "CumSum" in ops and not ops & {"ScatterND", "ScatterElements"}  # race-free too
     test_nodes = np.flatnonzero(graph.data.test_mask.numpy())
     for targets in (None, test_nodes):  # the traced batch, and another size
         batch = scoring_batch(graph, TASK.layers, targets)
@@ -190,18 +193,23 @@ def test_scoring_batch_by_hand() -> None:
     # rows: target 3, then its neighbour 2 (1 hop), then 2's other neighbour 1 (2 hops)
     assert b.node_ids.tolist() == [3, 2, 1] and b.x[:, 0].tolist() == [3.0, 2.0, 1.0]
     # layer 2: edges into row 0 (node 3) from row 1 (node 2); in-degree 1
-    assert b.src[1].tolist() == [1] and b.dst[1].reshape(-1).tolist() == [0]
+    assert b.src[1].tolist() == [1] and b.dst[1].tolist() == [0]
     assert b.deg_inv[1].reshape(-1).tolist() == [1.0]
+    # in chunks: chunk 0 is padding (row 2 of the layer-1 output's 2 rows: the zero row)
+    assert b.nbr[1].tolist() == [[2], [1]] and b.ptr[1].tolist() == [0, 1]
     # layer 1: rows 0, 1 (nodes 3, 2); node 3 <- 2 and node 2 <- 1, 3; 1/deg = 1, 1/2
-    assert sorted(zip(b.src[0].tolist(), b.dst[0].reshape(-1).tolist(), strict=True)) == [
+    assert sorted(zip(b.src[0].tolist(), b.dst[0].tolist(), strict=True)) == [
         (0, 1),
         (1, 0),
         (2, 1),
     ]
     assert b.deg_inv[0].reshape(-1).tolist() == [1.0, 0.5]
+    assert b.ptr[0].tolist() == [0, 1, 2] and b.nbr[0][0].tolist() == [3] * b.nbr[0].shape[1]
+    assert sorted(b.nbr[0][2].tolist()) == [0, 2]  # node 2 <- 3, 1 (rows 0, 2) in one chunk
     lone = NeighbourIndex(edges, 5).cut(x, 2, [4])  # no neighbours: mean over none is 0
     assert lone.node_ids.tolist() == [4] and lone.num_edges == 0
     assert lone.deg_inv[0].reshape(-1).tolist() == [1.0]
+    assert lone.ptr[0].tolist() == [0, 0] and lone.nbr[0].tolist() == [[1]]
     with pytest.raises(ValueError, match="distinct"):
         scoring_batch((x, edges), 2, [1, 1])
     with pytest.raises(ValueError, match=r"node ids in \[0, 5\)"):
@@ -215,9 +223,24 @@ def test_scoring_batch_by_hand() -> None:
 
 
 def test_layer_wise_layout_names() -> None:
-    assert input_names(1) == ("x", "src1", "dst1", "deg_inv1")
+    assert input_names(1) == ("x", "nbr1", "ptr1", "deg_inv1")
     with pytest.raises(ValueError, match="re-run the export"):
         layers_of(("x", "edge_index"))
+    with pytest.raises(ValueError, match="re-run the export"):  # before the chunked sums
+        layers_of(("x", "src1", "dst1", "deg_inv1"))
+
+
+def test_edges_in_chunks() -> None:
+    # rows with 5, 0 and 2 in-edges, width 2: chunks [pad], [1 2] [3 4] [5 pad], [6 7]
+    src, deg = np.arange(1, 8), np.array([5, 0, 2])
+    nbr, ptr = chunk_edges(src, deg, pad=0, width=2)
+    assert nbr.tolist() == [[0, 0], [1, 2], [3, 4], [5, 0], [6, 7]]
+    assert ptr.tolist() == [0, 3, 3, 4]
+    # the width minimises (width + CHUNK_COST) * chunks: wide for a hub, narrow for few edges
+    assert chunk_edges(np.zeros(1000, np.int64), np.array([1000]), pad=1)[0].shape == (17, 64)
+    assert chunk_edges(np.zeros(9, np.int64), np.array([3, 3, 3]), pad=1)[0].shape[1] == 4
+    empty_nbr, empty_ptr = chunk_edges(np.zeros(0, np.int64), np.zeros(0, np.int64), pad=0)
+    assert empty_nbr.shape[0] == 1 and empty_ptr.tolist() == [0]
 
 
 def test_only_mean_graphsage_exports_layer_wise(model: FraudGNN) -> None:
@@ -292,9 +315,9 @@ def test_export_for_site_serves_int8_with_a_matching_manifest(
     assert m.fp32_sha256 == sha256_file(tmp_path / "model.fp32.onnx")
     # weights shrink ~3x at hidden=16 (INT8 layers; FP32 biases, scales and the 16x1 head)
     assert _weight_bytes(served) * 2.5 < _weight_bytes(tmp_path / "model.fp32.onnx")
-    # the compact graph: short names, no stored shapes; structure under 3 KB (2.6 KB:
-    # about 25 nodes a layer, most of them the race-free per-row sums)
-    assert served.stat().st_size - _weight_bytes(served) < 3072
+    # the compact graph: short names, no stored shapes; structure under 2 KB (1.7 KB:
+    # 17 nodes a layer; the quantizer puts 5 in place of each layer's MatMul)
+    assert served.stat().st_size - _weight_bytes(served) < 2048
     assert m.input_names == input_names(TASK.layers)
     assert m.provider == CPU_PROVIDER and m.latency_ms is not None and m.latency_ms > 0
     assert m.fp32_metric is not None and m.int8_metric is not None and m.drop is not None
@@ -408,6 +431,10 @@ def test_manifest_rejects_foreign_json(model: FraudGNN, graph: FraudGraph, tmp_p
     old = m.to_dict() | {"manifest_version": 1, "input_names": ["x", "edge_index"]}
     with pytest.raises(ValueError, match="older fedcore.*re-run the export"):
         ExportManifest.from_json(json.dumps(old))
+    # version 2: inputs x, src1, dst1, deg_inv1 (summed by a scatter until 5291e49)
+    scattered = m.to_dict() | {"manifest_version": 2, "input_names": ["x", "src1", "dst1"]}
+    with pytest.raises(ValueError, match="older fedcore.*re-run the export"):
+        ExportManifest.from_json(json.dumps(scattered))
     with pytest.raises(ValueError, match=r"missing \['created'"):
         ExportManifest.from_json('{"file": "m.onnx"}')
     with pytest.raises(ValueError, match="JSON object"):

@@ -200,15 +200,20 @@ def test_each_site_and_model_get_their_own_threshold_and_pooled_flags_add_up() -
     assert not math.isnan(res["pooled"]["roc_auc"])
 
 
-def test_operating_point_must_be_known(tmp_path: Path) -> None:
+def _scenario(tmp_path: Path, extra: str) -> Path:
+    """A two-bank scenario file with ``extra`` (one YAML line) added."""
     p = tmp_path / "s.yaml"
     p.write_text(
-        "name: x\ntask: {operating_point: youden}\nsites:\n"
+        f"name: x\n{extra}\nsites:\n"
         "  - {id: a, data: {kind: generated, transactions: 300}}\n"
         "  - {id: b, data: {kind: generated, transactions: 300}}\n"
     )
+    return p
+
+
+def test_operating_point_must_be_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"task\.operating_point.*'fixed' or 'balanced'"):
-        load_scenario(p)
+        load_scenario(_scenario(tmp_path, "task: {operating_point: youden}"))
 
 
 class ShiftedScore(MeanScore):
@@ -251,13 +256,6 @@ def test_each_sites_model_is_judged_at_every_site_at_that_sites_own_threshold() 
 
 
 def test_cross_site_needs_the_local_models(tmp_path: Path) -> None:
-    p = tmp_path / "s.yaml"
-    p.write_text(
-        "name: x\nbaselines: {local_only: false, cross_site: true}\nsites:\n"
-        "  - {id: a, data: {kind: generated, transactions: 300}}\n"
-        "  - {id: b, data: {kind: generated, transactions: 300}}\n"
-    )
     with pytest.raises(ConfigError, match=r"cross_site.*needs local_only: true"):
-        load_scenario(p)
-    p.write_text(p.read_text().replace("local_only: false, ", ""))
-    assert load_scenario(p).baselines.cross_site
+        load_scenario(_scenario(tmp_path, "baselines: {local_only: false, cross_site: true}"))
+    assert load_scenario(_scenario(tmp_path, "baselines: {cross_site: true}")).baselines.cross_site

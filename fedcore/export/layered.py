@@ -128,12 +128,9 @@ class ScoringBatch:
 
     Attributes:
         x: Node features of every row, ``float32 [N, F]``.
-        src: Per layer, the source row of every edge into its rows, ``int64 [E_l]``,
-            grouped by destination row.
-        dst: Per layer, the destination row of those edges, ``int64 [E_l]``,
-            non-decreasing.
-        nbr: Per layer, the same edges in chunks (:func:`chunk_edges`), padded with
-            row ``N_l`` (a zero row the model appends), ``int64 [1 + chunks, width]``.
+        nbr: Per layer, the source rows of the in-edges of its rows, in chunks
+            (:func:`chunk_edges`), padded with row ``N_l`` (a zero row the model
+            appends), ``int64 [1 + chunks, width]``.
         ptr: Per layer, the chunks before each row, ``int64 [n_l + 1]``.
         deg_inv: Per layer, ``1 / max(in-degree, 1)`` of its rows, ``float32 [n_l, 1]``.
         node_ids: The graph's node id of every row, ``int64 [N]``.
@@ -141,8 +138,6 @@ class ScoringBatch:
     """
 
     x: np.ndarray
-    src: tuple[np.ndarray, ...]
-    dst: tuple[np.ndarray, ...]
     nbr: tuple[np.ndarray, ...]
     ptr: tuple[np.ndarray, ...]
     deg_inv: tuple[np.ndarray, ...]
@@ -152,12 +147,27 @@ class ScoringBatch:
     @property
     def layers(self) -> int:
         """Number of GNN layers the batch was cut for."""
-        return len(self.src)
+        return len(self.nbr)
+
+    @property
+    def src(self) -> tuple[np.ndarray, ...]:
+        """Per layer, the source row of every edge into its rows, ``int64 [E_l]``, grouped by destination row."""
+        return tuple(nbr[1:][nbr[1:] != nbr[0, 0]] for nbr in self.nbr)
+
+    @property
+    def dst(self) -> tuple[np.ndarray, ...]:
+        """Per layer, the destination row of those edges, ``int64 [E_l]``, non-decreasing."""
+        out = []
+        for nbr, ptr in zip(self.nbr, self.ptr, strict=True):
+            chunk_row = np.repeat(np.arange(len(ptr) - 1, dtype=np.int64), np.diff(ptr))
+            width = nbr.shape[1]
+            out.append(np.repeat(chunk_row, width)[(nbr[1:] != nbr[0, 0]).reshape(-1)])
+        return tuple(out)
 
     @property
     def num_edges(self) -> int:
         """Edges over all layers."""
-        return sum(len(s) for s in self.src)
+        return sum(int(np.count_nonzero(nbr[1:] != nbr[0, 0])) for nbr in self.nbr)
 
     def feed(self) -> dict[str, np.ndarray]:
         """ONNX Runtime feed, keyed by :func:`input_names`."""
@@ -227,7 +237,7 @@ class NeighbourIndex:
         if int((local >= 0).sum()) != tgt.size:
             raise ValueError("targets must be distinct node ids; found repeats")
         rows = tgt  # the rows whose output the current layer computes: always a prefix
-        per_layer: list[tuple[np.ndarray, ...]] = []
+        per_layer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for _ in range(layers):  # from the last layer (the targets) down to the first
             deg = self.degree[rows]
             ends = np.cumsum(deg)
@@ -235,7 +245,6 @@ class NeighbourIndex:
             # positions of every in-edge of `rows` in the destination-sorted edge list
             offsets = np.repeat(self.rowptr[rows] - (ends - deg), deg)
             src = self.src_by_dst[offsets + np.arange(total, dtype=np.int64)]
-            dst = np.repeat(np.arange(rows.size, dtype=np.int64), deg)
             fresh = np.zeros(n, dtype=bool)
             fresh[src[local[src] < 0]] = True
             added = np.flatnonzero(fresh)  # new rows, in node-id order
@@ -243,15 +252,13 @@ class NeighbourIndex:
             rows = np.concatenate([rows, added])
             inv = (1.0 / np.maximum(deg, 1)).astype(np.float32).reshape(-1, 1)
             nbr, ptr = chunk_edges(local[src], deg, pad=rows.size)
-            per_layer.append((local[src], dst, nbr, ptr, inv))
+            per_layer.append((nbr, ptr, inv))
         per_layer.reverse()  # first layer first
         return ScoringBatch(
             x=np.ascontiguousarray(feats[rows]),
-            src=tuple(np.ascontiguousarray(p[0]) for p in per_layer),
-            dst=tuple(p[1] for p in per_layer),
-            nbr=tuple(p[2] for p in per_layer),
-            ptr=tuple(p[3] for p in per_layer),
-            deg_inv=tuple(p[4] for p in per_layer),
+            nbr=tuple(p[0] for p in per_layer),
+            ptr=tuple(p[1] for p in per_layer),
+            deg_inv=tuple(p[2] for p in per_layer),
             node_ids=rows,
             num_targets=int(tgt.size),
         )

@@ -44,8 +44,10 @@ def _torchscript_export(
             input_names=names,
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamic_axes={n: {0: f"{n}_rows"} for n in names}
-            | {n: {0: f"{n}_rows", 1: f"{n}_width"} for n in names if n.startswith("nbr")}
+            dynamic_axes={  # every size varies; so does the chunk width of `nbr`
+                n: {0: f"{n}_rows", 1: f"{n}_width"} if n.startswith("nbr") else {0: f"{n}_rows"}
+                for n in names
+            }
             | {OUTPUT_NAME: {0: "targets"}},
         )
 

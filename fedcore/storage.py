@@ -1,16 +1,52 @@
-"""Crash-safe file writes shared by the coordinator and the sites (temporary file, then rename)."""
+"""Crash-safe file writes shared by the coordinator and the sites (unique temporary file, fsync, rename)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+_TEMP_TRIES = 100
+
+
+@contextmanager
+def atomic_path(path: Path, *, mode: int | None = None) -> Iterator[Path]:
+    """A fresh temporary path beside ``path``, moved onto ``path`` once the block succeeds.
+
+    For writers that want a file name (safetensors' ``save_file``, ``torch.save``, pydicom's
+    ``dcmwrite``): write the whole file to the yielded path. When the block ends normally the
+    file is fsynced and renamed over ``path`` (readers see the old or the new file, never half of
+    one), then the folder is fsynced where the platform allows it; when it raises, the
+    temporary file is removed and ``path`` is left as it was. Every call gets its own temporary
+    name, so two writers of the same path never write into each other's file.
+
+    Args:
+        path: The file to write; its parent folders are made.
+        mode: Permissions the file gets before any byte is written (e.g. ``0o600``); ``None``
+            (default) gives what a newly created file gets: 0666 less the umask.
+
+    Yields:
+        The temporary path, an empty file that the writer may open or replace.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_temp(path, 0o600 if mode is not None else 0o666)
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -18,19 +54,23 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
 
     The file gets permissions ``mode`` (default 0600, owner only) before any byte is written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(
+    path: Path, text: str, *, encoding: str = "utf-8", mode: int | None = None
+) -> None:
+    """Write ``text`` to ``path`` atomically, as :func:`atomic_path` does.
+
+    Args:
+        path: The file to write; its parent folders are made.
+        text: The whole content.
+        encoding: Text encoding (default UTF-8).
+        mode: Permissions of the file; ``None`` (default) gives 0666 less the umask.
+    """
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_text(text, encoding=encoding)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -50,12 +90,49 @@ def json_default(o: Any) -> Any:
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically save named arrays as safetensors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
 
 
 def load_arrays_file(path: Path) -> dict[str, np.ndarray]:
     """Load named arrays saved by :func:`save_arrays`."""
     return dict(load_file(str(path)))
+
+
+def _create_temp(path: Path, mode: int) -> Path:
+    """Create an empty file with a new random name beside ``path`` (``mode`` less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(_TEMP_TRIES):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(
+        f"no free temporary name beside {str(path)!r} after {_TEMP_TRIES} tries: expected "
+        f"few files named '.{path.name}.*.tmp' there. Fix: remove stale ones"
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

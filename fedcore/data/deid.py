@@ -68,6 +68,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import MediaStorageDirectoryStorage
 
+from fedcore.storage import atomic_path, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 PROFILE_NAME: Final = "PS3.15 Basic Application Level Confidentiality Profile (fedcore)"
@@ -1194,10 +1196,7 @@ def write_report(reports: Sequence[FileReport], path: Path) -> None:
     Raises:
         OSError: If the file cannot be written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report_dict(reports), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report_dict(reports), indent=2) + "\n")
 
 
 def _keyword(ds: Dataset, tag: BaseTag) -> str:
@@ -1348,12 +1347,7 @@ def _starts_like_a_dataset(src: Path) -> bool:
 
 def _write(ds: Dataset, dst: Path) -> None:
     """Write ``ds`` in its own encoding, atomically: ``dst`` never holds a partial file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     if getattr(ds, "preamble", None):
         ds.preamble = bytes(128)  # may hold a TIFF header and thumbnail of the image
-    tmp = dst.with_name(f".{dst.name}.deid-tmp")
-    try:
+    with atomic_path(dst) as tmp:
         ds.save_as(tmp, enforce_file_format=False)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)

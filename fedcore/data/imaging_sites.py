@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 import shutil
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ import torch
 
 from fedcore.config import DicomData, PacsData, SiteConfig, SyntheticCtData, TaskSpec
 from fedcore.models.nodule_net import PatchSet
+from fedcore.storage import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from fedcore.data.deid import Deidentifier
@@ -100,12 +100,7 @@ def site_secret(cfg: SiteConfig) -> bytes:
     """
     path = _state(cfg) / SECRET_FILE
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, secrets.token_hex(32) + "\n", mode=0o600)
         log.info("site %s: created its de-identification secret %s", cfg.id, path)
     from fedcore.data.deid import load_site_secret
 
@@ -320,10 +315,8 @@ def load_site_patches(cfg: SiteConfig, task: TaskSpec) -> SitePatches:
         "problems": data.problems,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
     except OSError as exc:
         log.warning("site %s: could not write cache %s (%s)", cfg.id, path, exc)
     return data

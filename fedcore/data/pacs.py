@@ -11,10 +11,8 @@ stays byte-identical to what the PACS holds.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +37,7 @@ from pynetdicom.status import (
 )
 
 from fedcore.config import PacsSpec, check_query_keys
+from fedcore.storage import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -371,12 +370,7 @@ class _Receiver:
             logger.warning("C-STORE refused: %s", exc)
             return 0xC001
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = event.encoded_dataset(include_meta=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, event.encoded_dataset(include_meta=True), mode=0o600)
         except OSError as exc:
             with self.lock:
                 self.refused.append(f"cannot write {path}: {exc}")

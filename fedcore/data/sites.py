@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from fedcore.data.csv_loader import load_transactions_csv
 from fedcore.data.generator import generate_transactions
 from fedcore.data.graph import FraudGraph, build_graph
 from fedcore.data.transactions import Transactions
+from fedcore.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,8 @@ def _save(graph: FraudGraph, path: Path) -> None:
     payload.update({k: getattr(graph, k) for k in _ROW_TENSORS})
     payload.update({k: getattr(graph, k) for k in _COUNTS})
     payload["num_nodes"] = int(graph.data.num_nodes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _load(path: Path) -> FraudGraph:

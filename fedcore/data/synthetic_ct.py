@@ -77,6 +77,8 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from fedcore.storage import atomic_path
+
 log = logging.getLogger(__name__)
 
 F32 = NDArray[np.float32]
@@ -1195,8 +1197,7 @@ def _round3(value: float) -> float:
 
 
 def _write_candidates(path: Path, candidates: list[Candidate]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(CANDIDATE_COLUMNS)
         for c in candidates:
@@ -1212,7 +1213,6 @@ def _write_candidates(path: Path, candidates: list[Candidate]) -> None:
                     c.kind,
                 ]
             )
-    tmp.replace(path)
 
 
 def read_candidates(path: Path | str) -> list[Candidate]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +19,7 @@ from fedcore.data.graph import (
 )
 from fedcore.export.onnx_export import ExportError
 from fedcore.export.quantize import PATHS_TAKEN, PathTaken
+from fedcore.storage import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside an export folder."""
@@ -190,9 +190,7 @@ class ExportManifest:
     def write(self, directory: Path | str) -> Path:
         """Write ``manifest.json`` into ``directory`` atomically; returns its path."""
         path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod

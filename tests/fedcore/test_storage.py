@@ -1,0 +1,118 @@
+"""Tests of fedcore.storage: unique temporary files, fsync, and no trace of a failed write."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcore import storage
+from fedcore.storage import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_arrays_file,
+    save_arrays,
+)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_two_writers_of_one_path_get_their_own_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second
+        assert first.parent == second.parent == tmp_path
+        first.write_bytes(b"first")
+        second.write_bytes(b"second")
+    # the inner block (second) finishes first, the outer one (first) replaces it
+    assert target.read_bytes() == b"first"
+    assert _leftovers(tmp_path) == []
+
+
+def test_failing_writer_leaves_old_file_and_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="disk on fire"), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("disk on fire")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_failing_bytes_write_leaves_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "key.bin"
+    atomic_write_bytes(target, b"old")
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError("rename refused")
+
+    monkeypatch.setattr(storage.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename refused"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_file_and_folder_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else "?")
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    target = tmp_path / "sub" / "data.txt"
+    atomic_write_text(target, "hello\n")
+    assert target.read_text() == "hello\n"
+    assert len(synced) == 2  # the temporary file, then the folder after the rename
+    if synced[0] != "?":
+        assert Path(synced[0]).name.startswith(".data.txt.") and synced[0].endswith(".tmp")
+        assert Path(synced[1]) == target.parent
+
+
+def test_every_writer_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    atomic_write_bytes(tmp_path / "a.bin", b"a")
+    atomic_write_json(tmp_path / "b.json", {"x": np.int64(3), "p": tmp_path})
+    save_arrays(tmp_path / "c.safetensors", {"w": np.arange(3.0)})
+    assert len(calls) == 6
+    assert (tmp_path / "b.json").read_text() == f'{{\n  "x": 3,\n  "p": "{tmp_path}"\n}}\n'
+    np.testing.assert_array_equal(load_arrays_file(tmp_path / "c.safetensors")["w"], np.arange(3.0))
+    assert _leftovers(tmp_path) == []
+
+
+def test_modes(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "secret", b"s")
+    assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
+    atomic_write_text(tmp_path / "ro", "r", mode=0o400)
+    assert stat.S_IMODE((tmp_path / "ro").stat().st_mode) == 0o400
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "plain", "p")
+        with atomic_path(tmp_path / "named") as tmp:
+            tmp.write_text("n")
+    finally:
+        os.umask(umask)
+    # as a file opened with open(..., "w") would get: 0666 less the umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "named").stat().st_mode) == 0o644
+
+
+def test_writer_may_replace_the_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    with atomic_path(target) as tmp:
+        tmp.unlink()  # some writers create the file themselves
+        tmp.write_bytes(b"weights")
+    assert target.read_bytes() == b"weights"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedcore.data.deid_ps315_profile import PROFILE_NAME
+from fedcore.data.deid.ps315_profile import PROFILE_NAME
 from fedcore.storage import atomic_write_text
 
 ACTIONS: Final = ("removed", "replaced", "emptied", "uid-remapped", "private-removed")

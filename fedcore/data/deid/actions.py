@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from fedcore.data.deid_ps315_profile import BASIC_PROFILE, FEDCORE_EXTRAS
+from fedcore.data.deid.ps315_profile import BASIC_PROFILE, FEDCORE_EXTRAS
 
 _TEXT_DUMMY: Final = "ANONYMIZED"
 _BINARY_DUMMY: Final = bytes(8)  # even, and a whole number of OD/OF/OL/OV values

@@ -1,8 +1,8 @@
 """De-identification of DICOM files per the PS3.15 Annex E Basic Application Confidentiality Profile.
 
 Every pixel and header used for training passes through :class:`Deidentifier` first. The profile is
-*data*: :data:`BASIC_PROFILE` (in :mod:`fedcore.data.deid_ps315_profile`) is Table E.1-1 of DICOM PS3.15 Annex E (edition 2024b, Basic Profile
-column), one row per attribute with its action code:
+*data*: :data:`BASIC_PROFILE` (:mod:`fedcore.data.deid.ps315_profile`) is Table E.1-1 of DICOM
+PS3.15 Annex E (edition 2024b, Basic Profile column), one row per attribute with its action code:
 
 * ``D`` replace with a non-zero-length dummy value of the attribute's VR (:func:`dummy_value`);
 * ``Z`` replace with a zero-length value (a type 2 attribute stays present, empty);
@@ -60,27 +60,29 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
-from fedcore.data.deid_actions import (
+# The package's parts: the profile table, what each action code does, reading and writing the
+# files, the report. Every public name is importable from fedcore.data.deid itself.
+from fedcore.data.deid.actions import (
     COMPOUND_RESOLUTION,
     dummy_value,
     profile_code,
     resolve_action,
     tag_string,
 )
-from fedcore.data.deid_files import (
+from fedcore.data.deid.files import (
     DeidentificationError,
     check_output_outside,
     read_dicom,
     same_file,
     write_dicom,
 )
-from fedcore.data.deid_ps315_profile import (
+from fedcore.data.deid.ps315_profile import (
     BASIC_PROFILE,
     FEDCORE_EXTRAS,
     PROFILE_CODE,
     PROFILE_NAME,
 )
-from fedcore.data.deid_report import ACTIONS, Change, FileReport, report_dict, write_report
+from fedcore.data.deid.report import ACTIONS, Change, FileReport, report_dict, write_report
 
 __all__ = [
     "ACTIONS",

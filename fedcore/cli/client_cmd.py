@@ -11,10 +11,11 @@ from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
 from fedcore.cli.deid_cmd import deid
+from fedcore.cli.exit_codes import EXIT_USAGE
 from fedcore.cli.predict_cmd import predict
+from fedcore.cli.progress import print_deployment_error, print_event
 from fedcore.config import ConfigError, load_site_config
 from fedcore.engines.deployment import (
-    EXIT_USAGE,
     DeploymentError,
     SiteOptions,
     SiteSecurity,
@@ -132,7 +133,10 @@ def start(
         log_file=log_file.expanduser().resolve() if log_file else None,
         refused_retry_for=refused_retry_for,
     )
-    raise typer.Exit(serve_site(options, console))
+    try:
+        serve_site(options, on_event=lambda event: print_event(console, event))
+    except DeploymentError as exc:
+        raise typer.Exit(print_deployment_error(console, exc)) from None
 
 
 def site_security(kit: Kit) -> SiteSecurity:

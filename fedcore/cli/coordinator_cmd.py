@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
+from fedcore.cli.exit_codes import EXIT_OK, EXIT_USAGE
+from fedcore.cli.progress import format_round, print_deployment_error, print_event
 from fedcore.config import ConfigError, load_scenario
 from fedcore.engines.deployment import (
-    EXIT_USAGE,
     CoordinatorOptions,
     CoordinatorSecurity,
     DeploymentError,
@@ -151,7 +152,15 @@ def start(
         exit_when_done=exit_when_done,
         site_timeout=site_timeout,
     )
-    raise typer.Exit(serve_coordinator(options, console))
+    try:
+        serve_coordinator(
+            options,
+            on_event=lambda event: print_event(console, event),
+            on_round=lambda record: console.print(f"  {format_round(record)}", highlight=False),
+        )
+    except DeploymentError as exc:
+        raise typer.Exit(print_deployment_error(console, exc)) from None
+    raise typer.Exit(EXIT_OK)
 
 
 def coordinator_security(kit: Kit) -> CoordinatorSecurity:

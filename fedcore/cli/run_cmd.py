@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,59 +14,17 @@ from rich.table import Table
 
 from coordinator.state import StateError
 from fedcore.cli.common import configure_logging, load_checked_scenario
+from fedcore.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from fedcore.cli.exit_codes import EXIT_USAGE as EXIT_CONFIG
+from fedcore.cli.progress import fmt as _fmt
+from fedcore.cli.progress import format_round
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError
 from secure.modes import PLAINTEXT_WARNING
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    if isinstance(x, float):
-        return "—" if math.isnan(x) else f"{x:.{digits}f}"
-    return "—" if x is None else str(x)
-
 
 def _count(x: Any) -> str:
     return "—" if x is None else str(int(x))
-
-
-def _schedule_line(rec: dict[str, Any]) -> str:
-    """The round's scheduling decision, as a second line (policies other than random)."""
-    sched = rec.get("schedule")
-    if not isinstance(sched, dict) or sched.get("policy") == "random":
-        return ""
-    parts = [f"{sched.get('policy')}: {sched.get('chosen')}/{sched.get('candidates')} sites"]
-    if "epochs" in sched:
-        lo, hi = sched["epochs"]
-        parts.append(f"epochs {lo}" if lo == hi else f"epochs {lo}-{hi}")
-    if "deadline_s" in sched:
-        parts.append(f"deadline {sched['deadline_s']:.1f}s")
-    if "predicted_max_s" in sched:
-        parts.append(f"predicted ≤{sched['predicted_max_s']:.1f}s")
-    if "measured_max_s" in sched:
-        parts.append(f"measured ≤{sched['measured_max_s']:.1f}s")
-    if sched.get("scaling"):
-        parts.append(f"scale: {sched['scaling']}")
-    if rec.get("virtual_time_s") is not None:
-        parts.append(f"virtual clock {rec['virtual_time_s'] / 3600:.2f} h")
-    return "\n          [cyan]" + ", ".join(parts) + "[/]"
-
-
-def _left_out(rejected: dict[str, list[str]]) -> str:
-    return "; ".join(f"{site} ({', '.join(reasons)[:120]})" for site, reasons in rejected.items())
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _privacy_line(sc: Any) -> str:
@@ -228,19 +185,7 @@ def run(
     task = progress.add_task("rounds", total=n_rounds)
 
     def on_round(rec: dict[str, Any]) -> None:
-        progress.console.print(
-            f"round {rec['round']:>3}  {len(rec.get('sites', []))} sites  loss {_fmt(rec.get('loss'))}  "
-            f"PR-AUC {_fmt(rec.get('pr_auc'))}  {_fmt(rec.get('seconds'), 1)}s  "
-            f"↑{_bytes(rec.get('bytes_up'))} ↓{_bytes(rec.get('bytes_down'))}"
-            + (f"  ε {rec['epsilon']:.3f}" if rec.get("epsilon") is not None else "")
-            + _schedule_line(rec)
-            + (
-                f"\n          [yellow]left out: {_left_out(rec['rejected'])}[/]"
-                if rec.get("rejected")
-                else ""
-            ),
-            highlight=False,
-        )
+        progress.console.print(format_round(rec), highlight=False)
         progress.update(task, completed=rec["round"])
 
     def on_stage(text: str) -> None:

@@ -21,10 +21,10 @@ from fedcore.engines.deployment import (
     SiteSecurity,
     config_args,
     free_port,
-    node_key_fingerprint,
 )
+from fedcore.pki import node_key_fingerprint
 from secure.provision import node_key_pair
-from tests.fedcore.test_deployment import (
+from tests.fedcore.engines.test_deployment import (
     ProcessWatch,
     _cli,
     _text,
@@ -152,10 +152,11 @@ class FakeControl:
 def test_registration_keeps_members_and_drops_replaced_keys(kits: Path, other_kits: Path) -> None:
     from flwr.proto.node_pb2 import NodeInfo
 
-    from fedcore.engines.deployment import _ControlApi, load_node_public_key
+    from fedcore.engines.deployment import ControlApi
+    from fedcore.pki import load_node_public_key, public_key_pem
 
     keys = coordinator_security(kits).registration_keys()
-    old_b = load_node_public_key(other_kits / "bank-b" / "node.pub")
+    old_b = public_key_pem(load_node_public_key(other_kits / "bank-b" / "node.pub"))
     fake = FakeControl(
         [
             NodeInfo(node_id=1, name="bank-a", status="online", public_key=keys["bank-a"]),
@@ -163,7 +164,7 @@ def test_registration_keeps_members_and_drops_replaced_keys(kits: Path, other_ki
             NodeInfo(node_id=3, name="gone", status="unregistered", public_key=b"x"),
         ]
     )
-    control = _ControlApi.__new__(_ControlApi)
+    control = ControlApi.__new__(ControlApi)
     control._client = fake
     assert control.sync_nodes(keys) == (["bank-b"], ["bank-a"], ["bank-b"])
     assert fake.calls == ["unregister 2", "register bank-b"]

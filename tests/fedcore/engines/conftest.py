@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fedcore.test_deployment import ProcessWatch
+from tests.fedcore.engines.test_deployment import ProcessWatch
 
 
 @pytest.fixture

@@ -1,0 +1,364 @@
+"""The site service (``fed-client start``): one site's SuperNode, its connection to the coordinator, and why it was refused.
+
+Progress goes to ``on_event``; failures raise the typed errors of
+:mod:`fedcore.engines.deployment.errors`. The command line styles the lines and picks exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fedcore.config import ConfigError, SiteConfig, load_site_config
+from fedcore.engines.deployment.errors import (
+    AddressInUseError,
+    DeploymentConfigError,
+    DeploymentError,
+    DeploymentInterrupted,
+    Event,
+    OnEvent,
+)
+from fedcore.engines.deployment.flower_cli import config_args, flower_command, flower_env
+from fedcore.engines.deployment.network import check_transport, format_address, free_port
+from fedcore.engines.deployment.processes import ManagedProcess, stop_processes, wait_until_healthy
+from fedcore.engines.deployment.progress import read_from, with_tail
+from fedcore.engines.deployment.security import NO_KIT_MESSAGE, SiteSecurity
+from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_interrupt
+from fedcore.pki import node_key_fingerprint
+from fedcore.site_paths import STATE_DIR_KEY, site_state_dir
+
+__all__ = ["REFUSED_RETRY_DELAY", "SiteOptions", "serve_site"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """What ``fed-client start`` was asked to do (paths are made absolute).
+
+    Attributes:
+        site_path: The site config YAML; only its path goes to the ClientApp (``node_config``).
+        host: Coordinator host.
+        port: Coordinator port.
+        security: The CA to trust and the node key to sign with; required unless ``insecure``.
+        insecure: No TLS and no node key; accepted for a loopback coordinator only (see
+            :func:`check_transport`), and only when asked for explicitly.
+        kit_dir: The site kit directory, handed to the ClientApp as node-config ``kit``
+            (``""`` when ``None``); it may be given with ``insecure`` too.
+        state_dir: The site's state directory (``fed-client start --state``): the
+            SuperNode's ``FLWR_HOME``, its default log place and the ClientApp's state (node
+            config ``state-dir``); ``None`` uses the site config's ``state_dir`` or
+            ``./fedcore-site-ID`` (:func:`fedcore.site_paths.site_state_dir`).
+        log_file: SuperNode log; ``None`` is ``STATE/logs/supernode.log``.
+        startup_timeout: Seconds the SuperNode gets to answer its health check.
+        refused_retry_for: Seconds to keep starting the SuperNode again, every
+            :data:`REFUSED_RETRY_DELAY` s, while the coordinator refuses the node key
+            (a coordinator still registering keys, or this node's previous connection not
+            timed out yet); then give up. ``0`` gives up at the first refusal.
+    """
+
+    site_path: Path
+    host: str
+    port: int
+    security: SiteSecurity | None = None
+    insecure: bool = False
+    kit_dir: Path | None = None
+    state_dir: Path | None = None
+    log_file: Path | None = None
+    startup_timeout: float = 120.0
+    refused_retry_for: float = 90.0
+
+
+#: Seconds between two SuperNode starts while the coordinator refuses the node key.
+REFUSED_RETRY_DELAY = 5.0
+
+_REFUSED = re.compile(r"\[code: 200[14]\]")
+_TLS_VERIFY = re.compile(r"CERTIFICATE_VERIFY_FAILED[^\n]*", re.IGNORECASE)
+_TLS_NAME = re.compile(r"(hostname|ip address) mismatch", re.IGNORECASE)
+_TLS_PROTOCOL = re.compile(
+    r"WRONG_VERSION_NUMBER|RECORD_LAYER_FAILURE|PACKET_LENGTH_TOO_LONG|"
+    r"Server disconnected without sending a response",
+    re.IGNORECASE,
+)
+
+
+def _supernode_failure(
+    log_text: str, site_id: str, coordinator: str, security: SiteSecurity | None
+) -> tuple[str, bool] | None:
+    """Explain why a SuperNode could not connect; ``(message, retry)`` or ``None`` if unknown."""
+    if _REFUSED.search(log_text):
+        if security is None:
+            return (
+                f"the coordinator {coordinator} requires node authentication: this site needs "
+                "its kit (--kit KITS/SITE-ID) instead of --insecure",
+                False,
+            )
+        fingerprint = node_key_fingerprint(security.node_public_key)
+        return (
+            f"the coordinator {coordinator} refused this site's node key {fingerprint}. Either "
+            f"the key is not registered there (the coordinator kit's nodes/{site_id}.pub must be "
+            f"this kit's node.pub, {security.node_public_key}; fed-coordinator registers the "
+            "kit's keys when it starts, so restart it after provisioning), or a node with this "
+            "key is connected already (another fed-client with this kit, or one stopped less "
+            "than a minute ago)",
+            True,
+        )
+    verify = _TLS_VERIFY.search(log_text)
+    if verify and security is not None:
+        host = coordinator.rsplit(":", 1)[0].strip("[]")
+        if _TLS_NAME.search(verify.group(0)):
+            return (
+                f"the coordinator's TLS certificate does not name {host}: connect with a host "
+                "name the certificate lists (--coordinator HOST:PORT, as the consortium "
+                f"operator provisioned it), or ask the operator to provision it for {host}",
+                False,
+            )
+        return (
+            f"the coordinator {coordinator} presents a TLS certificate that this site's CA "
+            f"({security.ca_cert}) did not sign: the site kit and the coordinator kit come "
+            "from different provisionings, or --coordinator points at another server. Fix: use "
+            "the site kit written by the same `fedcore provision` run as the coordinator's",
+            False,
+        )
+    if _TLS_PROTOCOL.search(log_text):
+        if security is None:
+            return (
+                f"the coordinator {coordinator} speaks TLS but this site connects without it "
+                "(--insecure): pass --kit KITS/SITE-ID instead",
+                False,
+            )
+        return (
+            f"the coordinator {coordinator} does not speak TLS (was it started with "
+            "--insecure?); a site with a kit only connects with TLS",
+            False,
+        )
+    return None
+
+
+def _ignore(_: Any) -> None:
+    pass
+
+
+def _check_options(opts: SiteOptions) -> tuple[SiteConfig, list[str]]:
+    """Load the site config and check the kit: ``(site, warnings)``."""
+    security = opts.security
+    check_transport(opts.host, insecure=opts.insecure, action="connect to")
+    try:
+        site = load_site_config(opts.site_path)
+    except ConfigError as exc:
+        raise DeploymentConfigError(str(exc)) from None
+    if opts.insecure and security is not None:
+        raise DeploymentConfigError(
+            "insecure=True and security=... exclude each other: without TLS the node key "
+            "is never used. Drop one of them"
+        )
+    if security is None and not opts.insecure:
+        raise DeploymentConfigError(NO_KIT_MESSAGE.format(cmd="fed-client", kit=f"KITS/{site.id}"))
+    if security is None:
+        return site, []
+    if security.site_id is not None and security.site_id != site.id:
+        where = f" {opts.kit_dir}" if opts.kit_dir is not None else ""
+        raise DeploymentConfigError(
+            f"the kit{where} was provisioned for site {security.site_id!r}, but the "
+            f"site config {opts.site_path} is site {site.id!r}: expected this site's "
+            f"own kit. Fix: pass --kit with the kit of {site.id!r} (KITS/{site.id})"
+        )
+    return site, security.check()
+
+
+def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoReturn:
+    """Run one site's SuperNode until Ctrl-C / SIGTERM (``fed-client start``).
+
+    The SuperNode gets ``--node-config "site-config='ABS_PATH' kit='KIT_DIR'
+    state-dir='STATE'"``: the paths are all that reaches the ClientApp, and they stay on
+    this machine. ``STATE`` is :func:`fedcore.site_paths.site_state_dir`, the one state
+    directory of the site (Flower home, logs, the ClientApp's model copy and exports). With
+    :class:`SiteSecurity` it trusts only the consortium CA (``--root-certificates``) and
+    signs its requests with the node key (``--auth-supernode-private-key``).
+
+    Args:
+        opts: What to run; see :class:`SiteOptions`.
+        on_event: Receives each line of progress.
+
+    Raises:
+        DeploymentConfigError: a bad site file, kit or address (a kit of another site
+            included); nothing was started.
+        DeploymentError: the SuperNode died or the coordinator refused it (the message
+            says why).
+        DeploymentInterrupted: Ctrl-C or SIGTERM, after the SuperNode was stopped.
+    """
+    emit = on_event or _ignore
+    security = opts.security
+    site, warnings = _check_options(opts)
+    state_dir = site_state_dir(site, opts.state_dir)
+    node_config = config_args(
+        {
+            "site-config": str(opts.site_path.resolve()),
+            "kit": str(opts.kit_dir.resolve()) if opts.kit_dir is not None else "",
+            STATE_DIR_KEY: str(state_dir),
+        }
+    )
+    for warning in warnings:
+        emit(Event(warning, "warning"))
+    site_path = opts.site_path.resolve()
+    log_file = (opts.log_file or state_dir / "logs" / "supernode.log").resolve()
+    coordinator = format_address(opts.host, opts.port)
+    env = flower_env(state_dir / "flwr-home")
+    if security is None:
+        transport = "insecure: no TLS, no node key, loopback only"
+        auth_args = ["--insecure"]
+    else:
+        transport = f"TLS, node key {node_key_fingerprint(security.node_public_key)}"
+        auth_args = [
+            "--root-certificates",
+            str(security.ca_cert.resolve()),
+            "--auth-supernode-private-key",
+            str(security.node_private_key.resolve()),
+        ]
+    emit(Event(f"fed-client  site {site.id} → coordinator {coordinator} ({transport})", "heading"))
+    emit(Event(f"  site config  {site_path} (stays on this machine)"))
+    if opts.kit_dir is not None:
+        emit(Event(f"  kit          {opts.kit_dir.resolve()}"))
+    emit(Event(f"  logs         {log_file}"))
+
+    procs: list[ManagedProcess] = []
+    first_refusal: float | None = None
+    with sigterm_as_interrupt():
+        try:
+            while True:
+                supernode, log_offset = _start_supernode(
+                    site.id, coordinator, auth_args, node_config, log_file, env, opts, procs, emit
+                )
+                code, log_text, connected = _watch_supernode(
+                    supernode, log_offset, coordinator, emit
+                )
+                stop_processes(procs)
+                procs.clear()
+                if connected:  # it was in once: a later refusal gets a fresh retry window
+                    first_refusal = None
+                failure = _supernode_failure(log_text, site.id, coordinator, security)
+                if failure is None:
+                    raise DeploymentError(
+                        with_tail(f"the SuperNode exited with code {code}", log_file)
+                    )
+                reason, retry = failure
+                now = time.monotonic()
+                first_refusal = now if first_refusal is None else first_refusal
+                left = opts.refused_retry_for - (now - first_refusal)
+                if not retry or left <= 0:
+                    raise DeploymentError(f"{reason}\n  (SuperNode log: {log_file})")
+                emit(
+                    Event(
+                        f"{reason}; trying again in {REFUSED_RETRY_DELAY:.0f} s "
+                        f"(for {left:.0f} s more)",
+                        "notice",
+                    )
+                )
+                time.sleep(REFUSED_RETRY_DELAY)
+        except DeploymentConfigError as exc:  # found once running: the SuperNode failed
+            raise DeploymentError(str(exc)) from None
+        except KeyboardInterrupt as exc:
+            raise DeploymentInterrupted(str(exc) or "Ctrl-C") from None
+        finally:
+            with deferred_signals(reraise=False):  # already stopping: a second Ctrl-C waits
+                stop_processes(procs)
+
+
+def _start_supernode(
+    site_id: str,
+    coordinator: str,
+    auth_args: Sequence[str],
+    node_config: str,
+    log_file: Path,
+    env: Mapping[str, str],
+    opts: SiteOptions,
+    procs: list[ManagedProcess],
+    emit: OnEvent,
+) -> tuple[ManagedProcess, int]:
+    """Start ``flower-supernode`` on a free loopback port; return it and its log offset."""
+    for attempt in range(3):
+        port = free_port("127.0.0.1")
+        try:
+            log_offset = log_file.stat().st_size
+        except OSError:
+            log_offset = 0
+        supernode = ManagedProcess.start(
+            f"SuperNode {site_id}",
+            [
+                flower_command("flower-supernode"),
+                *auth_args,
+                "--superlink",
+                coordinator,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--node-config",
+                node_config,
+            ],
+            log_path=log_file,
+            env=env,
+            registry=procs,
+        )
+        try:
+            took = wait_until_healthy(
+                supernode,
+                format_address("127.0.0.1", port),
+                timeout=opts.startup_timeout,
+                what="the SuperNode",
+            )
+        except AddressInUseError:
+            stop_processes([supernode])
+            procs.remove(supernode)
+            if attempt == 2:
+                raise
+            continue
+        except DeploymentError:
+            # It exited while starting: the caller explains why from its log.
+            if supernode.poll() is None:
+                raise
+            return supernode, log_offset
+        emit(Event(f"SuperNode up in {took:.1f} s (ClientAppIo 127.0.0.1:{port})", "ok"))
+        return supernode, log_offset
+    raise AssertionError("unreachable")
+
+
+#: Seconds without a connection after which ``fed-client`` says what to check.
+CONNECT_HINT_AFTER = 30.0
+
+
+def _watch_supernode(
+    supernode: ManagedProcess, log_offset: int, coordinator: str, emit: OnEvent
+) -> tuple[int, str, bool]:
+    """Follow a SuperNode until it exits; return its exit code, its log, whether it connected."""
+    connected = False
+    hinted = False
+    while True:
+        code = supernode.poll()
+        if code is not None:
+            return code, read_from(supernode.log_path, log_offset), connected
+        if not connected:
+            match = re.search(r"SuperNode ID: (\d+)", read_from(supernode.log_path, log_offset))
+            if match:
+                connected = True
+                emit(Event(f"connected to {coordinator} as node {match.group(1)}", "ok"))
+            elif not hinted and time.monotonic() - supernode.started_at > CONNECT_HINT_AFTER:
+                hinted = True
+                emit(
+                    Event(
+                        f"not connected to {coordinator} after {CONNECT_HINT_AFTER:.0f} s; still "
+                        "trying. Check that fed-coordinator runs there and listens on that "
+                        "address, and that both sides use TLS (--kit) or both --insecure",
+                        "notice",
+                    )
+                )
+        supernode.refresh()
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- fedcore run

@@ -1,0 +1,111 @@
+"""Scenario and site configuration: typed pydantic models, validated once at load.
+
+A *scenario* describes a whole consortium run (sites, task, rounds, privacy,
+scheduler, engine). A *site config* is what one institution's ``fed-client``
+reads: its own id, data source and device, which never leave the site.
+Both load from YAML through :func:`load_scenario` / :func:`load_site_config`,
+which turn every problem into one :class:`ConfigError` that names the file
+and the field path.
+
+The package's modules: :mod:`~fedcore.config.base` (the base model and error),
+:mod:`~fedcore.config.data` (data sources and sites), :mod:`~fedcore.config.task`,
+:mod:`~fedcore.config.privacy`, :mod:`~fedcore.config.scheduler`,
+:mod:`~fedcore.config.scenario` and :mod:`~fedcore.config.loading`. Every public name is
+importable from ``fedcore.config`` itself.
+"""
+
+from __future__ import annotations
+
+from fedcore.config.base import (
+    SITE_ID_PATTERN,
+    ConfigError,
+)
+from fedcore.config.data import (
+    IMAGING_DATA,
+    ColumnMapping,
+    CsvData,
+    DataSource,
+    DicomData,
+    GeneratedData,
+    PacsData,
+    PacsSpec,
+    SiteSpec,
+    SyntheticCtData,
+    check_query_keys,
+)
+from fedcore.config.loading import (
+    dump_site_config,
+    format_loc,
+    load_scenario,
+    load_site_config,
+    read_yaml,
+    validation_message,
+)
+from fedcore.config.privacy import (
+    CkksSpec,
+    DpSpec,
+    PrivacySpec,
+    SecAggSpec,
+)
+from fedcore.config.scenario import (
+    BaselineSpec,
+    EngineSpec,
+    ExportSpec,
+    Scenario,
+    SiteConfig,
+)
+from fedcore.config.scheduler import (
+    SCHEDULER_POLICIES,
+    AllocatorSpec,
+    PluginSpec,
+    PredictorSpec,
+    ScalingSpec,
+    SchedulerSpec,
+    SimulatorSpec,
+)
+from fedcore.config.task import (
+    ImagingSpec,
+    TaskSpec,
+    TrainingSpec,
+)
+
+__all__ = [
+    "AllocatorSpec",
+    "BaselineSpec",
+    "CkksSpec",
+    "ColumnMapping",
+    "ConfigError",
+    "CsvData",
+    "DataSource",
+    "DicomData",
+    "DpSpec",
+    "EngineSpec",
+    "ExportSpec",
+    "GeneratedData",
+    "IMAGING_DATA",
+    "ImagingSpec",
+    "PacsData",
+    "PacsSpec",
+    "PluginSpec",
+    "PredictorSpec",
+    "PrivacySpec",
+    "SCHEDULER_POLICIES",
+    "SITE_ID_PATTERN",
+    "ScalingSpec",
+    "Scenario",
+    "SchedulerSpec",
+    "SecAggSpec",
+    "SimulatorSpec",
+    "SiteConfig",
+    "SiteSpec",
+    "SyntheticCtData",
+    "TaskSpec",
+    "TrainingSpec",
+    "check_query_keys",
+    "dump_site_config",
+    "format_loc",
+    "load_scenario",
+    "load_site_config",
+    "read_yaml",
+    "validation_message",
+]

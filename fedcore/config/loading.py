@@ -1,0 +1,183 @@
+"""Loading scenarios and site configs from YAML, with one clear error naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+
+from fedcore.config.base import ConfigError
+from fedcore.config.data import CsvData, DataSource, DicomData, PacsData
+from fedcore.config.scenario import Scenario, SiteConfig
+
+
+def format_loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Render a pydantic error location as a field path, using site ids where possible."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                entry = node[item]
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    label = f"[{item}] (id {entry['id']!r})"
+                node = entry
+            else:
+                node = None
+            parts.append(label)
+        else:
+            if isinstance(node, dict):
+                node = node.get(item)
+            else:
+                node = None
+            if item in ("generated", "csv") and parts and parts[-1].lstrip(".") == "data":
+                continue  # discriminator tag: the user wrote `kind`, not this
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def validation_message(
+    err: ValidationError, data: Any, unknown_hint: str = "see docs/scenario.md"
+) -> str:
+    """Every problem of a validation error, one line each, located by field path.
+
+    Args:
+        err: The pydantic error.
+        data: The raw YAML data (to name list items by their ``id``).
+        unknown_hint: What to say after "unknown field (check the spelling; ...".
+    """
+    lines = []
+    for e in err.errors():
+        loc = format_loc(tuple(e["loc"]), data)
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field (check the spelling; {unknown_hint})"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        found = e.get("input")
+        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(found, dict | list):
+            msg += f" (found {found!r})"
+        lines.append(f"  {loc}: {msg}")
+    n = len(lines)
+    return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(path, "file not found")
+    if path.is_dir():
+        raise ConfigError(path, "is a directory, expected a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, f"invalid YAML{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> None:
+    for site in sites:
+        src = site.get("data") if isinstance(site, dict) else None
+        if not isinstance(src, dict):
+            continue
+        keys = {"csv": ("path",), "dicom": ("path", "candidates"), "pacs": ("candidates",)}
+        for key in keys.get(str(src.get("kind")), ()):
+            if isinstance(src.get(key), str):
+                p = Path(src[key]).expanduser()
+                src[key] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_scheduler_paths(data: dict[str, Any], base: Path) -> None:
+    """Make ``scheduler.predictor.model`` and ``scheduler.scaling.model`` relative to the scenario."""
+    sched = data.get("scheduler")
+    if not isinstance(sched, dict):
+        return
+    for section in ("predictor", "scaling"):
+        part = sched.get(section)
+        if isinstance(part, dict) and isinstance(part.get("model"), str):
+            p = Path(part["model"]).expanduser()
+            part["model"] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _check_files(path: Path, sites: list[tuple[str, DataSource]]) -> None:
+    problems = []
+    for label, src in sites:
+        if isinstance(src, CsvData) and not src.path.is_file():
+            problems.append(f"  {label}.data.path: file not found: {src.path}")
+        if isinstance(src, DicomData) and not src.path.exists():
+            problems.append(f"  {label}.data.path: no such folder or DICOMDIR: {src.path}")
+        if isinstance(src, DicomData | PacsData) and not src.candidates.is_file():
+            problems.append(f"  {label}.data.candidates: file not found: {src.candidates}")
+    if problems:
+        n = len(problems)
+        raise ConfigError(path, f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(problems))
+
+
+def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
+    """Load and validate a scenario YAML file.
+
+    Args:
+        path: The scenario file.
+        check_files: Also check that every CSV data file exists.
+
+    Returns:
+        The validated scenario.
+
+    Raises:
+        ConfigError: naming the file and each bad field path.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    if isinstance(data.get("sites"), list):
+        _resolve_csv_paths(data, data["sites"], path.resolve().parent)
+    _resolve_scheduler_paths(data, path.resolve().parent)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, validation_message(exc, data)) from None
+    if check_files:
+        _check_files(
+            path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)]
+        )
+    return scenario
+
+
+def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfig:
+    """Load and validate a site config YAML (what ``fed-client start --site`` reads).
+
+    Raises:
+        ConfigError: naming the file and each bad field path.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    base = path.resolve().parent
+    _resolve_csv_paths(data, [data], base)
+    if isinstance(data.get("state_dir"), str):
+        sd = Path(data["state_dir"]).expanduser()
+        data["state_dir"] = str(sd if sd.is_absolute() else (base / sd).resolve())
+    try:
+        cfg = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, validation_message(exc, data)) from None
+    if check_files:
+        _check_files(path, [("(site)", cfg.data)])
+    return cfg
+
+
+def dump_site_config(cfg: SiteConfig, path: Path) -> None:
+    """Write a site config as YAML (used by ``fedcore run --engine deployment``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -1,0 +1,175 @@
+"""A whole consortium run (scenario) and what one site reads (site config), with their checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from fedcore.config.base import SITE_ID_PATTERN, _Model
+from fedcore.config.data import IMAGING_DATA, CsvData, DataSource, SiteSpec
+from fedcore.config.privacy import PrivacySpec
+from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
+from fedcore.config.task import TaskSpec, TrainingSpec
+
+
+class EngineSpec(_Model):
+    """Where the federation runs."""
+
+    name: Literal["inprocess", "deployment"] = "inprocess"
+    round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
+
+
+class ExportSpec(_Model):
+    """Model export after the last round: the global weights, and an INT8 model per site."""
+
+    enabled: bool = True
+    format: Literal["safetensors"] = "safetensors"
+    int8: bool = Field(True, description="each site exports an INT8 ONNX model for its own device")
+    tolerance: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="largest metric drop (PR-AUC) an INT8 export may show against FP32",
+    )
+
+
+class BaselineSpec(_Model):
+    """Reference models trained next to the federation in ``fedcore run``."""
+
+    local_only: bool = True
+    cross_site: bool = Field(
+        False,
+        description="also judge each local-only model at every site (each site scores it at "
+        "its own operating point for that model), pooled over all sites' test data",
+    )
+    centralized: bool = True
+    non_graph: bool = True
+
+    @model_validator(mode="after")
+    def _cross_site_needs_local_models(self) -> BaselineSpec:
+        if self.cross_site and not self.local_only:
+            raise ValueError("cross_site judges the local-only models: it needs local_only: true")
+        return self
+
+
+class Scenario(_Model):
+    """A complete consortium run."""
+
+    name: str = Field(..., min_length=1)
+    description: str = ""
+    seed: int = 0
+    rounds: int = Field(10, ge=1, le=10_000)
+    sites: list[SiteSpec] = Field(..., min_length=1)
+    task: TaskSpec = TaskSpec()
+    training: TrainingSpec = TrainingSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    engine: EngineSpec = EngineSpec()
+    export: ExportSpec = ExportSpec()
+    simulator: SimulatorSpec | None = Field(
+        None, description="simulate the sites' devices and clock (in-process engine)"
+    )
+    baselines: BaselineSpec = BaselineSpec()
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        dupes = sorted(i for i, n in Counter(s.id for s in sites).items() if n > 1)
+        if dupes:
+            raise ValueError(f"site id(s) listed more than once: {', '.join(dupes)}")
+        return sites
+
+    @model_validator(mode="after")
+    def _enough_sites(self) -> Scenario:
+        if self.scheduler.min_sites > len(self.sites):
+            raise ValueError(
+                f"scheduler.min_sites is {self.scheduler.min_sites} but only "
+                f"{len(self.sites)} site(s) are listed"
+            )
+        for site in self.sites:
+            imaging_data = isinstance(site.data, IMAGING_DATA)
+            if imaging_data != self.task.is_imaging:
+                raise ValueError(
+                    f"site {site.id!r}: data kind {site.data.kind} does not fit task model "
+                    f"{self.task.model} (fraud-gnn takes generated or csv transactions; "
+                    "nodule-net takes synthetic-ct, dicom or pacs)"
+                )
+            if self.task.is_imaging and self.export.enabled and self.export.int8:
+                raise ValueError(
+                    "export.int8 is not available for task model nodule-net yet; "
+                    "set export: {int8: false} (the global weights are still exported)"
+                )
+            if isinstance(site.data, CsvData):
+                missing = sorted(set(self.task.features) - set(site.data.columns.features))
+                if missing:
+                    raise ValueError(
+                        f"site {site.id!r}: data.columns.features lacks task feature(s) "
+                        f"{', '.join(missing)}"
+                    )
+        if self.scheduler.short_round == "skip" and self.privacy.mode == "secagg+":
+            raise ValueError(
+                "scheduler.short_round: skip cannot apply to secagg+ (SecAgg+ aggregates "
+                "before the round's update count is known); use fail"
+            )
+        if self.simulator is not None:
+            unknown = sorted(set(self.simulator.pools) - {s.id for s in self.sites})
+            if unknown:
+                raise ValueError(
+                    f"simulator.pools names site(s) {', '.join(unknown)} that the scenario "
+                    "does not list"
+                )
+            if self.engine.name != "inprocess":
+                raise ValueError(
+                    "simulator needs engine.name inprocess (it simulates the sites' devices "
+                    "and clock in one process); remove the simulator section to deploy"
+                )
+        return self
+
+    def site(self, site_id: str) -> SiteSpec:
+        """Return the site with id ``site_id`` (``KeyError`` naming the known ids)."""
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise KeyError(f"no site {site_id!r}; known: {', '.join(s.id for s in self.sites)}")
+
+    def fingerprint(self) -> str:
+        """Stable hash of the scenario's content (used to refuse resuming a different run)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SiteConfig(_Model):
+    """What a site's ``fed-client`` reads. Stays at the site; never sent anywhere."""
+
+    id: str = Field(..., pattern=SITE_ID_PATTERN)
+    kind: Literal["bank", "hospital"] = "bank"
+    data: DataSource
+    device: str = "auto"
+    seed: int = Field(0, description="consortium seed (used for generated data and local RNG)")
+    state_dir: Path | None = Field(
+        None, description="where the site keeps its cache and models (relative: to this file)"
+    )
+
+    @classmethod
+    def from_scenario(
+        cls, scenario: Scenario, site_id: str, state_dir: Path | None = None
+    ) -> SiteConfig:
+        """Build the site config that ``fedcore run`` hands to one simulated site."""
+        s = scenario.site(site_id)
+        return cls(
+            id=s.id,
+            kind=s.kind,
+            data=s.data,
+            device=s.device,
+            seed=scenario.seed,
+            state_dir=state_dir,
+        )

@@ -1,0 +1,118 @@
+"""What is trained: the task (model, features, imaging input) and local training per round."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from fedcore.config.base import _Model
+
+
+class ImagingSpec(_Model):
+    """The nodule model and its input: patches cut around candidate locations in CT volumes."""
+
+    patch_size: int = Field(32, ge=8, le=128, description="patch edge in voxels (a cube)")
+    spacing_mm: float = Field(
+        1.5, gt=0.2, le=10.0, description="isotropic spacing volumes are resampled to (mm)"
+    )
+    window_hu: tuple[float, float] = Field(
+        (-1000.0, 400.0), description="HU window scaled to [0, 1] (low, high)"
+    )
+    channels: list[int] = Field(
+        default_factory=lambda: [8, 16, 32],
+        min_length=1,
+        max_length=4,
+        description="3D CNN stem: channels per stride-2 stage",
+    )
+    dim: int = Field(32, ge=8, le=512, description="Transformer token width")
+    heads: int = Field(4, ge=1, le=16, description="attention heads (must divide dim)")
+    transformer_layers: int = Field(2, ge=1, le=8, description="Transformer encoder layers")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in the Transformer")
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagingSpec:
+        low, high = self.window_hu
+        if not low < high:
+            raise ValueError(
+                f"window_hu must be (low, high) with low < high; found {self.window_hu}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.patch_size % 2 ** len(self.channels):
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be divisible by 2**{len(self.channels)} "
+                f"(one halving per stem stage; channels: {self.channels})"
+            )
+        return self
+
+
+class TaskSpec(_Model):
+    """What is trained: model family and its hyper-parameters."""
+
+    model: Literal["fraud-gnn", "nodule-net"] = Field(
+        "fraud-gnn",
+        description="fraud-gnn (transaction graphs) or nodule-net (3D CNN + Transformer on CT)",
+    )
+    dataset: Literal["transactions", "ct-candidates"] = Field(
+        "transactions", description="follows the model: transactions or ct-candidates"
+    )
+    hidden: int = Field(64, ge=4, le=1024)
+    layers: int = Field(2, ge=1, le=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    features: list[str] = Field(
+        default_factory=list, description="extra numeric row features every site provides"
+    )
+    test_fraction: float = Field(0.3, gt=0.0, lt=0.9, description="latest share of time held out")
+    threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="score threshold for F1/precision/recall/FPR (operating_point: fixed)",
+    )
+    operating_point: Literal["fixed", "balanced"] = Field(
+        "fixed",
+        description="fixed: flag scores >= threshold; balanced: each site flags at the score "
+        "where sensitivity equals specificity on its own training split, for every model",
+    )
+    imaging: ImagingSpec = Field(
+        default_factory=ImagingSpec, description="nodule-net: patch geometry and model size"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_follows_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") == "nodule-net" and "dataset" not in data:
+            return {**data, "dataset": "ct-candidates"}
+        return data
+
+    @model_validator(mode="after")
+    def _model_fits_dataset(self) -> TaskSpec:
+        expected = "ct-candidates" if self.model == "nodule-net" else "transactions"
+        if self.dataset != expected:
+            raise ValueError(
+                f"model {self.model} trains on dataset {expected}; found dataset {self.dataset}"
+            )
+        return self
+
+    @property
+    def is_imaging(self) -> bool:
+        """Whether this task trains the nodule model on CT data."""
+        return self.model == "nodule-net"
+
+
+class TrainingSpec(_Model):
+    """Local training at each site, per round."""
+
+    local_epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int | None = Field(
+        None, ge=16, description="target transactions per mini-batch; null = full graph"
+    )
+    pos_weight: float | None = Field(
+        None, gt=0.0, description="loss weight of the fraud class; null = sqrt(neg/pos) per site"
+    )

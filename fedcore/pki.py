@@ -268,19 +268,7 @@ def load_private_key(
     Raises:
         PkiError: missing, encrypted, not a PEM private key, or not on one of ``curves``.
     """
-    data = read_key_file(path, what=what, fix=fix)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise PkiError(_encrypted(what, path)) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise PkiError(
-            _with_fix(
-                f"{what} {path} is not a PEM private key: expected '-----BEGIN PRIVATE KEY-----', "
-                f"found {_first_line(data)}",
-                fix,
-            )
-        ) from None
+    key = _read_private_key(path, what, fix, ssh=False)
     if curves is not None and not (
         isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in curves
     ):
@@ -291,11 +279,28 @@ def load_private_key(
     return key
 
 
-def _encrypted(what: str, path: Path) -> str:
-    return (
-        f"{what} {path} is encrypted with a passphrase: expected it unencrypted, because Flower "
-        "reads it without asking. Fix: protect it with file permissions instead (chmod 600)"
-    )
+def _read_private_key(path: Path, what: str, fix: str, *, ssh: bool) -> PrivateKeyTypes:
+    """An unencrypted private key: OpenSSH format (``ssh``) or PEM (PKCS#8, SEC1, PKCS#1)."""
+    data = read_key_file(path, what=what, fix=fix)
+    kind, header = ("an OpenSSH", "OPENSSH PRIVATE KEY") if ssh else ("a PEM", "PRIVATE KEY")
+    try:
+        if ssh:
+            return serialization.load_ssh_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise PkiError(
+            f"{what} {path} is encrypted with a passphrase: expected it unencrypted, because "
+            "Flower reads it without asking. Fix: protect it with file permissions instead "
+            "(chmod 600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PkiError(
+            _with_fix(
+                f"{what} {path} is not {kind} private key: expected "
+                f"'-----BEGIN {header}-----', found {_first_line(data)}",
+                fix,
+            )
+        ) from None
 
 
 def load_node_private_key(
@@ -306,28 +311,18 @@ def load_node_private_key(
     Raises:
         PkiError: missing, encrypted, not an OpenSSH private key, or another key type or curve.
     """
-    data = read_key_file(path, what=what, fix=fix)
-    try:
-        key = serialization.load_ssh_private_key(data, password=None)
-    except TypeError:
-        raise PkiError(_encrypted(what, path)) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise PkiError(
-            _with_fix(
-                f"{what} {path} is not an OpenSSH private key: expected "
-                f"'-----BEGIN OPENSSH PRIVATE KEY-----', found {_first_line(data)}",
-                fix,
-            )
-        ) from None
+    key = _read_private_key(path, what, fix, ssh=True)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in NIST_CURVES:
-        raise PkiError(
-            _with_fix(
-                f"{what} {path} is {describe_key(key)}, expected {_NIST_TEXT}, which Flower's "
-                "node authentication requires",
-                fix,
-            )
-        )
+        raise PkiError(_not_nist(f"{what} {path}", key, fix))
     return key
+
+
+def _not_nist(what: str, key: object, fix: str) -> str:
+    return _with_fix(
+        f"{what} is {describe_key(key)}, expected {_NIST_TEXT}, which Flower's node "
+        "authentication requires",
+        fix,
+    )
 
 
 # --------------------------------------------------------------------------- node public keys
@@ -355,13 +350,7 @@ def parse_node_public_key(
             )
         ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in NIST_CURVES:
-        raise PkiError(
-            _with_fix(
-                f"{what} is {describe_key(key)}, expected {_NIST_TEXT}, which Flower's node "
-                "authentication requires",
-                fix,
-            )
-        )
+        raise PkiError(_not_nist(what, key, fix))
     return key
 
 

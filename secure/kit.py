@@ -2,103 +2,58 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import functools
 import hashlib
-import json
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from fedcore.config import CkksSpec
+from fedcore import pki
 from secure import kitfiles
+from secure.manifest import (
+    KIT_KIND,
+    KIT_VERSION,
+    ROLES,
+    KitError,
+    KitManifest,
+    Role,
+    describe_role,
+    expected_files,
+    permission_problems,
+    read_manifest,
+)
 
-KIT_KIND = "fedcore-kit"
-KIT_VERSION = 1
-Role = Literal["ca", "coordinator", "site"]
-ROLES: tuple[Role, ...] = ("ca", "coordinator", "site")
+__all__ = [
+    "KIT_KIND",
+    "KIT_VERSION",
+    "RENEW_DAYS",
+    "ROLES",
+    "Check",
+    "Kit",
+    "KitCheck",
+    "KitError",
+    "KitManifest",
+    "Role",
+    "check_kit",
+    "expected_files",
+    "load_kit",
+    "permission_problems",
+    "read_manifest",
+    "registered_nodes",
+    "sign",
+    "verify_signature",
+    "verify_site_signature",
+]
 
-NODE_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
-"""Node key curves accepted here: NIST curves, as Flower's SuperNode authentication requires."""
 RENEW_DAYS = 30
 """A certificate with fewer days left than this is reported (still valid) as due for renewal."""
-
-
-class KitError(Exception):
-    """A kit that cannot be used: not a kit, wrong role, files missing, permissions too open."""
-
-
-class KitManifest(BaseModel):
-    """``kit.json``: what a kit is and the SHA-256 of each of its files. Holds no secret material."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["fedcore-kit"]
-    version: Literal[1]
-    role: Role
-    consortium: str
-    site_id: str | None = None
-    created: dt.datetime
-    not_after: dt.datetime
-    ca_sha256: str
-    """SHA-256 of the CA certificate (DER), to compare out of band."""
-    coordinator_hosts: list[str]
-    sites: list[str] = []
-    """Coordinator kit: the sites whose node public keys are registered in ``nodes/``."""
-    ckks: CkksSpec
-    files: dict[str, str]
-    """Every file of the kit but ``kit.json``, relative to the kit (``nodes/bank-a.pub``) -> SHA-256."""
-
-    @model_validator(mode="after")
-    def _role_fields(self) -> KitManifest:
-        if self.role == "site" and not self.site_id:
-            raise ValueError("a site kit must name its site_id")
-        if self.role != "site" and self.site_id is not None:
-            raise ValueError(f"a {self.role} kit has no site_id (found {self.site_id!r})")
-        return self
-
-
-def expected_files(manifest: KitManifest) -> list[str]:
-    """The files a kit of this manifest's role holds besides ``kit.json``, relative to the kit."""
-    if manifest.role == "ca":
-        return [kitfiles.CA_CERT, kitfiles.CA_KEY]
-    if manifest.role == "coordinator":
-        return [
-            kitfiles.CA_CERT,
-            kitfiles.SERVER_CERT,
-            kitfiles.SERVER_KEY,
-            kitfiles.CKKS_PUBLIC,
-            *(f"{kitfiles.NODES_DIR}/{s}.pub" for s in manifest.sites),
-        ]
-    return [
-        kitfiles.CA_CERT,
-        kitfiles.CLIENT_CERT,
-        kitfiles.CLIENT_KEY,
-        kitfiles.NODE_KEY,
-        kitfiles.NODE_PUB,
-        kitfiles.CKKS_SECRET,
-    ]
-
-
-def _is_secret(rel: str) -> bool:
-    return rel.rsplit("/", 1)[-1] in kitfiles.SECRET_FILES
-
-
-def _describe_role(manifest: KitManifest) -> str:
-    if manifest.role == "site":
-        return f"the site kit of {manifest.site_id}"
-    return f"the {manifest.role} kit"
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +95,7 @@ class Kit:
             return self.files[name]
         except KeyError:
             raise KitError(
-                f"{_describe_role(self.manifest)} ({self.path}) has no {name}; "
+                f"{describe_role(self.manifest)} ({self.path}) has no {name}; "
                 f"it holds {', '.join(sorted(self.files))}"
             ) from None
 
@@ -182,73 +137,6 @@ class Kit:
 # --------------------------------------------------------------------------- loading
 
 
-def read_manifest(path: Path | str) -> KitManifest:
-    """Read and validate ``PATH/kit.json``.
-
-    Raises:
-        KitError: ``path`` is not a kit directory, or its manifest is damaged.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a directory"
-        raise KitError(
-            f"{path} {what}: expected a kit directory written by `fedcore provision` "
-            "(KITS/coordinator or KITS/<site-id>)"
-        )
-    mpath = path / kitfiles.MANIFEST
-    if not mpath.is_file():
-        raise KitError(
-            f"{path} is not a fedcore kit: it has no {kitfiles.MANIFEST}. Expected a directory written "
-            "by `fedcore provision` (KITS/coordinator or KITS/<site-id>)"
-        )
-    try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(
-            f"{mpath} cannot be read as JSON ({exc}): the kit is damaged; restore it or re-provision"
-        ) from None
-    if not isinstance(data, dict) or data.get("kind") != KIT_KIND:
-        raise KitError(f"{mpath} is not a fedcore kit manifest (expected kind {KIT_KIND!r})")
-    if data.get("version") != KIT_VERSION:
-        raise KitError(
-            f"{mpath} has kit version {data.get('version')!r}; this fedcore reads version "
-            f"{KIT_VERSION}: upgrade fedcore or re-provision the kit"
-        )
-    try:
-        return KitManifest.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise KitError(f"{mpath} is damaged ({problems}): restore it or re-provision") from None
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def permission_problems(path: Path, manifest: KitManifest) -> list[str]:
-    """Secret files readable by others and kit directories writable by others, each with its fix."""
-    if os.name != "posix":
-        return []
-    problems = []
-    for rel in expected_files(manifest):
-        p = path / rel
-        if _is_secret(rel) and p.is_file() and _mode(p) & 0o077:
-            problems.append(
-                f"{rel} has permissions {_mode(p):04o}, secret files must be readable by their "
-                f"owner only: chmod 600 {p}"
-            )
-    dirs = [path] + ([path / kitfiles.NODES_DIR] if manifest.role == "coordinator" else [])
-    for d in dirs:
-        if d.is_dir() and _mode(d) & 0o022:
-            problems.append(
-                f"{d} has permissions {_mode(d):04o}, others could replace the kit's files: chmod 700 {d}"
-            )
-    return problems
-
-
 def load_kit(path: Path | str, *, role: Role | None = None) -> Kit:
     """Load a kit and check that it is complete and private; contents are checked by :func:`check_kit`.
 
@@ -269,13 +157,13 @@ def load_kit(path: Path | str, *, role: Role | None = None) -> Kit:
     if role is not None and manifest.role != role:
         hint = "KITS/<site-id>" if role == "site" else f"KITS/{role}"
         raise KitError(
-            f"{path} is {_describe_role(manifest)}, expected a {role} kit: pass {hint} instead"
+            f"{path} is {describe_role(manifest)}, expected a {role} kit: pass {hint} instead"
         )
     files = {rel: path / rel for rel in expected_files(manifest)}
     missing = [rel for rel, p in files.items() if not p.is_file()]
     if missing:
         raise KitError(
-            f"{path} ({_describe_role(manifest)}) lacks {', '.join(missing)}: copy the whole kit "
+            f"{path} ({describe_role(manifest)}) lacks {', '.join(missing)}: copy the whole kit "
             "directory again from where it was provisioned"
         )
     problems = permission_problems(path, manifest)
@@ -287,78 +175,42 @@ def load_kit(path: Path | str, *, role: Role | None = None) -> Kit:
 # --------------------------------------------------------------------------- keys
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+_T = TypeVar("_T")
+_KIT_FIX = "restore the kit from the provisioning output, or re-provision"
+
+
+def _pki(load: Callable[[], _T]) -> _T:
+    """Run a :mod:`fedcore.pki` loader; its error becomes a failed check."""
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except ValueError:
-        raise _Fail(f"{path.name} is not a PEM certificate") from None
+        return load()
+    except pki.PkiError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    return _pki(lambda: pki.load_certificate(path, what="the certificate", fix=_KIT_FIX))
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise _Fail(f"{path.name} is not an unencrypted PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise _Fail(f"{path.name} holds a {type(key).__name__}, expected an EC private key")
+    key = _pki(
+        lambda: pki.load_private_key(
+            path, what="the private key", curves=pki.NIST_CURVES, fix=_KIT_FIX
+        )
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # load_private_key checked the curve
     return key
 
 
 def _load_node_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    return _pki(lambda: pki.load_node_private_key(path, fix=_KIT_FIX))
+
+
+def _node_public_key(data: bytes, what: str = "the node public key") -> ec.EllipticCurvePublicKey:
+    """Parse an OpenSSH node public key; a bad one raises :class:`KitError`."""
     try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise _Fail(f"{path.name} is not an unencrypted OpenSSH private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, NODE_CURVES):
-        raise _Fail(
-            f"{path.name} is not an ECDSA key on a NIST curve (P-256/P-384/P-521), which Flower's "
-            "node authentication requires"
-        )
-    return key
-
-
-def load_node_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
-    """Parse an OpenSSH ECDSA node public key (one ``ecdsa-sha2-nistp384 AAAA... comment`` line).
-
-    Raises:
-        KitError: not an OpenSSH public key, or not ECDSA on a NIST curve.
-    """
-    return _parse_node_public_key(bytes(data).strip())
-
-
-@functools.lru_cache(maxsize=1024)
-def _parse_node_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
-    try:
-        key = serialization.load_ssh_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        raise KitError(
-            "not an OpenSSH public key (expected one line like 'ecdsa-sha2-nistp384 AAAA...')"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, NODE_CURVES):
-        raise KitError(
-            f"node public key is a {type(key).__name__}"
-            + (f" on {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else "")
-            + ", expected ECDSA on a NIST curve (P-256/P-384/P-521)"
-        )
-    return key
-
-
-def ssh_fingerprint(public_key_openssh: bytes) -> str:
-    """The ``SHA256:...`` fingerprint that ``ssh-keygen -lf`` prints for an OpenSSH public key."""
-    parts = public_key_openssh.split()
-    blob = base64.b64decode(parts[1]) if len(parts) > 1 else b""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def _same_public_key(a: ec.EllipticCurvePublicKey, b: ec.EllipticCurvePublicKey) -> bool:
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return a.public_bytes(*fmt) == b.public_bytes(*fmt)
-
-
-def _curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> str:
-    return {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(
-        key.curve.name, key.curve.name
-    )
+        return pki.parse_node_public_key(bytes(data).strip(), what=what, fix=_KIT_FIX)
+    except pki.PkiError as exc:
+        raise KitError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- signing
@@ -379,7 +231,7 @@ def sign(kit: Kit, payload: bytes) -> bytes:
     """
     if kit.role != "site":
         raise KitError(
-            f"only a site kit signs replies; {kit.path} is {_describe_role(kit.manifest)}"
+            f"only a site kit signs replies; {kit.path} is {describe_role(kit.manifest)}"
         )
     key = kit._cache.get("node_key")
     if key is None:
@@ -408,7 +260,7 @@ def verify_signature(public_key_openssh: bytes, payload: bytes, signature: bytes
     Raises:
         KitError: ``public_key_openssh`` is not an ECDSA OpenSSH public key.
     """
-    key = load_node_public_key(public_key_openssh)
+    key = _node_public_key(public_key_openssh)
     try:
         key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -431,7 +283,7 @@ def registered_nodes(coordinator_kit: Kit) -> dict[str, bytes]:
     if coordinator_kit.role != "coordinator":
         raise KitError(
             f"registered node keys are in the coordinator kit; {coordinator_kit.path} is "
-            f"{_describe_role(coordinator_kit.manifest)}"
+            f"{describe_role(coordinator_kit.manifest)}"
         )
     nodes: dict[str, bytes] | None = coordinator_kit._cache.get("nodes")
     if nodes is None:
@@ -439,10 +291,7 @@ def registered_nodes(coordinator_kit: Kit) -> dict[str, bytes]:
         for site in coordinator_kit.manifest.sites:
             p = coordinator_kit.file(f"{kitfiles.NODES_DIR}/{site}.pub")
             data = p.read_bytes().strip()
-            try:
-                load_node_public_key(data)
-            except KitError as exc:
-                raise KitError(f"{p}: {exc}") from None
+            _node_public_key(data, what=f"the node public key {p}")
             nodes[site] = data
         coordinator_kit._cache["nodes"] = nodes
     return dict(nodes)
@@ -612,22 +461,18 @@ class _Checker:
             bc = None
         if bc is None or not bc.ca:
             raise _Fail(f"{kitfiles.CA_CERT} is not a CA certificate (basicConstraints CA:false)")
-        try:
-            ca.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise _Fail(f"{kitfiles.CA_CERT} is not self-signed") from None
+        if pki.issuer_problem(ca, ca) is not None:
+            raise _Fail(f"{kitfiles.CA_CERT} is not self-signed")
         if self.m.role == "ca":
             return f"{kitfiles.CA_CERT} is a self-signed CA"
         leaf_rel = self.leaf_name()
         leaf = _load_cert(self.p(leaf_rel))
-        try:
-            leaf.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            why = "issuer differs" if isinstance(exc, ValueError) else "signature does not verify"
+        why = pki.issuer_problem(leaf, ca)
+        if why is not None:
             raise _Fail(
                 f"{leaf_rel} is not signed by this kit's {kitfiles.CA_CERT} ({why}): the kit mixes "
                 "files from different provisioning runs; re-provision or restore both files"
-            ) from None
+            )
         return f"{leaf_rel} is signed by the consortium CA"
 
     def identity(self) -> str:
@@ -640,12 +485,9 @@ class _Checker:
         if self.m.role == "coordinator":
             if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
                 raise _Fail(f"{leaf_rel} is not a TLS server certificate (no serverAuth usage)")
-            try:
-                san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            except x509.ExtensionNotFound:
-                raise _Fail(f"{leaf_rel} names no host (no subjectAltName)") from None
-            names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-            names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+            names = pki.certificate_names(leaf)
+            if not names:
+                raise _Fail(f"{leaf_rel} names no host (no subjectAltName)")
             if sorted(names) != sorted(self.m.coordinator_hosts):
                 raise _Fail(
                     f"{leaf_rel} names {', '.join(names)}, the manifest lists "
@@ -665,15 +507,11 @@ class _Checker:
         notes, errors, left = [], [], []
         for rel in rels:
             cert = _load_cert(self.p(rel))
-            start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-            if self.now < start:
-                errors.append(
-                    f"{rel} is not valid before {_date(start)} (check this machine's clock)"
-                )
-            elif self.now >= end:
-                errors.append(
-                    f"{rel} expired on {_date(end)} ({_days(self.now - end)} days ago): re-provision"
-                )
+            end = cert.not_valid_after_utc
+            problem = pki.certificate_date_problem(cert, now=self.now)
+            if problem is not None:
+                fix = "" if problem.startswith("is not valid before") else ": re-provision"
+                errors.append(f"{rel} {problem}{fix}")
             left.append(_days(end - self.now))
             notes.append(f"{rel} until {_date(end)}")
         self.days_left = min(left)
@@ -690,37 +528,40 @@ class _Checker:
         cert = _load_cert(self.p(cert_rel))
         key = _load_private_key(self.p(key_rel))
         pub = cert.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey) or not _same_public_key(
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or not pki.same_public_key(
             key.public_key(), pub
         ):
             raise _Fail(
                 f"{key_rel} is not the private key of {cert_rel}: restore both from the same "
                 "provisioning run"
             )
-        return f"{key_rel} matches {cert_rel} (ECDSA {_curve(key)})"
+        return f"{key_rel} matches {cert_rel} ({pki.describe_key(key)})"
 
     def node_key(self) -> str:
         key = _load_node_private_key(self.p(kitfiles.NODE_KEY))
         pub_bytes = self.p(kitfiles.NODE_PUB).read_bytes()
         try:
-            pub = load_node_public_key(pub_bytes)
+            pub = _node_public_key(pub_bytes, what=kitfiles.NODE_PUB)
         except KitError as exc:
-            raise _Fail(f"{kitfiles.NODE_PUB}: {exc}") from None
-        if not _same_public_key(key.public_key(), pub):
+            raise _Fail(str(exc)) from None
+        if not pki.same_public_key(key.public_key(), pub):
             raise _Fail(
                 f"{kitfiles.NODE_KEY} does not match {kitfiles.NODE_PUB}: the coordinator would "
                 "reject this site; restore both from the provisioning output"
             )
-        return f"{kitfiles.NODE_KEY} matches {kitfiles.NODE_PUB} (ECDSA {_curve(key)}, {ssh_fingerprint(pub_bytes)})"
+        return (
+            f"{kitfiles.NODE_KEY} matches {kitfiles.NODE_PUB} "
+            f"({pki.describe_key(key)}, {pki.ssh_fingerprint(pub_bytes)})"
+        )
 
     def nodes(self) -> str:
         bad = []
         for site in self.m.sites:
             rel = f"{kitfiles.NODES_DIR}/{site}.pub"
             try:
-                load_node_public_key(self.p(rel).read_bytes())
+                _node_public_key(self.p(rel).read_bytes(), what=rel)
             except KitError as exc:
-                bad.append(f"{rel}: {exc}")
+                bad.append(str(exc))
         if bad:
             raise _Fail("; ".join(bad))
         return f"{len(self.m.sites)} node public keys ({', '.join(self.m.sites)})"
@@ -758,7 +599,7 @@ class _Checker:
         if name == kitfiles.CA_CERT:
             return f"consortium CA certificate (SHA-256 {self.m.ca_sha256[:16]}…)"
         if name in (kitfiles.CA_KEY, kitfiles.SERVER_KEY, kitfiles.CLIENT_KEY):
-            curve = _curve(_load_private_key(self.p(rel)))
+            curve = pki.curve_label(_load_private_key(self.p(rel)))
             if name == kitfiles.CA_KEY:
                 return f"CA private key (ECDSA {curve}), signs certificates: keep offline"
             kind = "server" if name == kitfiles.SERVER_KEY else "client"
@@ -766,13 +607,13 @@ class _Checker:
         if name in (kitfiles.SERVER_CERT, kitfiles.CLIENT_CERT):
             return f"TLS {'server' if name == kitfiles.SERVER_CERT else 'client'} certificate"
         if name == kitfiles.NODE_KEY:
-            curve = _curve(_load_node_private_key(self.p(rel)))
+            curve = pki.curve_label(_load_node_private_key(self.p(rel)))
             return (
                 f"node private key (ECDSA {curve}), signs replies and authenticates the SuperNode"
             )
         if name.endswith(".pub"):
             owner = "" if name == kitfiles.NODE_PUB else f" of {name.removesuffix('.pub')}"
-            return f"node public key{owner} ({ssh_fingerprint(self.p(rel).read_bytes())})"
+            return f"node public key{owner} ({pki.ssh_fingerprint(self.p(rel).read_bytes())})"
         private = self.ckks_secret(rel)
         if name == kitfiles.CKKS_PUBLIC:
             if private:

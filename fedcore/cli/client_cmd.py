@@ -72,7 +72,8 @@ def start(
         Path | None,
         typer.Option(
             "--state",
-            help="Directory for the SuperNode's Flower home and logs. "
+            help="The site's state directory: the SuperNode's Flower home and logs, and the "
+            "ClientApp's model copy and exports (node config state-dir). "
             "Default: the site config's state_dir, else ./fedcore-site-ID.",
         ),
     ] = None,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from fedcore.config import CkksSpec
+from fedcore.config import CkksSpec, PrivacySpec
 from secure.ckks import (
     COMMON_DEFAULT,
     CiphertextError,
@@ -21,10 +21,10 @@ from secure.ckks import (
     _unframe,
     context_from_bytes,
     context_to_bytes,
-    make_codec,
     new_secret_context,
     public_context,
 )
+from secure.codecs import make_codec
 
 P = CkksParams()
 SLOTS = P.slots
@@ -141,10 +141,11 @@ def test_codec_refuses_a_context_of_other_parameters(public: ts.Context) -> None
 
 
 def test_make_codec_follows_the_spec(public: ts.Context) -> None:
-    codec = make_codec(public, CkksSpec(), max_sites=10)
+    codec = make_codec(PrivacySpec(mode="ckks", ckks=CkksSpec()), public, 10)
     assert isinstance(codec, PackedCodec)
     assert (codec.quant_bits, codec.lane_bits, codec.scale_bits) == (10, 14, 15)
-    assert isinstance(make_codec(public, CkksSpec(packing=False), max_sites=10), CkksCodec)
+    plain = make_codec(PrivacySpec(mode="ckks", ckks=CkksSpec(packing=False)), public, 10)
+    assert isinstance(plain, CkksCodec)
 
 
 # --------------------------------------------------------------------------- sums

@@ -382,7 +382,9 @@ def test_flower_supernode_loads_node_key(kits: Path) -> None:
 
 
 def test_ckks_contexts(kits: Path) -> None:
-    from secure.ckks import context_from_bytes, make_codec
+    from fedcore.config import PrivacySpec
+    from secure.ckks import context_from_bytes
+    from secure.codecs import make_codec
 
     secret = (kits / "bank-a" / kitfiles.CKKS_SECRET).read_bytes()
     for site in SITES:  # one consortium secret, shared by every site
@@ -394,8 +396,9 @@ def test_ckks_contexts(kits: Path) -> None:
     assert not ts.context_from(public).is_private()
     # sites encrypt, the coordinator adds without any key, a site decrypts the sum
     spec = KitManifest.model_validate_json((kits / "bank-a" / kitfiles.MANIFEST).read_text()).ckks
-    at_site = make_codec(site_ctx, spec, max_sites=3)
-    at_coordinator = make_codec(coord_ctx, spec, max_sites=3)
+    privacy = PrivacySpec(mode="ckks", ckks=spec)
+    at_site = make_codec(privacy, site_ctx, 3)
+    at_coordinator = make_codec(privacy, coord_ctx, 3)
     a, b = np.array([0.1, -0.2, 0.3]), np.array([0.05, 0.1, -0.4])
     total = at_coordinator.add([at_site.encrypt(a), at_site.encrypt(b)], 3)
     assert at_site.decrypt(total, 3, 2) == pytest.approx(a + b, abs=at_site.error_bound(2))

@@ -156,17 +156,14 @@ def row(
 def secagg_row(num_sites: int, length: int) -> dict[str, Any]:
     """SecAgg+ through ``benchmark_secagg``, or why it was skipped."""
     try:
-        from secure.secagg import benchmark_secagg  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from secure.secagg_bench import benchmark_secagg
-        except ImportError as exc:
-            return {
-                "method": "secagg+",
-                "length": length,
-                "num_sites": num_sites,
-                "skipped": f"not importable: {exc}",
-            }
+        from secagg_bench import benchmark_secagg  # beside this script in benchmarks/
+    except ImportError as exc:
+        return {
+            "method": "secagg+",
+            "length": length,
+            "num_sites": num_sites,
+            "skipped": f"not importable: {exc}",
+        }
     try:
         raw = benchmark_secagg(num_sites, length, SEED)
     except Exception as exc:  # a benchmark must report, not stop

@@ -1,10 +1,13 @@
-"""Aggregation arithmetic: FedAvg (McMahan et al., 2017), weighted by examples. Pure, no I/O."""
+"""Aggregation arithmetic: weighted FedAvg (McMahan et al., 2017) and pooled evaluation. Pure, no I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from fedcore.metrics import metrics_from_counts, metrics_from_histograms
+from fedcore.records import EvalReply
 
 
 def weighted_average(
@@ -60,3 +63,26 @@ def weighted_mean(values: Sequence[tuple[float, int]]) -> float:
     if total <= 0:
         return float("nan")
     return float(sum(v * n for v, n in values) / total)
+
+
+def pool_evaluations(parsed: Sequence[EvalReply], threshold: float) -> dict[str, float]:
+    """Pooled metrics of the sites' evaluations, without any site's scores.
+
+    AUCs come from the summed score histograms. F1, precision, recall and FPR come from the
+    summed flag counts when every site sent them (each site flags at its own operating
+    threshold, ``task.operating_point``), else from the histograms at ``threshold``.
+    """
+    hp = np.sum([p.hist_pos for p in parsed], axis=0)
+    hn = np.sum([p.hist_neg for p in parsed], axis=0)
+    pooled = metrics_from_histograms(hp.tolist(), hn.tolist(), threshold)
+    if all(p.flagged_pos is not None and p.flagged_neg is not None for p in parsed):
+        pooled.update(
+            metrics_from_counts(
+                sum(int(p.flagged_pos or 0) for p in parsed),
+                sum(int(p.flagged_neg or 0) for p in parsed),
+                sum(p.num_positive for p in parsed),
+                sum(p.num_examples - p.num_positive for p in parsed),
+            )
+        )
+    pooled["loss"] = weighted_mean([(p.loss, p.num_examples) for p in parsed])
+    return pooled

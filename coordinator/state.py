@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ class StateStore:
             row["sites"] = ";".join(record.get("sites", []))
             w.writerow(row)
 
-    def reset_logs(self, history: list[dict[str, Any]] | None = None) -> None:
+    def reset_logs(self, history: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Start the round logs afresh, holding ``history`` (the checkpoint's rounds on resume)."""
         for name in ("rounds.jsonl", "rounds.csv", "federation.json"):
             (self.out / name).unlink(missing_ok=True)

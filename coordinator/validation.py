@@ -1,4 +1,4 @@
-"""Checks on site replies before anything reaches the aggregate."""
+"""Checks on site replies before anything reaches the aggregate. Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def check_train_reply(reply: TrainReply, reference: Mapping[str, np.ndarray]) ->
         if np.issubdtype(got.dtype, np.floating) and not np.isfinite(got).all():
             bad = int((~np.isfinite(got)).sum())
             reasons.append(f"array {name!r} holds {bad} NaN/Inf value(s)")
+    return reasons + check_reply_figures(reply)
+
+
+def check_reply_figures(reply: TrainReply) -> list[str]:
+    """Reasons to refuse the figures any train reply reports, clear or encrypted.
+
+    The example count (the coordinator's weights trust it) must lie in 1..``MAX_EXAMPLES``
+    and the training loss must be finite.
+    """
+    reasons: list[str] = []
     if not 0 < reply.num_examples <= MAX_EXAMPLES:
         reasons.append(f"num_examples is {reply.num_examples}; expected 1..{MAX_EXAMPLES}")
     if not np.isfinite(reply.loss):

@@ -36,13 +36,11 @@ from typing import Any, TypedDict
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from pydantic import BaseModel
+
+from fedcore.config import ExportSpec, PrivacySpec, TaskSpec, TrainingSpec
 
 # message types
-SIM_TELEMETRY = "sim-telemetry"
-"""Node-config key of a simulated site: the device readings it reports (JSON), set by the simulator."""
-SIM_SECONDS = "sim-seconds"
-"""Node-config key of a simulated site: the virtual seconds its training took, set by the simulator."""
-
 TELEMETRY = "query.telemetry"
 TRAIN = "train"
 EVALUATE = "evaluate"
@@ -80,13 +78,17 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """Settings that travel with a train or evaluate instruction."""
+    """Settings that travel with a train, evaluate or export instruction, typed once.
+
+    The scenario's sections travel as JSON text in the record and are parsed into their
+    pydantic models once, in :meth:`from_record`; nothing downstream re-validates them.
+    """
 
     round: int
     seed: int
-    task: dict[str, Any]
-    training: dict[str, Any] = field(default_factory=dict)
-    privacy: dict[str, Any] = field(default_factory=dict)
+    task: TaskSpec
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     """The scenario's ``privacy`` section (no secrets: parameters only)."""
     run_key: str = ""
     """Identifies the run (scenario fingerprint): a site keeps per-run state under it."""
@@ -94,7 +96,7 @@ class RoundConfig:
     """This site's aggregation weight (CKKS: it encrypts ``weight * update``)."""
     max_sites: int = 0
     """How many sites may be summed in one round (sizes the CKKS packing headroom)."""
-    export: dict[str, Any] = field(default_factory=dict)
+    export: ExportSpec = field(default_factory=ExportSpec)
     """The scenario's ``export`` section (INT8 export settings)."""
     device: int = -1
     """Index of the device in the site's pool that the scheduler chose (-1: the site's own choice)."""
@@ -110,13 +112,13 @@ class RoundConfig:
             {
                 "round": self.round,
                 "seed": self.seed,
-                "task": json.dumps(self.task, sort_keys=True),
-                "training": json.dumps(self.training, sort_keys=True),
-                "privacy": json.dumps(self.privacy, sort_keys=True),
+                "task": _spec_json(self.task),
+                "training": _spec_json(self.training),
+                "privacy": _spec_json(self.privacy),
                 "run_key": self.run_key,
                 "weight": float(self.weight),
                 "max_sites": int(self.max_sites),
-                "export": json.dumps(self.export, sort_keys=True),
+                "export": _spec_json(self.export),
                 "device": int(self.device),
                 "epochs": int(self.epochs),
                 "deadline_s": float(self.deadline_s),
@@ -125,27 +127,42 @@ class RoundConfig:
         )
 
     @classmethod
-    def from_record(cls, rec: ConfigRecord) -> RoundConfig:
-        return cls(
-            round=int(rec["round"]),  # type: ignore[arg-type]
-            seed=int(rec["seed"]),  # type: ignore[arg-type]
-            task=json.loads(str(rec["task"])),
-            training=json.loads(str(rec.get("training", "{}"))),
-            privacy=json.loads(str(rec.get("privacy", "{}"))),
-            run_key=str(rec.get("run_key", "")),
-            weight=float(rec.get("weight", 1.0)),  # type: ignore[arg-type]
-            max_sites=int(rec.get("max_sites", 0)),  # type: ignore[arg-type]
-            export=json.loads(str(rec.get("export", "{}"))),
-            device=int(rec.get("device", -1)),  # type: ignore[arg-type]
-            epochs=int(rec.get("epochs", 0)),  # type: ignore[arg-type]
-            deadline_s=float(rec.get("deadline_s", 0.0)),  # type: ignore[arg-type]
-            headroom=float(rec.get("headroom", 0.0)),  # type: ignore[arg-type]
-        )
+    def from_record(cls, rec: Mapping[str, Any]) -> RoundConfig:
+        """Parse a round config record (or the same keys in a SecAgg+ fit config).
+
+        Raises:
+            ValueError: a key is missing or a section does not validate (the message says which).
+        """
+        try:
+            return cls(
+                round=int(rec["round"]),
+                seed=int(rec["seed"]),
+                task=TaskSpec.model_validate_json(str(rec["task"])),
+                training=TrainingSpec.model_validate_json(str(rec.get("training", "{}"))),
+                privacy=PrivacySpec.model_validate_json(str(rec.get("privacy", "{}"))),
+                run_key=str(rec.get("run_key", "")),
+                weight=float(rec.get("weight", 1.0)),
+                max_sites=int(rec.get("max_sites", 0)),
+                export=ExportSpec.model_validate_json(str(rec.get("export", "{}"))),
+                device=int(rec.get("device", -1)),
+                epochs=int(rec.get("epochs", 0)),
+                deadline_s=float(rec.get("deadline_s", 0.0)),
+                headroom=float(rec.get("headroom", 0.0)),
+            )
+        except KeyError as exc:
+            raise ValueError(f"round config lacks {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed round config: {exc}") from exc
 
     @property
     def mode(self) -> str:
         """The privacy mode (``plaintext`` when unset)."""
-        return str(self.privacy.get("mode", "plaintext"))
+        return self.privacy.mode
+
+
+def _spec_json(spec: BaseModel) -> str:
+    """A scenario section as the JSON text a round config carries (keys sorted, stable)."""
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
 
 def train_instruction(arrays: Mapping[str, np.ndarray], cfg: RoundConfig) -> RecordDict:
@@ -159,7 +176,7 @@ def evaluate_instruction(arrays: Mapping[str, np.ndarray], cfg: RoundConfig) -> 
 
 
 def telemetry_instruction(
-    round_: int, run_key: str = "", task: Mapping[str, Any] | None = None
+    round_: int, run_key: str = "", task: TaskSpec | None = None
 ) -> RecordDict:
     """Content of a ``query.telemetry`` message (the task lets a site size its data)."""
     return RecordDict(
@@ -168,7 +185,9 @@ def telemetry_instruction(
                 {
                     "round": round_,
                     "run_key": run_key,
-                    "task": json.dumps(dict(task or {}), sort_keys=True),
+                    "task": json.dumps(
+                        task.model_dump(mode="json") if task else {}, sort_keys=True
+                    ),
                 }
             )
         }
@@ -204,11 +223,14 @@ def read_export_reply(content: RecordDict) -> tuple[str, dict[str, Any], str]:
     return str(rec.get("site_id", "?")), manifest, str(rec.get("error", ""))
 
 
-def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, dict[str, Any]]:
-    """(round, run key, task) of a ``query.telemetry`` instruction."""
+def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, TaskSpec]:
+    """(round, run key, task) of a ``query.telemetry`` instruction; ``ValueError`` when malformed."""
     rec = content.config_records.get(CONFIG, ConfigRecord())
-    task = json.loads(str(rec.get("task", "{}")))
-    return int(rec.get("round", 0)), str(rec.get("run_key", "")), task  # type: ignore[arg-type]
+    try:
+        task = TaskSpec.model_validate_json(str(rec.get("task", "{}")))
+        return int(rec.get("round", 0)), str(rec.get("run_key", "")), task  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed telemetry instruction: {exc}") from exc
 
 
 def ckks_instruction(
@@ -345,7 +367,6 @@ def read_signature(content: RecordDict) -> bytes | None:
     if rec is None or "signature" not in rec:
         return None
     return bytes(rec["signature"])  # type: ignore[arg-type]
-
 
 
 # --------------------------------------------------------------------------- the round record

@@ -105,6 +105,31 @@ def fednova_weights(data_weights: Sequence[float], steps: Sequence[float]) -> li
     return [float(n) / float(t) for n, t in zip(data_weights, steps, strict=True)]
 
 
+def relative_fednova_weights(data_weights: Sequence[float], steps: Sequence[float]) -> list[float]:
+    """:func:`fednova_weights` divided by the largest, as the coordinator aggregates with them.
+
+    Relative to the largest, so the largest update uses the whole CKKS packing range (the
+    aggregate is divided by the sum of the weights, so the scale cancels). A site with no
+    examples gets 0; when no site has any, every site gets 1.
+
+    >>> relative_fednova_weights([100, 300, 0], [2, 3, 1])
+    [0.5, 1.0, 0.0]
+    """
+    if len(data_weights) != len(steps):
+        raise ValueError(
+            f"need one step count per site; found {len(data_weights)} weights and {len(steps)} steps"
+        )
+    raw = [0.0] * len(data_weights)
+    positive = [i for i, n in enumerate(data_weights) if n > 0]
+    given = fednova_weights([data_weights[i] for i in positive], [steps[i] for i in positive])
+    for i, w in zip(positive, given, strict=True):
+        raw[i] = w
+    largest = max(raw, default=0.0)
+    if largest <= 0:
+        return [1.0] * len(raw)
+    return [w / largest for w in raw]
+
+
 def fedavg_aggregate(
     site_weights: Sequence[Weights], data_weights: Sequence[float]
 ) -> list[np.ndarray]:

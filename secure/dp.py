@@ -143,6 +143,7 @@ def _scale_within(
     """Scale ``arrays`` by about ``clip_norm / norm``, shrinking until the result's norm fits."""
     eps = max((float(np.finfo(a.dtype).eps) for a in arrays.values()), default=0.0)
     factor = clip_norm / norm
+    after = norm
     for _ in range(_MAX_SHRINK_STEPS):
         scaled = {
             name: (a.astype(np.float64) * factor).astype(a.dtype) for name, a in arrays.items()

@@ -23,6 +23,7 @@ from safetensors.numpy import load_file
 from clients.app import make_client_app
 from coordinator.app import initial_arrays, load_coordinator_kit
 from coordinator.driver import RoundDriver
+from coordinator.protection.ckks import Ckks
 from fedcore import records as R
 from fedcore.cli.runner import RunKits, provision_run_kits, write_site_configs
 from fedcore.config import Scenario, load_scenario
@@ -171,11 +172,12 @@ def test_ckks_coordinator_context_holds_no_secret_key(ckks_run: dict[str, Any]) 
     from secure.ckks import NoSecretKeyError
 
     driver: RoundDriver = ckks_run["driver"]
-    assert driver.ckks is not None
-    assert driver.ckks.codec.context.is_private() is False
-    agg = driver.ckks.rounds[-1]
+    ckks = driver.protection
+    assert isinstance(ckks, Ckks) and not ckks.holds_global_model
+    assert ckks.codec.context.is_private() is False
+    agg = ckks.rounds[-1]
     with pytest.raises(NoSecretKeyError):
-        driver.ckks.codec.decrypt(agg.chunks, driver.ckks.length, agg.count)
+        ckks.codec.decrypt(agg.chunks, ckks.length, agg.count)
     assert ckks_run["result"]["model"] is None
     assert not (ckks_run["base"] / "ckks" / "model.safetensors").exists()
     privacy = ckks_run["result"]["privacy"]
@@ -185,9 +187,10 @@ def test_ckks_coordinator_context_holds_no_secret_key(ckks_run: dict[str, Any]) 
 def test_ckks_aggregate_equals_plaintext_within_bound(ckks_run: dict[str, Any]) -> None:
     scenario: Scenario = ckks_run["scenario"]
     driver: RoundDriver = ckks_run["driver"]
-    assert driver.ckks is not None
-    agg = driver.ckks.rounds[-1]
-    bound = driver.ckks.codec.error_bound(agg.count) / agg.weight
+    ckks = driver.protection
+    assert isinstance(ckks, Ckks)
+    agg = ckks.rounds[-1]
+    bound = ckks.codec.error_bound(agg.count) / agg.weight
     plain = ckks_run["plain_model"]
     models = [site_model(ckks_run["base"] / "ckks", scenario, s) for s in SITES]
     for m in models[1:]:  # every site decrypted the same model

@@ -13,10 +13,12 @@ from typing import Any
 
 from coordinator.state import ROUND_FIELDS
 from fedcore.config import Scenario, SiteConfig, dump_site_config
+from fedcore.records import RoundRecord
 
 log = logging.getLogger(__name__)
 
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
+"""Called with each finished round's record (rows of ``rounds.jsonl`` have the same shape)."""
 
 
 class RunFailed(RuntimeError):
@@ -108,14 +110,16 @@ def run_federation(
         from fedcore.engines.inprocess import run_inprocess
 
         make_grid = None
+        environment_for = None
         if plan.scenario.simulator is not None:
             from scheduling.sim.grid import simulated_grid_factory
 
             make_grid = simulated_grid_factory(plan.scenario)
+            environment_for = make_grid.environment_for
         try:
             run_inprocess(
                 make_server_app(observer=on_round),
-                make_client_app(),
+                make_client_app(environment_for=environment_for),
                 make_grid=make_grid,
                 run_config=run_config,
                 node_configs={

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flwr.app import Error, Message
+from flwr.app import Context, Error, Message
 
 from fedcore import records as R
 from fedcore.config import Scenario, SimulatorSpec
+from fedcore.devices.environment import SiteEnvironment
+from fedcore.devices.registry import SelectedDevice
 from fedcore.engines.inprocess import InProcessGrid, wire_copy
 from scheduling.sim.cluster import Outcome, SimCluster, SimSite, Work, heterogeneous_consortium
 
 log = logging.getLogger(__name__)
 
-SIM_TELEMETRY = R.SIM_TELEMETRY
-SIM_SECONDS = R.SIM_SECONDS
 SIM_ERROR_CODE = 504
 """Error code of a simulated site's failure or missed deadline (a reply that never came)."""
 
@@ -49,15 +48,38 @@ def build_cluster(scenario: Scenario) -> SimCluster:
     )
 
 
+class SimulatedEnvironment:
+    """One simulated site's environment: its simulated device's readings and training time.
+
+    Args:
+        cluster: The simulated cluster.
+        site_id: The site it stands for.
+    """
+
+    def __init__(self, cluster: SimCluster, site_id: str) -> None:
+        self.cluster = cluster
+        self.site_id = site_id
+        self.seconds: float | None = None
+        """Virtual seconds of the train instruction being delivered (set by the grid)."""
+
+    def readings(self, device: SelectedDevice) -> dict[str, float]:
+        """The simulated device's readings, in place of the host's."""
+        return {str(k): float(v) for k, v in self.cluster.telemetry(self.site_id).items()}
+
+    def train_seconds(self, measured: float) -> float:
+        """The simulated device's time for this round's work, in place of the wall time."""
+        return measured if self.seconds is None else self.seconds
+
+
 @dataclass
 class SimulatedGrid(InProcessGrid):
     """:class:`~fedcore.engines.inprocess.InProcessGrid` with sites on a :class:`SimCluster`.
 
     Every site runs the real ClientApp: it really trains and evaluates. The simulator
-    decides the rest, through the site's node config (what a site operator sets, never
-    the coordinator): before a telemetry query the site's simulated device readings
-    (:data:`SIM_TELEMETRY`); before a train instruction the virtual seconds the work
-    took on the site's simulated device (:data:`SIM_SECONDS`), which the site reports.
+    decides the rest through each site's :class:`SimulatedEnvironment`, which the ClientApp
+    is given in place of the host (``make_client_app(environment_for=grid.environment_for)``):
+    the site's simulated device readings, and the virtual seconds the work took on the
+    site's simulated device, which the site reports.
     A site the simulator makes drop out, or whose work would end after the round's
     deadline (``RoundConfig.deadline_s``), is not asked to train: its reply is the
     error the coordinator would get (code :data:`SIM_ERROR_CODE`); so is a site still
@@ -79,6 +101,7 @@ class SimulatedGrid(InProcessGrid):
     """Every simulated train outcome: round, site, epochs, deadline and the :class:`Outcome` fields."""
     _examples: dict[str, int] = field(init=False, default_factory=dict)
     _planned: dict[str, tuple[Outcome, float]] = field(init=False, default_factory=dict)
+    _environments: dict[int, SimulatedEnvironment] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,6 +110,17 @@ class SimulatedGrid(InProcessGrid):
         missing = sorted({s.site_id for s in self._sites.values()} - set(self.cluster.site_ids))
         if missing:
             raise ValueError(f"the simulated cluster has no site(s) {', '.join(missing)}")
+        self._environments = {
+            nid: SimulatedEnvironment(self.cluster, site.site_id)
+            for nid, site in self._sites.items()
+        }
+
+    def environment_for(self, context: Context) -> SiteEnvironment | None:
+        """The simulated environment of the site whose context this is (``None``: not ours)."""
+        site = self._sites.get(context.node_id)
+        if site is None or site.context is not context:
+            return None
+        return self._environments[context.node_id]
 
     @property
     def sim(self) -> SimCluster:
@@ -115,8 +149,8 @@ class SimulatedGrid(InProcessGrid):
         meta: dict[str, tuple[str, int, float, int]] = {}
         for msg, mid in trains:
             site_id = self._sites[msg.metadata.dst_node_id].site_id
-            cfg = R.RoundConfig.from_record(msg.content[R.CONFIG])  # type: ignore[arg-type]
-            epochs = cfg.epochs or int(cfg.training.get("local_epochs", 1))
+            cfg = R.RoundConfig.from_record(msg.content[R.CONFIG])
+            epochs = cfg.epochs or cfg.training.local_epochs
             nbytes = R.message_nbytes(msg)
             device = cfg.device if 0 <= cfg.device < len(self.sim.site(site_id).devices) else None
             if device is not None and device != self.sim.current_device(site_id):
@@ -151,8 +185,6 @@ class SimulatedGrid(InProcessGrid):
         site = self._sites[ins.metadata.dst_node_id]
         mtype = ins.metadata.message_type
         if mtype == R.TELEMETRY:
-            readings = self.sim.telemetry(site.site_id)
-            site.context.node_config[SIM_TELEMETRY] = json.dumps(readings, sort_keys=True)
             reply = super()._deliver(ins)
             if not reply.has_error():
                 try:
@@ -173,11 +205,12 @@ class SimulatedGrid(InProcessGrid):
                 f"no update by the round deadline: simulated {outcome.duration_s:.1f} s > "
                 f"{deadline:.1f} s (waited {outcome.started_after_s:.1f} s for the device)",
             )
-        site.context.node_config[SIM_SECONDS] = float(outcome.duration_s)
+        env = self._environments[ins.metadata.dst_node_id]
+        env.seconds = float(outcome.duration_s)
         try:
             return super()._deliver(ins)
         finally:
-            site.context.node_config.pop(SIM_SECONDS, None)
+            env.seconds = None
 
     @staticmethod
     def _error(ins: Message, reason: str) -> Message:
@@ -199,27 +232,49 @@ class SimulatedGrid(InProcessGrid):
         }
 
 
-def simulated_grid_factory(scenario: Scenario) -> Callable[..., SimulatedGrid]:
-    """A ``make_grid`` for :func:`fedcore.engines.inprocess.run_inprocess` that builds a :class:`SimulatedGrid`."""
-    spec = scenario.simulator
-    if spec is None:
-        raise ValueError("the scenario has no simulator section")
+class SimulatedGridFactory:
+    """A ``make_grid`` for :func:`fedcore.engines.inprocess.run_inprocess` that builds a :class:`SimulatedGrid`.
 
-    def make(**kwargs: Any) -> SimulatedGrid:
-        return SimulatedGrid(
+    Pass :meth:`environment_for` to ``make_client_app`` so the sites read their simulated
+    devices and clock.
+
+    Args:
+        scenario: A scenario with a ``simulator`` section.
+
+    Raises:
+        ValueError: the scenario has no ``simulator`` section.
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        if scenario.simulator is None:
+            raise ValueError("the scenario has no simulator section")
+        self.scenario = scenario
+        self.spec: SimulatorSpec = scenario.simulator
+        self.grid: SimulatedGrid | None = None
+
+    def __call__(self, **kwargs: Any) -> SimulatedGrid:
+        self.grid = SimulatedGrid(
             **kwargs,
-            cluster=build_cluster(scenario),
-            round_overhead_s=spec.round_overhead_s,
-            timeout_s=scenario.engine.round_timeout,
+            cluster=build_cluster(self.scenario),
+            round_overhead_s=self.spec.round_overhead_s,
+            timeout_s=self.scenario.engine.round_timeout,
         )
+        return self.grid
 
-    return make
+    def environment_for(self, context: Context) -> SiteEnvironment | None:
+        """The simulated environment of a site of the grid built last (``None`` before)."""
+        return None if self.grid is None else self.grid.environment_for(context)
+
+
+def simulated_grid_factory(scenario: Scenario) -> SimulatedGridFactory:
+    """The :class:`SimulatedGridFactory` of ``scenario``."""
+    return SimulatedGridFactory(scenario)
 
 
 __all__ = [
-    "SIM_SECONDS",
-    "SIM_TELEMETRY",
+    "SimulatedEnvironment",
     "SimulatedGrid",
+    "SimulatedGridFactory",
     "build_cluster",
     "simulated_grid_factory",
 ]

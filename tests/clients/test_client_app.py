@@ -50,12 +50,7 @@ def ask(grid: InProcessGrid, site: str, content: R.RecordDict, mtype: str) -> Me
 
 
 def cfg(scenario: Scenario) -> R.RoundConfig:
-    return R.RoundConfig(
-        1,
-        scenario.seed,
-        scenario.task.model_dump(mode="json"),
-        scenario.training.model_dump(mode="json"),
-    )
+    return R.RoundConfig(1, scenario.seed, scenario.task, scenario.training)
 
 
 def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:

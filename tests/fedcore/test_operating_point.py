@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from coordinator.driver import pool_evaluations
+from coordinator.aggregation import pool_evaluations
 from fedcore import records as R
 from fedcore import tasks
 from fedcore.baselines import evaluate_across_sites, evaluate_per_site

@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedcore import records as R
+from fedcore.config import PrivacySpec, TaskSpec, TrainingSpec
 
 
 def _cfg(**kw: object) -> R.RoundConfig:
-    base: dict[str, object] = {"round": 3, "seed": 7, "task": {"model": "fraud-gnn"}}
+    base: dict[str, object] = {"round": 3, "seed": 7, "task": TaskSpec(model="fraud-gnn")}
     base.update(kw)
     return R.RoundConfig(**base)  # type: ignore[arg-type]
 
 
-def test_round_config_round_trip_carries_privacy_and_weight() -> None:
-    cfg = _cfg(privacy={"mode": "ckks"}, run_key="abc", weight=0.25, max_sites=5)
+def test_round_config_round_trip_carries_typed_sections_and_weight() -> None:
+    cfg = _cfg(privacy=PrivacySpec(mode="ckks"), run_key="abc", weight=0.25, max_sites=5)
     back = R.RoundConfig.from_record(cfg.to_record())
     assert back == cfg
-    assert back.mode == "ckks"
+    assert back.mode == "ckks" and isinstance(back.privacy, PrivacySpec)
+    assert isinstance(back.task, TaskSpec) and isinstance(back.training, TrainingSpec)
     assert R.RoundConfig.from_record(_cfg().to_record()).mode == "plaintext"
+
+
+def test_round_config_sections_travel_as_sorted_json() -> None:
+    rec = _cfg(training=TrainingSpec(lr=0.5)).to_record()
+    assert json.loads(str(rec["training"]))["lr"] == 0.5
+    assert str(rec["task"]) == json.dumps(TaskSpec().model_dump(mode="json"), sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("privacy", '{"mode": "rot13"}', "malformed round config"),
+        ("task", "not json", "malformed round config"),
+        ("round", "three", "malformed round config"),
+    ],
+)
+def test_a_bad_round_config_says_what_is_wrong(key: str, value: str, message: str) -> None:
+    rec = dict(_cfg().to_record())
+    rec[key] = value
+    with pytest.raises(ValueError, match=message):
+        R.RoundConfig.from_record(rec)
+
+
+def test_a_round_config_without_its_task_is_refused() -> None:
+    rec = dict(_cfg().to_record())
+    del rec["task"]
+    with pytest.raises(ValueError, match="lacks 'task'"):
+        R.RoundConfig.from_record(rec)
 
 
 def test_ckks_aggregates_round_trip() -> None:
@@ -123,5 +155,7 @@ def test_arrays_digest_is_order_independent_and_content_sensitive() -> None:
 def test_telemetry_model_round_and_instruction_task() -> None:
     tel = R.Telemetry("bank-a", 10, "cpu", "cpu", {"u": 1.0}, model_round=4)
     assert R.Telemetry.from_content(tel.to_content()) == tel
-    rnd, key, task = R.read_telemetry_instruction(R.telemetry_instruction(2, "k", {"hidden": 8}))
-    assert (rnd, key, task) == (2, "k", {"hidden": 8})
+    rnd, key, task = R.read_telemetry_instruction(
+        R.telemetry_instruction(2, "k", TaskSpec(hidden=8))
+    )
+    assert (rnd, key, task) == (2, "k", TaskSpec(hidden=8))

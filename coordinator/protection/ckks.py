@@ -1,20 +1,22 @@
-"""The coordinator's side of CKKS aggregation: sums ciphertexts it cannot read, keeps the encrypted transcript."""
+"""CKKS protection: the coordinator sums ciphertexts it cannot read and keeps the encrypted transcript."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
 
+from coordinator.protection.base import Collected, Noise, Protection, TrainRound, send_train
+from coordinator.validation import check_reply_figures
 from fedcore import records as R
 from fedcore.config import PrivacySpec
 from fedcore.storage import atomic_write_bytes
+from scheduling.base import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +49,15 @@ def unpack_chunks(blob: bytes) -> list[bytes]:
     return out
 
 
-@dataclass(frozen=True)
-class Contribution:
-    """One accepted site's encrypted update and the weight it was asked to apply."""
-
-    site_id: str
-    chunks: list[bytes]
-    weight: float
-
-
-class CkksAggregator:
+class Ckks(Protection):
     """Adds encrypted updates with a context that holds no secret key.
 
     The coordinator never holds the global model in clear after round 0: it keeps the
     public round-0 model and, per round, the encrypted aggregate ``sum_i w_i * u_i`` with
-    ``W = sum_i w_i``. A site holding the model of round ``r`` applies the aggregates of
-    rounds ``r+1..`` it receives, so a site that missed rounds catches up.
+    ``W = sum_i w_i`` (its transcript, on disk under ``directory``). A site holding the
+    model of round ``r`` applies the aggregates of rounds ``r+1..`` it receives, so a site
+    that missed rounds catches up. Replies are held to the same bounds as clear ones
+    (example count, finite loss) besides the ciphertext checks.
 
     Args:
         privacy: The scenario's privacy section (mode ``ckks``).
@@ -70,7 +65,12 @@ class CkksAggregator:
         max_sites: Most sites one round may sum (sizes the packing headroom).
         base: The round-0 model (public seeded initial weights).
         directory: Where the encrypted aggregates are kept (``OUT/state/ckks``).
+
+    Raises:
+        ValueError: the context holds a secret key, or the settings cannot run.
     """
+
+    name = "ckks"
 
     def __init__(
         self,
@@ -82,28 +82,59 @@ class CkksAggregator:
     ) -> None:
         from secure.codecs import make_codec
 
+        super().__init__()
+        if public_context is None:
+            raise ValueError(
+                "privacy mode 'ckks' needs the coordinator kit's public CKKS context "
+                "(fed-coordinator --kit, or let `fedcore run` provision one)"
+            )
         if public_context.is_private():
             raise ValueError(
                 "the coordinator's CKKS context holds a secret key; it must hold none. "
                 "Use the coordinator kit's ckks-public.ctx"
             )
         self.privacy = privacy
+        self.max_sites = max_sites
         self.codec = make_codec(privacy, public_context, max_sites)
         self.base = {k: np.array(v, copy=True) for k, v in base.items()}
         self.length = int(sum(np.asarray(v).size for v in base.values()))
         self.directory = directory
         self.rounds: list[R.CkksRound] = []
+        self._index: list[dict[str, Any]] = []
+        self._site_rounds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ instructions
 
-    def instruction(self, cfg: R.RoundConfig, site_round: int) -> RecordDict:
-        """Train/evaluate content for a site holding the model of ``site_round``."""
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        return self.base
+
+    @property
+    def holds_global_model(self) -> bool:
+        return False
+
+    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
+        """Content for a site: the aggregates it lacks (and the base model if it holds none)."""
+        site_round = self._site_rounds.get(site.site_id, 0)
         missing = [r for r in self.rounds if r.round > site_round]
         if site_round > len(self.rounds):
             # the site claims a round this coordinator never made: resend everything
             missing, site_round = list(self.rounds), 0
         base = self.base if site_round == 0 else None
         return R.ckks_instruction(cfg, R.CkksAggregates(self.length, missing), base)
+
+    def observe_telemetry(self, telemetry: R.Telemetry) -> None:
+        self._site_rounds[telemetry.site_id] = telemetry.model_round
+
+    def check_evaluations(self, round_: int, replies: Sequence[R.EvalReply]) -> list[str]:
+        """Every evaluating site now holds this round's model; all must hold the same one."""
+        for p in replies:
+            self._site_rounds[p.site_id] = round_
+        digests = {p.site_id: p.model_digest for p in replies}
+        if len(set(digests.values())) > 1:
+            log.warning("round %d: sites hold different global models: %s", round_, digests)
+            return [f"sites disagree on the model: {digests}"]
+        return []
 
     # ------------------------------------------------------------------ aggregation
 
@@ -112,38 +143,54 @@ class CkksAggregator:
         from secure.ckks import CiphertextError
 
         if reply.encrypted is None:
-            return ["reply carries a clear model; privacy mode 'ckks' accepts only ciphertexts"]
-        if reply.length != self.length:
-            return [f"update has {reply.length} values; the model has {self.length}"]
-        try:
-            self.codec.check(reply.encrypted, self.length)
-        except CiphertextError as exc:
-            return [f"invalid ciphertext: {exc}"]
-        return []
+            reasons = ["reply carries a clear model; privacy mode 'ckks' accepts only ciphertexts"]
+        elif reply.length != self.length:
+            reasons = [f"update has {reply.length} values; the model has {self.length}"]
+        else:
+            reasons = []
+            try:
+                self.codec.check(reply.encrypted, self.length)
+            except CiphertextError as exc:
+                reasons = [f"invalid ciphertext: {exc}"]
+        return reasons + check_reply_figures(reply)
+
+    def collect(self, rnd: TrainRound) -> Collected:
+        return send_train(self, rnd, self.check)
 
     def combine(
-        self, round_: int, contributions: Sequence[Contribution], noise: np.ndarray | None = None
+        self,
+        round_: int,
+        updates: Sequence[tuple[list[bytes], float]],
+        noise: np.ndarray | None = None,
     ) -> R.CkksRound:
-        """Sum the accepted updates (and the DP noise, if any) into this round's aggregate."""
-        if not contributions:
+        """Sum encrypted updates ``(chunks, weight)`` (and plain DP ``noise``) into an aggregate."""
+        if not updates:
             raise ValueError("no encrypted update to aggregate")
-        total = self.codec.add([c.chunks for c in contributions], self.length)
+        total = self.codec.add([chunks for chunks, _ in updates], self.length)
         if noise is not None:
             total = self.codec.add_plain(total, noise, self.length)
-        agg = R.CkksRound(
+        return R.CkksRound(
             round=round_,
             chunks=total,
-            weight=float(sum(c.weight for c in contributions)),
-            count=len(contributions),
+            weight=float(sum(w for _, w in updates)),
+            count=len(updates),
         )
-        return agg
 
-    # ------------------------------------------------------------------ persistence
+    def aggregate(self, round_: int, collected: Collected, noise: Noise | None = None) -> None:
+        agg = self.combine(
+            round_,
+            [(r.encrypted or [], collected.weights[s]) for s, r in collected.accepted],
+            None if noise is None else noise.on_sum(self.length),
+        )
+        self._index = [e for e in self._index if e["round"] < round_]
+        self._index.append(self._commit(agg))
+
+    # ------------------------------------------------------------------ transcript
 
     def _path(self, round_: int) -> Path:
         return self.directory / f"aggregate-round-{round_:04d}.bin"
 
-    def commit(self, agg: R.CkksRound) -> dict[str, Any]:
+    def _commit(self, agg: R.CkksRound) -> dict[str, Any]:
         """Write the aggregate to disk and append it; returns its index entry for the checkpoint."""
         blob = pack_chunks(agg.chunks)
         atomic_write_bytes(self._path(agg.round), blob)
@@ -155,8 +202,25 @@ class CkksAggregator:
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
 
-    def restore(self, index: Sequence[Mapping[str, Any]]) -> None:
-        """Reload the aggregates listed in a checkpoint (``ValueError`` if a file was damaged)."""
+    def summary(self) -> dict[str, Any]:
+        ck = self.privacy.ckks
+        return {
+            "ckks": {
+                "poly_modulus_degree": ck.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(ck.coeff_mod_bit_sizes),
+                "packing": ck.packing,
+                "values_per_slot": ck.values_per_slot if ck.packing else 1,
+                "error_bound": self.codec.error_bound(self.max_sites),
+                "coordinator_holds_secret_key": False,
+            }
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ckks": list(self._index)}
+
+    def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Reload the aggregates a checkpoint lists (``ValueError`` if a file was damaged)."""
+        index = list(state.get("ckks", []))
         rounds: list[R.CkksRound] = []
         for entry in index:
             path = self._path(int(entry["round"]))
@@ -171,4 +235,4 @@ class CkksAggregator:
                     int(entry["count"]),
                 )
             )
-        self.rounds = rounds
+        self.rounds, self._index = rounds, index

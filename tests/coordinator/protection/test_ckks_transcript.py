@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.ckks import pack_chunks, unpack_chunks
+from coordinator.protection.ckks import pack_chunks, unpack_chunks
 
 
 def test_pack_round_trip() -> None:

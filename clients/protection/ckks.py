@@ -1,0 +1,124 @@
+"""CKKS at the site: it keeps the global model itself, applies encrypted aggregates, sends ``Enc(w * update)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+
+from clients.model_store import GlobalModelStore
+from clients.protection.base import SiteProtection, signed_train_reply
+from clients.runtime import LocalTraining, SiteRuntime
+from fedcore import records as R
+
+log = logging.getLogger(__name__)
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """All arrays, names sorted, as one float64 vector."""
+    if not arrays:
+        return np.zeros(0)
+    return np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in sorted(arrays)])
+
+
+def unflatten(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`flatten`, shapes and dtypes taken from ``template``."""
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    for k in sorted(template):
+        ref = np.asarray(template[k])
+        out[k] = vector[pos : pos + ref.size].reshape(ref.shape).astype(ref.dtype)
+        pos += ref.size
+    if pos != vector.size:
+        raise ValueError(f"vector has {vector.size} values; the model has {pos}")
+    return out
+
+
+def bring_up_to_date(
+    store: GlobalModelStore, content: RecordDict, codec: Any
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Apply the encrypted aggregates the site lacks; returns (round, global model).
+
+    The base model (round 0) comes in clear in the instruction when the site holds none.
+    Aggregates the site already applied are skipped, so a repeated message is harmless.
+    """
+    held = store.load()
+    aggregates = R.CkksAggregates.from_content(content)
+    if held is None:
+        if R.ARRAYS not in content.array_records:
+            raise ValueError(
+                "this site holds no global model for the run and the instruction carries no base "
+                "model; the coordinator must resend round 0"
+            )
+        current, arrays = 0, R.record_to_arrays(content.array_records[R.ARRAYS])
+    else:
+        current, arrays = held
+    changed = held is None
+    vec = flatten(arrays)
+    for agg in aggregates.rounds:
+        if agg.round <= current:
+            continue
+        if agg.round != current + 1:
+            raise ValueError(
+                f"missing encrypted aggregate: the site holds round {current}, next sent is "
+                f"{agg.round}"
+            )
+        if aggregates.length != vec.size:
+            raise ValueError(
+                f"aggregate of round {agg.round} has {aggregates.length} values; the model has "
+                f"{vec.size}"
+            )
+        total = codec.decrypt(agg.chunks, aggregates.length, agg.count)
+        vec = vec + total / agg.weight
+        current = agg.round
+        changed = True
+    arrays = unflatten(vec, arrays)
+    if changed:
+        store.save(current, arrays)
+    return current, arrays
+
+
+class CkksSite(SiteProtection):
+    """The consortium's shared CKKS key encrypts each update; only sites can decrypt the sums."""
+
+    name = "ckks"
+
+    def global_model(
+        self, runtime: SiteRuntime, content: RecordDict, cfg: R.RoundConfig
+    ) -> dict[str, np.ndarray]:
+        site = runtime.site()
+        codec = runtime.codec(site.id, cfg.privacy, cfg.max_sites)
+        store = GlobalModelStore.for_run(runtime.state_dir, cfg.run_key)
+        _, arrays = bring_up_to_date(store, content, codec)
+        return arrays
+
+    def reply(
+        self,
+        runtime: SiteRuntime,
+        cfg: R.RoundConfig,
+        base: dict[str, np.ndarray],
+        trained: LocalTraining,
+    ) -> RecordDict:
+        codec = runtime.codec(trained.site.id, cfg.privacy, cfg.max_sites)
+        update = flatten(trained.arrays) - flatten(base)
+        t0 = time.perf_counter()
+        chunks = codec.encrypt(cfg.weight * update)
+        log.debug("encrypted %d values in %.3fs", update.size, time.perf_counter() - t0)
+        return signed_train_reply(
+            runtime,
+            cfg,
+            R.TrainReply(
+                arrays={},
+                num_examples=trained.num_examples,
+                loss=trained.loss,
+                seconds=trained.seconds,
+                site_id=trained.site.id,
+                encrypted=chunks,
+                length=int(update.size),
+                round=cfg.round,
+            ),
+        )

@@ -1,0 +1,44 @@
+"""Plaintext at the site: the global model arrives in clear and the trained model leaves in clear."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import RecordDict
+
+from clients.protection.base import SiteProtection, signed_train_reply
+from clients.runtime import LocalTraining, SiteRuntime
+from fedcore import records as R
+
+
+class PlaintextSite(SiteProtection):
+    """The model travels in clear both ways (tests and benchmarks only)."""
+
+    name = "plaintext"
+
+    def global_model(
+        self, runtime: SiteRuntime, content: RecordDict, cfg: R.RoundConfig
+    ) -> dict[str, np.ndarray]:
+        arrays, _ = R.read_instruction(content)
+        if arrays is None:
+            raise ValueError("instruction lacks its 'arrays' record (the global model)")
+        return arrays
+
+    def reply(
+        self,
+        runtime: SiteRuntime,
+        cfg: R.RoundConfig,
+        base: dict[str, np.ndarray],
+        trained: LocalTraining,
+    ) -> RecordDict:
+        return signed_train_reply(
+            runtime,
+            cfg,
+            R.TrainReply(
+                arrays=trained.arrays,
+                num_examples=trained.num_examples,
+                loss=trained.loss,
+                seconds=trained.seconds,
+                site_id=trained.site.id,
+                round=cfg.round,
+            ),
+        )

@@ -1,9 +1,4 @@
-"""Round-duration forecasters over each site's telemetry history: last value, EWMA and an LSTM.
-
-The LSTM is Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 9(8), 1997.
-Every forecaster predicts *time per unit of work* (seconds per example) and multiplies by the
-next round's work, so one model serves sites that are given different amounts of work.
-"""
+"""The LSTM round-duration forecaster (Hochreiter & Schmidhuber, Neural Computation 9(8), 1997)."""
 
 from __future__ import annotations
 
@@ -11,9 +6,8 @@ import io
 import json
 import logging
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,299 +17,19 @@ from torch import nn
 
 from fedcore.storage import atomic_write_bytes
 from scheduling.history import Observation
+from scheduling.predictor.base import DurationPrior, EwmaForecaster, Forecaster
+from scheduling.predictor.features import (
+    CONTEXT_FEATURES,
+    STEP_FEATURES,
+    context_features,
+    example_seconds,
+    work_size,
+)
 
 log = logging.getLogger(__name__)
 
-STEP_FEATURES = ("log_example_seconds", "log_example_seconds_change")
-"""Per past round, besides its context: log seconds per example, and the same minus the
-newest round's (so the model sees the shape of the series apart from its level)."""
-
-CONTEXT_FEATURES = (
-    "utilization",
-    "background_load",
-    "temperature_c",
-    "power_fraction",
-    "memory_fraction",
-    "log_relative_throughput",
-    "log_num_devices",
-    "log_net_bytes",
-    "log_examples",
-    "log_steps",
-)
-"""What is known about a round before it runs (see :func:`context_features`)."""
-
 _FILE_FORMAT = "fedcore.lstm_forecaster"
 _FILE_VERSION = 1
-
-
-def work_size(work: Mapping[str, float]) -> float:
-    """Units of work in a round: ``examples`` if > 0, else ``steps`` if > 0, else 1 (the round).
-
-    >>> work_size({"steps": 50, "examples": 3200})
-    3200.0
-    """
-    for key in ("examples", "steps"):
-        value = work.get(key, 0.0)
-        if value > 0:
-            return float(value)
-    return 1.0
-
-
-def example_seconds(obs: Observation) -> float | None:
-    """Seconds per unit of work of a measured round (``duration_s / work_size``), else ``None``."""
-    if obs.duration_s is None or obs.duration_s <= 0:
-        return None
-    return obs.duration_s / work_size(obs.work)
-
-
-def ewma(values: Sequence[float], alpha: float) -> float:
-    """Exponentially weighted moving average, oldest value first.
-
-    ``s_1 = x_1`` and ``s_i = alpha * x_i + (1 - alpha) * s_(i-1)``; returns ``s_n``.
-
-    >>> ewma([10.0, 20.0], 0.3)
-    13.0
-
-    Raises:
-        ValueError: On no values or ``alpha`` outside (0, 1].
-    """
-    if not values:
-        raise ValueError("ewma needs at least one value, found none")
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-    s = float(values[0])
-    for x in values[1:]:
-        s = alpha * float(x) + (1.0 - alpha) * s
-    return s
-
-
-def mape(actual: Sequence[float], predicted: Sequence[float]) -> float:
-    """Mean absolute percentage error, ``100 * mean(|a - p| / |a|)``, in percent.
-
-    Pairs whose actual value is 0 are left out (their percentage error is undefined); a
-    duration of 0 means nothing was measured, so it has nothing to score against.
-
-    >>> mape([100.0, 200.0, 0.0], [110.0, 150.0, 5.0])  # (10% + 25%) / 2; the 0 is left out
-    17.5
-
-    Raises:
-        ValueError: On sequences of different lengths, non-finite values, or no pair left.
-    """
-    if len(actual) != len(predicted):
-        raise ValueError(
-            f"mape needs as many predictions as actual values; found {len(predicted)} "
-            f"predictions for {len(actual)} actual values"
-        )
-    a = np.asarray(actual, dtype=np.float64)
-    p = np.asarray(predicted, dtype=np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(p).all()):
-        raise ValueError("mape needs finite values; found NaN or infinity")
-    keep = a != 0
-    if not keep.any():
-        raise ValueError(
-            f"mape needs at least one actual value != 0; found none among {len(actual)}"
-        )
-    return float(100.0 * np.mean(np.abs(a[keep] - p[keep]) / np.abs(a[keep])))
-
-
-def context_features(readings: Mapping[str, float], work: Mapping[str, float]) -> np.ndarray:
-    """A round's known context as :data:`CONTEXT_FEATURES`, ``float64 [C]``, NaN where unknown.
-
-    ``utilization`` is ``device_utilization_percent / 100`` (``cpu_util_percent`` on a site
-    without a device), ``background_load`` is ``background_load_percent / 100``,
-    ``power_fraction`` is ``device_power_w / device_power_limit_w``, ``memory_fraction`` is
-    device memory used / total (host memory without a device), then the logs of
-    ``relative_throughput``, ``num_devices``, ``1 + net_bytes`` and the work's ``examples``
-    and ``steps``.
-    """
-
-    def get(key: str) -> float:
-        value = readings.get(key)
-        return float(value) if value is not None and math.isfinite(value) else math.nan
-
-    def ratio(num: str, den: str) -> float:
-        d = get(den)
-        return get(num) / d if d > 0 else math.nan
-
-    def log_of(value: float | None) -> float:
-        return math.log(value) if value is not None and value > 0 else math.nan
-
-    util = get("device_utilization_percent")
-    if math.isnan(util):
-        util = get("cpu_util_percent")
-    memory = ratio("device_memory_used_mib", "device_memory_total_mib")
-    if math.isnan(memory):
-        memory = ratio("mem_used_mib", "mem_total_mib")
-    net = get("net_bytes")
-    return np.array(
-        [
-            util / 100.0,
-            get("background_load_percent") / 100.0,
-            get("device_temperature_c"),
-            ratio("device_power_w", "device_power_limit_w"),
-            memory,
-            log_of(get("relative_throughput")),
-            log_of(get("num_devices")),
-            math.log1p(net) if net >= 0 else math.nan,
-            log_of(work.get("examples")),
-            log_of(work.get("steps")),
-        ],
-        dtype=np.float64,
-    )
-
-
-@dataclass(frozen=True)
-class DurationPrior:
-    """Seconds per example for a site with no measured round yet.
-
-    In order: the fleet's median A100-equivalent time divided by the site's
-    ``relative_throughput`` (when both are known), the fleet's median, then ``default``.
-
-    Attributes:
-        a100_example_seconds: Median of ``example_seconds * relative_throughput`` over the
-            fleet's measured rounds that report a throughput.
-        example_seconds: Median seconds per example over the fleet's measured rounds.
-        default: The caller's guess, used when the fleet has no measured round either.
-    """
-
-    a100_example_seconds: float | None = None
-    example_seconds: float | None = None
-    default: float | None = None
-
-    def refit(self, histories: Mapping[str, Sequence[Observation]]) -> DurationPrior:
-        """The same prior with its medians taken over ``histories`` (kept when none measured)."""
-        per_example: list[float] = []
-        a100: list[float] = []
-        for history in histories.values():
-            for obs in history:
-                seconds = example_seconds(obs)
-                if seconds is None:
-                    continue
-                per_example.append(seconds)
-                throughput = obs.readings.get("relative_throughput", 0.0)
-                if throughput > 0:
-                    a100.append(seconds * throughput)
-        return DurationPrior(
-            float(np.median(a100)) if a100 else self.a100_example_seconds,
-            float(np.median(per_example)) if per_example else self.example_seconds,
-            self.default,
-        )
-
-    def seconds_per_example(self, readings: Mapping[str, float]) -> float:
-        """The prior for a site that reports ``readings``.
-
-        Raises:
-            ValueError: When nothing is known (no fit on any measured round, no default).
-        """
-        throughput = readings.get("relative_throughput", 0.0)
-        if self.a100_example_seconds is not None and throughput > 0:
-            return self.a100_example_seconds / throughput
-        if self.example_seconds is not None:
-            return self.example_seconds
-        if self.default is not None:
-            return self.default
-        raise ValueError(
-            "no measured round for this site and no prior to fall back on: fit the forecaster "
-            "on other sites' history first, or pass prior_example_seconds"
-        )
-
-
-class Forecaster(ABC):
-    """Predicts how long a site's next round will take.
-
-    Attributes:
-        name: The forecaster's name (``lstm``, ``ewma``, ``last-value``).
-        last_source: What answered the newest :meth:`predict`: the forecaster's own name,
-            ``ewma`` when an LSTM fell back, or ``prior`` for a site with no measured round.
-    """
-
-    name: str = "abstract"
-
-    def __init__(self) -> None:
-        self.last_source = ""
-
-    @abstractmethod
-    def fit(self, histories: Mapping[str, Sequence[Observation]]) -> None:
-        """Learn from many sites' histories (site id -> observations in round order)."""
-
-    @abstractmethod
-    def predict_with_source(
-        self,
-        history: Sequence[Observation],
-        next_work: Mapping[str, float],
-        next_readings: Mapping[str, float],
-    ) -> tuple[float, str]:
-        """Predicted seconds of the next round, and what answered (see ``last_source``).
-
-        Args:
-            history: The site's past observations in round order; rounds without a measured
-                duration are skipped.
-            next_work: The work the next round would get (``examples``, ``steps``).
-            next_readings: The site's telemetry sent for the next round.
-        """
-
-    def predict(
-        self,
-        history: Sequence[Observation],
-        next_work: Mapping[str, float],
-        next_readings: Mapping[str, float],
-    ) -> float:
-        """Predicted seconds of the next round; sets :attr:`last_source`."""
-        seconds, self.last_source = self.predict_with_source(history, next_work, next_readings)
-        return seconds
-
-
-class EwmaForecaster(Forecaster):
-    """EWMA of the site's seconds per example, times the next round's work.
-
-    Args:
-        alpha: Weight of the newest round, in (0, 1] (default 0.3; 1 is the last value).
-        prior_example_seconds: Seconds per example for a site with no measured round when
-            :meth:`fit` saw none either (see :class:`DurationPrior`).
-    """
-
-    name = "ewma"
-
-    def __init__(self, alpha: float = 0.3, prior_example_seconds: float | None = None) -> None:
-        super().__init__()
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-        self.alpha = alpha
-        self.prior = DurationPrior(default=_positive_or_none(prior_example_seconds))
-
-    def fit(self, histories: Mapping[str, Sequence[Observation]]) -> None:
-        self.prior = self.prior.refit(histories)
-
-    def predict_with_source(
-        self,
-        history: Sequence[Observation],
-        next_work: Mapping[str, float],
-        next_readings: Mapping[str, float],
-    ) -> tuple[float, str]:
-        values = [s for s in map(example_seconds, history) if s is not None]
-        if values:
-            return ewma(values, self.alpha) * work_size(next_work), self.name
-        return self.prior.seconds_per_example(next_readings) * work_size(next_work), "prior"
-
-    def __repr__(self) -> str:
-        return f"EwmaForecaster(alpha={self.alpha}, prior={self.prior})"
-
-
-class LastValueForecaster(EwmaForecaster):
-    """The last measured duration, scaled by the work ratio (next work / last round's work).
-
-    Args:
-        prior_example_seconds: Seconds per example for a site with no measured round when
-            :meth:`fit` saw none either (see :class:`DurationPrior`).
-    """
-
-    name = "last-value"
-
-    def __init__(self, prior_example_seconds: float | None = None) -> None:
-        super().__init__(alpha=1.0, prior_example_seconds=prior_example_seconds)  # the last value
-
-    def __repr__(self) -> str:
-        return f"LastValueForecaster(prior={self.prior})"
 
 
 class _LstmNet(nn.Module):
@@ -610,65 +324,6 @@ class LstmForecaster(Forecaster):
         )
 
 
-def evaluate(
-    forecaster: Forecaster, histories: Mapping[str, Sequence[Observation]], warmup: int = 1
-) -> dict[str, Any]:
-    """MAPE of one-step-ahead predictions over held-out histories.
-
-    Every measured round after a site's first ``warmup`` measured rounds is predicted from
-    the observations before it, with that round's work and readings as the next round's.
-
-    Args:
-        forecaster: A fitted forecaster (it is not refitted here).
-        histories: Site id -> observations in round order.
-        warmup: Measured rounds a site must have before its rounds are scored (default 1).
-
-    Returns:
-        ``{"forecaster", "mape", "count", "per_site": {site: mape}, "sources": {source: n}}``.
-
-    Raises:
-        ValueError: When no round could be scored.
-    """
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
-    actual: list[float] = []
-    predicted: list[float] = []
-    per_site: dict[str, float] = {}
-    sources: dict[str, int] = {}
-    for site_id in sorted(histories):
-        history = list(histories[site_id])
-        site_actual: list[float] = []
-        site_predicted: list[float] = []
-        seen = 0
-        for i, obs in enumerate(history):
-            if obs.duration_s is None:
-                continue
-            if seen >= warmup:
-                seconds, source = forecaster.predict_with_source(
-                    history[:i], obs.work, obs.readings
-                )
-                site_actual.append(obs.duration_s)
-                site_predicted.append(seconds)
-                sources[source] = sources.get(source, 0) + 1
-            seen += 1
-        if site_actual:
-            per_site[site_id] = mape(site_actual, site_predicted)
-            actual += site_actual
-            predicted += site_predicted
-    if not actual:
-        raise ValueError(
-            f"nothing to evaluate: no site has more than {warmup} measured rounds "
-            f"(sites: {len(histories)})"
-        )
-    return {
-        "forecaster": forecaster.name,
-        "mape": mape(actual, predicted),
-        "count": len(actual),
-        "per_site": per_site,
-        "sources": dict(sorted(sources.items())),
-    }
-
-
 def _rows(measured: Sequence[Observation]) -> np.ndarray:
     """``[log seconds per example, context...]`` per measured round, ``float64 [N, 1 + C]``."""
     out = np.empty((len(measured), 1 + len(CONTEXT_FEATURES)))
@@ -704,9 +359,3 @@ def _nan_stat(stat: Any, flat: np.ndarray, empty: float) -> np.ndarray:
     if seen.any():
         out[seen] = stat(flat[:, seen], axis=0)
     return out
-
-
-def _positive_or_none(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"prior_example_seconds must be a finite number > 0, got {value!r}")
-    return value

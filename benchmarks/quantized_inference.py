@@ -6,7 +6,7 @@ Usage::
 
 One seeded generated bank (``--quick``: 8,000 transactions, else 20,000; 2 % fraud,
 mixed customers) is turned into its graph, and a ``FraudGNN`` (hidden 64, 2 layers) is
-trained on the train split with ``fedcore.training.train_local`` so that PR-AUC means
+trained on the train split with ``fedcore.fraud_training.train_local`` so that PR-AUC means
 something. Every variant then runs in this one process on the CPU:
 
 * **batch** = scoring the latest 1,000 held-out test transactions. A 2-layer GNN needs
@@ -69,9 +69,10 @@ from fedcore.export import (
     run_session,
     torch_dynamic_int8,
 )
+from fedcore.fraud_training import train_local
 from fedcore.metrics import binary_metrics
 from fedcore.models.fraud_gnn import build_model
-from fedcore.training import seed_everything, train_local
+from fedcore.training import seed_everything
 
 SEED = 7
 BATCH = 1000

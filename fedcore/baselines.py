@@ -15,9 +15,10 @@ from torch import nn
 from fedcore import tasks
 from fedcore.config import Scenario, TaskSpec
 from fedcore.data.graph import row_feature_dim
+from fedcore.fraud_training import train_local
 from fedcore.metrics import METRIC_KEYS, binary_metrics, metrics_from_counts
 from fedcore.models.baseline import build_row_model
-from fedcore.training import seed_everything, train_local
+from fedcore.training import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def train(
         from fedcore.imaging_training import train_patches
 
         return train_patches(model, data.train, training, seed=seed, epochs=epochs, device=device)
-    from fedcore.training import train_local
+    from fedcore.fraud_training import train_local
 
     return train_local(model, data, training, seed=seed, epochs=epochs, device=device)
 
@@ -72,7 +72,7 @@ def _scores(
 
         patches = data.train if split == "train" else data.test
         return evaluate_patches(model, patches, threshold, device=device)
-    from fedcore.training import evaluate as evaluate_graph
+    from fedcore.fraud_training import evaluate as evaluate_graph
 
     return evaluate_graph(model, data, task, device=device, split=split, threshold=threshold)
 

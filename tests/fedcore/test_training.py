@@ -15,16 +15,10 @@ from fedcore.baselines import derive_seed, evaluate_per_site, run_baselines
 from fedcore.config import GeneratedData, Scenario, TaskSpec, TrainingSpec
 from fedcore.data.generator import generate_transactions
 from fedcore.data.graph import FraudGraph, build_graph, feature_dim, row_feature_dim
+from fedcore.fraud_training import evaluate, positive_weight, train_local
 from fedcore.models.baseline import build_row_model
 from fedcore.models.fraud_gnn import FraudGNN, build_model
-from fedcore.training import (
-    evaluate,
-    load_arrays,
-    model_to_arrays,
-    positive_weight,
-    seed_everything,
-    train_local,
-)
+from fedcore.training import load_arrays, model_to_arrays, seed_everything
 
 TASK = TaskSpec(
     hidden=16, dropout=0.1, features=["channel_online", "card_present", "account_age_days"]
@@ -179,7 +173,8 @@ from fedcore.config import GeneratedData, TaskSpec, TrainingSpec
 from fedcore.data.generator import generate_transactions
 from fedcore.data.graph import build_graph, feature_dim
 from fedcore.models.fraud_gnn import build_model
-from fedcore.training import model_to_arrays, seed_everything, train_local
+from fedcore.fraud_training import train_local
+from fedcore.training import model_to_arrays, seed_everything
 task = TaskSpec.model_validate_json(sys.argv[2])
 training = TrainingSpec.model_validate_json(sys.argv[3])
 g = build_graph(generate_transactions(GeneratedData(transactions=800, fraud_rate=0.02), 1), task)

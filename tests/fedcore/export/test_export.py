@@ -42,8 +42,9 @@ from fedcore.export import (
 )
 from fedcore.export import layered as layered_module
 from fedcore.export import site as site_module
+from fedcore.fraud_training import train_local
 from fedcore.models.fraud_gnn import FraudGNN, build_model
-from fedcore.training import seed_everything, train_local
+from fedcore.training import seed_everything
 
 TASK = TaskSpec(hidden=16, features=list(GENERATED_FEATURES))
 # Measured on this fixture (trained 30 epochs, 450 test transactions): INT8 vs FP32 ONNX

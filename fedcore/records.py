@@ -8,12 +8,14 @@ Message types and their content:
 =====================  =========================================  ===========================================
 message type           instruction (coordinator -> site)          reply (site -> coordinator)
 =====================  =========================================  ===========================================
-``query.telemetry``    ``config``: round                          ``telemetry``: site id, data size, device
+``query.telemetry``    ``config``: round, run key, task           ``telemetry``: site id, data size, device
                                                                   readings (ConfigRecord + MetricRecord)
 ``train``              ``arrays``: global model, ``config``:      ``arrays``: local model, ``metrics``:
-                       round, task, training settings, seed        num_examples, loss, seconds
+                       the :class:`RoundConfig`                    num_examples, loss, seconds
 ``evaluate``           ``arrays``: global model, ``config``:      ``metrics``: num_examples, loss, metrics,
-                       round, task                                 score histograms per class
+                       the :class:`RoundConfig`                    score histograms per class, flag counts
+``query.export``       ``arrays``: global model, ``config``:      ``config``: site id, export manifest
+                       the :class:`RoundConfig`                    (JSON), or the error that stopped it
 =====================  =========================================  ===========================================
 
 Privacy modes change what travels (see ``docs/privacy.md``):
@@ -21,7 +23,8 @@ Privacy modes change what travels (see ``docs/privacy.md``):
 * ``ckks``: instructions carry no clear model after round 0; instead ``ckks.aggregates``
   holds the encrypted aggregates a site has not applied yet (it keeps the global model
   itself). A train reply carries ``ckks.update`` (ciphertext chunks) and no ``arrays``.
-* ``secagg+``: training runs Flower's SecAgg+ protocol (legacy ``fitins``/``fitres`` keys).
+* ``secagg+``: training runs Flower's SecAgg+ protocol (legacy ``fitins``/``fitres`` keys);
+  the fit config carries the same :class:`RoundConfig` record plus the array names.
 * Every reply may carry ``auth``: an ECDSA signature with the site's node key over
   :func:`signing_payload`, which the coordinator checks against the registered key.
 """

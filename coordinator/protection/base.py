@@ -238,6 +238,28 @@ class Protection(ABC):
         """Restore from a checkpoint's extra state and arrays."""
 
 
+class ClearModelProtection(Protection):
+    """A protection whose coordinator holds the global model in clear (plaintext, SecAgg+).
+
+    Args:
+        initial: The global model before round 1 (copied).
+    """
+
+    def __init__(self, initial: Mapping[str, np.ndarray]) -> None:
+        super().__init__()
+        self._arrays = {k: np.array(v, copy=True) for k, v in initial.items()}
+
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        return self._arrays
+
+    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
+        return R.train_instruction(self._arrays, cfg)
+
+    def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self._arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+
+
 def send_train(
     protection: Protection,
     rnd: TrainRound,

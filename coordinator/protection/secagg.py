@@ -7,20 +7,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import RecordDict
 
 from coordinator.errors import FederationError
-from coordinator.protection.base import Collected, Noise, Protection, TrainRound
+from coordinator.protection.base import ClearModelProtection, Collected, Noise, TrainRound
 from coordinator.validation import check_train_reply
 from fedcore import records as R
 from fedcore.config import PrivacySpec
-from scheduling.base import Candidate
 
 NAMES_KEY = "fedcore.names"
 """Fit-config key of a SecAgg+ round: the model's array names, in the order they travel."""
 
 
-class SecAggPlus(Protection):
+class SecAggPlus(ClearModelProtection):
     """Flower's SecAgg+ (Bell et al., CCS 2020) over exactly the chosen sites.
 
     Each chosen site receives a legacy fit instruction whose config carries the same round
@@ -38,16 +36,8 @@ class SecAggPlus(Protection):
     can_skip_round = False
 
     def __init__(self, privacy: PrivacySpec, initial: Mapping[str, np.ndarray]) -> None:
-        super().__init__()
+        super().__init__(initial)
         self.privacy = privacy
-        self._arrays = {k: np.array(v, copy=True) for k, v in initial.items()}
-
-    @property
-    def global_arrays(self) -> dict[str, np.ndarray]:
-        return self._arrays
-
-    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
-        return R.train_instruction(self._arrays, cfg)
 
     def collect(self, rnd: TrainRound) -> Collected:
         from secure.secagg import SecAggError, run_secagg_round
@@ -102,6 +92,3 @@ class SecAggPlus(Protection):
 
     def summary(self) -> dict[str, Any]:
         return {"secagg": self.privacy.secagg.model_dump(mode="json")}
-
-    def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        self._arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -13,14 +14,15 @@ import yaml
 SCENARIO = Path(__file__).parents[1] / "scenarios" / "hospital-nodules.yaml"
 
 
-def test_hospital_run_reports_imaging_metrics_and_baselines(tmp_path: Path) -> None:
+def test_hospital_run_reports_imaging_metrics_and_baselines(
+    tmp_path: Path, scenario_file: Callable[..., Path]
+) -> None:
     spec = yaml.safe_load(SCENARIO.read_text())
     for site in spec["sites"]:  # the scenario's hospitals, scanners and privacy; less data
         site["data"] |= {"scans": 4, "matrix": 96, "slices": 32}
     spec["rounds"] = 2
     spec["task"]["imaging"] |= {"patch_size": 16, "channels": [8, 16]}
-    path = tmp_path / "hospitals.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = scenario_file(yaml.safe_dump(spec), name="hospitals.yaml", folder=tmp_path)
     out = tmp_path / "out"
     res = subprocess.run(
         [sys.executable, "-m", "fedcore.cli.main", "run", str(path), "--out", str(out)],

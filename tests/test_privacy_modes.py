@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 from safetensors.numpy import load_file
 
 from clients.app import make_client_app
@@ -26,34 +24,41 @@ from coordinator.driver import RoundDriver
 from coordinator.protection.ckks import Ckks
 from fedcore import records as R
 from fedcore.cli.runner import RunKits, provision_run_kits, write_site_configs
-from fedcore.config import Scenario, load_scenario
+from fedcore.config import Scenario
 from fedcore.engines.inprocess import InProcessGrid
 from scheduling.random_selector import RandomSelector
 
 SITES = ("bank-a", "bank-b", "bank-c", "bank-d")
 
 
-def make_scenario(tmp_path: Path, privacy: str, rounds: int = 1) -> Scenario:
-    sizes = {"bank-a": 900, "bank-b": 500, "bank-c": 400, "bank-d": 300}
-    sites = "\n".join(
-        f"  - {{id: {s}, data: {{kind: generated, transactions: {n}, fraud_rate: 0.03, days: 20}}}}"
-        for s, n in sizes.items()
-    )
-    text = textwrap.dedent(
-        f"""\
-        name: privacy-test
-        seed: 3
-        rounds: {rounds}
-        task: {{hidden: 8, layers: 1}}
-        training: {{local_epochs: 2, lr: 0.01}}
-        scheduler: {{min_sites: 2}}
-        privacy: {privacy}
-        sites:
-        """
-    )
-    path = tmp_path / "scenario.yaml"
-    path.write_text(text + sites + "\n")
-    return load_scenario(path)
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+@pytest.fixture(scope="module")
+def make_scenario(write_scenario: Callable[..., Scenario]) -> Callable[..., Scenario]:
+    """Builds the four-bank scenario with the given ``privacy`` (one YAML mapping) and rounds."""
+
+    def make(privacy: str, rounds: int = 1) -> Scenario:
+        sizes = {"bank-a": 900, "bank-b": 500, "bank-c": 400, "bank-d": 300}
+        sites = "\n".join(
+            f"  - {{id: {s}, data: {{kind: generated, transactions: {n}, fraud_rate: 0.03, days: 20}}}}"
+            for s, n in sizes.items()
+        )
+        text = textwrap.dedent(
+            f"""\
+            name: privacy-test
+            seed: 3
+            rounds: {rounds}
+            task: {{hidden: 8, layers: 1}}
+            training: {{local_epochs: 2, lr: 0.01}}
+            scheduler: {{min_sites: 2}}
+            privacy: {privacy}
+            sites:
+            """
+        )
+        return write_scenario(text + sites + "\n")
+
+    return make
 
 
 class SpyGrid(InProcessGrid):
@@ -96,7 +101,6 @@ def run_driver(
     site_kits: dict[str, Path | str] | None = None,
     rounds: int | None = None,
 ) -> tuple[dict[str, Any], SpyGrid, RoundDriver]:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     paths = write_site_configs(scenario, out)
     kit_of: dict[str, Path | str] = dict(site_kits or (kits.sites if kits else {}))
     grid = SpyGrid(
@@ -128,15 +132,17 @@ def site_model(out: Path, scenario: Scenario, site: str) -> dict[str, np.ndarray
 
 
 @pytest.fixture(scope="module")
-def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def ckks_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_scenario: Callable[..., Scenario],
+    module_task_identity: None,
+) -> dict[str, Any]:
     """One CKKS round and the same round in plaintext, same seed."""
     base = tmp_path_factory.mktemp("ckks")
-    ckks = make_scenario(base, "{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05}}")
+    ckks = make_scenario("{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05}}")
     kits = provision_run_kits(ckks, base / "ckks")
     result, grid, driver = run_driver(ckks, base / "ckks", kits=kits)
-    plain_dir = base / "plain"
-    plain_dir.mkdir()
-    plain = make_scenario(plain_dir, "{mode: plaintext}")
+    plain = make_scenario("{mode: plaintext}")
     run_driver(plain, base / "plain", kits=None)
     return {
         "scenario": ckks,
@@ -217,11 +223,11 @@ def truncate(chunks: list[bytes]) -> list[bytes]:
     "damage", [flip_byte, truncate, lambda c: c[:0]], ids=["flip", "truncate", "drop"]
 )
 def test_tampered_ciphertext_is_rejected_and_round_goes_on(
-    tmp_path: Path, damage: Callable[[list[bytes]], list[bytes]]
+    tmp_path: Path,
+    damage: Callable[[list[bytes]], list[bytes]],
+    make_scenario: Callable[..., Scenario],
 ) -> None:
-    scenario = make_scenario(
-        tmp_path, "{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05}}"
-    )
+    scenario = make_scenario("{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05}}")
     kits = provision_run_kits(scenario, tmp_path / "out")
 
     def tamper(site: str, msg: Message, reply: Message) -> Message:
@@ -268,8 +274,10 @@ def reply_stub(reply: Message) -> Message:
     return stub
 
 
-def test_site_kit_cannot_serve_another_site(tmp_path: Path) -> None:
-    scenario = make_scenario(tmp_path, "{mode: plaintext}")
+def test_site_kit_cannot_serve_another_site(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    scenario = make_scenario("{mode: plaintext}")
     kits = provision_run_kits(scenario, tmp_path / "out")
     wrong: dict[str, Path | str] = dict(kits.sites)
     wrong["bank-b"] = kits.sites["bank-a"]
@@ -280,10 +288,12 @@ def test_site_kit_cannot_serve_another_site(tmp_path: Path) -> None:
     assert "belongs to site 'bank-a'" in reasons, reasons
 
 
-def test_reply_signed_with_another_sites_key_is_refused(tmp_path: Path) -> None:
+def test_reply_signed_with_another_sites_key_is_refused(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
     from secure.kit import load_kit, sign
 
-    scenario = make_scenario(tmp_path, "{mode: plaintext}")
+    scenario = make_scenario("{mode: plaintext}")
     kits = provision_run_kits(scenario, tmp_path / "out")
     kit_a = load_kit(kits.sites["bank-a"], role="site")
 
@@ -306,8 +316,10 @@ def test_reply_signed_with_another_sites_key_is_refused(tmp_path: Path) -> None:
     assert "does not verify with site 'bank-d'" in " ".join(first["rejected"]["bank-d"])
 
 
-def test_unsigned_reply_is_refused_when_the_coordinator_has_a_kit(tmp_path: Path) -> None:
-    scenario = make_scenario(tmp_path, "{mode: plaintext}")
+def test_unsigned_reply_is_refused_when_the_coordinator_has_a_kit(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    scenario = make_scenario("{mode: plaintext}")
     kits = provision_run_kits(scenario, tmp_path / "out")
     no_kit: dict[str, Path | str] = dict(kits.sites)
     no_kit["bank-c"] = ""  # bank-c runs without its kit: nothing it sends is signed
@@ -318,12 +330,14 @@ def test_unsigned_reply_is_refused_when_the_coordinator_has_a_kit(tmp_path: Path
     assert any("claims site 'bank-c'" in r and "not signed" in r for r in reasons), reasons
 
 
-def test_dp_epsilon_grows_per_round_and_matches_the_accountant(tmp_path: Path) -> None:
+def test_dp_epsilon_grows_per_round_and_matches_the_accountant(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
     from fedcore.config import DpSpec
     from secure.dp import DpAccountant
 
     scenario = make_scenario(
-        tmp_path, "{mode: plaintext, dp: {noise_multiplier: 1.0, clip_norm: 0.5}}", rounds=3
+        "{mode: plaintext, dp: {noise_multiplier: 1.0, clip_norm: 0.5}}", rounds=3
     )
     result, _, _ = run_driver(scenario, tmp_path / "out", kits=None)
     eps = [r["epsilon"] for r in result["rounds"]]
@@ -336,15 +350,13 @@ def test_dp_epsilon_grows_per_round_and_matches_the_accountant(tmp_path: Path) -
     assert privacy["delta"] == 1e-5
 
 
-def test_secagg_aggregate_equals_plaintext_within_bound(tmp_path: Path) -> None:
-    secagg = make_scenario(
-        tmp_path, "{mode: secagg+, secagg: {num_shares: 3, reconstruction_threshold: 2}}"
-    )
+def test_secagg_aggregate_equals_plaintext_within_bound(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    secagg = make_scenario("{mode: secagg+, secagg: {num_shares: 3, reconstruction_threshold: 2}}")
     result, grid, _ = run_driver(secagg, tmp_path / "secagg", kits=None)
     assert result["rounds"][0]["sites"] == list(SITES)
-    plain_dir = tmp_path / "p"
-    plain_dir.mkdir()
-    plain = make_scenario(plain_dir, "{mode: plaintext}")
+    plain = make_scenario("{mode: plaintext}")
     run_driver(plain, tmp_path / "plain", kits=None)
     a = load_file(str(tmp_path / "secagg" / "model.safetensors"))
     b = load_file(str(tmp_path / "plain" / "model.safetensors"))
@@ -363,9 +375,11 @@ def test_secagg_aggregate_equals_plaintext_within_bound(tmp_path: Path) -> None:
                 )
 
 
-def test_ckks_run_resumes_from_its_encrypted_transcript(tmp_path: Path) -> None:
+def test_ckks_run_resumes_from_its_encrypted_transcript(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
     spec = "{mode: ckks, ckks: {poly_modulus_degree: 4096, clip: 0.05}}"
-    one = make_scenario(tmp_path, spec, rounds=2)
+    one = make_scenario(spec, rounds=2)
     kits = provision_run_kits(one, tmp_path / "a")
     run_driver(one, tmp_path / "a", kits=kits, rounds=1)  # stops after round 1
     resumed, _, _ = run_driver(one, tmp_path / "a", kits=provision_run_kits(one, tmp_path / "a"))
@@ -386,8 +400,10 @@ def test_ckks_run_resumes_from_its_encrypted_transcript(tmp_path: Path) -> None:
     ],
     ids=["ckks+dp", "secagg+dp"],
 )
-def test_dp_combines_with_secure_modes(tmp_path: Path, privacy: str) -> None:
-    scenario = make_scenario(tmp_path, privacy, rounds=2)
+def test_dp_combines_with_secure_modes(
+    tmp_path: Path, privacy: str, make_scenario: Callable[..., Scenario]
+) -> None:
+    scenario = make_scenario(privacy, rounds=2)
     kits = provision_run_kits(scenario, tmp_path / "out")
     result, _, _ = run_driver(scenario, tmp_path / "out", kits=kits)
     eps = [r["epsilon"] for r in result["rounds"]]

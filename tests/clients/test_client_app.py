@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Message
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import local_seed, make_client_app
 from coordinator.app import initial_arrays
@@ -32,9 +31,16 @@ def scenario() -> Scenario:
     )
 
 
-def grid_for(sites: dict[str, Path]) -> InProcessGrid:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    return InProcessGrid(make_client_app(), {s: {"site-config": str(p)} for s, p in sites.items()})
+@pytest.fixture
+def grid_for(inprocess_grid: Callable[..., InProcessGrid]) -> Callable[..., InProcessGrid]:
+    """Builds the grid of the real site ClientApp over ``{site id: site config file}``."""
+
+    def make(sites: dict[str, Path]) -> InProcessGrid:
+        return inprocess_grid(
+            make_client_app(), {s: {"site-config": str(p)} for s, p in sites.items()}
+        )
+
+    return make
 
 
 def site_file(tmp_path: Path, scenario: Scenario, site: str) -> Path:
@@ -53,7 +59,9 @@ def cfg(scenario: Scenario) -> R.RoundConfig:
     return R.RoundConfig(1, scenario.seed, scenario.task, scenario.training)
 
 
-def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:
+def test_train_evaluate_telemetry(
+    tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
+) -> None:
     grid = grid_for({"bank-a": site_file(tmp_path, scenario, "bank-a")})
     init = initial_arrays(scenario)
     rep = ask(grid, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN)
@@ -79,7 +87,9 @@ def test_train_evaluate_telemetry(tmp_path: Path, scenario: Scenario) -> None:
     assert tel.readings["mem_total_mib"] > 0
 
 
-def test_training_is_deterministic_per_site_and_round(tmp_path: Path, scenario: Scenario) -> None:
+def test_training_is_deterministic_per_site_and_round(
+    tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
+) -> None:
     a = grid_for({"bank-a": site_file(tmp_path, scenario, "bank-a")})
     init = initial_arrays(scenario)
     r1 = R.TrainReply.from_content(
@@ -93,7 +103,9 @@ def test_training_is_deterministic_per_site_and_round(tmp_path: Path, scenario: 
     assert local_seed(1, "bank-a", 1) != local_seed(1, "bank-b", 1) != local_seed(1, "bank-a", 2)
 
 
-def test_missing_and_malformed_csv_become_error_replies(tmp_path: Path, scenario: Scenario) -> None:
+def test_missing_and_malformed_csv_become_error_replies(
+    tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
+) -> None:
     tx = generate_transactions(GeneratedData(transactions=300, fraud_rate=0.02), seed=3)
     good = tmp_path / "good.csv"
     mapping = write_transactions_csv(tx, good)

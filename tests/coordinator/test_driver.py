@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,10 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.driver import FederationError, RoundDriver
 from fedcore import records as R
-from fedcore.config import Scenario, load_scenario
+from fedcore.config import Scenario
 from fedcore.engines.inprocess import InProcessGrid
 from scheduling.random_selector import RandomSelector
 
@@ -67,32 +66,39 @@ def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp
 
 
 @pytest.fixture
-def scenario(tmp_path: Path) -> Scenario:
-    p = tmp_path / "s.yaml"
+def scenario(write_scenario: Callable[..., Scenario]) -> Scenario:
     sites = "\n".join(
         f"  - {{id: {s}, data: {{kind: generated, transactions: 300}}}}" for s in SIZES
     )
-    p.write_text(
+    return write_scenario(
         textwrap.dedent("name: scripted\nrounds: 3\nscheduler: {min_sites: 2}\nsites:\n")
         + sites
         + "\n"
     )
-    return load_scenario(p)
 
 
-def make_driver(
-    scenario: Scenario, out: Path, behaviour: dict[str, str], from_round: int = 1
-) -> RoundDriver:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    grid = InProcessGrid(scripted_client(behaviour, from_round), {s: {"site-id": s} for s in SIZES})
-    return RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
+@pytest.fixture
+def make_driver(inprocess_grid: Callable[..., InProcessGrid]) -> Callable[..., RoundDriver]:
+    """Builds a round driver over the scripted sites: ``(scenario, out, behaviour, from_round=1)``."""
+
+    def make(
+        scenario: Scenario, out: Path, behaviour: dict[str, str], from_round: int = 1
+    ) -> RoundDriver:
+        grid = inprocess_grid(
+            scripted_client(behaviour, from_round), {s: {"site-id": s} for s in SIZES}
+        )
+        return RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
+
+    return make
 
 
 def rounds_log(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
-def test_all_good_sites_fedavg(scenario: Scenario, tmp_path: Path) -> None:
+def test_all_good_sites_fedavg(
+    scenario: Scenario, tmp_path: Path, make_driver: Callable[..., RoundDriver]
+) -> None:
     result = make_driver(scenario, tmp_path / "out", {}).run()
     assert result["status"] == "completed"
     # each round adds the example-weighted mean step (10*1 + 30*2 + 60*3) / 100 = 2.5
@@ -118,7 +124,11 @@ def test_all_good_sites_fedavg(scenario: Scenario, tmp_path: Path) -> None:
     ],
 )
 def test_bad_reply_is_left_out_and_round_goes_on(
-    scenario: Scenario, tmp_path: Path, how: str, reason: str
+    scenario: Scenario,
+    tmp_path: Path,
+    make_driver: Callable[..., RoundDriver],
+    how: str,
+    reason: str,
 ) -> None:
     result = make_driver(scenario, tmp_path / "out", {"bank-c": how}).run()
     assert result["status"] == "completed"
@@ -134,7 +144,7 @@ def test_bad_reply_is_left_out_and_round_goes_on(
 
 
 def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(
-    scenario: Scenario, tmp_path: Path
+    scenario: Scenario, tmp_path: Path, make_driver: Callable[..., RoundDriver]
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(
@@ -159,7 +169,7 @@ def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(
 
 
 def test_short_round_skip_keeps_the_global_model_and_goes_on(
-    scenario: Scenario, tmp_path: Path
+    scenario: Scenario, tmp_path: Path, make_driver: Callable[..., RoundDriver]
 ) -> None:
     skip = scenario.model_copy(
         update={"scheduler": scenario.scheduler.model_copy(update={"short_round": "skip"})}
@@ -179,7 +189,9 @@ def test_short_round_skip_keeps_the_global_model_and_goes_on(
     )
 
 
-def test_refuses_state_of_another_scenario(scenario: Scenario, tmp_path: Path) -> None:
+def test_refuses_state_of_another_scenario(
+    scenario: Scenario, tmp_path: Path, make_driver: Callable[..., RoundDriver]
+) -> None:
     out = tmp_path / "out"
     make_driver(scenario, out, {}).run()
     other = scenario.model_copy(update={"seed": 99})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from coordinator.aggregation import pool_evaluations
 from fedcore import records as R
 from fedcore import tasks
 from fedcore.baselines import evaluate_across_sites, evaluate_per_site
-from fedcore.config import ConfigError, TaskSpec, load_scenario
+from fedcore.config import ConfigError, Scenario, TaskSpec
 from fedcore.data.imaging_sites import SitePatches
 from fedcore.metrics import (
     balanced_threshold,
@@ -200,20 +200,18 @@ def test_each_site_and_model_get_their_own_threshold_and_pooled_flags_add_up() -
     assert not math.isnan(res["pooled"]["roc_auc"])
 
 
-def _scenario(tmp_path: Path, extra: str) -> Path:
-    """A two-bank scenario file with ``extra`` (one YAML line) added."""
-    p = tmp_path / "s.yaml"
-    p.write_text(
+def _two_banks(extra: str) -> str:
+    """A two-bank scenario's YAML with ``extra`` (one YAML line) added."""
+    return (
         f"name: x\n{extra}\nsites:\n"
         "  - {id: a, data: {kind: generated, transactions: 300}}\n"
         "  - {id: b, data: {kind: generated, transactions: 300}}\n"
     )
-    return p
 
 
-def test_operating_point_must_be_known(tmp_path: Path) -> None:
+def test_operating_point_must_be_known(write_scenario: Callable[..., Scenario]) -> None:
     with pytest.raises(ConfigError, match=r"task\.operating_point.*'fixed' or 'balanced'"):
-        load_scenario(_scenario(tmp_path, "task: {operating_point: youden}"))
+        write_scenario(_two_banks("task: {operating_point: youden}"))
 
 
 class ShiftedScore(MeanScore):
@@ -255,7 +253,7 @@ def test_each_sites_model_is_judged_at_every_site_at_that_sites_own_threshold() 
     assert mean["num_test"] == 16 and mean["num_test_pos"] == 8  # the shared test data, once
 
 
-def test_cross_site_needs_the_local_models(tmp_path: Path) -> None:
+def test_cross_site_needs_the_local_models(write_scenario: Callable[..., Scenario]) -> None:
     with pytest.raises(ConfigError, match=r"cross_site.*needs local_only: true"):
-        load_scenario(_scenario(tmp_path, "baselines: {local_only: false, cross_site: true}"))
-    assert load_scenario(_scenario(tmp_path, "baselines: {cross_site: true}")).baselines.cross_site
+        write_scenario(_two_banks("baselines: {local_only: false, cross_site: true}"))
+    assert write_scenario(_two_banks("baselines: {cross_site: true}")).baselines.cross_site

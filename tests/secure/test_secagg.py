@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -36,7 +38,6 @@ from secure.secagg import (
     secagg_error_bound,
     secagg_mod,
 )
-from secure.secagg_bench import benchmark_secagg
 from secure.secagg_guard import consistent_holders, is_fernet_token
 
 SEED = 20240611
@@ -161,13 +162,13 @@ def make_grid(sites: Sites, n: int = 5) -> SpyGrid:
     return grid
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Set the identity a ServerApp runtime would set, and put the previous one back."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SUPERLINK_NODE_ID, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+@pytest.fixture
+def task_run_id() -> int:
+    """Every test runs as the coordinator's task of run 7 (``task_identity``, tests/conftest.py)."""
+    return 7
 
 
 def run(grid: SpyGrid, sites: Iterable[int] = range(5), spec: SecAggSpec = SPEC) -> SecAggOutcome:
@@ -659,7 +660,20 @@ def test_fernet_token_shape() -> None:
     assert not is_fernet_token(b"not base64 at all!")
 
 
-def test_benchmark_measures_cost_and_error() -> None:
+@pytest.fixture(scope="module")
+def benchmark_secagg() -> Callable[..., dict[str, Any]]:
+    """``benchmark_secagg`` of ``benchmarks/secagg_bench.py`` (benchmark scripts are no package)."""
+    path = Path(__file__).parents[2] / "benchmarks" / "secagg_bench.py"
+    spec = importlib.util.spec_from_file_location("secagg_bench", path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return cast(Callable[..., dict[str, Any]], module.benchmark_secagg)
+
+
+def test_benchmark_measures_cost_and_error(
+    benchmark_secagg: Callable[..., dict[str, Any]],
+) -> None:
     res = benchmark_secagg(3, 64, seed=1)
     assert res["contributors"] == 3
     assert res["max_abs_error"] <= res["error_bound"] < 1e-4

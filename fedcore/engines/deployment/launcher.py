@@ -119,7 +119,9 @@ def run_deployment(
     --listen 127.0.0.1:PORT --kit KITS/coordinator --exit-when-done --out OUT
     --log-dir OUT/logs`` and, once it reports its SuperLink ready (node keys
     registered), one ``fed-client start --site SITE.yaml --coordinator
-    127.0.0.1:PORT --kit KITS/SITE`` per site. Their output goes to ``OUT/logs/``.
+    127.0.0.1:PORT --kit KITS/SITE`` per site. Their output goes to ``OUT/logs/``; each
+    site keeps its state (Flower home, model copy, exports) in its site config's
+    ``state_dir``, the one directory :func:`fedcore.site_paths.site_state_dir` resolves.
     Every process is stopped before this function returns or raises, also on
     KeyboardInterrupt and SIGTERM.
 
@@ -256,8 +258,6 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
                 address,
                 *transport,
                 *(["--kit", str(kit)] if kit is not None else []),
-                "--state",
-                str(state / "sites" / site_id),
                 "--log-file",
                 str(log_dir / f"supernode-{site_id}.log"),
             ],

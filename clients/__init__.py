@@ -1,1 +1,1 @@
-"""The site: Flower ClientApp with train, evaluate and telemetry handlers."""
+"""The site: Flower ClientApp (train, evaluate, export, telemetry) over a SiteRuntime, and its side of each privacy mode."""

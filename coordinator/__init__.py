@@ -1,1 +1,1 @@
-"""The coordinator: Flower ServerApp whose main loop is fedcore's round driver."""
+"""The coordinator: Flower ServerApp whose main loop is fedcore's round driver, and its side of each privacy mode."""

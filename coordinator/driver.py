@@ -28,7 +28,6 @@ from coordinator.state import Checkpoint, StateStore
 from fedcore import records as R
 from fedcore.config import Scenario
 from scheduling.base import Candidate, Selection, Selector, SiteResult
-from secure.modes import warn_if_plaintext
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,6 @@ class RoundDriver:
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
         self.store.reset_logs(self.history)
-        warn_if_plaintext(self.scenario.privacy.mode, log)
         try:
             nodes = self.wait_for_nodes()
             for rnd in range(start_round, self.rounds + 1):
@@ -364,7 +362,7 @@ class RoundDriver:
     def privacy_summary(self) -> dict[str, Any]:
         """What protected this run's updates (parameters and running figures, never keys)."""
         return {
-            "mode": self.scenario.privacy.mode,
+            "mode": self.protection.name,
             "authenticated": self.verifier.enabled,
             **self.protection.summary(),
         }

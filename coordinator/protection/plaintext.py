@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
 from coordinator.aggregation import weighted_average
 from coordinator.protection.base import (
     ClearModelProtection,
@@ -11,6 +16,9 @@ from coordinator.protection.base import (
     send_train,
 )
 from coordinator.validation import check_train_reply
+from secure.modes import warn_if_plaintext
+
+log = logging.getLogger(__name__)
 
 
 class Plaintext(ClearModelProtection):
@@ -24,6 +32,10 @@ class Plaintext(ClearModelProtection):
     """
 
     name = "plaintext"
+
+    def __init__(self, initial: Mapping[str, np.ndarray]) -> None:
+        super().__init__(initial)
+        warn_if_plaintext(self.name, log)
 
     def collect(self, rnd: TrainRound) -> Collected:
         return send_train(self, rnd, lambda reply: check_train_reply(reply, self._arrays))

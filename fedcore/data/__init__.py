@@ -1,1 +1,1 @@
-"""Data sources: seeded generators, site loaders and graph builders."""
+"""Data sources: transaction generators, CSV loaders and graph builders; CT generators, DICOM reading, de-identification, PACS."""

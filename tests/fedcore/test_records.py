@@ -159,3 +159,11 @@ def test_telemetry_model_round_and_instruction_task() -> None:
         R.telemetry_instruction(2, "k", TaskSpec(hidden=8))
     )
     assert (rnd, key, task) == (2, "k", TaskSpec(hidden=8))
+
+
+def test_round_log_columns_are_round_record_keys() -> None:
+    from coordinator.state import ROUND_FIELDS
+
+    keys = set(R.RoundRecord.__required_keys__) | set(R.RoundRecord.__optional_keys__)
+    assert set(ROUND_FIELDS) <= keys, set(ROUND_FIELDS) - keys
+    assert {"round", "sites", "loss", "pr_auc", "rejected"} <= set(R.RoundRecord.__required_keys__)

@@ -25,7 +25,7 @@ from fedcore.data.dicom import (
     resample,
     window,
 )
-from tests.fedcore.imaging.conftest import CtSeries, TestFile
+from tests.fedcore.conftest import CtSeries, TestFile
 
 
 def _expected_hu(path: Path) -> np.ndarray:

@@ -35,7 +35,7 @@ from fedcore.data.pacs import (
     instance_path,
     retrieve_study,
 )
-from tests.fedcore.imaging.orthanc_harness import dcmtk_storescu, namespace_command, orthanc_binary
+from tests.fedcore.data.orthanc_harness import dcmtk_storescu, namespace_command, orthanc_binary
 
 HARNESS = Path(__file__).with_name("orthanc_harness.py")
 

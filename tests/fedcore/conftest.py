@@ -1,4 +1,4 @@
-"""Fixtures shared by the imaging tests: pydicom's shipped test files and small CT series built from them."""
+"""Fixtures shared by the fedcore tests: pydicom's shipped test files and small CT series built from them."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from fedcore.cli.progress import fmt as _fmt
 from fedcore.cli.progress import format_round
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError
+from fedcore.records import RoundRecord
 from secure.modes import PLAINTEXT_WARNING
 
 
@@ -184,7 +185,7 @@ def run(
     )
     task = progress.add_task("rounds", total=n_rounds)
 
-    def on_round(rec: dict[str, Any]) -> None:
+    def on_round(rec: RoundRecord) -> None:
         progress.console.print(format_round(rec), highlight=False)
         progress.update(task, completed=rec["round"])
 

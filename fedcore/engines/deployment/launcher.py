@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fedcore.cli.exit_codes import EXIT_ADDRESS_IN_USE, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.config import Scenario, load_scenario
@@ -32,6 +32,7 @@ from fedcore.engines.deployment.progress import (
 )
 from fedcore.engines.deployment.security import DeploymentSecurity
 from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_interrupt
+from fedcore.records import RoundRecord
 
 __all__ = ["run_deployment"]
 
@@ -96,7 +97,7 @@ class _Launch:
     coordinator_kit: Path | None
     site_kits: Mapping[str, Path]
     insecure: bool
-    on_round: Callable[[dict[str, Any]], None] | None
+    on_round: Callable[[RoundRecord], None] | None
     deadline: float
     timeout: float
 
@@ -109,7 +110,7 @@ def run_deployment(
     site_configs: Mapping[str, Path],
     security: DeploymentSecurity | None = None,
     insecure: bool = False,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
     timeout: float = 1800.0,
 ) -> dict[str, Any]:
     """Run a scenario with real Flower processes on loopback (``fedcore run --engine deployment``).
@@ -272,7 +273,7 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
     def drain() -> None:
         for row in tail.read_new():
             if launch.on_round is not None:
-                launch.on_round(row)
+                launch.on_round(cast(RoundRecord, row))
 
     while True:
         drain()

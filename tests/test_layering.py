@@ -40,3 +40,21 @@ def test_imports_point_one_way(package: str) -> None:
         for dep in imported_packages(path) - ALLOWED[package]:
             bad.append(f"{rel} imports {dep}")
     assert not bad, "\n".join(bad)
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    """``fedcore/cli`` is the composition root: engines and libraries never import it."""
+    bad = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith(EXEMPT):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), rel)):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                bad += [f"{rel} imports {n}" for n in names if n.startswith("fedcore.cli")]
+    assert not bad, "\n".join(bad)

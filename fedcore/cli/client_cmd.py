@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
 from fedcore.cli.deid_cmd import deid
-from fedcore.cli.exit_codes import EXIT_USAGE
 from fedcore.cli.predict_cmd import predict
 from fedcore.cli.progress import print_deployment_error, print_event
 from fedcore.config import ConfigError, load_site_config
@@ -22,6 +21,7 @@ from fedcore.engines.deployment import (
     parse_address,
     serve_site,
 )
+from fedcore.exit_codes import EXIT_USAGE
 from secure.kit import Kit, KitError, load_kit
 
 app = typer.Typer(

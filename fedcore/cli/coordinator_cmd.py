@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
-from fedcore.cli.exit_codes import EXIT_OK, EXIT_USAGE
 from fedcore.cli.progress import format_round, print_deployment_error, print_event
 from fedcore.config import ConfigError, load_scenario
 from fedcore.engines.deployment import (
@@ -20,6 +19,7 @@ from fedcore.engines.deployment import (
     parse_address,
     serve_coordinator,
 )
+from fedcore.exit_codes import EXIT_OK, EXIT_USAGE
 from secure import kitfiles
 from secure.kit import Kit, KitError, load_kit
 from secure.modes import PLAINTEXT_WARNING

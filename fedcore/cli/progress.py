@@ -9,12 +9,6 @@ from typing import Any, cast
 from rich.console import Console
 from rich.markup import escape
 
-from fedcore.cli.exit_codes import (
-    EXIT_ADDRESS_IN_USE,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-)
 from fedcore.engines.deployment.errors import (
     AddressInUseError,
     DeploymentConfigError,
@@ -23,6 +17,12 @@ from fedcore.engines.deployment.errors import (
     Event,
     RunFailedError,
     ServerExitedError,
+)
+from fedcore.exit_codes import (
+    EXIT_ADDRESS_IN_USE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
 )
 from fedcore.records import RoundRecord
 

@@ -14,12 +14,12 @@ from rich.table import Table
 
 from coordinator.state import StateError
 from fedcore.cli.common import configure_logging, load_checked_scenario
-from fedcore.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
-from fedcore.cli.exit_codes import EXIT_USAGE as EXIT_CONFIG
 from fedcore.cli.progress import fmt as _fmt
 from fedcore.cli.progress import format_round
 from fedcore.cli.runner import RunFailed, RunPlan, default_out_dir, run_scenario
 from fedcore.config import ConfigError
+from fedcore.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from fedcore.exit_codes import EXIT_USAGE as EXIT_CONFIG
 from fedcore.records import RoundRecord
 from secure.modes import PLAINTEXT_WARNING
 

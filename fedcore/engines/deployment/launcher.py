@@ -3,7 +3,7 @@
 :func:`run_deployment` starts ``fed-coordinator start`` and one ``fed-client start`` per
 site as subprocesses, exactly as operators would, tails ``OUT/rounds.jsonl`` for
 progress and returns the parsed ``OUT/federation.json``. It reads the commands' exit
-codes (:mod:`fedcore.cli.exit_codes`), the contract of the commands it launches.
+codes (:mod:`fedcore.exit_codes`), the contract of the commands it launches.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from fedcore.cli.exit_codes import EXIT_ADDRESS_IN_USE, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.config import Scenario, load_scenario
 from fedcore.engines.deployment.coordinator import READY_MARK
 from fedcore.engines.deployment.errors import DeploymentError
@@ -32,6 +31,7 @@ from fedcore.engines.deployment.progress import (
 )
 from fedcore.engines.deployment.security import DeploymentSecurity
 from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_interrupt
+from fedcore.exit_codes import EXIT_ADDRESS_IN_USE, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.records import RoundRecord
 
 __all__ = ["run_deployment"]

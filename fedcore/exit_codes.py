@@ -1,4 +1,4 @@
-"""Exit codes of ``fed-coordinator`` and ``fed-client`` (and what ``fedcore run`` reads from them)."""
+"""Exit codes of fedcore's services (`fed-coordinator`, `fed-client`): what they return and what the launcher reads back."""
 
 from __future__ import annotations
 

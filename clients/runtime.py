@@ -83,18 +83,31 @@ class SiteRuntime:
         return os.path.getmtime(path) if os.path.exists(path) else 0.0
 
     def site(self, *, check_files: bool = False) -> SiteConfig:
-        """The site config, read again when its file changes (``check_files``: data files must exist)."""
+        """The site config, read again when its file changes (``check_files``: data files must exist).
+
+        Its ``state_dir`` is the resolved one (:func:`fedcore.site_paths.site_state_dir`, with
+        the node config's override), so the data loaders' caches, the model copy and the
+        exports all land in the directory the site service chose.
+        """
         if check_files:
-            return load_site_config(Path(self.config_path), check_files=True)
+            return self._resolved(load_site_config(Path(self.config_path), check_files=True))
         mtime = self._mtime()
         if self._site is None or self._site[0] != mtime:
-            self._site = (mtime, load_site_config(Path(self.config_path), check_files=False))
+            cfg = load_site_config(Path(self.config_path), check_files=False)
+            self._site = (mtime, self._resolved(cfg))
         return self._site[1]
+
+    def _resolved(self, cfg: SiteConfig) -> SiteConfig:
+        return cfg.model_copy(
+            update={"state_dir": state_dir_from_node_config(cfg, self.node_config)}
+        )
 
     @property
     def state_dir(self) -> Path:
         """The site's state directory (:func:`fedcore.site_paths.site_state_dir`)."""
-        return state_dir_from_node_config(self.site(), self.node_config)
+        state = self.site().state_dir
+        assert state is not None  # resolved by site()
+        return state
 
     # ------------------------------------------------------------------ data
 

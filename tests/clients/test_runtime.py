@@ -1,4 +1,4 @@
-"""The scheduler's device choice within a site's pool: honoured, or refused with a reason."""
+"""The site runtime: one state directory for everything, and the scheduler's device choice within the pool."""
 
 from __future__ import annotations
 
@@ -73,3 +73,34 @@ def test_a_site_pin_wins(site, caplog: pytest.LogCaptureFixture) -> None:  # typ
         chosen = site("cuda:1").training_device(0)
     assert chosen.torch_device == "cuda:1"
     assert "pins device cuda:1" in caplog.text
+
+
+def runtime_at(tmp_path: Path, state_dir: str | None, node_config: dict[str, str]) -> SiteRuntime:
+    data: dict[str, object] = {"id": "bank-a", "data": {"kind": "generated", "transactions": 300}}
+    if state_dir is not None:
+        data["state_dir"] = state_dir
+    path = tmp_path / "conf" / "bank-a.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dump_site_config(SiteConfig.model_validate(data), path)
+    ctx = Context(1, 1, {"site-config": str(path), **node_config}, RecordDict(), {})
+    return SiteRuntime(ctx)
+
+
+def test_one_state_directory_for_data_cache_model_copy_and_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's --state (node config state-dir) wins; then the config's; then ./fedcore-site-ID."""
+    from fedcore.config import TaskSpec
+
+    monkeypatch.chdir(tmp_path)
+    override = tmp_path / "service-state"
+    rt = runtime_at(tmp_path, str(tmp_path / "own"), {"state-dir": str(override)})
+    assert rt.state_dir == override and rt.site().state_dir == override
+    assert rt.site(check_files=True).state_dir == override  # what the data loaders see
+    assert rt.data_size(TaskSpec()) > 0
+    assert (override / "data-size.json").exists()
+    assert any((override / "cache").glob("graph-*.pt"))  # the loader's cache, same folder
+    assert not (tmp_path / "own").exists()
+
+    assert runtime_at(tmp_path, str(tmp_path / "own"), {}).state_dir == tmp_path / "own"
+    assert runtime_at(tmp_path, None, {}).state_dir == tmp_path / "fedcore-site-bank-a"

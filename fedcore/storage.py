@@ -1,7 +1,8 @@
-"""Crash-safe file writes shared by the coordinator and the sites (unique temporary file, fsync, rename)."""
+"""Crash-safe file writes shared by the coordinator and the sites (unique temporary file, fsync, rename), and an exclusive lock on a folder."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -14,6 +15,65 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 _TEMP_TRIES = 100
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock that :func:`exclusive_lock` asked for.
+
+    Attributes:
+        path: The lock file.
+        pid: The process id written in the lock file by its holder, ``None`` if unreadable.
+    """
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"{str(path.parent)!r} is in use by {holder} (lock {path.name}): expected no other "
+            f"run writing there. Fix: wait for that run to end, or choose another directory"
+        )
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking ``flock`` on ``path`` for the duration of the block.
+
+    The holder's PID is written into the file so a refused process can name it. The lock
+    goes when the block ends, and also when the process dies (the OS drops it with the
+    file descriptor), so a crashed run never leaves a stale lock behind.
+
+    Args:
+        path: The lock file (e.g. ``OUT/.lock``); it and its parent folders are made.
+
+    Yields:
+        ``path``, locked.
+
+    Raises:
+        LockHeld: another process (or another open of the same file) holds the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(path, _read_pid(fd)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
 
 
 @contextmanager

@@ -8,6 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from click.testing import Result
+from rich.errors import MarkupError
+from typer.testing import CliRunner
+
 from fedcore.config import GeneratedData
 from fedcore.data.csv_loader import write_transactions_csv
 from fedcore.data.generator import generate_transactions
@@ -173,3 +178,79 @@ def test_out_dir_of_another_scenario_is_refused_cleanly(tmp_path: Path) -> None:
     assert "cannot use the output directory" in res.stderr and "different scenario" in res.stderr
     assert "Traceback" not in res.stderr
     assert (out / "rounds.csv").read_text() == before  # the earlier run is untouched
+
+
+MARKUP_LIKE = "site bank-b: POST [/v1/fleet/activate-node] refused; log tail: [bold]x[/bold] \\[y]"
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    """`fedcore ARGS` in this process (so a test can patch the runner), wide enough for one line."""
+    from fedcore.cli.main import app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    return CliRunner().invoke(app, list(args))
+
+
+def test_failure_message_with_markup_like_text_is_printed_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedcore.cli import run_cmd
+    from fedcore.cli.runner import RunFailed
+
+    def fail(plan: object, **_: object) -> None:
+        raise RunFailed(MARKUP_LIKE)
+
+    monkeypatch.setattr(run_cmd, "run_scenario", fail)
+    out = tmp_path / "out[bold]"
+    res = _cli(monkeypatch, "run", str(write_scenario(tmp_path)), "--out", str(out))
+    assert res.exit_code == 1, res.output  # README: 1 the federation failed
+    assert not isinstance(res.exception, MarkupError) and "MarkupError" not in res.output
+    assert f"federation failed: {MARKUP_LIKE}" in res.stderr
+    assert f"kept in {out}" in res.stderr
+
+
+def test_export_failure_with_markup_like_text_is_shown_verbatim() -> None:
+    from rich.console import Console
+
+    from fedcore.cli.run_cmd import summary_tables
+
+    summary = {
+        "final": {"pr_auc": 0.5, "per_site": {"bank-[a]": {"pr_auc": 0.5}}},
+        "baselines": {},
+        "exports": {"bank-[a]": {"error": MARKUP_LIKE}, "[b]": {"path_taken": "[i]int8"}},
+    }
+    console = Console(width=400, record=True)
+    for table in summary_tables(summary):
+        console.print(table)
+    text = console.export_text()
+    assert f"failed: {MARKUP_LIKE}" in text and "bank-[a]" in text and "[i]int8" in text
+
+
+def test_second_run_into_a_locked_out_dir_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from fedcore.storage import exclusive_lock
+
+    def must_not_run(plan: object, **_: object) -> None:
+        raise AssertionError("the run went ahead beside the one holding the lock")
+
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "out"
+    with exclusive_lock(out / ".lock"):
+        monkeypatch.setattr("fedcore.cli.runner._run_locked", must_not_run)
+        res = _cli(monkeypatch, "run", str(scenario), "--out", str(out))
+    assert res.exit_code == 2, res.output
+    assert "cannot use the output directory" in res.stderr
+    assert str(out) in res.stderr and f"process {os.getpid()}" in res.stderr
+
+
+def test_a_run_releases_its_lock_so_a_rerun_resumes(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "out"
+    assert fedcore("run", str(scenario), "--out", str(out), "--rounds", "1").returncode == 0
+    res = fedcore("run", str(scenario), "--out", str(out), "--rounds", "2")
+    assert res.returncode == 0, res.stderr
+    assert (out / "rounds.csv").read_text().count("\n") == 3  # header, round 1 kept, round 2
+    assert (out / ".lock").read_text() == ""  # released: no holder named

@@ -158,9 +158,12 @@ def _check_kit_site(kit: Kit, site_path: Path, console: Console) -> None:
         return  # serve_site reports the bad site file, with its exit code
     if kit.site_id != site_id:
         console.print(
-            f"[red]error:[/] --kit: {kit.path} is the kit of site {kit.site_id!r}, but "
-            f"{site_path} is site {site_id!r}: expected this site's own kit. Fix: pass the kit "
-            f"provisioned for {site_id!r} (KITS/{site_id})",
+            "[red]error:[/] --kit: "
+            + escape(
+                f"{kit.path} is the kit of site {kit.site_id!r}, but {site_path} is site "
+                f"{site_id!r}: expected this site's own kit. Fix: pass the kit provisioned "
+                f"for {site_id!r} (KITS/{site_id})"
+            ),
             highlight=False,
         )
         raise typer.Exit(EXIT_USAGE)

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from coordinator.state import StateError
 from fedcore.cli.common import configure_logging, load_checked_scenario
@@ -21,7 +23,13 @@ from fedcore.config import ConfigError
 from fedcore.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from fedcore.exit_codes import EXIT_USAGE as EXIT_CONFIG
 from fedcore.records import RoundRecord
+from fedcore.storage import LockHeld
 from secure.modes import PLAINTEXT_WARNING
+
+
+def _plain(x: Any) -> Text:
+    """A table cell shown as written: text from a site or a file is never read as markup."""
+    return Text(str(x))
 
 
 def _count(x: Any) -> str:
@@ -91,7 +99,7 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
     for sid, fm in fed_sites.items():
         lm = (lo.get("per_site") or {}).get(sid, {})
         s.add_row(
-            sid,
+            _plain(sid),
             _count(fm.get("num_test")),
             _count(fm.get("num_test_pos")),
             _fmt(lm.get(key)),
@@ -105,13 +113,14 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
             e.add_column(col, justify="left" if col in ("site", "path", "provider") else "right")
         for sid, m in exports.items():
             if "error" in m:
-                e.add_row(sid, f"[red]failed: {m['error']}[/]", "", "", "", "", "")
+                failed = Text(f"failed: {m['error']}", style="red")
+                e.add_row(_plain(sid), failed, "", "", "", "", "")
                 continue
             size = m.get("size_bytes")
             e.add_row(
-                sid,
-                str(m.get("path_taken")) + (" (INT8 refused)" if m.get("refused") else ""),
-                str(m.get("provider")),
+                _plain(sid),
+                _plain(str(m.get("path_taken")) + (" (INT8 refused)" if m.get("refused") else "")),
+                _plain(m.get("provider")),
                 _fmt(m.get("fp32_metric")),
                 _fmt(m.get("int8_metric")),
                 f"{size / 1024:.0f}" if isinstance(size, int | float) else "-",
@@ -152,11 +161,17 @@ def run(
     try:
         sc = load_checked_scenario(scenario)
     except ConfigError as exc:
-        err.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
+        err.print(
+            f"[bold red]invalid scenario[/] {escape(str(exc.path))}\n{escape(exc.message)}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_CONFIG) from None
     eng = engine or sc.engine.name
     if eng not in ("inprocess", "deployment"):
-        err.print(f"[bold red]--engine[/] must be inprocess or deployment, got {eng!r}")
+        err.print(
+            f"[bold red]--engine[/] must be inprocess or deployment, got {escape(repr(eng))}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_CONFIG)
     n_rounds = rounds or sc.rounds
     out_dir = out or default_out_dir(sc)
@@ -170,8 +185,11 @@ def run(
             )
         )
     console.print(
-        f"[bold]{sc.name}[/]: {len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, "
-        f"privacy {_privacy_line(sc)}, out {out_dir}",
+        f"[bold]{escape(sc.name)}[/]: "
+        + escape(
+            f"{len(sc.sites)} sites, {n_rounds} rounds, engine {eng}, "
+            f"privacy {_privacy_line(sc)}, out {out_dir}"
+        ),
         highlight=False,
     )
 
@@ -190,20 +208,33 @@ def run(
         progress.update(task, completed=rec["round"])
 
     def on_stage(text: str) -> None:
-        progress.update(task, description=text)
+        progress.update(task, description=escape(text))  # the column reads it as markup
 
     try:
         with progress:
             summary = run_scenario(plan, on_round=on_round, on_stage=on_stage)
     except RunFailed as exc:
-        err.print(f"[bold red]federation failed:[/] {exc}", highlight=False)
-        err.print(f"completed rounds, logs and checkpoints are kept in {out_dir}", highlight=False)
+        err.print(f"[bold red]federation failed:[/] {escape(str(exc))}", highlight=False)
+        err.print(
+            escape(f"completed rounds, logs and checkpoints are kept in {out_dir}"),
+            highlight=False,
+        )
         raise typer.Exit(EXIT_FAILED) from None
     except StateError as exc:  # e.g. --out holds another scenario's run: nothing was touched
-        err.print(f"[bold red]cannot use the output directory:[/] {exc}", highlight=False)
+        err.print(
+            f"[bold red]cannot use the output directory:[/] {escape(str(exc))}", highlight=False
+        )
+        raise typer.Exit(EXIT_CONFIG) from None
+    except LockHeld as exc:  # another run writes there: refused before anything was written
+        err.print(
+            f"[bold red]cannot use the output directory:[/] {escape(str(exc))}", highlight=False
+        )
         raise typer.Exit(EXIT_CONFIG) from None
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]; completed rounds are kept in {out_dir}")
+        err.print(
+            f"[yellow]interrupted[/]; {escape(f'completed rounds are kept in {out_dir}')}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for table in summary_tables(summary):
         console.print(table)
@@ -216,7 +247,9 @@ def run(
         )
     holder = " (each site's own copy)" if summary.get("model_holder") == "sites" else ""
     console.print(
-        f"summary: {out_dir / 'summary.json'}  model: {summary['model']}{holder}  "
-        f"wall {summary['wall_seconds']:.1f}s",
+        escape(
+            f"summary: {out_dir / 'summary.json'}  model: {summary['model']}{holder}  "
+            f"wall {summary['wall_seconds']:.1f}s"
+        ),
         highlight=False,
     )

@@ -14,6 +14,10 @@ from typing import Any
 from coordinator.state import ROUND_FIELDS
 from fedcore.config import Scenario, SiteConfig, dump_site_config
 from fedcore.records import RoundRecord
+from fedcore.storage import exclusive_lock
+
+LOCK_FILE = ".lock"
+"""Lock file in the run directory, held by the run writing there (holds its PID)."""
 
 log = logging.getLogger(__name__)
 
@@ -324,13 +328,26 @@ def run_scenario(
 ) -> dict[str, Any]:
     """Run a scenario end to end and write ``OUT/summary.json``; returns the summary.
 
+    The run holds an exclusive lock on ``OUT/.lock`` from start to end, so a second run into
+    the same directory is refused at once instead of writing beside the first.
+
     Raises:
         RunFailed: the federation stopped (earlier rounds stay saved in ``plan.out``).
+        LockHeld: another run holds ``plan.out`` (nothing was written).
     """
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(plan.out / LOCK_FILE):
+        return _run_locked(plan, on_round, on_stage)
+
+
+def _run_locked(
+    plan: RunPlan,
+    on_round: RoundCallback | None,
+    on_stage: Callable[[str], None] | None,
+) -> dict[str, Any]:
     from coordinator.state import atomic_write_json
 
     t0 = time.perf_counter()
-    plan.out.mkdir(parents=True, exist_ok=True)
     site_paths = write_site_configs(plan.scenario, plan.out)
     if on_stage:
         on_stage("provisioning throwaway kits (CA, certificates, node keys, CKKS keys)")

@@ -11,10 +11,12 @@ import pytest
 
 from fedcore import storage
 from fedcore.storage import (
+    LockHeld,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    exclusive_lock,
     load_arrays_file,
     save_arrays,
 )
@@ -116,3 +118,44 @@ def test_writer_may_replace_the_temporary_file(tmp_path: Path) -> None:
         tmp.unlink()  # some writers create the file themselves
         tmp.write_bytes(b"weights")
     assert target.read_bytes() == b"weights"
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    lock = tmp_path / "run" / ".lock"
+    with exclusive_lock(lock):
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(LockHeld) as info, exclusive_lock(lock):
+            pass
+    assert info.value.path == lock and info.value.pid == os.getpid()
+    assert str(tmp_path / "run") in str(info.value) and f"process {os.getpid()}" in str(info.value)
+    with exclusive_lock(lock):  # released when the block ended
+        pass
+    assert lock.read_text() == ""
+
+
+def test_exclusive_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from fedcore.storage import exclusive_lock\n"
+            f"with exclusive_lock(Path({str(lock)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld) as info, exclusive_lock(lock):
+            pass
+        assert info.value.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with exclusive_lock(lock):  # the OS dropped the dead holder's lock
+        pass

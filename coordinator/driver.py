@@ -31,6 +31,9 @@ from scheduling.base import Candidate, Selection, Selector, SiteResult
 
 log = logging.getLogger(__name__)
 
+NOT_CONNECTED = "not connected: no telemetry this round"
+"""The reason a round record gives for a scenario site that did not answer telemetry at all."""
+
 RoundObserver = Callable[[R.RoundRecord], None]
 
 __all__ = ["FederationError", "RoundDriver", "RoundObserver", "schedule_digest"]
@@ -94,6 +97,8 @@ class RoundDriver:
         )
         self._last_candidates: list[Candidate] = []
         self._selection: Selection | None = None
+        # node id -> the site it answered telemetry for: names a node that fails later by its site
+        self._site_of_node: dict[int, str] = {}
 
     @property
     def global_arrays(self) -> dict[str, np.ndarray]:
@@ -176,16 +181,16 @@ class RoundDriver:
         """Ask every connected node for telemetry; returns candidates and problems by site/node."""
         content = R.telemetry_instruction(round_, self.run_key, self.scenario.task)
         replies, errors, _, _ = self.exchange(((n, content) for n in nodes), R.TELEMETRY, round_)
-        problems: dict[str, list[str]] = {f"node {n}": [e] for n, e in errors.items()}
+        problems: dict[str, list[str]] = {self._who(n): [e] for n, e in errors.items()}
         cands: dict[str, Candidate] = {}
         for nid, rep in replies:
             try:
                 tel = R.Telemetry.from_content(rep.content)
             except (ValueError, KeyError, TypeError) as exc:
-                problems[f"node {nid}"] = [f"malformed telemetry: {exc}"]
+                problems[self._who(nid)] = [f"malformed telemetry: {exc}"]
                 continue
             if tel.site_id not in self.members:
-                problems[f"node {nid}"] = [
+                problems[self._who(nid)] = [
                     f"site id {tel.site_id!r} is not a member of this scenario"
                 ]
                 continue
@@ -193,16 +198,36 @@ class RoundDriver:
                 R.TELEMETRY, tel.site_id, round_, self.run_key, tel.digest(), rep.content
             )
             if refusal is not None:
-                problems[f"node {nid}"] = [f"claims site {tel.site_id!r}: {refusal}"]
+                problems[self._who(nid)] = [f"claims site {tel.site_id!r}: {refusal}"]
                 continue
             if tel.site_id in cands:
                 problems[tel.site_id] = [f"two nodes claim site {tel.site_id!r}; keeping the first"]
                 continue
             self.protection.observe_telemetry(tel)
+            self._site_of_node[nid] = tel.site_id
             cands[tel.site_id] = Candidate(
                 tel.site_id, nid, tel.num_train_examples, dict(tel.readings)
             )
         return sorted(cands.values(), key=lambda c: c.site_id), problems
+
+    def _who(self, node_id: int) -> str:
+        """The site a node answered for before (its problems are then the site's), else ``node N``."""
+        return self._site_of_node.get(node_id, f"node {node_id}")
+
+    def absent_sites(
+        self, candidates: Sequence[Candidate], problems: Mapping[str, list[str]]
+    ) -> dict[str, list[str]]:
+        """Scenario sites with neither a telemetry answer nor a problem of their own this round.
+
+        A site that is not connected (or whose node was never named by a reply) has no entry
+        in ``problems``; without this it would vanish from the round record.
+        """
+        answered = {c.site_id for c in candidates}
+        return {
+            site: [NOT_CONNECTED]
+            for site in sorted(self.members)
+            if site not in answered and site not in problems
+        }
 
     def round_config(
         self, round_: int, weight: float = 1.0, site: str | None = None
@@ -392,11 +417,19 @@ class RoundDriver:
         stats = getattr(self.grid, "stats", None)
         return {"simulation": stats()} if callable(stats) else {}
 
-    def _train(self, rnd: int, selection: Selection, problems: dict[str, list[str]]) -> Collected:
+    def _train(
+        self,
+        rnd: int,
+        selection: Selection,
+        problems: dict[str, list[str]],
+        absent: Mapping[str, list[str]],
+    ) -> Collected:
         """Train and aggregate one round through the protection (or keep the model: skip)."""
         collected = self.protection.collect(self.train_round(rnd, selection.chosen))
         for who, reasons in problems.items():
             collected.rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
+        for who, reasons in absent.items():
+            collected.rejected.setdefault(who, []).extend(reasons)
         min_sites = self.scenario.scheduler.min_sites
         if len(collected.sites) >= min_sites:
             self.protection.aggregate(rnd, collected)
@@ -419,16 +452,17 @@ class RoundDriver:
     def _one_round(self, rnd: int, nodes: Sequence[int]) -> None:
         t0 = time.perf_counter()
         candidates, problems = self.telemetry(rnd, nodes)
+        absent = self.absent_sites(candidates, problems)
         self._last_candidates = candidates
         min_sites = self.scenario.scheduler.min_sites
         if len(candidates) < min_sites:
             raise FederationError(
                 f"round {rnd}: only {len(candidates)} site(s) answered telemetry, need "
-                f"scheduler.min_sites={min_sites}; problems: {_fmt(problems)}"
+                f"scheduler.min_sites={min_sites}; problems: {_fmt({**problems, **absent})}"
             )
         selection = self.selector.select(rnd, candidates)
         self._selection = selection
-        collected = self._train(rnd, selection, problems)
+        collected = self._train(rnd, selection, problems, absent)
         results = {}
         for c in selection.chosen:
             rep = collected.reports.get(c.site_id)

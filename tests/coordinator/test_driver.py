@@ -32,6 +32,9 @@ def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp
 
     @app.query("telemetry")
     def telemetry(msg: Message, ctx: Context) -> Message:
+        round_, _, _ = R.read_telemetry_instruction(msg.content)
+        if round_ >= from_round and behaviour.get(site(ctx)) == "dies":
+            raise RuntimeError("process killed")
         return Message(
             R.Telemetry(site(ctx), SIZES[site(ctx)], "cpu", "cpu").to_content(), reply_to=msg
         )
@@ -112,6 +115,7 @@ def test_all_good_sites_fedavg(
     assert log[0]["bytes_up"] > 0 and log[0]["bytes_down"] > 0
     assert log[0]["pr_auc"] == pytest.approx(1.0)
     assert (tmp_path / "out" / "rounds.csv").read_text().startswith("round,sites,loss")
+    assert [r["rejected"] for r in log] == [{}, {}, {}]  # every site answered: nobody listed
 
 
 @pytest.mark.parametrize(
@@ -199,3 +203,58 @@ def test_refuses_state_of_another_scenario(
 
     with pytest.raises(StateError, match="different scenario"):
         make_driver(other, out, {}).run()
+
+
+def test_a_site_that_dies_then_disconnects_is_listed_in_every_round_it_misses(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    from coordinator.driver import NOT_CONNECTED
+    from fedcore.engines.inprocess import node_id_for
+
+    grid = inprocess_grid(
+        scripted_client({"bank-c": "dies"}, from_round=2), {s: {"site-id": s} for s in SIZES}
+    )
+    connected = list(grid.get_node_ids())
+
+    def disconnect_after_round_2(record: R.RoundRecord) -> None:
+        if record["round"] == 2 and node_id_for("bank-c") in connected:
+            connected.remove(node_id_for("bank-c"))  # its SuperNode is gone for good
+
+    grid.get_node_ids = lambda: list(connected)  # type: ignore[method-assign]
+    out = tmp_path / "out"
+    driver = RoundDriver(
+        grid,
+        scenario,
+        RandomSelector(1.0, 2, 0),
+        out,
+        INIT,
+        wait_for_sites=1,
+        observer=disconnect_after_round_2,
+    )
+    assert driver.run()["status"] == "completed"
+    log = rounds_log(out)
+    assert [r["sites"] for r in log] == [
+        ["bank-a", "bank-b", "bank-c"],
+        *[["bank-a", "bank-b"]] * 2,
+    ]
+    assert log[0]["rejected"] == {}
+    # round 2: it raised on telemetry; its node is named by the site it answered for in round 1
+    assert list(log[1]["rejected"]) == ["bank-c"]
+    assert "telemetry: site error" in log[1]["rejected"]["bank-c"][0]
+    assert "process killed" in log[1]["rejected"]["bank-c"][0]
+    # round 3: not connected at all, listed once with the reason
+    assert log[2]["rejected"] == {"bank-c": [NOT_CONNECTED]}
+
+
+def test_a_site_that_never_connects_is_listed_in_every_round(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    from coordinator.driver import NOT_CONNECTED
+
+    grid = inprocess_grid(scripted_client({}), {s: {"site-id": s} for s in ("bank-a", "bank-b")})
+    out = tmp_path / "out"
+    driver = RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=0)
+    assert driver.run()["status"] == "completed"
+    log = rounds_log(out)
+    assert [r["rejected"] for r in log] == [{"bank-c": [NOT_CONNECTED]}] * 3
+    assert NOT_CONNECTED == "not connected: no telemetry this round"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,9 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator.audit import AUDIT_FILE, AuditLog
 from coordinator.driver import RoundDriver, RoundObserver
+from fedcore import records as R
 from fedcore.config import Scenario, load_scenario
 from scheduling.registry import build_selector
 
@@ -52,6 +56,61 @@ def run_config_value(context: Context, key: str, default: Any = None) -> Any:
     return default if value in ("", None) else value
 
 
+def _file_sha256(path: Path) -> str | None:
+    """SHA-256 (hex) of a file's bytes, or ``None`` when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _resumed_run(out: Path, fingerprint: str) -> tuple[int, str] | None:
+    """(last completed round, run key) of this scenario's checkpoint in ``out``, if any."""
+    try:
+        cp = json.loads((out / "state" / "checkpoint.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cp, dict) or cp.get("fingerprint") != fingerprint:
+        return None
+    extra = cp.get("extra")
+    key = extra.get("run_key", "") if isinstance(extra, dict) else ""
+    round_ = cp.get("round")
+    return (round_, str(key)) if isinstance(round_, int) and round_ > 0 else None
+
+
+def run_started_fields(
+    scenario: Scenario, scenario_path: Path, out: Path, driver: RoundDriver
+) -> dict[str, Any]:
+    """What the audit log's ``run_started`` entry records about a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fedcore
+
+    try:
+        flwr_version = version("flwr")
+    except PackageNotFoundError:  # pragma: no cover - flwr is a dependency
+        flwr_version = "unknown"
+    fp = scenario.fingerprint()
+    resumed = _resumed_run(out, fp)
+    fields: dict[str, Any] = {
+        "scenario": scenario.name,
+        "fingerprint": fp,
+        "scenario_path": str(scenario_path.resolve()),
+        "scenario_sha256": _file_sha256(scenario_path),
+        "run_key": resumed[1] if resumed and resumed[1] else driver.run_key,
+        "privacy_mode": scenario.privacy.mode,
+        "dp": scenario.privacy.dp is not None,
+        "authenticated": driver.verifier.enabled,
+        "members": sorted(s.id for s in scenario.sites),
+        "rounds": driver.rounds,
+        "fedcore_version": fedcore.__version__,
+        "flwr_version": flwr_version,
+    }
+    if resumed:
+        fields["resumed_after_round"] = resumed[0]
+    return fields
+
+
 def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
     """Build the coordinator ServerApp.
 
@@ -60,8 +119,15 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
     ``wait-sites`` (seconds to wait for sites to connect) and ``kit`` (the coordinator
     kit directory: registered node keys and the public CKKS context; empty: none).
 
+    Every run appends to the run directory's hash-chained audit log ``OUT/audit.jsonl``
+    (:mod:`coordinator.audit`): ``run_started`` (scenario, its fingerprint and SHA-256, run key,
+    privacy mode, versions), ``sites_joined`` and ``round_completed`` per round (sites accepted,
+    sites rejected and why, privacy spent), and ``run_finished`` (status, also when it fails).
+    A broken audit log stops the run before it starts.
+
     Args:
-        observer: Called with each finished round's record (progress display).
+        observer: Called with each finished round's record (progress display), after the
+            audit log has recorded it.
     """
     app = ServerApp()
 
@@ -75,18 +141,48 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
         rounds = int(run_config_value(context, "rounds", 0)) or None
         wait = float(run_config_value(context, "wait-sites", 120.0))
         keys, ckks_context = load_coordinator_kit(run_config_value(context, "kit"))
-        driver = RoundDriver(
-            grid,
-            scenario,
-            build_selector(scenario),
-            out,
-            initial_arrays(scenario),
-            rounds=rounds,
-            observer=observer,
-            wait_for_sites=wait,
-            registered_keys=keys,
-            ckks_context=ckks_context,
-        )
-        driver.run()
+        audit = AuditLog(out / AUDIT_FILE)
+
+        def observe(record: R.RoundRecord) -> None:
+            audit.record_round(record)
+            if observer is not None:
+                observer(record)
+
+        with audit:
+            driver = RoundDriver(
+                grid,
+                scenario,
+                build_selector(scenario),
+                out,
+                initial_arrays(scenario),
+                rounds=rounds,
+                observer=observe,
+                wait_for_sites=wait,
+                registered_keys=keys,
+                ckks_context=ckks_context,
+            )
+            audit.append(
+                "run_started", **run_started_fields(scenario, Path(str(scenario_path)), out, driver)
+            )
+            try:
+                result = driver.run()
+            except BaseException as exc:
+                audit.append(
+                    "run_finished",
+                    status="failed" if isinstance(exc, Exception) else "interrupted",
+                    error=str(exc) or type(exc).__name__,
+                    rounds_completed=len(driver.history),
+                    run_key=driver.run_key,
+                    privacy=driver.privacy_summary(),
+                )
+                raise
+            audit.append(
+                "run_finished",
+                status=result.get("status", "completed"),
+                error=result.get("error"),
+                rounds_completed=len(driver.history),
+                run_key=driver.run_key,
+                privacy=driver.privacy_summary(),
+            )
 
     return app

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from coordinator.state import StateError
 from fedcore.records import RoundRecord
 from fedcore.storage import json_default
 
@@ -48,8 +49,12 @@ GENESIS_PREV = "0" * 64
 _RESERVED = ("seq", "time", "event", "prev")
 
 
-class AuditError(RuntimeError):
-    """The audit log cannot be continued: its chain is broken, or it cannot be read."""
+class AuditError(StateError):
+    """The audit log cannot be continued: its chain is broken, or it cannot be read.
+
+    A :class:`~coordinator.state.StateError`: the run directory holds something the run must
+    not overwrite, so ``fedcore run`` reports it as such (exit 2) and touches nothing.
+    """
 
 
 @dataclass(frozen=True)

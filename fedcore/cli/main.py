@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from fedcore import __version__
+from fedcore.cli.audit_cmd import app as audit_app
 from fedcore.cli.provision_cmd import provision
 from fedcore.cli.run_cmd import run
 from fedcore.cli.validate_cmd import validate
@@ -41,6 +42,7 @@ def _main(
 app.command("run")(run)
 app.command("validate")(validate)
 app.command("provision")(provision)
+app.add_typer(audit_app, name="audit")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,8 @@ Three layers, each owning the processes it starts:
 * :func:`serve_coordinator` (``fed-coordinator start``, :mod:`.coordinator`) runs
   ``flower-superlink`` with TLS and SuperNode authentication, registers every member's node
   public key, waits for the sites, submits the run with ``flwr run`` and watches it.
+  With ``metrics_listen`` it also serves ``/healthz``, ``/readyz`` and ``/metrics``
+  (Prometheus) for the operator (:mod:`.health`, :mod:`.metrics`).
 * :func:`serve_site` (``fed-client start``, :mod:`.site`) runs ``flower-supernode`` for one
   site; it trusts only the consortium CA and signs its requests with the site's node key.
 
@@ -49,7 +51,9 @@ from fedcore.engines.deployment.flower_cli import (
     config_args,
     flower_env,
 )
+from fedcore.engines.deployment.health import HealthServer
 from fedcore.engines.deployment.launcher import run_deployment
+from fedcore.engines.deployment.metrics import CoordinatorMetrics
 from fedcore.engines.deployment.network import (
     check_transport,
     format_address,
@@ -72,6 +76,7 @@ __all__ = [
     "READY_MARK",
     "AddressInUseError",
     "ControlApi",
+    "CoordinatorMetrics",
     "CoordinatorOptions",
     "CoordinatorSecurity",
     "DeploymentConfigError",
@@ -80,6 +85,7 @@ __all__ = [
     "DeploymentSecurity",
     "Event",
     "EventLevel",
+    "HealthServer",
     "ManagedProcess",
     "OnEvent",
     "RoundsTail",

@@ -103,6 +103,15 @@ def start(
             "starts if at least scheduler.min_sites are connected, else fails.",
         ),
     ] = 600.0,
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            "--metrics-listen",
+            help="HOST:PORT of the operator endpoint: /healthz, /readyz (200 once the run is "
+            "submitted) and /metrics (Prometheus). Loopback by default; another host is "
+            "allowed, but the endpoint has no TLS and no authentication. 'off' serves none.",
+        ),
+    ] = "127.0.0.1:9093",
 ) -> None:
     """Start the SuperLink, wait for the sites, run the scenario, and report.
 
@@ -115,6 +124,15 @@ def start(
     except DeploymentError as exc:
         console.print(f"[red]error:[/] --listen: {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    metrics_address: tuple[str, int] | None = None
+    if metrics_listen.strip().lower() not in ("", "off"):
+        try:
+            metrics_address = parse_address(metrics_listen)
+        except DeploymentError as exc:
+            console.print(
+                f"[red]error:[/] --metrics-listen: {escape(str(exc))} (or 'off')", highlight=False
+            )
+            raise typer.Exit(EXIT_USAGE) from None
     try:
         if load_scenario(scenario, check_files=False).privacy.mode == "plaintext":
             console.print(f"[bold yellow]warning:[/] {PLAINTEXT_WARNING}", highlight=False)
@@ -151,6 +169,7 @@ def start(
         rounds=rounds,
         exit_when_done=exit_when_done,
         site_timeout=site_timeout,
+        metrics_listen=metrics_address,
     )
     try:
         serve_coordinator(

@@ -3,6 +3,8 @@
 Progress goes to ``on_event`` (lines of text) and ``on_round`` (each round record the
 ServerApp appends to ``OUT/rounds.jsonl``); failures raise the typed errors of
 :mod:`fedcore.engines.deployment.errors`. The command line styles the lines and picks exit codes.
+The operator's endpoint (:mod:`.health`: ``/healthz``, ``/readyz``, ``/metrics``) reports the
+service's phase and the round records' figures (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ from fedcore.engines.deployment.flower_cli import (
     flower_env,
     write_connection_config,
 )
+from fedcore.engines.deployment.health import HealthServer
+from fedcore.engines.deployment.metrics import CoordinatorMetrics
 from fedcore.engines.deployment.network import (
     check_transport,
     format_address,
+    is_wildcard_host,
     local_host,
     port_is_free,
 )
@@ -85,6 +90,10 @@ class CoordinatorOptions:
         site_timeout: Seconds to wait for every site to connect before starting the
             run with at least ``scheduler.min_sites`` sites.
         startup_timeout: Seconds the SuperLink gets to answer its health check.
+        metrics_listen: ``(host, port)`` of the operator endpoint (``/healthz``, ``/readyz``,
+            ``/metrics`` in Prometheus format, :mod:`.health`); ``None`` serves none.
+            ``fed-coordinator start`` passes ``127.0.0.1:9093`` unless told otherwise; any
+            host is accepted, and the endpoint has neither TLS nor authentication.
     """
 
     scenario_path: Path
@@ -100,6 +109,7 @@ class CoordinatorOptions:
     exit_when_done: bool = False
     site_timeout: float = 600.0
     startup_timeout: float = 120.0
+    metrics_listen: tuple[str, int] | None = None
 
 
 #: The line ``fed-coordinator`` prints once its SuperLink serves and every node key is
@@ -164,6 +174,7 @@ def _wait_for_sites(
     timeout: float,
     emit: OnEvent,
     insecure: bool,
+    on_online: Callable[[int], None] = lambda _: None,
 ) -> int:
     expected = len(scenario.sites)
     site_ids = {site.id for site in scenario.sites}
@@ -186,6 +197,7 @@ def _wait_for_sites(
         if online != shown:
             names = f" ({', '.join(online)})" if online else ""
             emit(Event(f"  sites connected: {len(online)}/{expected}{names}"))
+            on_online(len(online))
             shown = online
         if len(online) >= expected:
             return len(online)
@@ -278,6 +290,7 @@ def _check_options(opts: CoordinatorOptions) -> tuple[Scenario, dict[str, bytes]
         raise DeploymentConfigError(
             NO_KIT_MESSAGE.format(cmd="fed-coordinator", kit="KITS/coordinator")
         )
+    _check_metrics_address(opts)
     if security is None:
         return scenario, {}, []
     warnings = security.check(opts.host)
@@ -291,6 +304,20 @@ def _check_options(opts: CoordinatorOptions) -> tuple[Scenario, dict[str, bytes]
             "provision again, or run a scenario with the kit's sites"
         )
     return scenario, node_keys, warnings
+
+
+def _check_metrics_address(opts: CoordinatorOptions) -> None:
+    if opts.metrics_listen is None:
+        return
+    host, port = opts.metrics_listen
+    same_host = host == opts.host or is_wildcard_host(host) or is_wildcard_host(opts.host)
+    if port == opts.port and same_host:
+        raise DeploymentConfigError(
+            f"the metrics endpoint ({format_address(host, port)}) and the SuperLink "
+            f"({format_address(opts.host, opts.port)}) cannot share a port; choose another "
+            "with --metrics-listen HOST:PORT (default 127.0.0.1:9093) or turn it off with "
+            "--metrics-listen off"
+        )
 
 
 def _superlink_argv(opts: CoordinatorOptions) -> list[str]:
@@ -331,6 +358,8 @@ def serve_coordinator(
         opts: What to run; see :class:`CoordinatorOptions`.
         on_event: Receives each line of progress (start-up, sites, submission, outcome).
         on_round: Receives each round record as the ServerApp appends it to ``rounds.jsonl``.
+            The same records feed the ``/metrics`` endpoint (``opts.metrics_listen``), which
+            serves from before the SuperLink starts until every process was stopped.
 
     Returns:
         Only with ``exit_when_done``, once the run completed. Without it the service keeps
@@ -339,14 +368,19 @@ def serve_coordinator(
 
     Raises:
         DeploymentConfigError: bad options, scenario or kit; nothing was started.
-        AddressInUseError: the address to listen on is taken.
+        AddressInUseError: the address to listen on (SuperLink or metrics endpoint) is taken.
         RunFailedError: the run failed (with ``exit_when_done``).
         ServerExitedError: the SuperLink exited while serving after the run.
         DeploymentInterrupted: Ctrl-C or SIGTERM, after every process was stopped.
         DeploymentError: a process could not start or died, or the SuperLink refused a key.
     """
     emit = on_event or _ignore
-    round_done = on_round or _ignore
+    metrics = CoordinatorMetrics()
+
+    def round_done(record: dict[str, Any]) -> None:
+        metrics.observe(record)
+        (on_round or _ignore)(record)
+
     security = opts.security
     scenario, node_keys, warnings = _check_options(opts)
     for warning in warnings:
@@ -359,6 +393,14 @@ def serve_coordinator(
             f"{address} is already in use (another fed-coordinator?); "
             "choose another port with --listen HOST:PORT"
         )
+    health: HealthServer | None = None
+    if opts.metrics_listen is not None:
+        health = HealthServer(metrics, *opts.metrics_listen)
+        if not port_is_free(health.host, health.port):
+            raise AddressInUseError(
+                f"{health.address} (metrics endpoint) is already in use; choose another with "
+                "--metrics-listen HOST:PORT, or turn it off with --metrics-listen off"
+            )
 
     for path in (opts.state_dir, opts.out_dir, opts.log_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -386,6 +428,8 @@ def serve_coordinator(
     emit(Event(f"  results  {opts.out_dir}"))
     emit(Event(f"  logs     {superlink_log}"))
     emit(Event(f"  inspect  FLWR_HOME={shlex.quote(str(flwr_home))} flwr ls {CONNECTION_NAME}"))
+    if health is not None:
+        emit(Event(f"  metrics  http://{health.address}/metrics (and /healthz, /readyz)"))
 
     argv = _superlink_argv(opts)
     procs: list[ManagedProcess] = []
@@ -394,6 +438,8 @@ def serve_coordinator(
     finished = False
     with sigterm_as_interrupt():
         try:
+            if health is not None:
+                health.start()
             t0 = time.monotonic()
             superlink = ManagedProcess.start(
                 "SuperLink", argv, log_path=superlink_log, env=env, registry=procs
@@ -421,9 +467,18 @@ def serve_coordinator(
                         )
                     )
             emit(Event(f"{READY_MARK} {address} in {took:.1f} s", "ok"))
+            metrics.set_phase("waiting_sites")
             online = _wait_for_sites(
-                control, superlink, scenario, address, opts.site_timeout, emit, opts.insecure
+                control,
+                superlink,
+                scenario,
+                address,
+                opts.site_timeout,
+                emit,
+                opts.insecure,
+                on_online=metrics.set_connected,
             )
+            metrics.set_phase("submitting")
             emit(Event(f"{online} site(s) connected after {time.monotonic() - t0:.1f} s", "ok"))
 
             removed = remove_stale_results(opts.out_dir)
@@ -434,12 +489,14 @@ def serve_coordinator(
             wait_sites = 30.0 if online >= len(scenario.sites) else 0.0
             run_id, fab_hash = _submit_run(opts, app_dir, env, wait_sites)
             emit(Event(f"run {run_id} submitted (app bundle {fab_hash})", "ok"))
+            metrics.set_phase("running")
 
             status, sub_status, details = _watch_run(
                 control, run_id, superlink, opts.out_dir, round_done
             )
             finished = True
             failure = _report(status, sub_status, details, opts, superlink, emit)
+            metrics.set_phase("completed" if failure is None else "failed")
             if opts.exit_when_done:
                 if failure is not None:
                     raise RunFailedError(failure)
@@ -463,7 +520,12 @@ def serve_coordinator(
                         control.stop_run(run_id)
                 if control is not None:
                     control.close()
-                stop_processes(procs)
+                try:
+                    stop_processes(procs)
+                finally:
+                    metrics.set_down()
+                    if health is not None:
+                        health.stop()
                 logger.info("coordinator processes stopped")
 
 

@@ -118,7 +118,7 @@ def run_deployment(
     Launches the production commands as subprocesses, exactly as operators would:
     ``fed-coordinator start --scenario FILE --state OUT/deployment/coordinator
     --listen 127.0.0.1:PORT --kit KITS/coordinator --exit-when-done --out OUT
-    --log-dir OUT/logs`` and, once it reports its SuperLink ready (node keys
+    --log-dir OUT/logs --metrics-listen off`` and, once it reports its SuperLink ready (node keys
     registered), one ``fed-client start --site SITE.yaml --coordinator
     127.0.0.1:PORT --kit KITS/SITE`` per site. Their output goes to ``OUT/logs/``; each
     site keeps its state (Flower home, model copy, exports) in its site config's
@@ -221,6 +221,9 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
         str(launch.out_dir),
         "--log-dir",
         str(log_dir),
+        # no operator endpoint: a fixed default port would clash between concurrent runs
+        "--metrics-listen",
+        "off",
         "--site-timeout",
         str(max(30.0, min(120.0, launch.timeout / 4))),
     ]

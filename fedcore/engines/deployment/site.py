@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,10 +89,56 @@ _TLS_PROTOCOL = re.compile(
 )
 
 
+#: What Flower 1.42's SuperNode logs (at WARNING) for every failed connection attempt, whatever
+#: the cause; the cause itself is logged at DEBUG only.
+_CONNECT_FAILED = "Connection attempt failed"
+
+#: Seconds between two TLS probes of the coordinator while an ``--insecure`` SuperNode fails.
+TLS_PROBE_INTERVAL = 5.0
+
+
+def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether the server at ``host:port`` completes a TLS handshake (certificate not checked).
+
+    A SuperNode started with ``--insecure`` against a TLS coordinator only logs "Connection
+    attempt failed", as it does when nothing listens there; this probe tells the two apart.
+    It sends no credentials and trusts nothing it receives: it only learns which protocol
+    the server speaks.
+    """
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])  # gRPC servers offer HTTP/2 only
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError: no TLS, or nothing there
+        return False
+
+
 def _supernode_failure(
-    log_text: str, site_id: str, coordinator: str, security: SiteSecurity | None
+    log_text: str,
+    site_id: str,
+    coordinator: str,
+    security: SiteSecurity | None,
+    *,
+    tls_server: bool = False,
 ) -> tuple[str, bool] | None:
-    """Explain why a SuperNode could not connect; ``(message, retry)`` or ``None`` if unknown."""
+    """Explain why a SuperNode could not connect; ``(message, retry)`` or ``None`` if unknown.
+
+    ``tls_server`` says that a probe found the coordinator speaking TLS (see :func:`speaks_tls`).
+    """
+    if security is None and (tls_server or _TLS_PROTOCOL.search(log_text)):
+        return (
+            f"the coordinator at {coordinator} speaks TLS, but this site was started with "
+            "--insecure (no TLS), so it can never connect. Fix: start it with --kit "
+            f"KITS/{site_id} (this site's kit from the consortium's `fedcore provision`) "
+            "instead of --insecure",
+            False,
+        )
     if _REFUSED.search(log_text):
         if security is None:
             return (
@@ -126,12 +174,6 @@ def _supernode_failure(
             False,
         )
     if _TLS_PROTOCOL.search(log_text):
-        if security is None:
-            return (
-                f"the coordinator {coordinator} speaks TLS but this site connects without it "
-                "(--insecure): pass --kit KITS/SITE-ID instead",
-                False,
-            )
         return (
             f"the coordinator {coordinator} does not speak TLS (was it started with "
             "--insecure?); a site with a kit only connects with TLS",
@@ -234,14 +276,20 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
                 supernode, log_offset = _start_supernode(
                     site.id, coordinator, auth_args, node_config, log_file, env, opts, procs, emit
                 )
-                code, log_text, connected = _watch_supernode(
-                    supernode, log_offset, coordinator, emit
+                code, log_text, connected, tls_server = _watch_supernode(
+                    supernode,
+                    log_offset,
+                    coordinator,
+                    emit,
+                    probe=(opts.host, opts.port) if security is None else None,
                 )
                 stop_processes(procs)
                 procs.clear()
                 if connected:  # it was in once: a later refusal gets a fresh retry window
                     first_refusal = None
-                failure = _supernode_failure(log_text, site.id, coordinator, security)
+                failure = _supernode_failure(
+                    log_text, site.id, coordinator, security, tls_server=tls_server
+                )
                 if failure is None:
                     raise DeploymentError(
                         with_tail(f"the SuperNode exited with code {code}", log_file)
@@ -333,20 +381,45 @@ CONNECT_HINT_AFTER = 30.0
 
 
 def _watch_supernode(
-    supernode: ManagedProcess, log_offset: int, coordinator: str, emit: OnEvent
-) -> tuple[int, str, bool]:
-    """Follow a SuperNode until it exits; return its exit code, its log, whether it connected."""
+    supernode: ManagedProcess,
+    log_offset: int,
+    coordinator: str,
+    emit: OnEvent,
+    *,
+    probe: tuple[str, int] | None = None,
+) -> tuple[int | None, str, bool, bool]:
+    """Follow a SuperNode until it exits, or until it is clear that it can never connect.
+
+    Args:
+        probe: ``(host, port)`` of the coordinator, for a SuperNode without TLS: while its
+            connection attempts fail, the coordinator is probed for TLS every
+            :data:`TLS_PROBE_INTERVAL` seconds; a TLS server ends the watch at once.
+
+    Returns:
+        The exit code (``None``: still running, the caller stops it), its log, whether it
+        connected, whether the probe found the coordinator speaking TLS.
+    """
     connected = False
     hinted = False
+    probed_at: float | None = None
     while True:
         code = supernode.poll()
         if code is not None:
-            return code, read_from(supernode.log_path, log_offset), connected
+            return code, read_from(supernode.log_path, log_offset), connected, False
         if not connected:
-            match = re.search(r"SuperNode ID: (\d+)", read_from(supernode.log_path, log_offset))
+            text = read_from(supernode.log_path, log_offset)
+            match = re.search(r"SuperNode ID: (\d+)", text)
             if match:
                 connected = True
                 emit(Event(f"connected to {coordinator} as node {match.group(1)}", "ok"))
+            elif (
+                probe is not None
+                and _CONNECT_FAILED in text
+                and (probed_at is None or time.monotonic() - probed_at >= TLS_PROBE_INTERVAL)
+            ):
+                probed_at = time.monotonic()
+                if speaks_tls(*probe):
+                    return None, text, False, True
             elif not hinted and time.monotonic() - supernode.started_at > CONNECT_HINT_AFTER:
                 hinted = True
                 emit(

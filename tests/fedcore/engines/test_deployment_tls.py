@@ -6,8 +6,12 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from fedcore.engines.deployment import (
     config_args,
     free_port,
 )
+from fedcore.engines.deployment.site import _supernode_failure, speaks_tls
 from fedcore.pki import node_key_fingerprint
 from secure.provision import node_key_pair
 from tests.fedcore.engines.test_deployment import (
@@ -211,6 +216,64 @@ def test_wrong_sites_kit_is_refused_with_exit_2(
     assert watch.flower_seen() == set()
 
 
+def _serve_once(server: socket.socket, tls: ssl.SSLContext | None) -> threading.Thread:
+    """Accept one connection: complete a TLS handshake, or answer plain bytes (HTTP/2-like)."""
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                if tls is not None:
+                    with tls.wrap_socket(conn, server_side=True) as wrapped:
+                        wrapped.recv(1)
+                else:
+                    conn.recv(1024)
+                    conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_tls_probe_tells_a_tls_coordinator_from_a_plain_one(kits: Path) -> None:
+    sec = coordinator_security(kits)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sec.server_cert, sec.server_key)
+    tls.set_alpn_protocols(["h2"])
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tls_server,
+        socket.create_server(("127.0.0.1", 0)) as plain_server,
+    ):
+        threads = [_serve_once(tls_server, tls), _serve_once(plain_server, None)]
+        assert speaks_tls("127.0.0.1", tls_server.getsockname()[1])
+        assert not speaks_tls("127.0.0.1", plain_server.getsockname()[1])
+        for thread in threads:
+            thread.join(timeout=10)
+    assert not speaks_tls("127.0.0.1", free_port())  # nothing listens there
+
+
+def test_insecure_site_told_the_coordinator_speaks_tls() -> None:
+    found = _supernode_failure(
+        "WARNING :   Connection attempt failed, retrying in 0.13 seconds\n",
+        "bank-a",
+        "127.0.0.1:9092",
+        None,
+        tls_server=True,
+    )
+    assert found is not None
+    message, retry = found
+    assert not retry
+    assert message.startswith("the coordinator at 127.0.0.1:9092 speaks TLS, but this site")
+    assert (
+        "started with --insecure" in message and "Fix: start it with --kit KITS/bank-a" in message
+    )
+    # without the probe's finding, a failed attempt alone says nothing (nothing may listen yet)
+    assert _supernode_failure("Connection attempt failed", "bank-a", "h:1", None) is None
+
+
 # --------------------------------------------------------------------------- real TLS
 
 
@@ -381,5 +444,40 @@ def test_registered_site_joins_and_strangers_are_refused(
     assert coordinator_proc.poll() is None
 
     assert _stop(site) == 130, _text(site_log)
+    assert _stop(coordinator_proc) == 130, _text(tmp_path / "coordinator.log")
+    assert watch.survivors() == []
+
+
+@pytest.mark.slow
+def test_insecure_site_against_a_tls_coordinator_fails_at_once(
+    tmp_path: Path,
+    watch: ProcessWatch,
+    coordinator: tuple[str, Path, dict[str, Path], subprocess.Popen[bytes]],
+) -> None:
+    address, state, sites, coordinator_proc = coordinator
+    started = time.monotonic()
+    done = _cli(
+        "fedcore.cli.client_cmd",
+        "start",
+        "--site",
+        str(sites["bank-a"]),
+        "--insecure",
+        "--coordinator",
+        address,
+        "--state",
+        str(tmp_path / "plain-state"),
+        cwd=tmp_path,
+    )
+    took = time.monotonic() - started
+    supernode_log = _text(tmp_path / "plain-state" / "logs" / "supernode.log")
+    assert done.returncode == 1, done.stdout + done.stderr + supernode_log
+    # expected / found / fix, on one line the user reads
+    assert f"the coordinator at {address} speaks TLS" in done.stdout, done.stdout
+    assert "started with --insecure" in done.stdout and "--kit KITS/bank-a" in done.stdout
+    assert "Traceback" not in done.stderr and "trying again" not in done.stdout
+    assert took < 90, f"took {took:.0f} s to give up"
+    # it never became a node of the federation, and the coordinator is unharmed
+    assert _online(state / "flwr-home") == []
+    assert coordinator_proc.poll() is None
     assert _stop(coordinator_proc) == 130, _text(tmp_path / "coordinator.log")
     assert watch.survivors() == []

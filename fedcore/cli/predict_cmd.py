@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_INPUT = 2
 EXIT_FAILED = 1
@@ -46,20 +47,20 @@ def predict(
 
     err = Console(stderr=True)
     if not input_csv.is_file():
-        err.print(f"[bold red]no such input file[/] {input_csv}", highlight=False)
+        err.print(f"[bold red]no such input file[/] {escape(str(input_csv))}", highlight=False)
         raise typer.Exit(EXIT_INPUT)
     try:
         scores = score_csv(model, input_csv)
     except (InputError, DataError, FileNotFoundError) as exc:
-        err.print(f"[bold red]cannot score[/] {exc}", highlight=False)
+        err.print(f"[bold red]cannot score[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_INPUT) from None
     except (ExportError, ValueError) as exc:  # a damaged or changed model, a bad manifest
-        err.print(f"[bold red]model unusable[/] {exc}", highlight=False)
+        err.print(f"[bold red]model unusable[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     dest = out or input_csv.with_suffix(".scores.csv")
     write_scores(scores, dest, threshold)
     flagged = int((scores.score >= threshold).sum())
-    Console().print(
+    Console(markup=False).print(
         f"scored {len(scores.tx_id)} transactions with {scores.model_path.name} "
         f"({scores.manifest.path_taken}); {flagged} flagged at {threshold:g}; wrote {dest}",
         highlight=False,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -57,7 +58,7 @@ def _written_table(report: ProvisionReport) -> Table:
         else:
             where = f"site {k.site_id}"
         holds = _HOLDS[k.role].format(n=n_sites)
-        t.add_row(f"{k.path}/", k.role, where, holds, _date(k.not_after))
+        t.add_row(escape(f"{k.path}/"), k.role, escape(where), holds, _date(k.not_after))
     return t
 
 
@@ -85,7 +86,7 @@ def _print_check(console: Console, result: KitCheck) -> None:
     )
     for c in result.checks:
         mark = "[green]✓[/]" if c.ok else "[bold red]✗[/]"
-        console.print(f"  {mark} {c.name}: {c.detail}", highlight=False)
+        console.print(f"  {mark} {escape(c.name)}: {escape(c.detail)}", highlight=False)
     console.print("  holds:", highlight=False)
     for k in result.keys:
         console.print(f"    {k}", highlight=False)
@@ -113,7 +114,7 @@ def _check(path: Path, err: Console) -> None:
         try:
             results.append(check_kit(kit_dir))
         except KitError as exc:
-            err.print(f"[bold red]not a usable kit:[/] {exc}", highlight=False)
+            err.print(f"[bold red]not a usable kit:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_CONFIG) from None
     for i, result in enumerate(results):
         if i:
@@ -199,15 +200,15 @@ def provision(
             spec = _with_hosts(spec, host)
         except ValidationError as exc:
             reason = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-            err.print(f"[bold red]--host[/]: {reason}", highlight=False)
+            err.print(f"[bold red]--host[/]: {escape(str(reason))}", highlight=False)
             raise typer.Exit(EXIT_CONFIG) from None
     try:
         report = provision_kits(spec, out, force=force)
     except ProvisionError as exc:
-        err.print(f"[bold red]not provisioned:[/] {exc}", highlight=False)
+        err.print(f"[bold red]not provisioned:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     except OSError as exc:
-        err.print(f"[bold red]cannot write the kits:[/] {exc}", highlight=False)
+        err.print(f"[bold red]cannot write the kits:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
     console = Console()

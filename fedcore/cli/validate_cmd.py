@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedcore.cli.common import load_checked_scenario
 from fedcore.config import ConfigError
@@ -24,10 +25,13 @@ def validate(
     try:
         s = load_checked_scenario(scenario)
     except ConfigError as exc:
-        console.print(f"[bold red]invalid scenario[/] {exc.path}\n{exc.message}", highlight=False)
+        console.print(
+            f"[bold red]invalid scenario[/] {escape(str(exc.path))}\n{escape(exc.message)}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_CONFIG) from None
     Console().print(
-        f"[green]ok[/] {scenario}: scenario {s.name!r}, {len(s.sites)} sites "
+        f"[green]ok[/] {escape(str(scenario))}: scenario {escape(repr(s.name))}, {len(s.sites)} sites "
         f"({', '.join(x.id for x in s.sites)}), {s.rounds} rounds, privacy {s.privacy.mode}, "
         f"engine {s.engine.name}",
         highlight=False,

@@ -147,6 +147,19 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr + res.stdout
 
 
+def test_validate_prints_paths_and_messages_verbatim(tmp_path: Path) -> None:
+    """A file name that looks like rich markup is printed as written, not parsed."""
+    bad = write(tmp_path, GOOD + "colour: blue\n", "bad[bold].yaml")
+    res = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli.main", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "bad[bold].yaml" in res.stderr.replace("\n", "")
+    assert "MarkupError" not in res.stderr and "Traceback" not in res.stderr
+
+
 HOSPITALS = textwrap.dedent(
     """
     name: scans

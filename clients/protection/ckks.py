@@ -45,6 +45,8 @@ def bring_up_to_date(
 
     The base model (round 0) comes in clear in the instruction when the site holds none.
     Aggregates the site already applied are skipped, so a repeated message is harmless.
+    Each aggregate is applied to the model in its own dtypes, round by round, so a site that
+    missed rounds ends with the bit-identical model of the sites that did not.
     """
     held = store.load()
     aggregates = R.CkksAggregates.from_content(content)
@@ -58,7 +60,6 @@ def bring_up_to_date(
     else:
         current, arrays = held
     changed = held is None
-    vec = flatten(arrays)
     for agg in aggregates.rounds:
         if agg.round <= current:
             continue
@@ -67,16 +68,18 @@ def bring_up_to_date(
                 f"missing encrypted aggregate: the site holds round {current}, next sent is "
                 f"{agg.round}"
             )
+        vec = flatten(arrays)
         if aggregates.length != vec.size:
             raise ValueError(
                 f"aggregate of round {agg.round} has {aggregates.length} values; the model has "
                 f"{vec.size}"
             )
         total = codec.decrypt(agg.chunks, aggregates.length, agg.count)
-        vec = vec + total / agg.weight
+        # back to the model's dtypes after every round, as a site that took part in each
+        # round did: a site catching up holds the bit-identical model
+        arrays = unflatten(vec + total / agg.weight, arrays)
         current = agg.round
         changed = True
-    arrays = unflatten(vec, arrays)
     if changed:
         store.save(current, arrays)
     return current, arrays

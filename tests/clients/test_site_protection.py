@@ -69,3 +69,43 @@ def test_flatten_round_trip_and_length_check(tmp_path: Path) -> None:
     assert all(np.array_equal(back[k], BASE[k]) and back[k].dtype == BASE[k].dtype for k in BASE)
     with pytest.raises(ValueError, match="vector has 10 values; the model has 9"):
         unflatten(np.zeros(10), BASE)
+
+
+class _ClearCodec:
+    """Stands in for the CKKS codec: a chunk holds the float64 sum in clear."""
+
+    def decrypt(self, chunks: list[bytes], length: int, count: int) -> np.ndarray:
+        return np.frombuffer(chunks[0], dtype=np.float64).copy()
+
+
+def test_a_site_catching_up_gets_the_same_model_as_one_that_kept_up(tmp_path: Path) -> None:
+    """Two aggregates applied in one pass give the bit-identical model of applying them one by one.
+
+    The model is float32; applying each round's mean to the float32 model of the round
+    before (as every site that took part did) differs from summing both means in float64
+    first by up to a float32 ulp, which made the coordinator see different models.
+    """
+    from clients.model_store import GlobalModelStore
+    from clients.protection.ckks import bring_up_to_date
+
+    rng = np.random.default_rng(3)
+    base = {"w": rng.normal(size=(40, 30)).astype(np.float32), "b": np.zeros(30, np.float32)}
+    n = sum(v.size for v in base.values())
+    aggs = [
+        R.CkksRound(r, [(rng.normal(size=n) * 1e-3).astype(np.float64).tobytes()], 3.0, 3)
+        for r in (1, 2)
+    ]
+    cfg = R.RoundConfig(2, 7, TaskSpec(), privacy=PrivacySpec(mode="ckks"))
+
+    def content(rounds: list[R.CkksRound], with_base: bool) -> RecordDict:
+        return R.ckks_instruction(cfg, R.CkksAggregates(n, rounds), base if with_base else None)
+
+    kept_up = GlobalModelStore(tmp_path / "a")
+    bring_up_to_date(kept_up, content(aggs[:1], True), _ClearCodec())
+    r_a, model_a = bring_up_to_date(kept_up, content(aggs[1:], False), _ClearCodec())
+    late = GlobalModelStore(tmp_path / "b")
+    r_b, model_b = bring_up_to_date(late, content(aggs, True), _ClearCodec())
+    assert r_a == r_b == 2
+    for k in base:
+        assert model_a[k].dtype == model_b[k].dtype == np.float32
+        assert np.array_equal(model_a[k], model_b[k]), np.abs(model_a[k] - model_b[k]).max()

@@ -16,6 +16,7 @@ from coordinator.audit import AUDIT_FILE, AuditLog
 from coordinator.driver import RoundDriver, RoundObserver
 from fedcore import records as R
 from fedcore.config import Scenario, load_scenario
+from fedcore.engines.polling import FastPollGrid
 from scheduling.registry import build_selector
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
 
         with audit:
             driver = RoundDriver(
-                grid,
+                FastPollGrid(grid),  # SecAgg+ stages: replies pulled every 0.1 s, not 3 s
                 scenario,
                 build_selector(scenario),
                 out,

@@ -103,7 +103,8 @@ def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[s
       ``flwr-clientapp``) by bare name.
 
     Flower's polling is fixed in 1.42: an idle SuperNode polls every 3 s and
-    ``Grid.send_and_receive`` every 3 s. ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``
+    ``Grid.send_and_receive`` every 3 s (fedcore's coordinator wraps its grid in
+    :class:`fedcore.engines.polling.FastPollGrid`, which pulls every 0.1 s). ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``
     (SuperExec, default 1 s) is left alone: 0.2 s measured no faster round here.
     """
     env = dict(os.environ if base is None else base)

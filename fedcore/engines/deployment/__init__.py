@@ -9,8 +9,9 @@ Three layers, each owning the processes it starts:
 * :func:`serve_coordinator` (``fed-coordinator start``, :mod:`.coordinator`) runs
   ``flower-superlink`` with TLS and SuperNode authentication, registers every member's node
   public key, waits for the sites, submits the run with ``flwr run`` and watches it.
-  With ``metrics_listen`` it also serves ``/healthz``, ``/readyz`` and ``/metrics``
-  (Prometheus) for the operator (:mod:`.health`, :mod:`.metrics`).
+  With ``metrics_listen`` it also serves ``/healthz``, ``/readyz``, ``/metrics``
+  (Prometheus) and a status page at ``/`` for the operator (:mod:`.health`, :mod:`.metrics`,
+  :mod:`.status`).
 * :func:`serve_site` (``fed-client start``, :mod:`.site`) runs ``flower-supernode`` for one
   site; it trusts only the consortium CA and signs its requests with the site's node key.
 
@@ -70,6 +71,7 @@ from fedcore.engines.deployment.security import (
     SiteSecurity,
 )
 from fedcore.engines.deployment.site import SiteOptions, serve_site
+from fedcore.engines.deployment.status import StatusBoard
 
 __all__ = [
     "APP_DIR",
@@ -93,6 +95,7 @@ __all__ = [
     "ServerExitedError",
     "SiteOptions",
     "SiteSecurity",
+    "StatusBoard",
     "check_transport",
     "config_args",
     "flower_env",

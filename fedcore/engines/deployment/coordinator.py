@@ -3,8 +3,9 @@
 Progress goes to ``on_event`` (lines of text) and ``on_round`` (each round record the
 ServerApp appends to ``OUT/rounds.jsonl``); failures raise the typed errors of
 :mod:`fedcore.engines.deployment.errors`. The command line styles the lines and picks exit codes.
-The operator's endpoint (:mod:`.health`: ``/healthz``, ``/readyz``, ``/metrics``) reports the
-service's phase and the round records' figures (:mod:`.metrics`).
+The operator's endpoint (:mod:`.health`: ``/healthz``, ``/readyz``, ``/metrics``, the status
+page at ``/``) reports the service's phase and the round records' figures (:mod:`.metrics`,
+:mod:`.status`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from fedcore.engines.deployment.progress import (
 )
 from fedcore.engines.deployment.security import NO_KIT_MESSAGE, CoordinatorSecurity
 from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_interrupt
+from fedcore.engines.deployment.status import StatusBoard
 from fedcore.pki import node_key_fingerprint
 
 __all__ = ["READY_MARK", "CoordinatorOptions", "serve_coordinator"]
@@ -358,7 +360,8 @@ def serve_coordinator(
         opts: What to run; see :class:`CoordinatorOptions`.
         on_event: Receives each line of progress (start-up, sites, submission, outcome).
         on_round: Receives each round record as the ServerApp appends it to ``rounds.jsonl``.
-            The same records feed the ``/metrics`` endpoint (``opts.metrics_listen``), which
+            The same records feed the ``/metrics`` endpoint and the status page
+            (``opts.metrics_listen``), which
             serves from before the SuperLink starts until every process was stopped.
 
     Returns:
@@ -376,13 +379,28 @@ def serve_coordinator(
     """
     emit = on_event or _ignore
     metrics = CoordinatorMetrics()
+    security = opts.security
+    scenario, node_keys, warnings = _check_options(opts)
+    rounds = opts.rounds or scenario.rounds
+    dp = scenario.privacy.dp
+    board = StatusBoard(
+        scenario.name,
+        [site.id for site in scenario.sites],
+        privacy_mode=scenario.privacy.mode,
+        dp=dp is not None,
+        delta=dp.delta if dp is not None else None,
+        planned_rounds=rounds,
+    )
 
     def round_done(record: dict[str, Any]) -> None:
         metrics.observe(record)
+        board.observe(record)
         (on_round or _ignore)(record)
 
-    security = opts.security
-    scenario, node_keys, warnings = _check_options(opts)
+    def sites_online(count: int) -> None:
+        metrics.set_connected(count)
+        board.set_connected(count)
+
     for warning in warnings:
         emit(Event(warning, "warning"))
 
@@ -395,7 +413,7 @@ def serve_coordinator(
         )
     health: HealthServer | None = None
     if opts.metrics_listen is not None:
-        health = HealthServer(metrics, *opts.metrics_listen)
+        health = HealthServer(metrics, *opts.metrics_listen, board=board)
         if not port_is_free(health.host, health.port):
             raise AddressInUseError(
                 f"{health.address} (metrics endpoint) is already in use; choose another with "
@@ -409,7 +427,6 @@ def serve_coordinator(
     write_connection_config(flwr_home, local, ca_cert)
     env = flower_env(flwr_home)
     superlink_log = opts.log_dir / "superlink.log"
-    rounds = opts.rounds or scenario.rounds
     emit(
         Event(
             f"fed-coordinator  scenario {scenario.name}: {len(scenario.sites)} sites, "
@@ -430,6 +447,7 @@ def serve_coordinator(
     emit(Event(f"  inspect  FLWR_HOME={shlex.quote(str(flwr_home))} flwr ls {CONNECTION_NAME}"))
     if health is not None:
         emit(Event(f"  metrics  http://{health.address}/metrics (and /healthz, /readyz)"))
+        emit(Event(f"  status   http://{health.address}/"))
 
     argv = _superlink_argv(opts)
     procs: list[ManagedProcess] = []
@@ -476,7 +494,7 @@ def serve_coordinator(
                 opts.site_timeout,
                 emit,
                 opts.insecure,
-                on_online=metrics.set_connected,
+                on_online=sites_online,
             )
             metrics.set_phase("submitting")
             emit(Event(f"{online} site(s) connected after {time.monotonic() - t0:.1f} s", "ok"))

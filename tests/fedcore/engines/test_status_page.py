@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fedcore.engines.deployment import free_port
 from fedcore.engines.deployment.health import HealthServer
 from fedcore.engines.deployment.metrics import CoordinatorMetrics
 from fedcore.engines.deployment.status import MAX_EXTRA_SITES, STATUS_PAGE, StatusBoard
+from tests.fedcore.engines.test_deployment import ProcessWatch, wait_for, write_scenario
 
 SITES = ["bank-a", "bank-b", "<b>x</b>", "bank-z"]
 
@@ -344,3 +346,57 @@ def test_status_page_renders_live_data_in_headless_chromium(tmp_path: Path) -> N
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     finally:
         server.stop()
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_real_fed_coordinator_status_page_in_headless_chromium(
+    tmp_path: Path, watch: ProcessWatch
+) -> None:
+    # a running fed-coordinator that waits for its sites: the page shows its scenario and sites
+    scenario, _ = write_scenario(tmp_path)
+    port = free_port("127.0.0.1")
+    argv = [
+        sys.executable,
+        "-m",
+        "fedcore.cli.coordinator_cmd",
+        "start",
+        "--scenario",
+        str(scenario),
+        "--insecure",
+        "--state",
+        str(tmp_path / "state"),
+        "--listen",
+        f"127.0.0.1:{free_port('127.0.0.1')}",
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    ]
+    log = (tmp_path / "coordinator.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    watch.roots.append(proc)
+
+    def phase() -> str:
+        try:
+            return str(json.loads(_get(port, "/status.json")[2])["phase"])
+        except (OSError, ValueError):
+            return ""
+
+    wait_for(
+        lambda: phase() == "waiting_sites" or proc.poll() is not None,
+        180,
+        "fed-coordinator waiting for the sites",
+    )
+    text = (tmp_path / "coordinator.log").read_text(errors="replace")
+    assert proc.poll() is None, text
+    assert f"status   http://127.0.0.1:{port}/" in text
+    dom = _chromium(tmp_path, f"http://127.0.0.1:{port}/", "--dump-dom").stdout
+    assert 'id="scenario">— tiny-deployment<' in dom, dom
+    assert 'class="badge phase-waiting_sites">waiting_sites<' in dom
+    assert 'id="rounds-count">0 / 1<' in dom
+    assert 'id="privacy-mode">plaintext<' in dom
+    for site in ("bank-a", "bank-b"):
+        assert f'<tr class="site"><td>{site}</td><td class="state state-not_seen">' in dom
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=240) == 130
+    assert watch.survivors() == []

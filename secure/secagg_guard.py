@@ -16,15 +16,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
     bytes_to_public_key,
     public_key_to_bytes,
 )
-from flwr.supercore.run import Run
 
+from fedcore.engines.polling import GridWrapper
 from fedcore.records import message_nbytes
 
 log = logging.getLogger(__name__)
@@ -430,7 +429,7 @@ def _stage_of(msgs: Sequence[Message]) -> str:
 
 
 @dataclass
-class GuardedGrid(Grid):
+class GuardedGrid(GridWrapper):
     """A ``Grid`` that checks every SecAgg+ reply before the workflow sees it.
 
     Flower's ``SecAggPlusWorkflow`` trusts what sites send: a missing key, a list
@@ -462,30 +461,6 @@ class GuardedGrid(Grid):
     num_shares: int
     threshold: int
     ledger: Ledger = field(default_factory=Ledger)
-
-    # plain delegation
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:  # noqa: D102
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self.inner.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:  # noqa: D102
-        return self.inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         raise SecAggError("the SecAgg+ bridge only relays send_and_receive (unchecked push)")

@@ -1,4 +1,4 @@
-"""A ``Grid`` wrapper whose ``send_and_receive`` pulls replies every fraction of a second.
+"""Grid wrappers: plain delegation to a wrapped ``Grid``, and one that pulls replies every fraction of a second.
 
 Flower 1.42's deployment grid sleeps 3 s between pulls in ``send_and_receive``; SecAgg+
 drives its four stages through that method, so each stage costs at least 3 s even when
@@ -22,25 +22,16 @@ DEFAULT_INTERVAL = 0.1
 """Seconds between two pulls while replies are missing."""
 
 
-class FastPollGrid(Grid):
-    """Wraps a grid; only ``send_and_receive`` changes (a short pull interval).
+class GridWrapper(Grid):
+    """A ``Grid`` that passes every call to the grid it wraps (``inner``); subclasses override some.
 
-    Args:
-        inner: The grid that talks to the sites (deployment, in-process, simulated).
-        interval: Seconds between pulls while replies are missing (> 0).
-
-    Raises:
-        ValueError: for a non-positive ``interval``.
+    Anything a particular grid offers beyond Flower's interface (a simulated clock, its
+    stats) is reached through the wrapper too.
     """
 
-    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL) -> None:
-        if not interval > 0:
-            raise ValueError(f"interval is {interval!r}; expected a positive number of seconds")
-        self.inner = inner
-        self.interval = interval
+    inner: Grid
 
     def __getattr__(self, name: str) -> Any:
-        # what a particular grid offers beyond Flower's (a simulated clock, its stats)
         if name == "inner":  # not set yet: never recurse
             raise AttributeError(name)
         return getattr(self.inner, name)
@@ -73,6 +64,29 @@ class FastPollGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:  # noqa: D102
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class FastPollGrid(GridWrapper):
+    """Wraps a grid; only ``send_and_receive`` changes (a short pull interval).
+
+    Args:
+        inner: The grid that talks to the sites (deployment, in-process, simulated).
+        interval: Seconds between pulls while replies are missing (> 0).
+
+    Raises:
+        ValueError: for a non-positive ``interval``.
+    """
+
+    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval is {interval!r}; expected a positive number of seconds")
+        self.inner = inner
+        self.interval = interval
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -20,25 +20,12 @@ from prometheus_client.samples import Sample
 from fedcore.engines.deployment import AddressInUseError, free_port
 from fedcore.engines.deployment.health import HealthServer
 from fedcore.engines.deployment.metrics import REJECT_REASONS, CoordinatorMetrics, reason_label
+from tests.fedcore.engines.round_records import round_record
 from tests.fedcore.engines.test_deployment import ProcessWatch, wait_for, write_scenario
 
 
 def _record(rnd: int, **extra: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "round": rnd,
-        "sites": ["bank-a", "bank-b"],
-        "loss": 0.5,
-        "eval_loss": 0.4,
-        "pr_auc": 0.8,
-        "roc_auc": 0.9,
-        "seconds": 4.0,
-        "bytes_up": 1000,
-        "bytes_down": 3000,
-        "rejected": {},
-        "per_site": {},
-        "schedule": {"policy": "all", "chosen": 2, "candidates": 3},
-    }
-    return record | extra
+    return round_record(rnd, **extra)
 
 
 RECORDS = [

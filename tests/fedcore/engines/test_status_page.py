@@ -20,27 +20,14 @@ from fedcore.engines.deployment import free_port
 from fedcore.engines.deployment.health import HealthServer
 from fedcore.engines.deployment.metrics import CoordinatorMetrics
 from fedcore.engines.deployment.status import MAX_EXTRA_SITES, STATUS_PAGE, StatusBoard
+from tests.fedcore.engines.round_records import round_record
 from tests.fedcore.engines.test_deployment import ProcessWatch, wait_for, write_scenario
 
 SITES = ["bank-a", "bank-b", "<b>x</b>", "bank-z"]
 
 
 def _record(rnd: int, **extra: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "round": rnd,
-        "sites": ["bank-a", "bank-b"],
-        "loss": 0.5,
-        "eval_loss": 0.4,
-        "pr_auc": 0.8,
-        "roc_auc": 0.9,
-        "seconds": 4.0,
-        "bytes_up": 1000,
-        "bytes_down": 3000,
-        "rejected": {},
-        "per_site": {"bank-a": {"pr_auc": 0.7, "loss": 0.3}},
-        "schedule": {"policy": "all", "chosen": 2, "candidates": 3},
-    }
-    return record | extra
+    return round_record(rnd, **({"per_site": {"bank-a": {"pr_auc": 0.7, "loss": 0.3}}} | extra))
 
 
 RECORDS = [

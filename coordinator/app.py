@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.audit import AUDIT_FILE, AuditLog
 from coordinator.driver import RoundDriver, RoundObserver
+from coordinator.state import StateError
 from fedcore import records as R
 from fedcore.config import Scenario, load_scenario
 from fedcore.engines.polling import FastPollGrid
@@ -65,20 +65,6 @@ def _file_sha256(path: Path) -> str | None:
         return None
 
 
-def _resumed_run(out: Path, fingerprint: str) -> tuple[int, str] | None:
-    """(last completed round, run key) of this scenario's checkpoint in ``out``, if any."""
-    try:
-        cp = json.loads((out / "state" / "checkpoint.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cp, dict) or cp.get("fingerprint") != fingerprint:
-        return None
-    extra = cp.get("extra")
-    key = extra.get("run_key", "") if isinstance(extra, dict) else ""
-    round_ = cp.get("round")
-    return (round_, str(key)) if isinstance(round_, int) and round_ > 0 else None
-
-
 def run_started_fields(
     scenario: Scenario, scenario_path: Path, out: Path, driver: RoundDriver
 ) -> dict[str, Any]:
@@ -92,13 +78,16 @@ def run_started_fields(
     except PackageNotFoundError:  # pragma: no cover - flwr is a dependency
         flwr_version = "unknown"
     fp = scenario.fingerprint()
-    resumed = _resumed_run(out, fp)
+    try:
+        cp = driver.store.checkpoint(fp)
+    except StateError:  # another scenario's state: the run itself says so
+        cp = None
     fields: dict[str, Any] = {
         "scenario": scenario.name,
         "fingerprint": fp,
         "scenario_path": str(scenario_path.resolve()),
         "scenario_sha256": _file_sha256(scenario_path),
-        "run_key": resumed[1] if resumed and resumed[1] else driver.run_key,
+        "run_key": str(cp.extra.get("run_key") or driver.run_key) if cp else driver.run_key,
         "privacy_mode": scenario.privacy.mode,
         "dp": scenario.privacy.dp is not None,
         "authenticated": driver.verifier.enabled,
@@ -107,8 +96,8 @@ def run_started_fields(
         "fedcore_version": fedcore.__version__,
         "flwr_version": flwr_version,
     }
-    if resumed:
-        fields["resumed_after_round"] = resumed[0]
+    if cp is not None:
+        fields["resumed_after_round"] = cp.round
     return fields
 
 
@@ -165,25 +154,23 @@ def make_server_app(observer: RoundObserver | None = None) -> ServerApp:
             audit.append(
                 "run_started", **run_started_fields(scenario, Path(str(scenario_path)), out, driver)
             )
-            try:
-                result = driver.run()
-            except BaseException as exc:
+
+            def finished(status: str, error: str | None) -> None:
                 audit.append(
                     "run_finished",
-                    status="failed" if isinstance(exc, Exception) else "interrupted",
-                    error=str(exc) or type(exc).__name__,
+                    status=status,
+                    error=error,
                     rounds_completed=len(driver.history),
                     run_key=driver.run_key,
                     privacy=driver.privacy_summary(),
                 )
+
+            try:
+                result = driver.run()
+            except BaseException as exc:
+                failed = "failed" if isinstance(exc, Exception) else "interrupted"
+                finished(failed, str(exc) or type(exc).__name__)
                 raise
-            audit.append(
-                "run_finished",
-                status=result.get("status", "completed"),
-                error=result.get("error"),
-                rounds_completed=len(driver.history),
-                run_key=driver.run_key,
-                privacy=driver.privacy_summary(),
-            )
+            finished(result.get("status", "completed"), result.get("error"))
 
     return app

@@ -94,6 +94,17 @@ class StateStore:
         Raises:
             StateError: if the directory holds a checkpoint of a different scenario.
         """
+        cp = self.checkpoint(fingerprint)
+        if cp is None:
+            return None
+        return cp, load_arrays_file(self._model_path(cp.round))
+
+    def checkpoint(self, fingerprint: str) -> Checkpoint | None:
+        """The last completed round's checkpoint of this scenario (without its model), or ``None``.
+
+        Raises:
+            StateError: if the directory holds a checkpoint of a different scenario.
+        """
         path = self.state / "checkpoint.json"
         if not path.exists():
             return None
@@ -109,10 +120,9 @@ class StateStore:
                 f"{self.out} holds the state of a different scenario (fingerprint {cp.fingerprint}, "
                 f"this one is {fingerprint}); choose another output directory"
             )
-        model = self._model_path(cp.round)
-        if cp.round == 0 or not model.exists():
+        if cp.round == 0 or not self._model_path(cp.round).exists():
             return None
-        return cp, load_arrays_file(model)
+        return cp
 
     def save(self, cp: Checkpoint, arrays: Mapping[str, np.ndarray]) -> None:
         """Persist a completed round: model first, then the checkpoint that points at it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save, save_file
 
 _TEMP_TRIES = 100
 
@@ -157,6 +157,29 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def load_arrays_file(path: Path) -> dict[str, np.ndarray]:
     """Load named arrays saved by :func:`save_arrays`."""
     return dict(load_file(str(path)))
+
+
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Named arrays as safetensors bytes (the format :func:`save_arrays` writes to a file).
+
+    Values, shapes (0-d included) and dtypes round-trip bit-identically through
+    :func:`arrays_from_bytes`.
+    """
+    return bytes(save(_contiguous(arrays)))
+
+
+def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """Named arrays from safetensors bytes made by :func:`arrays_to_bytes`.
+
+    Raises:
+        Exception: safetensors' own error when ``data`` is not a safetensors buffer.
+    """
+    return dict(load(data))
+
+
+def _contiguous(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """C-contiguous copies where needed; unlike ``np.ascontiguousarray`` alone, 0-d stays 0-d."""
+    return {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
 
 
 def _create_temp(path: Path, mode: int) -> Path:

@@ -12,6 +12,8 @@ import pytest
 from fedcore import storage
 from fedcore.storage import (
     LockHeld,
+    arrays_from_bytes,
+    arrays_to_bytes,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -159,3 +161,22 @@ def test_exclusive_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None
         holder.wait(timeout=10)
     with exclusive_lock(lock):  # the OS dropped the dead holder's lock
         pass
+
+
+def test_arrays_round_trip_through_bytes_bit_identically() -> None:
+    arrays = {
+        "f32": np.array([1.0, -0.0, np.nan, np.inf, 1e-45], dtype=np.float32),
+        "f64": np.arange(6, dtype=np.float64).reshape(2, 3).T,  # not C-contiguous
+        "i8": np.array([-128, 0, 127], dtype=np.int8),
+        "scalar": np.array(2.5, dtype=np.float32),  # 0-d stays 0-d
+    }
+    back = arrays_from_bytes(arrays_to_bytes(arrays))
+    assert sorted(back) == sorted(arrays)
+    for name, a in arrays.items():
+        assert (back[name].dtype, back[name].shape) == (a.dtype, a.shape), name
+        assert back[name].tobytes() == np.ascontiguousarray(a).tobytes(), name
+
+
+def test_arrays_from_bytes_refuses_garbage() -> None:
+    with pytest.raises(Exception, match="header"):
+        arrays_from_bytes(b"not a safetensors buffer")

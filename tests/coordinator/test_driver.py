@@ -158,8 +158,10 @@ def test_too_few_sites_stops_clearly_and_keeps_earlier_rounds(
     status = json.loads((out / "federation.json").read_text())
     assert status["status"] == "failed" and "round 2" in status["error"]
     assert [r["round"] for r in rounds_log(out)] == [1]
-    cp = json.loads((out / "state" / "checkpoint.json").read_text())
-    assert cp["round"] == 1
+    from coordinator.state import StateStore
+
+    cp = StateStore(out).checkpoint(scenario.fingerprint())
+    assert cp is not None and cp.round == 1
 
     # the sites are fixed: the run resumes after round 1 and completes
     result = make_driver(scenario, out, {}).run()

@@ -295,11 +295,18 @@ def _journal(path: Path) -> Path:
 
 
 def _quick_check(conn: sqlite3.Connection) -> str:
-    """``""`` if ``PRAGMA quick_check`` says ok, else its first findings on one line."""
-    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+    """``""`` if ``PRAGMA quick_check`` says ok, else its first findings on one line.
+
+    A check that cannot even run (a truncated file: "database disk image is malformed") is a
+    finding too: the rounds may still be readable one by one.
+    """
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        rows = [str(exc)]
     if rows == ["ok"]:
         return ""
-    return "integrity check failed: " + " | ".join(rows)
+    return "integrity check failed: " + " | ".join(" ".join(r.split()) for r in rows)
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:
@@ -308,8 +315,9 @@ def _has_schema(conn: sqlite3.Connection) -> bool:
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
+    # a scan, not a lookup through the key's index: a damaged index must not hide the table
+    values = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    return values.get(key)
 
 
 def _row(conn: sqlite3.Connection, number: int) -> EncodedRound:

@@ -49,7 +49,9 @@ def start(
     state: Annotated[
         Path,
         typer.Option(
-            "--state", help="State directory: SuperLink database superlink.db, Flower home."
+            "--state",
+            help="State directory: Flower home and the submitted app (the SuperLink's own "
+            "state is in memory; rounds are kept under --out).",
         ),
     ] = Path("fedcore-state"),
     listen: Annotated[

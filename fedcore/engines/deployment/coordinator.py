@@ -77,7 +77,10 @@ class CoordinatorOptions:
 
     Attributes:
         scenario_path: The scenario YAML.
-        state_dir: SuperLink database (``superlink.db``), ``FLWR_HOME``, submitted app copy.
+        state_dir: ``FLWR_HOME`` and the submitted app copy. The SuperLink keeps its own state
+            (nodes, runs, messages in flight) in memory: everything that must survive a
+            restart is in the round driver's store under ``out_dir``, and node keys are
+            registered again at each start.
         out_dir: Where the ServerApp writes results (``rounds.jsonl``, ``federation.json``).
         log_dir: Where ``superlink.log`` and ``flwr-run.log`` go.
         host: Address to listen on.
@@ -342,8 +345,6 @@ def _superlink_argv(opts: CoordinatorOptions) -> list[str]:
         opts.host,
         "--port",
         str(opts.port),
-        "--database",
-        str(opts.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
     ]
 
@@ -441,7 +442,7 @@ def serve_coordinator(
     emit(Event(f"  listen   {address} ({transport})"))
     if opts.kit_dir is not None:
         emit(Event(f"  kit      {opts.kit_dir}"))
-    emit(Event(f"  state    {opts.state_dir / 'superlink.db'}"))
+    emit(Event(f"  state    {opts.out_dir} (rounds; the SuperLink's own state is in memory)"))
     emit(Event(f"  results  {opts.out_dir}"))
     emit(Event(f"  logs     {superlink_log}"))
     emit(Event(f"  inspect  FLWR_HOME={shlex.quote(str(flwr_home))} flwr ls {CONNECTION_NAME}"))

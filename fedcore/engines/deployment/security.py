@@ -71,8 +71,8 @@ class CoordinatorSecurity:
         server_key: PEM private key of ``server_cert`` (unencrypted).
         node_public_keys: Site id -> the site's node public key (OpenSSH ECDSA, NIST curve):
             the consortium's members. Each is registered with the SuperLink under the site id
-            as node name before any site connects; a node registered earlier (same
-            ``superlink.db``) whose key is no longer here is unregistered.
+            as node name before any site connects (the SuperLink's state is in memory, so
+            the kit's keys are the members at every start).
     """
 
     ca_cert: Path

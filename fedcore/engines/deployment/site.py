@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from fedcore.engines.deployment.errors import (
     OnEvent,
 )
 from fedcore.engines.deployment.flower_cli import config_args, flower_command, flower_env
+from fedcore.engines.deployment.flower_runtime import internals_problems
 from fedcore.engines.deployment.network import check_transport, format_address, free_port
 from fedcore.engines.deployment.processes import ManagedProcess, stop_processes, wait_until_healthy
 from fedcore.engines.deployment.progress import read_from, with_tail
@@ -268,20 +270,53 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
         emit(Event(f"  kit          {opts.kit_dir.resolve()}"))
     emit(Event(f"  logs         {log_file}"))
 
+    problems = internals_problems()
+    if problems:
+        emit(
+            Event(
+                "running Flower's stock SuperNode, one ClientApp process per message (slower "
+                "rounds): fedcore's long-lived ClientApp worker needs Flower internals that "
+                "changed: " + "; ".join(problems),
+                "warning",
+            )
+        )
+    worker_log = log_file.parent / f"clientapp-worker-{site.id}.log"
+    emit(
+        Event(
+            f"  worker log   {worker_log}" if not problems else "  worker       none (stock Flower)"
+        )
+    )
+
     procs: list[ManagedProcess] = []
     first_refusal: float | None = None
     with sigterm_as_interrupt():
         try:
             while True:
-                supernode, log_offset = _start_supernode(
-                    site.id, coordinator, auth_args, node_config, log_file, env, opts, procs, emit
+                supernode, log_offset, runtime_port = _start_supernode(
+                    site.id,
+                    coordinator,
+                    auth_args,
+                    node_config,
+                    log_file,
+                    env,
+                    opts,
+                    procs,
+                    emit,
+                    own_worker=not problems,
                 )
+                worker = None
+                if not problems and supernode.poll() is None:
+                    worker = WorkerSupervisor(
+                        site.id, f"127.0.0.1:{runtime_port}", worker_log, env, procs, emit
+                    )
+                    worker.start()
                 code, log_text, connected, tls_server = _watch_supernode(
                     supernode,
                     log_offset,
                     coordinator,
                     emit,
                     probe=(opts.host, opts.port) if security is None else None,
+                    worker=worker,
                 )
                 stop_processes(procs)
                 procs.clear()
@@ -327,8 +362,23 @@ def _start_supernode(
     opts: SiteOptions,
     procs: list[ManagedProcess],
     emit: OnEvent,
-) -> tuple[ManagedProcess, int]:
-    """Start ``flower-supernode`` on a free loopback port; return it and its log offset."""
+    *,
+    own_worker: bool = True,
+) -> tuple[ManagedProcess, int, int]:
+    """Start the SuperNode with its Runtime API on a free loopback port.
+
+    With ``own_worker`` it runs through :func:`~.flower_runtime.supernode_main` (shortened
+    waits) with ``--isolation process``: it starts no SuperExec, and the site's
+    :class:`WorkerSupervisor` serves its tasks. Without, it is Flower's stock
+    ``flower-supernode`` (its SuperExec starts one ``flwr-clientapp`` per message).
+
+    Returns:
+        The process, its log offset and the Runtime API port.
+    """
+    if own_worker:
+        command = [sys.executable, "-m", RUNTIME_MODULE, "supernode", "--isolation", "process"]
+    else:
+        command = [flower_command("flower-supernode")]
     for attempt in range(3):
         port = free_port("127.0.0.1")
         try:
@@ -338,7 +388,7 @@ def _start_supernode(
         supernode = ManagedProcess.start(
             f"SuperNode {site_id}",
             [
-                flower_command("flower-supernode"),
+                *command,
                 *auth_args,
                 "--superlink",
                 coordinator,
@@ -370,10 +420,91 @@ def _start_supernode(
             # It exited while starting: the caller explains why from its log.
             if supernode.poll() is None:
                 raise
-            return supernode, log_offset
-        emit(Event(f"SuperNode up in {took:.1f} s (ClientAppIo 127.0.0.1:{port})", "ok"))
-        return supernode, log_offset
+            return supernode, log_offset, port
+        emit(Event(f"SuperNode up in {took:.1f} s (Runtime API 127.0.0.1:{port})", "ok"))
+        return supernode, log_offset, port
     raise AssertionError("unreachable")
+
+
+#: The module that runs the SuperNode with shortened waits, and the ClientApp worker.
+RUNTIME_MODULE = "fedcore.engines.deployment.flower_runtime"
+
+#: A worker that exits this many times within :data:`WORKER_CRASH_WINDOW` seconds ends the service.
+WORKER_MAX_RESTARTS = 5
+WORKER_CRASH_WINDOW = 120.0
+
+
+class WorkerSupervisor:
+    """Starts the site's ClientApp worker (:class:`~.flower_runtime.ClientAppWorker`) and restarts it when it exits.
+
+    The worker holds the site's data and model between messages; if it dies (out of memory,
+    a crash in a native library, ``kill``), the message it was serving gets no reply and the
+    coordinator records the site as failed for that round; the next worker serves the next
+    message. A worker that keeps dying (:data:`WORKER_MAX_RESTARTS` times within
+    :data:`WORKER_CRASH_WINDOW` s) ends ``fed-client`` with its log's tail instead.
+    """
+
+    def __init__(
+        self,
+        site_id: str,
+        runtime_api_address: str,
+        log_path: Path,
+        env: Mapping[str, str],
+        procs: list[ManagedProcess],
+        emit: OnEvent,
+    ) -> None:
+        self.site_id = site_id
+        self.address = runtime_api_address
+        self.log_path = log_path
+        self.env = env
+        self.procs = procs
+        self.emit = emit
+        self.proc: ManagedProcess | None = None
+        self.exits: list[float] = []
+
+    def start(self) -> ManagedProcess:
+        """Start a worker for the SuperNode's Runtime API."""
+        self.proc = ManagedProcess.start(
+            f"ClientApp worker {self.site_id}",
+            [sys.executable, "-m", RUNTIME_MODULE, "worker", "--runtime-api-address", self.address],
+            log_path=self.log_path,
+            env=self.env,
+            registry=self.procs,
+        )
+        return self.proc
+
+    def check(self) -> None:
+        """Restart the worker if it exited.
+
+        Raises:
+            DeploymentError: it exited too often in a short time.
+        """
+        proc = self.proc
+        if proc is None:
+            return
+        code = proc.poll()
+        if code is None:
+            proc.refresh()
+            return
+        now = time.monotonic()
+        self.exits = [t for t in self.exits if now - t < WORKER_CRASH_WINDOW] + [now]
+        if proc in self.procs:
+            self.procs.remove(proc)
+        if len(self.exits) > WORKER_MAX_RESTARTS:
+            raise DeploymentError(
+                with_tail(
+                    f"the ClientApp worker exited {len(self.exits)} times within "
+                    f"{WORKER_CRASH_WINDOW:.0f} s (last exit code {code}); not restarting it",
+                    self.log_path,
+                )
+            )
+        self.emit(
+            Event(
+                f"ClientApp worker exited with code {code}; restarting it (log: {self.log_path})",
+                "notice",
+            )
+        )
+        self.start()
 
 
 #: Seconds without a connection after which ``fed-client`` says what to check.
@@ -387,6 +518,7 @@ def _watch_supernode(
     emit: OnEvent,
     *,
     probe: tuple[str, int] | None = None,
+    worker: WorkerSupervisor | None = None,
 ) -> tuple[int | None, str, bool, bool]:
     """Follow a SuperNode until it exits, or until it is clear that it can never connect.
 
@@ -394,6 +526,7 @@ def _watch_supernode(
         probe: ``(host, port)`` of the coordinator, for a SuperNode without TLS: while its
             connection attempts fail, the coordinator is probed for TLS every
             :data:`TLS_PROBE_INTERVAL` seconds; a TLS server ends the watch at once.
+        worker: The site's ClientApp worker, restarted whenever it exits.
 
     Returns:
         The exit code (``None``: still running, the caller stops it), its log, whether it
@@ -430,6 +563,8 @@ def _watch_supernode(
                         "notice",
                     )
                 )
+        if worker is not None:
+            worker.check()
         supernode.refresh()
         time.sleep(0.5)
 

@@ -40,6 +40,9 @@ FLOWER_NAMES = (
     "flower-superexec",
     "flwr-serverapp",
     "flwr-clientapp",
+    # a site's SuperNode (Flower's, shorter waits) and its long-lived ClientApp worker
+    "flower_runtime supernode",
+    "flower_runtime worker",
 )
 
 
@@ -251,7 +254,8 @@ def start_driver(
     return popen
 
 
-def _clientapp_running(watch: ProcessWatch) -> bool:
+def _clientapp_running(watch: ProcessWatch, out: Path) -> bool:
+    """Whether a site's ClientApp has served a message of the run (the run is under way)."""
     watch.sample()
     for proc in watch.seen.values():
         try:
@@ -259,7 +263,7 @@ def _clientapp_running(watch: ProcessWatch) -> bool:
                 return True
         except psutil.Error:
             continue
-    return False
+    return any("answered" in _text(p) for p in (out / "logs").glob("clientapp-worker-*.log"))
 
 
 # --------------------------------------------------------------------------- fast unit tests
@@ -383,14 +387,25 @@ def test_two_sites_complete_over_tls_and_leave_no_process(
         "supernode-bank-b.log",
     ):
         assert (out / "logs" / name).stat().st_size > 0, name
-    # it really ran the production commands and Flower's processes, with TLS and node keys
-    assert {"flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp"} <= (
-        watch.flower_seen()
-    )
+    # it really ran the production commands and Flower's processes, with TLS and node keys;
+    # each site's messages were served by its one long-lived worker, not a process per message
+    seen = watch.flower_seen()
+    assert {
+        "flower-superlink",
+        "flwr-serverapp",
+        "flower_runtime supernode",
+        "flower_runtime worker",
+    } <= seen
+    assert "flwr-clientapp" not in seen
     commands = list(watch.commands.values())
+    assert sum("flower-superexec" in c for c in commands) == 1  # the SuperLink's, for the ServerApp
+    assert sum("flower_runtime worker" in c for c in commands) == 2
+    for site in ("bank-a", "bank-b"):
+        assert "answered" in _text(out / "logs" / f"clientapp-worker-{site}.log"), site
     superlink = next(c for c in commands if "flower-superlink" in c)
     assert "--enable-supernode-auth" in superlink and "--insecure" not in superlink
-    supernodes = [c for c in commands if "bin/flower-supernode" in c]
+    assert "--database" not in superlink  # its state is in memory; fedcore's store is OUT
+    supernodes = [c for c in commands if "flower_runtime supernode" in c]
     assert len(supernodes) == 2
     assert all("--auth-supernode-private-key" in c and "--insecure" not in c for c in supernodes)
     coordinator_log = _text(out / "logs" / "fed-coordinator.log")
@@ -405,7 +420,7 @@ def test_sigint_stops_everything(tmp_path: Path, watch: ProcessWatch) -> None:
     scenario, sites = write_scenario(tmp_path, rounds=4)
     driver = start_driver(watch, tmp_path, scenario, sites)
     wait_for(
-        lambda: _clientapp_running(watch) or driver.poll() is not None,
+        lambda: _clientapp_running(watch, tmp_path / "out") or driver.poll() is not None,
         240,
         "a ClientApp process (the run under way)",
     )
@@ -429,7 +444,7 @@ def test_site_crash_fails_clearly_and_leaves_no_process(
     scenario, sites = write_scenario(tmp_path, min_sites=2, round_timeout=60)
     driver = start_driver(watch, tmp_path, scenario, sites)
     wait_for(
-        lambda: _clientapp_running(watch) or driver.poll() is not None,
+        lambda: _clientapp_running(watch, tmp_path / "out") or driver.poll() is not None,
         240,
         "a ClientApp process (the run under way)",
     )
@@ -463,7 +478,7 @@ def test_site_crash_run_completes_with_remaining_sites(tmp_path: Path, watch: Pr
     def killer() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            if _clientapp_running(watch):
+            if _clientapp_running(watch, tmp_path / "out"):
                 for key, proc in list(watch.seen.items()):
                     cmd = watch.commands.get(key, "")
                     if "fedcore.cli.client_cmd" in cmd and "bank-b" in cmd and _alive(proc):

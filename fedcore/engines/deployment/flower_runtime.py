@@ -212,10 +212,31 @@ AppFactory = Callable[[], Any]
 """Builds the ClientApp the worker serves (a ``flwr.clientapp.ClientApp``)."""
 
 
-def _fedcore_client_app() -> Any:
-    from clients.app import make_client_app
+def _app_project() -> dict[str, Any]:
+    """The ``pyproject.toml`` of the Flower app fed-coordinator submits."""
+    import tomllib
 
-    return make_client_app()
+    from fedcore.engines.deployment.flower_cli import APP_DIR
+
+    return tomllib.loads((APP_DIR / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _fedcore_client_app() -> Any:
+    """fedcore's ClientApp, loaded as Flower loads it: the app directory's ``clientapp`` component.
+
+    That component (``fedcore/cli/flowerapp``) is the shim that builds the site's app from the
+    installed ``clients`` package, exactly what a ``flwr-clientapp`` process would run.
+    """
+    import importlib
+
+    from fedcore.engines.deployment.flower_cli import APP_DIR
+
+    module, _, attr = _app_project()["tool"]["flwr"]["app"]["components"]["clientapp"].partition(
+        ":"
+    )
+    if str(APP_DIR) not in sys.path:
+        sys.path.insert(0, str(APP_DIR))
+    return getattr(importlib.import_module(module), attr)
 
 
 class ClientAppWorker:

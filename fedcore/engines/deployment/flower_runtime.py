@@ -28,10 +28,13 @@ or ``... worker --runtime-api-address HOST:PORT``.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import inspect
 import logging
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -46,11 +49,13 @@ __all__ = [
     "ClientAppWorker",
     "internals_problems",
     "patch_supernode_waits",
+    "shorten_object_pulls",
     "supernode_main",
     "worker_main",
 ]
 
-logger = logging.getLogger(__name__)
+# named, not __name__: run with -m this module is __main__
+logger = logging.getLogger("fedcore.engines.deployment.flower_runtime")
 
 #: Flower releases whose internals this module was read from (version prefixes).
 SUPPORTED_FLOWER = ("1.42.",)
@@ -64,6 +69,24 @@ REPLY_WAIT_S = 0.02
 #: (a round's messages come in bursts, and an idle worker should cost next to no CPU).
 TASK_POLL_S = 0.02
 TASK_POLL_MAX_S = 0.2
+
+#: Object pulls (a message's arrays, once its header arrived) retry after this many seconds,
+#: doubling up to :data:`PULL_BACKOFF_CAP_S` (Flower: 1 s doubling to 10 s). A message's header
+#: is visible before its objects are (the SuperNode stores a message before it pulls the
+#: objects; the SuperLink gets a reply before its objects), so every first pull fails and
+#: Flower's backoff alone cost 1-7 s per message here.
+PULL_INITIAL_BACKOFF_S = 0.02
+PULL_BACKOFF_CAP_S = 0.2
+#: Tries per object at the capped backoff: about 15 minutes, as long as a message may take.
+PULL_MAX_TRIES = 5000
+
+#: Where each process kind pulls objects: (module, function) patched by :func:`shorten_object_pulls`.
+PULL_SITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "supernode": (("flwr.supernode.start_client_internal", "pull_objects"),),
+    "worker": (("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree"),),
+    "serverapp": (("flwr.superlink.grid.http_grid", "pull_objects"),),
+}
+_PULL_PARAMS = ("initial_backoff", "backoff_cap", "max_tries_per_object")
 
 #: The Flower waits :func:`patch_supernode_waits` replaces: Flower's value -> fedcore's.
 _FLOWER_IDLE_WAIT = 3
@@ -130,6 +153,17 @@ def internals_problems() -> list[str]:
         fn = getattr(rca, name, None)
         if fn is None or list(inspect.signature(fn).parameters) != params:
             problems.append(f"flwr.supernode.runtime.run_clientapp.{name}({', '.join(params)})")
+    for sites in PULL_SITES.values():
+        for module, name in sites:
+            try:
+                fn = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                problems.append(f"{module}.{name} is gone")
+                continue
+            if isinstance(fn, functools.partial):
+                fn = fn.func  # patched already in this process
+            if not set(_PULL_PARAMS) <= set(inspect.signature(fn).parameters):
+                problems.append(f"{module}.{name} no longer takes {', '.join(_PULL_PARAMS)}")
     try:
         source = inspect.getsource(sci.start_client_internal) + inspect.getsource(
             sci._push_messages
@@ -140,7 +174,7 @@ def internals_problems() -> list[str]:
         for wait in (_FLOWER_IDLE_WAIT, _FLOWER_REPLY_WAIT):
             if f"time.sleep({wait})" not in source:
                 problems.append(f"the SuperNode no longer waits with time.sleep({wait})")
-        if getattr(sci, "time", None) is not time:
+        if not isinstance(getattr(sci, "time", None), types.ModuleType | _ShortWaits):
             problems.append("flwr.supernode.start_client_internal no longer imports time")
     return problems
 
@@ -180,15 +214,44 @@ def patch_supernode_waits(idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S
     return True
 
 
+def shorten_object_pulls(where: str) -> bool:
+    """Make this process's object pulls retry after 0.02 s, not 1 s; ``False``: left as Flower's.
+
+    Args:
+        where: Which process this is: ``supernode``, ``worker`` or ``serverapp``
+            (:data:`PULL_SITES`).
+    """
+    problems = internals_problems()
+    if problems:
+        logger.warning("object pulls left at Flower's 1 s backoff: %s", "; ".join(problems))
+        return False
+    for module_name, name in PULL_SITES[where]:
+        module = importlib.import_module(module_name)
+        fn = getattr(module, name)
+        if isinstance(fn, functools.partial):
+            continue
+        shorter = functools.partial(
+            fn,
+            initial_backoff=PULL_INITIAL_BACKOFF_S,
+            backoff_cap=PULL_BACKOFF_CAP_S,
+            max_tries_per_object=PULL_MAX_TRIES,
+        )
+        setattr(module, name, shorter)
+    return True
+
+
 def supernode_main(argv: Sequence[str]) -> NoReturn:
     """Run Flower's SuperNode (``flower-supernode ARGV``) with shortened waits where possible."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    patched = patch_supernode_waits()
+    patched = patch_supernode_waits() and shorten_object_pulls("supernode")
     from flwr.supernode.cli import flower_supernode
 
     if patched:
-        logger.info(
-            "SuperNode waits: %.2f s idle, %.2f s per reply check", IDLE_WAIT_S, REPLY_WAIT_S
+        print(
+            f"fedcore: SuperNode waits {IDLE_WAIT_S:.2f} s idle, {REPLY_WAIT_S:.2f} s per reply "
+            f"check, object pulls retry after {PULL_INITIAL_BACKOFF_S:.2f} s "
+            "(Flower: 3 s, 0.5 s, 1 s)",
+            file=sys.stderr,
+            flush=True,
         )
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
@@ -206,6 +269,8 @@ class TaskOutcome:
     message_type: str
     ok: bool
     details: str = ""
+    seconds: dict[str, float] | None = None
+    """Where the task's time went: ``pull`` (message and context in), ``app``, ``push`` (reply out)."""
 
 
 AppFactory = Callable[[], Any]
@@ -318,13 +383,15 @@ class ClientAppWorker:
                 logger.exception("task %s of run %s could not be served", task.task_id, task.run_id)
                 continue
             level = logging.INFO if outcome.ok else logging.WARNING
+            timing = " ".join(f"{k} {v:.2f}s" for k, v in (outcome.seconds or {}).items())
             logger.log(
                 level,
-                "run %d: %s %s%s",
+                "run %d: %s %s%s [%s]",
                 outcome.run_id,
                 outcome.message_type,
                 "answered" if outcome.ok else "failed",
                 f" ({outcome.details})" if outcome.details else "",
+                timing,
             )
 
     def _context(self, pulled: Any) -> Any:
@@ -374,8 +441,11 @@ class ClientAppWorker:
         message = None
         sub_status, details = SubStatus.FAILED, "the task failed before its message was read"
         run_id, message_type = 0, "?"
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
         try:
             message, pulled, run, _fab = pull_task_input(client)
+            seconds["pull"] = time.perf_counter() - started
             run_id, message_type = pulled.run_id, message.metadata.message_type
             context = self._context(pulled)
             if run.fab_id != self.fab_id:
@@ -383,7 +453,9 @@ class ClientAppWorker:
                     f"this site serves only fedcore's app ({self.fab_id}); run {run_id} is "
                     f"{run.fab_id!r}"
                 )
+            began = time.perf_counter()
             reply = self.app()(message=message, context=context)
+            seconds["app"] = time.perf_counter() - began
             sub_status, details = SubStatus.COMPLETED, ""
             self.served += 1
         except Exception as exc:
@@ -396,6 +468,7 @@ class ClientAppWorker:
             )
             if message is not None:
                 reply = Message(Error(code=code, reason=details), reply_to=message)
+        began = time.perf_counter()
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
@@ -405,11 +478,24 @@ class ClientAppWorker:
             if heartbeat.is_running:
                 heartbeat.stop()
             client.close()
-        return TaskOutcome(run_id, message_type, sub_status == SubStatus.COMPLETED, details)
+            seconds["push"] = time.perf_counter() - began
+        return TaskOutcome(
+            run_id, message_type, sub_status == SubStatus.COMPLETED, details, seconds
+        )
 
     def close(self) -> None:
         """Close the connection to the SuperNode."""
         self._client.close()
+
+
+def _log_to_stderr() -> None:
+    """This module's records (INFO and up) on stderr, the worker's log file; no one else's chatter."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def worker_main(argv: Sequence[str]) -> None:
@@ -419,12 +505,11 @@ def worker_main(argv: Sequence[str]) -> None:
     parser.add_argument("--poll", type=float, default=TASK_POLL_S)
     parser.add_argument("--max-poll", type=float, default=TASK_POLL_MAX_S)
     args = parser.parse_args(list(argv))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr()
     problems = internals_problems()
     if problems:
         raise SystemExit("the ClientApp worker cannot run on this Flower: " + "; ".join(problems))
+    shorten_object_pulls("worker")
     worker = ClientAppWorker(args.runtime_api_address, poll=args.poll, max_poll=args.max_poll)
     logger.info("ClientApp worker serving the SuperNode at %s", args.runtime_api_address)
     try:

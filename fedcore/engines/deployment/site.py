@@ -27,7 +27,6 @@ from fedcore.engines.deployment.errors import (
     OnEvent,
 )
 from fedcore.engines.deployment.flower_cli import config_args, flower_command, flower_env
-from fedcore.engines.deployment.flower_runtime import internals_problems
 from fedcore.engines.deployment.network import check_transport, format_address, free_port
 from fedcore.engines.deployment.processes import ManagedProcess, stop_processes, wait_until_healthy
 from fedcore.engines.deployment.progress import read_from, with_tail
@@ -269,6 +268,10 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
     if opts.kit_dir is not None:
         emit(Event(f"  kit          {opts.kit_dir.resolve()}"))
     emit(Event(f"  logs         {log_file}"))
+
+    # imported here: `python -m ...flower_runtime` loads this package first, and must not
+    # find that module imported already (it would run as a second copy)
+    from fedcore.engines.deployment.flower_runtime import internals_problems
 
     problems = internals_problems()
     if problems:

@@ -262,11 +262,17 @@ def flower_command(name: str) -> str:
 
 @dataclass
 class Seen:
-    """A process seen in a launched tree."""
+    """A process seen in a launched tree, with its command line as last read."""
 
     created: float
+    cmdline: list[str]
     command: str
     proc: psutil.Process = field(repr=False)
+
+
+#: A process's command line is read again while it is younger than this: a child shows
+#: its parent's command line between fork and exec.
+FRESH_S = 3.0
 
 
 class Trees:
@@ -275,9 +281,18 @@ class Trees:
     def __init__(self) -> None:
         self.roots: list[subprocess.Popen[bytes]] = []
         self.seen: dict[tuple[int, float], Seen] = {}
-        self.argvs: dict[str, list[list[str]]] = {}
         self.superlink: psutil.Process | None = None
         self.superlink_cpu: float | None = None
+
+    @property
+    def argvs(self) -> dict[str, list[list[str]]]:
+        """Command lines of the SuperLink and SuperNode processes seen, by role."""
+        out: dict[str, list[list[str]]] = {}
+        for s in sorted(self.seen.values(), key=lambda s: s.created):
+            role = flower_role(s.cmdline)
+            if role is not None:
+                out.setdefault(role, []).append(s.cmdline)
+        return out
 
     def start(
         self, argv: Sequence[str], log: Path, env: Mapping[str, str]
@@ -307,21 +322,24 @@ class Trees:
             with contextlib.suppress(psutil.Error):
                 top = psutil.Process(root.pid)
                 procs += [top, *top.children(recursive=True)]
+        now = time.time()
         for proc in procs:
             try:
                 key = (proc.pid, proc.create_time())
-                if key in self.seen:
+                known = self.seen.get(key)
+                if known is not None and now - known.created > FRESH_S:
                     continue
                 cmdline = proc.cmdline()
                 name = command_name(cmdline, proc.name())
             except psutil.Error:
                 continue
-            self.seen[key] = Seen(key[1], name, proc)
-            role = flower_role(cmdline)
-            if role is not None:
-                self.argvs.setdefault(role, []).append(cmdline)
-                if role == "flower-superlink" and self.superlink is None:
-                    self.superlink = proc
+            self.seen[key] = Seen(key[1], cmdline, name, proc)
+            if (
+                self.superlink is None
+                and now - key[1] > 1.0  # long past its exec
+                and flower_role(cmdline) == "flower-superlink"
+            ):
+                self.superlink = proc
         if self.superlink is not None:
             with contextlib.suppress(psutil.Error):
                 if self.superlink.is_running():
@@ -411,12 +429,19 @@ class Measured:
         console.log(f"  {label} round {len(self.round_seconds)}: {seconds:.1f} s")
 
     def result(self, trees: Trees, wall: float) -> dict[str, Any]:
+        intervals = [b - a for a, b in zip(self.round_ends, self.round_ends[1:], strict=False)]
         return {
             "setup": self.setup,
             "command": self.command,
             "rounds": len(self.round_seconds),
             "round_seconds": self.round_seconds,
             "seconds_per_round": median_after_first(self.round_seconds),
+            # end-to-end check: time between round ends also holds what a round's own
+            # `seconds` leaves out (checkpoints, scheduling between rounds)
+            "round_end_intervals_s": intervals,
+            "seconds_per_round_by_interval": (
+                float(statistics.median(intervals)) if intervals else None
+            ),
             "process_starts": starts_between(trees.starts(), self.round_ends),
             "superlink_cpu_s": trees.superlink_cpu,
             "superlink_cpu_s_per_round": cpu_per_round(self.superlink_cpu_at_round_end),
@@ -595,6 +620,7 @@ def run_fedcore(
         proc = trees.start(argv, log, base_env())
         offset = 0
         last: dict[str, Any] = {}
+        exchanges: list[Any] = []
         deadline = time.monotonic() + timeout
         while True:
             trees.tick()
@@ -602,11 +628,13 @@ def run_fedcore(
             now = time.time()
             for row in rows:
                 last = row
+                exchanges.append(row.get("exchanges"))  # recorded by newer coordinators
                 measured.on_round(trees, float(row["seconds"]), now, setup)
             if proc.poll() is not None:
                 rows, offset = read_new(out / "rounds.jsonl", offset)
                 for row in rows:
                     last = row
+                    exchanges.append(row.get("exchanges"))
                     measured.on_round(trees, float(row["seconds"]), time.time(), setup)
                 break
             if time.monotonic() > deadline:
@@ -621,6 +649,7 @@ def run_fedcore(
             "privacy": summary.get("privacy", {}).get("mode"),
             "pr_auc": summary.get("final", {}).get("pr_auc"),
             "last_round_pr_auc": last.get("pr_auc"),
+            "exchanges_by_round": exchanges,
             "bytes_up": summary.get("privacy", {}).get("bytes_up"),
             "bytes_down": summary.get("privacy", {}).get("bytes_down"),
             "fedcore_wall_s": summary.get("wall_seconds"),
@@ -813,6 +842,7 @@ def main(
         settings["workdir"] = str(tmp) if workdir is not None else None
         for name in chosen:
             console.log(f"[bold]{name}[/]: {rounds} rounds, {num_sites} sites")
+            load = os.getloadavg()
             try:
                 if name == "bare-flower":
                     setups[name] = run_bare(tmp / name, num_sites, arrays, rounds, exchanges, limit)
@@ -824,6 +854,8 @@ def main(
             except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
                 console.log(f"[red]{name} failed[/]: {escape(str(exc))}")
                 setups[name] = {"setup": name, "error": str(exc)}
+            # other work on the machine slows every setup: say how busy it was
+            setups[name]["load_average_1m"] = {"start": load[0], "end": os.getloadavg()[0]}
             spr = setups[name].get("seconds_per_round")
             if spr is not None:
                 console.log(f"  {name}: {spr:.2f} s per round")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -182,7 +184,7 @@ def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
     trees = bench.Trees()
     me = psutil.Process()
     for created, command in [(1.0, "flower-superlink"), (15.0, "flwr-clientapp")]:
-        trees.seen[(len(trees.seen) + 1, created)] = bench.Seen(created, command, me)
+        trees.seen[(len(trees.seen) + 1, created)] = bench.Seen(created, [command], command, me)
     trees.superlink_cpu = 9.0
     measured = bench.Measured("bare-flower", ["flower-superlink"])
     measured.round_seconds = [30.0, 20.0, 22.0]
@@ -190,6 +192,8 @@ def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
     measured.superlink_cpu_at_round_end = [3.0, 5.0, 7.0]
     row = measured.result(trees, wall=80.0)
     assert row["seconds_per_round"] == 21.0  # median of 20 and 22
+    assert row["round_end_intervals_s"] == [20.0, 22.0]
+    assert row["seconds_per_round_by_interval"] == 21.0
     assert row["process_starts"]["per_round"] == 0.5  # one start (t=15) over 2 rounds
     assert row["superlink_cpu_s"] == 9.0
     assert row["superlink_cpu_s_per_round"] == 2.0  # (7 - 3) / 2
@@ -209,6 +213,28 @@ def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
     assert loaded["targets"]["plaintext_vs_bare"]["value"] == pytest.approx(1 / 3)
     assert loaded["targets"]["plaintext_vs_bare"]["met"] is False
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_trees_see_descendants_and_stop_them_all(tmp_path: Path) -> None:
+    """A grandchild in a session of its own (as Flower's SuperExec starts ClientApps) is stopped too."""
+    grandchild = "import time; time.sleep(60)"
+    child = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}], start_new_session=True); "
+        "time.sleep(60)"
+    )
+    trees = bench.Trees()
+    root = trees.start([sys.executable, "-c", child], tmp_path / "log.txt", dict(os.environ))
+    deadline = time.monotonic() + 20
+    while len(trees.seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        trees.tick()
+    procs = [s.proc for s in trees.seen.values()]
+    assert len(procs) == 2
+    assert all(s.command == "python" or s.command.startswith("python") for s in trees.seen.values())
+    trees.stop(grace=2.0)
+    assert root.poll() is not None
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
 
 
 def test_message_pattern_is_fedcores_round() -> None:

@@ -681,6 +681,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_state() -> dict[str, Any]:
+    """The checkout measured: HEAD and the paths that differ from it (others' work in progress)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""  # keep status columns
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_paths": changed}
+
+
 def build_report(
     settings: Mapping[str, Any],
     setups: Mapping[str, Mapping[str, Any]],
@@ -813,6 +826,7 @@ def main(
         "model_arrays": arrays,
         "model_parameters": sum(math.prod(shape) for _, shape, _ in arrays),
         "poll_interval_s": POLL,
+        "checkout": git_state(),
         "setups": chosen,
     }
     setups: dict[str, dict[str, Any]] = {}

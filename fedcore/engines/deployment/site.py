@@ -183,6 +183,19 @@ def _supernode_failure(
     return None
 
 
+#: Seconds before a SuperNode that lost its coordinator is started again.
+RECONNECT_DELAY = 2.0
+
+
+def _lost_coordinator(code: int | None, log_text: str, coordinator: str) -> str:
+    """Why a SuperNode that had connected left, for the notice that it connects again."""
+    if "401" in log_text or "Unauthorized" in log_text:
+        why = "the coordinator no longer knows this node (it restarted)"
+    else:
+        why = f"the SuperNode exited with code {code}"
+    return f"lost the coordinator {coordinator}: {why}; connecting again in {RECONNECT_DELAY:.0f} s"
+
+
 def _ignore(_: Any) -> None:
     pass
 
@@ -328,6 +341,13 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
                 failure = _supernode_failure(
                     log_text, site.id, coordinator, security, tls_server=tls_server
                 )
+                if failure is None and connected:
+                    # It was in, then left: the coordinator restarted (its SuperLink keeps no
+                    # state across restarts and answers this node's heartbeat with 401), or
+                    # the connection broke for good. A service reconnects by itself.
+                    emit(Event(_lost_coordinator(code, log_text, coordinator), "notice"))
+                    time.sleep(RECONNECT_DELAY)
+                    continue
                 if failure is None:
                     raise DeploymentError(
                         with_tail(f"the SuperNode exited with code {code}", log_file)

@@ -96,14 +96,6 @@ def _kill9(popen: subprocess.Popen[bytes], tree: ServiceTree) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="site.py (not this test's code): when the restarted coordinator's SuperLink, whose "
-    "state is now in memory, answers the surviving SuperNode's heartbeat with 401 Unauthorized "
-    "(unknown node), Flower's SuperNode exits with code 0 and fed-client stops with 'the "
-    "SuperNode exited with code 0' instead of starting its SuperNode again, so the sites do not "
-    "reconnect by themselves",
-)
 def test_killed_coordinator_resumes_where_it_stopped_and_sites_reconnect(
     tmp_path: Path, kits: Path, watch: ProcessWatch
 ) -> None:

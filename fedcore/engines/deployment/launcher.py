@@ -196,6 +196,27 @@ def run_deployment(
     raise DeploymentError("could not find a free port on 127.0.0.1 for the SuperLink after 3 tries")
 
 
+#: Variables that set how many threads a site's torch (OpenMP / MKL) computes with.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _site_env(env: Mapping[str, str], sites: int) -> dict[str, str]:
+    """The environment of the sites' ``fed-client``: this machine's cores shared among the sites.
+
+    On one machine every site trains at the same time; torch's default of one thread per
+    core in each site would put ``sites`` times as many busy threads as cores, and OpenMP
+    threads that wait for a core spin. Each site gets ``cores // sites`` threads (at least
+    one) unless the caller set the variables. Small models give bit-identical results with
+    any thread count (the engine-equivalence test holds the deployment and in-process
+    models equal).
+    """
+    out = dict(env)
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, sites)))
+    for name in THREAD_VARIABLES:
+        out.setdefault(name, threads)
+    return out
+
+
 def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[str, Any] | None:
     """One attempt of :func:`run_deployment`; ``None`` means "port taken, retry"."""
     address = format_address("127.0.0.1", port)
@@ -249,6 +270,7 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
                 )
             time.sleep(0.2)
     clients: dict[str, ManagedProcess] = {}
+    site_env = _site_env(env, len(launch.sites))
     for site_id, site_path in launch.sites.items():
         kit = launch.site_kits.get(site_id)
         clients[site_id] = ManagedProcess.start(
@@ -266,7 +288,7 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
                 str(log_dir / f"supernode-{site_id}.log"),
             ],
             log_path=log_dir / f"fed-client-{site_id}.log",
-            env=env,
+            env=site_env,
             registry=procs,
         )
     tail = RoundsTail(launch.out_dir / "rounds.jsonl")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.model_store import GlobalModelStore, digest_hex
 from clients.protection import read_round, site_protection
 from clients.runtime import SiteRuntime, local_seed
 from fedcore import records as R
+from fedcore.config import TaskSpec
 from fedcore.devices.environment import SiteEnvironment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["local_seed", "make_client_app"]
+__all__ = ["local_seed", "make_client_app", "signed_telemetry"]
 
 EnvironmentFor = Callable[[Context], SiteEnvironment | None]
 """Gives a site's environment (its readings and clock); ``None``: the real host."""
@@ -58,11 +59,20 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        """Evaluate the global model; when asked, add the next round's telemetry to the reply."""
         rt = runtime(context)
         cfg = read_round(msg.content)
         arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
-        reply = rt.evaluate(arrays, cfg, digest_hex(arrays))
-        return Message(reply.to_content(), reply_to=msg)
+        content = rt.evaluate(arrays, cfg, digest_hex(arrays)).to_content()
+        next_round = R.read_telemetry_request(msg.content)
+        if next_round is not None:
+            # taken after the evaluation: the model copy is the one the next round starts from.
+            # Without it the evaluation stands; the coordinator asks again and hears why.
+            try:
+                R.attach_telemetry(content, signed_telemetry(rt, next_round, cfg.run_key, cfg.task))
+            except Exception as exc:
+                log.warning("telemetry for round %d not attached: %s", next_round, exc)
+        return Message(content, reply_to=msg)
 
     @app.query("export")
     def export(msg: Message, context: Context) -> Message:
@@ -85,9 +95,18 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
     def telemetry(msg: Message, context: Context) -> Message:
         rt = runtime(context)
         round_, run_key, task = R.read_telemetry_instruction(msg.content)
-        store = GlobalModelStore.for_run(rt.state_dir, run_key)
-        tel = rt.telemetry(task, store.round())
-        payload = R.signing_payload(R.TELEMETRY, tel.site_id, round_, run_key, tel.digest())
-        return Message(rt.sign(tel.site_id, tel.to_content(), payload), reply_to=msg)
+        return Message(signed_telemetry(rt, round_, run_key, task), reply_to=msg)
 
     return app
+
+
+def signed_telemetry(rt: SiteRuntime, round_: int, run_key: str, task: TaskSpec) -> RecordDict:
+    """The site's telemetry for ``round_`` of run ``run_key``, signed when the site has a kit.
+
+    The content of a ``query.telemetry`` reply; an evaluate reply carries the same
+    (:func:`fedcore.records.attach_telemetry`).
+    """
+    store = GlobalModelStore.for_run(rt.state_dir, run_key)
+    tel = rt.telemetry(task, store.round())
+    payload = R.signing_payload(R.TELEMETRY, tel.site_id, round_, run_key, tel.digest())
+    return rt.sign(tel.site_id, tel.to_content(), payload)

@@ -1,4 +1,11 @@
-"""The round driver: telemetry -> select -> train -> aggregate -> evaluate -> persist, over any protection."""
+"""The round driver: telemetry -> select -> train -> aggregate -> evaluate -> persist, over any protection.
+
+A round takes two exchanges with the sites (SecAgg+: five): train, and evaluate, whose
+replies carry each site's telemetry for the next round. A telemetry query goes only to
+connected nodes without such telemetry: every node in the first round of a run (or of a
+resume), then a site that rejoined, was left out of the last evaluation, or could not
+answer it.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from coordinator.protection.base import ExchangeResult
 from coordinator.state import Checkpoint, StateStore
 from fedcore import records as R
 from fedcore.config import Scenario
+from fedcore.engines.polling import GridWrapper
 from scheduling.base import Candidate, Selection, Selector, SiteResult
 
 log = logging.getLogger(__name__)
@@ -44,7 +52,9 @@ class RoundDriver:
 
     The driver waits for nodes, asks for telemetry, schedules, hands the round to the
     protection (which trains, checks and aggregates), evaluates and checkpoints. It
-    never looks at the privacy mode: that is the protection's business.
+    never looks at the privacy mode: that is the protection's business. The evaluation
+    of one round asks for the next round's telemetry, so only nodes without it are
+    queried (see the module docstring).
 
     Args:
         grid: Where messages go (in-process, deployment...).
@@ -99,6 +109,10 @@ class RoundDriver:
         self._selection: Selection | None = None
         # node id -> the site it answered telemetry for: names a node that fails later by its site
         self._site_of_node: dict[int, str] = {}
+        # telemetry the last evaluate replies carried: (the round it is for, node id -> content)
+        self._carried: tuple[int, dict[int, RecordDict]] = (0, {})
+        self._exchanges = 0
+        """Exchanges with the sites so far (each SecAgg+ stage counts once)."""
 
     @property
     def global_arrays(self) -> dict[str, np.ndarray]:
@@ -123,6 +137,7 @@ class RoundDriver:
             msgs.append(msg)
         if not msgs:
             return ExchangeResult([], {}, 0, 0)
+        self._exchanges += 1
         ids = list(self.grid.push_messages(msgs))
         node_of = {
             (m.metadata.message_id or mid): m.metadata.dst_node_id
@@ -177,15 +192,28 @@ class RoundDriver:
 
     def telemetry(
         self, round_: int, nodes: Sequence[int]
-    ) -> tuple[list[Candidate], dict[str, list[str]]]:
-        """Ask every connected node for telemetry; returns candidates and problems by site/node."""
+    ) -> tuple[list[Candidate], dict[str, list[str]], int, int]:
+        """Every connected node's telemetry for ``round_``: candidates, problems by site/node, bytes.
+
+        Telemetry that the last evaluate replies carried for ``round_`` is used as it is;
+        only the other nodes are queried (none, when every node's telemetry came along).
+        Both are checked alike: a member site, its signature, one node per site.
+
+        Returns:
+            Candidates (sorted by site), problems by site or node, bytes sent down and up.
+        """
+        carried_round, carried = self._carried
+        self._carried = (0, {})
+        held = {n: carried[n] for n in nodes if n in carried} if carried_round == round_ else {}
+        ask = [n for n in nodes if n not in held]
         content = R.telemetry_instruction(round_, self.run_key, self.scenario.task)
-        replies, errors, _, _ = self.exchange(((n, content) for n in nodes), R.TELEMETRY, round_)
+        replies, errors, down, up = self.exchange(((n, content) for n in ask), R.TELEMETRY, round_)
         problems: dict[str, list[str]] = {self._who(n): [e] for n, e in errors.items()}
         cands: dict[str, Candidate] = {}
-        for nid, rep in replies:
+        answers = [*held.items(), *((nid, rep.content) for nid, rep in replies)]
+        for nid, answer in answers:
             try:
-                tel = R.Telemetry.from_content(rep.content)
+                tel = R.Telemetry.from_content(answer)
             except (ValueError, KeyError, TypeError) as exc:
                 problems[self._who(nid)] = [f"malformed telemetry: {exc}"]
                 continue
@@ -195,7 +223,7 @@ class RoundDriver:
                 ]
                 continue
             refusal = self.verifier.check(
-                R.TELEMETRY, tel.site_id, round_, self.run_key, tel.digest(), rep.content
+                R.TELEMETRY, tel.site_id, round_, self.run_key, tel.digest(), answer
             )
             if refusal is not None:
                 problems[self._who(nid)] = [f"claims site {tel.site_id!r}: {refusal}"]
@@ -208,7 +236,10 @@ class RoundDriver:
             cands[tel.site_id] = Candidate(
                 tel.site_id, nid, tel.num_train_examples, dict(tel.readings)
             )
-        return sorted(cands.values(), key=lambda c: c.site_id), problems
+        return sorted(cands.values(), key=lambda c: c.site_id), problems, down, up
+
+    def _count_exchange(self) -> None:
+        self._exchanges += 1
 
     def _who(self, node_id: int) -> str:
         """The site a node answered for before (its problems are then the site's), else ``node N``."""
@@ -275,21 +306,34 @@ class RoundDriver:
             exchange=self.exchange,
             verify=verify,
             epochs_of=self.epochs_of,
-            grid=self.grid,
+            grid=_CountingGrid(self.grid, self._count_exchange),
             timeout=self.timeout,
         )
 
     def evaluate(
-        self, round_: int, sites: Sequence[Candidate]
+        self, round_: int, sites: Sequence[Candidate], telemetry_for: int | None = None
     ) -> tuple[dict[str, Any], dict[str, list[str]], int, int]:
-        """Federated evaluation of the global model; metrics pooled from per-site score histograms."""
+        """Federated evaluation of the global model; metrics pooled from per-site score histograms.
+
+        Args:
+            round_: The round evaluated.
+            sites: The sites that evaluate.
+            telemetry_for: Ask each site also for its telemetry of this round (the next
+                one); what the replies carry is kept for :meth:`telemetry`, unchecked.
+        """
         cfg = self.round_config(round_)
         by_node = {c.node_id: c for c in sites}
+
+        def instruction(c: Candidate) -> RecordDict:
+            content = self.protection.instruction(cfg, c)
+            return content if telemetry_for is None else R.request_telemetry(content, telemetry_for)
+
         replies, errors, down, up = self.exchange(
-            ((c.node_id, self.protection.instruction(cfg, c)) for c in sites),
-            R.EVALUATE,
-            round_,
+            ((c.node_id, instruction(c)) for c in sites), R.EVALUATE, round_
         )
+        if telemetry_for is not None:
+            carried = ((nid, R.carried_telemetry(rep.content)) for nid, rep in replies)
+            self._carried = (telemetry_for, {n: t for n, t in carried if t is not None})
         problems = {by_node[n].site_id: [e] for n, e in errors.items()}
         parsed: list[R.EvalReply] = []
         for nid, rep in replies:
@@ -357,7 +401,7 @@ class RoundDriver:
         """
         cands = self._last_candidates
         if not cands:
-            cands, _ = self.telemetry(self.rounds, nodes)
+            cands, *_ = self.telemetry(self.rounds, nodes)
         cfg = self.round_config(self.rounds)
         by_node = {c.node_id: c for c in cands}
         replies, errors, _, _ = self.exchange(
@@ -451,7 +495,8 @@ class RoundDriver:
 
     def _one_round(self, rnd: int, nodes: Sequence[int]) -> None:
         t0 = time.perf_counter()
-        candidates, problems = self.telemetry(rnd, nodes)
+        exchanges = self._exchanges
+        candidates, problems, tdown, tup = self.telemetry(rnd, nodes)
         absent = self.absent_sites(candidates, problems)
         self._last_candidates = candidates
         min_sites = self.scenario.scheduler.min_sites
@@ -478,7 +523,9 @@ class RoundDriver:
             )
         self.selector.observe(rnd, results)
         figures = self.protection.round_figures()
-        ev, ev_problems, edown, eup = self.evaluate(rnd, candidates)
+        ev, ev_problems, edown, eup = self.evaluate(
+            rnd, candidates, rnd + 1 if rnd < self.rounds else None
+        )
         per_site: Any = ev.pop("per_site", {})
         record: dict[str, Any] = {
             "round": rnd,
@@ -488,8 +535,9 @@ class RoundDriver:
             "pr_auc": ev.get("pr_auc", float("nan")),
             "roc_auc": ev.get("roc_auc", float("nan")),
             "seconds": round(time.perf_counter() - t0, 3),
-            "bytes_up": collected.bytes_up + eup,
-            "bytes_down": collected.bytes_down + edown,
+            "bytes_up": tup + collected.bytes_up + eup,
+            "bytes_down": tdown + collected.bytes_down + edown,
+            "exchanges": self._exchanges - exchanges,
             "rejected": collected.rejected,
             "per_site": per_site,
             **figures,
@@ -533,6 +581,32 @@ class RoundDriver:
         )
         if self.observer is not None:
             self.observer(done)
+
+
+class _CountingGrid(GridWrapper):
+    """Passes everything to ``inner``; each batch of messages sent is one exchange (``count()``).
+
+    A protocol that runs its own exchanges (SecAgg+'s four stages) gets this grid, so the
+    round record can say how many exchanges the round took.
+    """
+
+    def __init__(self, inner: Grid, count: Callable[[], None]) -> None:
+        self.inner = inner
+        self.count = count
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        msgs = list(messages)
+        if msgs:
+            self.count()
+        return self.inner.push_messages(msgs)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:  # noqa: D102
+        msgs = list(messages)
+        if msgs:
+            self.count()
+        return self.inner.send_and_receive(msgs, timeout=timeout)
 
 
 def schedule_digest(

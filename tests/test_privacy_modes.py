@@ -316,6 +316,39 @@ def test_reply_signed_with_another_sites_key_is_refused(
     assert "does not verify with site 'bank-d'" in " ".join(first["rejected"]["bank-d"])
 
 
+def test_telemetry_carried_by_an_evaluate_reply_must_carry_its_sites_signature(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    from secure.kit import load_kit, sign
+
+    scenario = make_scenario("{mode: plaintext}", rounds=2)
+    kits = provision_run_kits(scenario, tmp_path / "out")
+    kit_a = load_kit(kits.sites["bank-a"], role="site")
+
+    def forge(site: str, msg: Message, reply: Message) -> Message:
+        """bank-d's node signs the telemetry its evaluate reply carries with bank-a's key."""
+        if site != "bank-d" or reply.metadata.message_type != R.EVALUATE or reply.has_error():
+            return reply
+        carried = R.carried_telemetry(reply.content)
+        asked = R.read_telemetry_request(msg.content)
+        _, cfg = R.read_instruction(msg.content)
+        assert carried is not None and asked == 2 and cfg is not None
+        tel = R.Telemetry.from_content(carried)
+        payload = R.signing_payload(R.TELEMETRY, "bank-d", asked, cfg.run_key, tel.digest())
+        R.attach_telemetry(reply.content, R.attach_signature(carried, sign(kit_a, payload)))
+        return reply
+
+    result, _, _ = run_driver(
+        scenario, tmp_path / "out", kits=kits, app=tampering(make_client_app(), forge)
+    )
+    first, second = result["rounds"]
+    assert first["sites"] == ["bank-a", "bank-b", "bank-c", "bank-d"]
+    assert (first["exchanges"], second["exchanges"]) == (3, 2)
+    assert second["sites"] == ["bank-a", "bank-b", "bank-c"]
+    (reason,) = second["rejected"]["bank-d"]
+    assert "claims site 'bank-d'" in reason and "does not verify" in reason, reason
+
+
 def test_unsigned_reply_is_refused_when_the_coordinator_has_a_kit(
     tmp_path: Path, make_scenario: Callable[..., Scenario]
 ) -> None:

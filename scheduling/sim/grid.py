@@ -184,14 +184,10 @@ class SimulatedGrid(InProcessGrid):
     def _deliver(self, ins: Message) -> Message:
         site = self._sites[ins.metadata.dst_node_id]
         mtype = ins.metadata.message_type
-        if mtype == R.TELEMETRY:
+        if mtype in (R.TELEMETRY, R.EVALUATE):  # an evaluate reply may carry telemetry
             reply = super()._deliver(ins)
             if not reply.has_error():
-                try:
-                    tel = R.Telemetry.from_content(reply.content)
-                    self._examples[site.site_id] = int(tel.num_train_examples)
-                except (ValueError, KeyError, TypeError):
-                    pass  # the coordinator reports the malformed reply
+                self._note_examples(site.site_id, mtype, reply)
             return reply
         planned = self._planned.pop(ins.metadata.message_id, None) if mtype == R.TRAIN else None
         if planned is None:
@@ -211,6 +207,16 @@ class SimulatedGrid(InProcessGrid):
             return super()._deliver(ins)
         finally:
             env.seconds = None
+
+    def _note_examples(self, site_id: str, mtype: str, reply: Message) -> None:
+        """Keep the training-set size a telemetry reply (or the telemetry an evaluate reply carries) gives."""
+        content = reply.content if mtype == R.TELEMETRY else R.carried_telemetry(reply.content)
+        if content is None:
+            return
+        try:
+            self._examples[site_id] = int(R.Telemetry.from_content(content).num_train_examples)
+        except (ValueError, KeyError, TypeError):
+            pass  # the coordinator reports the malformed reply
 
     @staticmethod
     def _error(ins: Message, reason: str) -> Message:

@@ -87,6 +87,33 @@ def test_train_evaluate_telemetry(
     assert tel.readings["mem_total_mib"] > 0
 
 
+def test_evaluate_reply_carries_the_telemetry_it_is_asked_for(
+    tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
+) -> None:
+    grid = grid_for({"bank-a": site_file(tmp_path, scenario, "bank-a")})
+    init = initial_arrays(scenario)
+    plain = ask(grid, "bank-a", R.evaluate_instruction(init, cfg(scenario)), R.EVALUATE)
+    assert R.carried_telemetry(plain.content) is None  # not asked: none
+    asked = R.request_telemetry(R.evaluate_instruction(init, cfg(scenario)), 2)
+    rep = ask(grid, "bank-a", asked, R.EVALUATE)
+    ev = R.EvalReply.from_content(rep.content)
+    assert ev.site_id == "bank-a" and ev.num_examples > 0
+    carried = R.carried_telemetry(rep.content)
+    assert carried is not None
+    tel = R.Telemetry.from_content(carried)
+    query = R.telemetry_instruction(2, "", scenario.task)
+    queried = R.Telemetry.from_content(ask(grid, "bank-a", query, R.TELEMETRY).content)
+    # the same answer as a telemetry query (host readings move between the two)
+    assert (tel.site_id, tel.num_train_examples, tel.device, tel.vendor, tel.model_round) == (
+        queried.site_id,
+        queried.num_train_examples,
+        queried.device,
+        queried.vendor,
+        queried.model_round,
+    )
+    assert set(tel.readings) == set(queried.readings)
+
+
 def test_training_is_deterministic_per_site_and_round(
     tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
 ) -> None:

@@ -23,8 +23,15 @@ INIT = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 SIZES = {"bank-a": 10, "bank-b": 30, "bank-c": 60}
 
 
-def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp:
-    """Sites add (index+1) to every weight; a site may misbehave from ``from_round`` on."""
+def scripted_client(
+    behaviour: dict[str, str], from_round: int = 1, *, carry: bool = False
+) -> ClientApp:
+    """Sites add (index+1) to every weight; a site may misbehave from ``from_round`` on.
+
+    With ``carry``, an evaluate reply carries the telemetry its instruction asks for (as the
+    real site does); ``"no-eval"`` makes a site's evaluation fail, ``"impostor"`` makes the
+    telemetry it carries name a site outside the scenario.
+    """
     app = ClientApp()
 
     def site(ctx: Context) -> str:
@@ -59,11 +66,20 @@ def scripted_client(behaviour: dict[str, str], from_round: int = 1) -> ClientApp
 
     @app.evaluate()
     def evaluate(msg: Message, ctx: Context) -> Message:
+        _, cfg = R.read_instruction(msg.content)
+        assert cfg is not None
+        how = behaviour.get(site(ctx), "ok") if cfg.round >= from_round else "ok"
+        if how == "no-eval":
+            raise RuntimeError("evaluation crashed")
         hp = [0] * R.HIST_BINS
         hn = [0] * R.HIST_BINS
         hp[-1], hn[0] = 2, 8
-        rep = R.EvalReply(site(ctx), 10, 2, 0.3, {"pr_auc": 1.0}, hp, hn)
-        return Message(rep.to_content(), reply_to=msg)
+        content = R.EvalReply(site(ctx), 10, 2, 0.3, {"pr_auc": 1.0}, hp, hn).to_content()
+        if carry and R.read_telemetry_request(msg.content) is not None:
+            claimed = "bank-x" if how == "impostor" else site(ctx)
+            tel = R.Telemetry(claimed, SIZES[site(ctx)], "cpu", "cpu")
+            R.attach_telemetry(content, tel.to_content())
+        return Message(content, reply_to=msg)
 
     return app
 
@@ -260,3 +276,125 @@ def test_a_site_that_never_connects_is_listed_in_every_round(
     log = rounds_log(out)
     assert [r["rejected"] for r in log] == [{"bank-c": [NOT_CONNECTED]}] * 3
     assert NOT_CONNECTED == "not connected: no telemetry this round"
+
+
+def sent_types(grid: InProcessGrid) -> list[tuple[int, str]]:
+    """Record (round, message type) of every message the grid is given, in order."""
+    sent: list[tuple[int, str]] = []
+    push = grid.push_messages
+
+    def spy(messages: Any) -> Any:
+        msgs = list(messages)
+        sent.extend((int(m.metadata.group_id), m.metadata.message_type) for m in msgs)
+        return push(msgs)
+
+    grid.push_messages = spy  # type: ignore[method-assign]
+    return sent
+
+
+def carrying_driver(
+    scenario: Scenario,
+    out: Path,
+    inprocess_grid: Callable[..., InProcessGrid],
+    behaviour: dict[str, str],
+    from_round: int = 1,
+) -> tuple[RoundDriver, list[tuple[int, str]]]:
+    grid = inprocess_grid(
+        scripted_client(behaviour, from_round, carry=True), {s: {"site-id": s} for s in SIZES}
+    )
+    sent = sent_types(grid)
+    driver = RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
+    return driver, sent
+
+
+def test_telemetry_rides_on_the_evaluate_reply(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    driver, sent = carrying_driver(scenario, tmp_path / "out", inprocess_grid, {})
+    assert driver.run()["status"] == "completed"
+    telemetry = [rnd for rnd, t in sent if t == R.TELEMETRY]
+    assert telemetry == [1, 1, 1]  # only round 1 asks: later rounds use what evaluation carried
+    assert [t for rnd, t in sent if rnd == 2] == [R.TRAIN] * 3 + [R.EVALUATE] * 3
+    log = rounds_log(tmp_path / "out")
+    assert [r["exchanges"] for r in log] == [3, 2, 2]
+    assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"]] * 3
+    assert [r["rejected"] for r in log] == [{}, {}, {}]
+    from safetensors.numpy import load_file
+
+    # the same model as with a telemetry query every round (test_all_good_sites_fedavg)
+    model = load_file(str(tmp_path / "out" / "model.safetensors"))
+    np.testing.assert_allclose(model["w"], np.full((2, 3), 7.5), rtol=1e-6)
+
+
+def test_the_last_evaluation_asks_for_no_telemetry(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    grid = inprocess_grid(scripted_client({}, carry=True), {s: {"site-id": s} for s in SIZES})
+    asked: list[int | None] = []
+    push = grid.push_messages
+
+    def spy(messages: Any) -> Any:
+        msgs = list(messages)
+        asked.extend(
+            R.read_telemetry_request(m.content)
+            for m in msgs
+            if m.metadata.message_type == R.EVALUATE
+        )
+        return push(msgs)
+
+    grid.push_messages = spy  # type: ignore[method-assign]
+    RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), tmp_path / "out", INIT).run()
+    assert asked == [2] * 3 + [3] * 3 + [None] * 3
+
+
+def test_a_site_whose_evaluation_failed_is_asked_for_telemetry(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    driver, sent = carrying_driver(
+        scenario, tmp_path / "out", inprocess_grid, {"bank-b": "no-eval"}, from_round=2
+    )
+    assert driver.run()["status"] == "completed"
+    telemetry = [rnd for rnd, t in sent if t == R.TELEMETRY]
+    assert telemetry == [1, 1, 1, 3]  # bank-b evaluated nothing in round 2: asked in round 3
+    log = rounds_log(tmp_path / "out")
+    assert [r["exchanges"] for r in log] == [3, 2, 3]
+    assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"]] * 3
+    assert [r["rejected"] for r in log] == [{}, {}, {}]
+
+
+def test_carried_telemetry_is_checked_like_a_telemetry_reply(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    from fedcore.engines.inprocess import node_id_for
+
+    driver, _ = carrying_driver(
+        scenario, tmp_path / "out", inprocess_grid, {"bank-c": "impostor"}, from_round=1
+    )
+    assert driver.run()["status"] == "completed"
+    log = rounds_log(tmp_path / "out")
+    # round 1's evaluation carried bank-c's node claiming bank-x: round 2 refuses it, and the
+    # node is not asked again (it answered), so it misses round 2 with the reason
+    assert log[0]["rejected"] == {}
+    assert log[1]["rejected"] == {
+        "bank-c": ["telemetry: site id 'bank-x' is not a member of this scenario"]
+    }
+    assert log[1]["sites"] == ["bank-a", "bank-b"]
+    # out of round 2's evaluation, bank-c is queried in round 3 and answers as itself
+    assert log[2]["sites"] == ["bank-a", "bank-b", "bank-c"]
+    assert [r["exchanges"] for r in log] == [3, 2, 3]
+    assert driver._site_of_node[node_id_for("bank-c")] == "bank-c"
+
+
+def test_resume_asks_every_node_for_telemetry_again(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    out = tmp_path / "out"
+    driver, _ = carrying_driver(
+        scenario, out, inprocess_grid, {"bank-b": "nan", "bank-c": "raise"}, from_round=2
+    )
+    with pytest.raises(FederationError, match="round 2"):
+        driver.run()
+    driver, sent = carrying_driver(scenario, out, inprocess_grid, {})
+    assert driver.run()["status"] == "completed"
+    assert [rnd for rnd, t in sent if t == R.TELEMETRY] == [2, 2, 2]
+    assert [r["exchanges"] for r in rounds_log(out)] == [3, 3, 2]

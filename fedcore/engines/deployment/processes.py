@@ -166,7 +166,8 @@ while True:
     time.sleep(0.1)
 if os.WIFSIGNALED(status):
     sig = os.WTERMSIG(status)
-    signal.signal(sig, signal.SIG_DFL)
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two take no handler
+        signal.signal(sig, signal.SIG_DFL)
     os.kill(os.getpid(), sig)
 sys.exit(os.waitstatus_to_exitcode(status))
 """

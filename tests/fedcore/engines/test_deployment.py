@@ -356,6 +356,30 @@ def test_stop_processes_kills_groups_and_orphans(tmp_path: Path, watch: ProcessW
     stop_processes([proc], grace=1.0)  # idempotent
 
 
+@pytest.mark.parametrize(("how", "code"), [("kill", -signal.SIGKILL), ("exit", 3)])
+def test_a_managed_process_reports_how_its_command_ended(
+    tmp_path: Path, watch: ProcessWatch, how: str, code: int
+) -> None:
+    # The command runs under a guard; the caller must still see the command's own end
+    # (a site killed by -9 is reported as such, not as the guard's error).
+    script = "import sys, time; print('stub' + '-ready', flush=True); time.sleep(0.5 if sys.argv[1] == 'exit' else 300); sys.exit(3)"
+    proc = ManagedProcess.start(
+        "stub", [sys.executable, "-c", script, how], log_path=tmp_path / "stub.log"
+    )
+    watch.roots.append(proc.popen)
+    wait_for(lambda: "stub-ready" in _text(tmp_path / "stub.log"), 30, "the stub")
+    if how == "kill":
+        proc.refresh()
+        command = next(
+            p
+            for p in psutil.Process(proc.popen.pid).children()
+            if "time.sleep" in " ".join(p.cmdline())
+        )
+        command.kill()
+    assert proc.popen.wait(timeout=30) == code
+    assert "Traceback" not in _text(tmp_path / "stub.log")
+
+
 # --------------------------------------------------------------------------- real Flower processes
 
 

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import BaseModel
 
 from fedcore.config import ExportSpec, PrivacySpec, TaskSpec, TrainingSpec
+from fedcore.packing import pack_arrays, unpack_arrays
 
 # message types
 TELEMETRY = "query.telemetry"
@@ -77,13 +78,19 @@ HIST_BINS = 200
 
 
 def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Pack named numpy arrays (e.g. a model's state dict) into an ``ArrayRecord``."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """Named numpy arrays (e.g. a model's state dict) as an ``ArrayRecord`` of one packed
+    ``Array`` (:mod:`fedcore.packing`: a few wire objects instead of two per tensor)."""
+    return pack_arrays(arrays)
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Unpack an ``ArrayRecord`` into named numpy arrays (copies, owned by the caller)."""
-    return {k: np.array(v.numpy(), copy=True) for k, v in record.items()}
+    """Named numpy arrays of an ``ArrayRecord``, packed or one ``Array`` per name (copies,
+    owned by the caller, in the order they were packed).
+
+    Raises:
+        ValueError: a packed record that does not unpack (see :func:`fedcore.packing.unpack_arrays`).
+    """
+    return unpack_arrays(record)
 
 
 # --------------------------------------------------------------------------- instructions

@@ -95,7 +95,7 @@ class RoundDriver:
         self.observer = observer
         self.wait_for_sites = wait_for_sites
         self.timeout = scenario.engine.round_timeout
-        self.poll_interval = 0.2
+        self.poll_interval = 0.05
         self.members = {s.id for s in scenario.sites}
         self.history: list[R.RoundRecord] = []
         self.schedule: list[dict[str, Any]] = []

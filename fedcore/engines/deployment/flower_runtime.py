@@ -60,15 +60,21 @@ logger = logging.getLogger("fedcore.engines.deployment.flower_runtime")
 #: Flower releases whose internals this module was read from (version prefixes).
 SUPPORTED_FLOWER = ("1.42.",)
 
-#: Seconds an idle SuperNode waits between two pulls from the SuperLink (Flower: 3 s).
-IDLE_WAIT_S = 0.2
+#: Seconds an idle SuperNode waits between two pulls from the SuperLink (Flower: 3 s) while a
+#: run is under way: within :data:`BUSY_FOR_S` of its last message.
+IDLE_WAIT_S = 0.1
+#: Seconds after a message during which the SuperNode and the worker poll quickly; after that,
+#: between runs, they poll every :data:`RESTING_WAIT_S` (a resting site costs next to no CPU,
+#: and its first message waits at most that long).
+BUSY_FOR_S = 30.0
+RESTING_WAIT_S = 1.0
 #: Seconds the SuperNode waits between two looks for its ClientApp's reply (Flower: 0.5 s).
 REPLY_WAIT_S = 0.02
 #: Seconds between two task requests of the worker to its SuperNode (Flower's SuperExec: 1 s):
 #: the first wait after a task; each empty request doubles it up to :data:`TASK_POLL_MAX_S`
 #: (a round's messages come in bursts, and an idle worker should cost next to no CPU).
 TASK_POLL_S = 0.02
-TASK_POLL_MAX_S = 0.2
+TASK_POLL_MAX_S = 0.1
 
 #: Object pulls (a message's arrays, once its header arrived) retry after this many seconds,
 #: doubling up to :data:`PULL_BACKOFF_CAP_S` (Flower: 1 s doubling to 10 s). A message's header
@@ -180,24 +186,37 @@ def internals_problems() -> list[str]:
 
 
 class _ShortWaits:
-    """Stands in for the ``time`` module inside Flower's SuperNode loop: shorter sleeps."""
+    """Stands in for the ``time`` module inside Flower's SuperNode loop: shorter sleeps.
 
-    def __init__(self, waits: dict[float, float]) -> None:
-        self._waits = waits
+    The reply wait only happens while a message is being served, so it marks the SuperNode
+    busy; the idle wait is ``idle`` within :data:`BUSY_FOR_S` of that, else ``resting``.
+    """
+
+    def __init__(self, idle: float, reply: float, resting: float = RESTING_WAIT_S) -> None:
+        self.idle, self.reply, self.resting = idle, reply, resting
+        self.busy_at = time.monotonic()  # a SuperNode just started expects its first message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self._waits.get(seconds, seconds))
+        now = time.monotonic()
+        if seconds == _FLOWER_REPLY_WAIT:
+            self.busy_at = now
+            time.sleep(self.reply)
+        elif seconds == _FLOWER_IDLE_WAIT:
+            time.sleep(self.idle if now - self.busy_at < BUSY_FOR_S else self.resting)
+        else:
+            time.sleep(seconds)
 
 
 def patch_supernode_waits(idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S) -> bool:
     """Shorten the SuperNode's idle and reply waits in this process; ``False``: left as Flower's.
 
-    Only the two sleeps of Flower's SuperNode loop change (3 s idle -> ``idle``, 0.5 s
-    waiting for a reply -> ``reply``); any other sleep in that module keeps its length. Nothing
-    is patched when :func:`internals_problems` finds anything amiss.
+    Only the two sleeps of Flower's SuperNode loop change (3 s idle -> ``idle`` while a run is
+    under way, :data:`RESTING_WAIT_S` between runs; 0.5 s waiting for a reply -> ``reply``); any
+    other sleep in that module keeps its length. Nothing is patched when
+    :func:`internals_problems` finds anything amiss.
     """
     problems = internals_problems()
     if problems:
@@ -208,9 +227,7 @@ def patch_supernode_waits(idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S
         return False
     from flwr.supernode import start_client_internal as sci
 
-    sci.time = _ShortWaits(  # type: ignore[attr-defined,assignment]
-        {_FLOWER_IDLE_WAIT: idle, _FLOWER_REPLY_WAIT: reply}
-    )
+    sci.time = _ShortWaits(idle, reply)  # type: ignore[attr-defined,assignment]
     return True
 
 
@@ -247,7 +264,8 @@ def supernode_main(argv: Sequence[str]) -> NoReturn:
 
     if patched:
         print(
-            f"fedcore: SuperNode waits {IDLE_WAIT_S:.2f} s idle, {REPLY_WAIT_S:.2f} s per reply "
+            f"fedcore: SuperNode waits {IDLE_WAIT_S:.2f} s idle ({RESTING_WAIT_S:.0f} s after "
+            f"{BUSY_FOR_S:.0f} s without a message), {REPLY_WAIT_S:.2f} s per reply "
             f"check, object pulls retry after {PULL_INITIAL_BACKOFF_S:.2f} s "
             "(Flower: 3 s, 0.5 s, 1 s)",
             file=sys.stderr,
@@ -369,13 +387,16 @@ class ClientAppWorker:
     def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Acquire and run tasks until ``should_stop()``; errors of one task never end the loop."""
         wait = self.poll
+        last_task = time.monotonic()
         while not should_stop():
             acquired = self.acquire()
             if acquired is None:
-                time.sleep(wait)
+                resting = time.monotonic() - last_task >= BUSY_FOR_S
+                time.sleep(max(wait, RESTING_WAIT_S) if resting else wait)
                 wait = min(wait * 2, self.max_poll)
                 continue
             wait = self.poll
+            last_task = time.monotonic()
             token, task = acquired
             try:
                 outcome = self.run_task(token)

@@ -79,6 +79,20 @@ def test_short_waits_replace_only_the_supernode_loops_sleeps() -> None:
     assert other >= 0.19  # any other sleep keeps its length
 
 
+def test_a_resting_supernode_polls_slowly_until_a_message_comes() -> None:
+    waits = fr._ShortWaits(idle=0.01, reply=0.01, resting=0.3)
+    waits.busy_at -= fr.BUSY_FOR_S + 1  # no message for longer than the busy window
+
+    def took(seconds: float) -> float:
+        t = time.monotonic()
+        waits.sleep(seconds)
+        return time.monotonic() - t
+
+    assert took(3) >= 0.29  # resting: cheap polling between runs
+    assert took(0.5) < 0.2  # waiting for a reply: a message is being served ...
+    assert took(3) < 0.2  # ... so the next idle wait is short again
+
+
 class _Pulled:
     def __init__(self, run_id: int, state: str) -> None:
         self.run_id = run_id

@@ -98,6 +98,9 @@ def run_started_fields(
     }
     if cp is not None:
         fields["resumed_after_round"] = cp.round
+    recovered = driver.store.recovered
+    if recovered is not None:  # damaged newer rounds were skipped: the audit says which and why
+        fields["state_recovered"] = recovered.message
     return fields
 
 

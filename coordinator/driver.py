@@ -98,6 +98,8 @@ class RoundDriver:
         self.poll_interval = 0.05
         self.members = {s.id for s in scenario.sites}
         self.history: list[R.RoundRecord] = []
+        # why the run resumed from an older round than the newest stored (damaged state)
+        self.state_recovered: str | None = None
         self.schedule: list[dict[str, Any]] = []
         # sites keep per-run state (the CKKS model copy) under this key: unique per run, kept on resume
         self.run_key = f"{scenario.fingerprint()}-{secrets.token_hex(4)}"
@@ -371,6 +373,8 @@ class RoundDriver:
             self.selector.load_state_dict(cp.extra.get("selector", {}))
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
+        recovered = self.store.recovered
+        self.state_recovered = recovered.message if recovered is not None else None
         self.store.reset_logs(self.history)
         try:
             nodes = self.wait_for_nodes()
@@ -444,17 +448,25 @@ class RoundDriver:
         }
 
     def _result(self, status: str, error: str | None) -> dict[str, Any]:
-        return {
-            "status": status,
-            "error": error,
-            "scenario": self.scenario.name,
-            "fingerprint": self.scenario.fingerprint(),
-            "run_key": self.run_key,
-            "rounds": self.history,
-            "schedule": self.schedule,
-            "privacy": self.privacy_summary(),
-            "model": None,
-        } | self._simulation()
+        return (
+            {
+                "status": status,
+                "error": error,
+                "scenario": self.scenario.name,
+                "fingerprint": self.scenario.fingerprint(),
+                "run_key": self.run_key,
+                "rounds": self.history,
+                "schedule": self.schedule,
+                "privacy": self.privacy_summary(),
+                "model": None,
+            }
+            | self._simulation()
+            | self._recovery()
+        )
+
+    def _recovery(self) -> dict[str, Any]:
+        """Why the run resumed from an older round than the newest stored one, if it did."""
+        return {"state_recovered": self.state_recovered} if self.state_recovered else {}
 
     def _simulation(self) -> dict[str, Any]:
         """A simulated consortium's figures (virtual time, waits, dropouts), if the grid has them."""

@@ -87,6 +87,9 @@ def test_a_damaged_newest_round_is_redone_from_the_round_before(
     assert result["status"] == "completed"
     assert again.store.recovered is not None and again.store.recovered.round == 2
     assert "round 3: model does not match its SHA-256 digest" in caplog.text
+    # the run's result says so too (federation.json), not only the log
+    assert "resuming after round 2" in result["state_recovered"]
+    assert "round 3" in result["state_recovered"]
     rounds = [json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3]  # round 3 was run again, not lost and not doubled
     # the same model as a run that was never damaged: 3 rounds of +2.5

@@ -16,6 +16,7 @@ from fedcore.config import CsvData, GeneratedData, Scenario, SiteConfig, SiteSpe
 from fedcore.data.csv_loader import write_transactions_csv
 from fedcore.data.generator import generate_transactions
 from fedcore.engines.inprocess import InProcessGrid, node_id_for
+from fedcore.site_paths import STATE_DIR_KEY
 
 
 @pytest.fixture
@@ -32,12 +33,22 @@ def scenario() -> Scenario:
 
 
 @pytest.fixture
-def grid_for(inprocess_grid: Callable[..., InProcessGrid]) -> Callable[..., InProcessGrid]:
-    """Builds the grid of the real site ClientApp over ``{site id: site config file}``."""
+def grid_for(
+    inprocess_grid: Callable[..., InProcessGrid], tmp_path: Path
+) -> Callable[..., InProcessGrid]:
+    """Builds the grid of the real site ClientApp over ``{site id: site config file}``.
+
+    Each site's state directory is under ``tmp_path`` (the default, ``./fedcore-site-ID``,
+    would write into the directory the tests run from).
+    """
 
     def make(sites: dict[str, Path]) -> InProcessGrid:
         return inprocess_grid(
-            make_client_app(), {s: {"site-config": str(p)} for s, p in sites.items()}
+            make_client_app(),
+            {
+                s: {"site-config": str(p), STATE_DIR_KEY: str(tmp_path / f"state-{s}")}
+                for s, p in sites.items()
+            },
         )
 
     return make

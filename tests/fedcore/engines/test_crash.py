@@ -185,7 +185,14 @@ def test_killed_coordinator_resumes_where_it_stopped_and_sites_reconnect(
     assert started[1]["run_key"] == started[0]["run_key"]
     assert _completed_rounds(out) == list(range(1, rounds + 1))
     finished = [e for e in entries if e["event"] == "run_finished"]
-    assert [e["status"] for e in finished] == ["completed"], finished
+    # The killed service's ServerApp may still log its end: the guard stops what is left
+    # of the tree with SIGTERM first, and the ServerApp records "interrupted" if it gets
+    # the chance, before the second run started. Only the second run completed.
+    assert [e["status"] for e in finished] in (["completed"], ["interrupted", "completed"]), (
+        finished
+    )
+    if len(finished) == 2:
+        assert finished[0]["seq"] < started[1]["seq"], entries
     federation = json.loads((out / "federation.json").read_text())
     assert federation["status"] == "completed"
     assert [r["round"] for r in federation["rounds"]] == list(range(1, rounds + 1))

@@ -151,6 +151,10 @@ class RoundDriver:
         up = 0
         deadline = time.monotonic() + self.timeout
         while pending:
+            # The deadline is read before the pull: a pull can block for long (Flower retries
+            # the objects of a reply whose sender died mid-upload until its push session
+            # expires), and replies that arrived meanwhile still count.
+            expired = time.monotonic() >= deadline
             for rep in self.grid.pull_messages(list(pending)):
                 # match on the instruction answered, not the sender: when a node is offline the
                 # link itself sends the error reply
@@ -165,9 +169,10 @@ class RoundDriver:
                     errors[nid] = f"site error: {rep.error.reason or rep.error.code}"
                 else:
                     out.append((nid, rep))
-            if not pending or time.monotonic() >= deadline:
+            if not pending or expired:
                 break
-            time.sleep(self.poll_interval)
+            if time.monotonic() < deadline:
+                time.sleep(self.poll_interval)
         for mid in pending:
             errors[node_of[mid]] = f"no reply within {self.timeout:.0f}s"
         return ExchangeResult(out, errors, down, up)

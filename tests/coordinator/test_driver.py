@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,31 @@ def test_resume_asks_every_node_for_telemetry_again(
     assert driver.run()["status"] == "completed"
     assert [rnd for rnd, t in sent if t == R.TELEMETRY] == [2, 2, 2]
     assert [r["exchanges"] for r in rounds_log(out)] == [3, 3, 2]
+
+
+def test_replies_that_arrive_while_a_pull_blocks_past_the_deadline_still_count(
+    scenario: Scenario, tmp_path: Path, make_driver: Callable[..., RoundDriver]
+) -> None:
+    # Through Flower, one pull can block for long: it retries the objects of a reply whose
+    # site died mid-upload. The other sites' replies, in by then, must not be dropped.
+    driver = make_driver(scenario, tmp_path / "out", {})
+    driver.timeout = 0.3
+    grid = driver.grid
+    pull = grid.pull_messages
+    held: list[Message] = []
+
+    def slow_first_pull(ids: Any) -> list[Message]:
+        if held:  # the second pull: what came in while the first one blocked
+            out, held[:] = list(held), []
+            return out
+        first, *rest = list(pull(ids))
+        held.extend(rest)
+        time.sleep(0.5)  # past the deadline
+        return [first]
+
+    grid.pull_messages = slow_first_pull  # type: ignore[method-assign]
+    nodes = sorted(grid.get_node_ids())
+    content = R.telemetry_instruction(1, driver.run_key, scenario.task)
+    replies, errors, _, _ = driver.exchange(((n, content) for n in nodes), R.TELEMETRY, 1)
+    assert errors == {}
+    assert sorted(n for n, _ in replies) == nodes

@@ -25,8 +25,8 @@ from fedcore.engines.deployment.processes import DEFAULT_GRACE, ManagedProcess, 
 from fedcore.engines.deployment.progress import (
     RoundsTail,
     read_federation,
+    read_from,
     remove_stale_results,
-    tail_text,
     with_tail,
 )
 from fedcore.engines.deployment.security import DeploymentSecurity
@@ -250,12 +250,16 @@ def _run_once(launch: _Launch, port: int, procs: list[ManagedProcess]) -> dict[s
     ]
     if launch.rounds is not None:
         argv += ["--rounds", str(launch.rounds)]
+    coordinator_log = log_dir / "fed-coordinator.log"
+    # The log is appended to across runs in the same OUT: look for the mark of this start only
+    # (an earlier run's mark let the sites start before their keys were registered).
+    log_offset = coordinator_log.stat().st_size if coordinator_log.exists() else 0
     coordinator = ManagedProcess.start(
-        "fed-coordinator", argv, log_path=log_dir / "fed-coordinator.log", env=env, registry=procs
+        "fed-coordinator", argv, log_path=coordinator_log, env=env, registry=procs
     )
     if not launch.insecure:
         # Sites connect only once their node keys are registered, or they would be refused.
-        while READY_MARK not in tail_text(coordinator.log_path, 200):
+        while READY_MARK not in read_from(coordinator.log_path, log_offset):
             code = coordinator.poll()
             if code is not None:
                 if code == EXIT_ADDRESS_IN_USE:

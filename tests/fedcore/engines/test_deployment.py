@@ -150,7 +150,11 @@ class ProcessWatch:
         self.sample()
         deadline = time.monotonic() + wait
         while True:
-            alive = [p for p in self.seen.values() if _alive(p) and p.pid != os.getpid()]
+            alive = [
+                p
+                for p in self.seen.values()
+                if _alive(p) and p.pid != os.getpid() and not _own_helper(p)
+            ]
             alive += [
                 p
                 for p in psutil.process_iter()
@@ -187,6 +191,17 @@ class ProcessWatch:
                     proc.kill()
                 except psutil.Error:
                     pass
+
+
+def _own_helper(proc: psutil.Process) -> bool:
+    """Python's multiprocessing resource tracker of this test process (it lives as long as the
+    test process; a test that runs an engine in-process, e.g. a reference run, starts it)."""
+    try:
+        return proc.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(
+            proc.cmdline()
+        )
+    except psutil.Error:
+        return False
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from coordinator.state import StateError
-from fedcore.records import RoundRecord
+from fedcore.round_record import RoundRecord
 from fedcore.storage import json_default
 
 __all__ = [

@@ -32,7 +32,7 @@ from fedcore.engines.deployment.progress import (
 from fedcore.engines.deployment.security import DeploymentSecurity
 from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_interrupt
 from fedcore.exit_codes import EXIT_ADDRESS_IN_USE, EXIT_INTERRUPTED, EXIT_OK
-from fedcore.records import RoundRecord
+from fedcore.round_record import RoundRecord
 
 __all__ = ["run_deployment"]
 

@@ -210,15 +210,18 @@ class _ShortWaits:
             time.sleep(seconds)
 
 
-def patch_supernode_waits(idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S) -> bool:
+def patch_supernode_waits(
+    idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S, *, problems: list[str] | None = None
+) -> bool:
     """Shorten the SuperNode's idle and reply waits in this process; ``False``: left as Flower's.
 
     Only the two sleeps of Flower's SuperNode loop change (3 s idle -> ``idle`` while a run is
     under way, :data:`RESTING_WAIT_S` between runs; 0.5 s waiting for a reply -> ``reply``); any
     other sleep in that module keeps its length. Nothing is patched when
-    :func:`internals_problems` finds anything amiss.
+    :func:`internals_problems` finds anything amiss (``problems``: its answer, when the caller
+    has it already).
     """
-    problems = internals_problems()
+    problems = internals_problems() if problems is None else problems
     if problems:
         logger.warning(
             "SuperNode waits left at Flower's defaults (3 s idle, 0.5 s per reply check): %s",
@@ -231,14 +234,15 @@ def patch_supernode_waits(idle: float = IDLE_WAIT_S, reply: float = REPLY_WAIT_S
     return True
 
 
-def shorten_object_pulls(where: str) -> bool:
+def shorten_object_pulls(where: str, *, problems: list[str] | None = None) -> bool:
     """Make this process's object pulls retry after 0.02 s, not 1 s; ``False``: left as Flower's.
 
     Args:
         where: Which process this is: ``supernode``, ``worker`` or ``serverapp``
             (:data:`PULL_SITES`).
+        problems: :func:`internals_problems` when the caller has them already.
     """
-    problems = internals_problems()
+    problems = internals_problems() if problems is None else problems
     if problems:
         logger.warning("object pulls left at Flower's 1 s backoff: %s", "; ".join(problems))
         return False
@@ -259,7 +263,10 @@ def shorten_object_pulls(where: str) -> bool:
 
 def supernode_main(argv: Sequence[str]) -> NoReturn:
     """Run Flower's SuperNode (``flower-supernode ARGV``) with shortened waits where possible."""
-    patched = patch_supernode_waits() and shorten_object_pulls("supernode")
+    problems = internals_problems()  # read Flower's sources once for both patches
+    patched = patch_supernode_waits(problems=problems) and shorten_object_pulls(
+        "supernode", problems=problems
+    )
     from flwr.supernode.cli import flower_supernode
 
     if patched:
@@ -530,7 +537,7 @@ def worker_main(argv: Sequence[str]) -> None:
     problems = internals_problems()
     if problems:
         raise SystemExit("the ClientApp worker cannot run on this Flower: " + "; ".join(problems))
-    shorten_object_pulls("worker")
+    shorten_object_pulls("worker", problems=problems)
     worker = ClientAppWorker(args.runtime_api_address, poll=args.poll, max_poll=args.max_poll)
     logger.info("ClientApp worker serving the SuperNode at %s", args.runtime_api_address)
     try:

@@ -36,7 +36,7 @@ from tests.fedcore.engines.services import (
 from tests.fedcore.engines.test_deployment import ProcessWatch, provision_kits, write_scenario
 
 SITES = ["bank-a", "bank-b"]
-ROUNDS = 2
+ROUNDS = 4  # rounds of about a second each: the 0.2 s scrapes see the counter between 0 and the end
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -60,7 +60,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 class Scraper:
-    """Scrapes ``/metrics``, ``/readyz`` and ``/status.json`` every 0.5 s, as Prometheus would."""
+    """Scrapes ``/metrics``, ``/readyz`` and ``/status.json`` every 0.2 s, as Prometheus would."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -73,7 +73,7 @@ class Scraper:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(0.2):
             try:
                 self.metrics.append(_metrics(self.port))
                 self.readyz.append(_get(self.port, "/readyz")[0])
@@ -130,7 +130,7 @@ def test_operator_sees_a_real_run_in_metrics_status_and_audit(
             *site_logs.values(),
         )
         assert coordinator.poll() is None, text(log)
-        time.sleep(1.5)  # a few scrapes of the finished run
+        time.sleep(1.0)  # a few scrapes of the finished run
     finally:
         scraper.stop()
 

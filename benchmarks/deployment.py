@@ -1,4 +1,4 @@
-"""Seconds per round on loopback: bare Flower with fedcore's message pattern vs ``fedcore run --engine deployment`` (plaintext, CKKS, SecAgg+) vs the inprocess engine.
+"""Seconds per round on loopback: bare Flower (3 exchanges a round, and 1) vs ``fedcore run --engine deployment`` (plaintext, CKKS, SecAgg+) vs the inprocess engine.
 
 Usage::
 
@@ -13,9 +13,17 @@ In one run, one after another on 127.0.0.1:
   ``scenarios/bank-fraud.yaml``, each with its own ``FLWR_HOME`` in a temporary
   directory and telemetry off, the app submitted with ``flwr run``. Each round its
   ServerApp sends every site ``--exchanges`` messages with ``grid.send_and_receive``
-  (default 3, fedcore's round: a telemetry query with a tiny reply, ``train`` with the
-  bank-fraud model's arrays and a reply of the same arrays, ``evaluate`` with the model
-  and a small metrics reply) and writes its round wall times to a file.
+  and writes its round wall times to a file. The default, 3, is the Flower-alone round
+  that issue 15 defined the targets against: a telemetry query with a tiny reply,
+  ``train`` with the bank-fraud model's arrays and a reply of the same arrays,
+  ``evaluate`` with the model and a small metrics reply.
+* ``bare-flower-1x``: the same bare Flower app with 1 exchange a round (``train`` only),
+  whatever ``--exchanges`` says: fedcore's round after the first, like for like.
+  fedcore's coordinator sends a round after the first as one exchange with the sites (the
+  ``train`` message carries the evaluation of the incoming model and the next round's
+  telemetry); round 1 also queries telemetry, and after the last round comes one
+  ``evaluate`` exchange. A SecAgg+ round is 5 exchanges: its 4 protocol stages and an
+  ``evaluate``.
 * ``fedcore-plaintext``, ``fedcore-ckks``, ``fedcore-secagg``: ``fedcore run
   scenarios/bank-fraud{,-ckks,-secagg}.yaml --engine deployment --rounds N --out DIR``.
   ``fedcore run`` provisions throwaway kits, so the SuperLink runs with TLS and SuperNode
@@ -33,10 +41,12 @@ before it exited; and per measured round) and, for fedcore, the final pooled PR-
 that the runs are seen to train the same model. Processes that live under 0.2 s can be
 missed.
 
-Targets (issue 15): fedcore plaintext <= 0.25x bare Flower's seconds per round, CKKS
+Targets (issue 15): fedcore plaintext <= 0.25x ``bare-flower``'s seconds per round, CKKS
 <= 0.4x, SecAgg+ <= 0.5x; fedcore deployment (plaintext) <= 5x the inprocess engine.
-The JSON holds ``results`` (raw measurements per setup and the settings) and
-``targets`` (``value``, ``goal``, ``met``; ``met`` is null when a setup did not run).
+The JSON holds ``results`` (raw measurements per setup, the settings, and
+``like_for_like``: fedcore plaintext's, CKKS's and SecAgg+'s seconds per round over
+``bare-flower-1x``'s, for information, not targets) and ``targets`` (``value``, ``goal``,
+``met``; ``met`` is null when a setup did not run).
 """
 
 from __future__ import annotations
@@ -83,12 +93,34 @@ SCENARIOS = {
     "ckks": ROOT / "scenarios" / "bank-fraud-ckks.yaml",
     "secagg": ROOT / "scenarios" / "bank-fraud-secagg.yaml",
 }
-SETUPS = ("bare-flower", "fedcore-plaintext", "fedcore-ckks", "fedcore-secagg", "fedcore-inprocess")
+SETUPS = (
+    "bare-flower",
+    "bare-flower-1x",
+    "fedcore-plaintext",
+    "fedcore-ckks",
+    "fedcore-secagg",
+    "fedcore-inprocess",
+)
+#: The bare Flower setups and their exchanges per round (``None``: ``--exchanges``).
+BARE_EXCHANGES: dict[str, int | None] = {"bare-flower": None, "bare-flower-1x": 1}
 GOALS = {  # target name -> (numerator setup, denominator setup, limit)
     "plaintext_vs_bare": ("fedcore-plaintext", "bare-flower", 0.25),
     "ckks_vs_bare": ("fedcore-ckks", "bare-flower", 0.4),
     "secagg_vs_bare": ("fedcore-secagg", "bare-flower", 0.5),
     "deployment_vs_inprocess": ("fedcore-plaintext", "fedcore-inprocess", 5.0),
+}
+#: Informational ratios (not targets): name -> (fedcore setup, its exchanges in a round
+#: after the first, note). The denominator is LIKE_FOR_LIKE_BASE, bare Flower's 1-exchange round.
+LIKE_FOR_LIKE_BASE = "bare-flower-1x"
+LIKE_FOR_LIKE = {
+    "plaintext_vs_bare_1x": ("fedcore-plaintext", 1, None),
+    "ckks_vs_bare_1x": ("fedcore-ckks", 1, None),
+    "secagg_vs_bare_1x": (
+        "fedcore-secagg",
+        5,
+        "fedcore's SecAgg+ round is 5 exchanges (4 protocol stages + evaluate) against "
+        "bare-flower-1x's 1, so this ratio overstates its cost against Flower's",
+    ),
 }
 POLL = 0.2
 SECURITY_FLAGS = (
@@ -156,17 +188,45 @@ def target(value: float | None, limit: float) -> dict[str, Any]:
     }
 
 
+def ratio(setups: Mapping[str, Mapping[str, Any]], num: str, den: str) -> float | None:
+    """``num``'s seconds per round over ``den``'s; ``None`` if either is missing or ``den``'s is 0."""
+    a = setups.get(num, {}).get("seconds_per_round")
+    b = setups.get(den, {}).get("seconds_per_round")
+    return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b > 0 else None
+
+
 def build_targets(setups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """The issue's targets from the setups' ``seconds_per_round``; a missing setup gives ``met: null``."""
-    out = {}
-    for name, (num, den, limit) in GOALS.items():
-        a = setups.get(num, {}).get("seconds_per_round")
-        b = setups.get(den, {}).get("seconds_per_round")
-        value = (
-            a / b if isinstance(a, int | float) and isinstance(b, int | float) and b > 0 else None
-        )
-        out[name] = target(value, limit) | {"numerator": num, "denominator": den}
-    return out
+    return {
+        name: target(ratio(setups, num, den), limit) | {"numerator": num, "denominator": den}
+        for name, (num, den, limit) in GOALS.items()
+    }
+
+
+def like_for_like(setups: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """fedcore's seconds per round over ``bare-flower-1x``'s (informational, not targets).
+
+    Each ratio has ``value`` (``None`` where a setup is missing or failed), ``numerator``,
+    ``denominator`` and the exchanges of each side's round after the first; SecAgg+'s has a
+    ``note``.
+    """
+    ratios = {}
+    for name, (num, exchanges, note) in LIKE_FOR_LIKE.items():
+        ratios[name] = {
+            "value": ratio(setups, num, LIKE_FOR_LIKE_BASE),
+            "numerator": num,
+            "denominator": LIKE_FOR_LIKE_BASE,
+            "numerator_exchanges_per_round": exchanges,
+            "denominator_exchanges_per_round": BARE_EXCHANGES[LIKE_FOR_LIKE_BASE],
+        } | ({"note": note} if note else {})
+    return {
+        "about": (
+            "for information, not targets: fedcore's seconds per round over bare Flower's with "
+            "1 exchange a round (train only), as fedcore's rounds after the first are; the "
+            "targets compare against bare-flower (--exchanges a round, 3 by default)"
+        ),
+        "ratios": ratios,
+    }
 
 
 def command_name(cmdline: Sequence[str], fallback: str) -> str:
@@ -472,9 +532,15 @@ def wait_listening(port: int, popen: subprocess.Popen[bytes], log: Path, timeout
 
 
 def run_bare(
-    tmp: Path, num_sites: int, arrays: list[list[Any]], rounds: int, exchanges: int, timeout: float
+    tmp: Path,
+    num_sites: int,
+    arrays: list[list[Any]],
+    rounds: int,
+    exchanges: int,
+    timeout: float,
+    setup: str = "bare-flower",
 ) -> dict[str, Any]:
-    """Bare Flower, default settings, the trivial app; see the module docstring."""
+    """Bare Flower, default settings, the trivial app, ``exchanges`` a round; see the module docstring."""
     app_dir, work, logs = tmp / "app", tmp / "work", tmp / "logs"
     app_dir.mkdir(parents=True)
     work.mkdir()
@@ -496,7 +562,7 @@ def run_bare(
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    measured = Measured("bare-flower", superlink_argv)
+    measured = Measured(setup, superlink_argv)
     trees = Trees()
     started = time.perf_counter()
     try:
@@ -560,9 +626,7 @@ def run_bare(
             finished = False
             for row in rows:
                 if row["event"] == "round":
-                    measured.on_round(
-                        trees, float(row["seconds"]), float(row["end"]), "bare Flower"
-                    )
+                    measured.on_round(trees, float(row["seconds"]), float(row["end"]), setup)
                     errors += row["errors"]
                 elif row["event"] == "error":
                     raise RuntimeError(f"the bare ServerApp failed: {row['error']}")
@@ -659,6 +723,27 @@ def run_fedcore(
         trees.stop(grace=30.0)  # fedcore run stops its own coordinator and sites on SIGTERM
 
 
+def run_setup(
+    name: str,
+    tmp: Path,
+    num_sites: int,
+    arrays: list[list[Any]],
+    rounds: int,
+    exchanges: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """Run one setup of SETUPS in ``tmp``; ``exchanges`` is ``bare-flower``'s (``--exchanges``)."""
+    if name in BARE_EXCHANGES:
+        fixed = BARE_EXCHANGES[name]
+        return run_bare(
+            tmp, num_sites, arrays, rounds, exchanges if fixed is None else fixed, timeout, name
+        )
+    mode = name.removeprefix("fedcore-")
+    engine = "inprocess" if mode == "inprocess" else "deployment"
+    scenario = SCENARIOS["plaintext" if mode == "inprocess" else mode]
+    return run_fedcore(tmp, name, scenario, engine, rounds, timeout)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -702,9 +787,13 @@ def build_report(
     complete: bool,
     seconds: float,
 ) -> dict[str, Any]:
-    """The JSON document: ``results`` (settings and every setup's measurements), ``targets``."""
+    """The JSON document: ``results`` (settings, every setup's measurements, ``like_for_like``), ``targets``."""
     return {
-        "results": {"settings": dict(settings), "setups": {k: dict(v) for k, v in setups.items()}},
+        "results": {
+            "settings": dict(settings),
+            "setups": {k: dict(v) for k, v in setups.items()},
+            "like_for_like": like_for_like(setups),
+        },
         "targets": build_targets(setups),
         "machine": dict(machine_info),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -721,7 +810,11 @@ def write_report(path: Path, report: Mapping[str, Any]) -> None:
     partial.replace(path)
 
 
-def show(setups: Mapping[str, Mapping[str, Any]], goals: Mapping[str, Mapping[str, Any]]) -> None:
+def show(
+    setups: Mapping[str, Mapping[str, Any]],
+    goals: Mapping[str, Mapping[str, Any]],
+    alike: Mapping[str, Any] | None = None,
+) -> None:
     def fmt(v: Any, spec: str) -> str:
         return format(v, spec) if isinstance(v, int | float) else "-"
 
@@ -772,6 +865,12 @@ def show(setups: Mapping[str, Mapping[str, Any]], goals: Mapping[str, Mapping[st
             "met" if t["met"] else "NOT met" if t["met"] is False else "n/a (a setup did not run)"
         )
         console.print(f"{name}: {fmt(t['value'], '.3f')} (goal {t['goal']}): {verdict}")
+    if alike is not None:
+        console.print(f"like for like ({alike['about']}):")
+        for name, r in alike["ratios"].items():
+            value = "n/a (a setup did not run)" if r["value"] is None else fmt(r["value"], ".3f")
+            note = f" ({r['note']})" if r.get("note") else ""
+            console.print(f"  {name}: {value}{note}")
 
 
 def main(
@@ -785,7 +884,12 @@ def main(
     exchanges: Annotated[
         int,
         typer.Option(
-            help="Exchanges per round in the bare Flower app (fedcore's round: 3).", min=1
+            help=(
+                "Exchanges per round of the bare-flower setup (3: the issue's Flower-alone round "
+                "of telemetry, train, evaluate; 1: train only). bare-flower-1x always sends 1, "
+                "as fedcore's rounds after the first do."
+            ),
+            min=1,
         ),
     ] = 3,
     setup: Annotated[
@@ -822,7 +926,8 @@ def main(
         "num_sites": num_sites,
         "rounds": rounds,
         "measured_rounds": rounds - 1,
-        "exchanges": exchanges,
+        "exchanges": exchanges,  # bare-flower's
+        "bare_exchanges": {n: exchanges if e is None else e for n, e in BARE_EXCHANGES.items()},
         "model_arrays": arrays,
         "model_parameters": sum(math.prod(shape) for _, shape, _ in arrays),
         "poll_interval_s": POLL,
@@ -840,7 +945,7 @@ def main(
             seconds=time.perf_counter() - started,
         )
         write_report(json_out, report)
-        return dict(report["targets"])
+        return report
 
     with sigterm_as_interrupt(), contextlib.ExitStack() as stack:
         if workdir is None:
@@ -858,13 +963,9 @@ def main(
             console.log(f"[bold]{name}[/]: {rounds} rounds, {num_sites} sites")
             load = os.getloadavg()
             try:
-                if name == "bare-flower":
-                    setups[name] = run_bare(tmp / name, num_sites, arrays, rounds, exchanges, limit)
-                else:
-                    mode = name.removeprefix("fedcore-")
-                    engine = "inprocess" if mode == "inprocess" else "deployment"
-                    scenario = SCENARIOS["plaintext" if mode == "inprocess" else mode]
-                    setups[name] = run_fedcore(tmp / name, name, scenario, engine, rounds, limit)
+                setups[name] = run_setup(
+                    name, tmp / name, num_sites, arrays, rounds, exchanges, limit
+                )
             except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
                 console.log(f"[red]{name} failed[/]: {escape(str(exc))}")
                 setups[name] = {"setup": name, "error": str(exc)}
@@ -874,8 +975,8 @@ def main(
             if spr is not None:
                 console.log(f"  {name}: {spr:.2f} s per round")
             write(final=False)
-    goals = write(final=True)
-    show(setups, goals)
+    report = write(final=True)
+    show(setups, report["targets"], report["results"]["like_for_like"])
     console.print(f"wrote {json_out} in {time.perf_counter() - started:.0f} s")
 
 

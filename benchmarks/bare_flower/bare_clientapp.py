@@ -1,4 +1,4 @@
-"""Bare Flower ClientApp answering fedcore's message pattern with trivial numpy work (benchmarks/deployment.py).
+"""Bare Flower ClientApp answering bare_serverapp.py's message pattern with trivial numpy work (benchmarks/deployment.py).
 
 Telemetry and extra queries get a few metrics back; ``train`` returns arrays of the
 same names, shapes and dtypes as it received (slightly moved) plus ``num-examples``;

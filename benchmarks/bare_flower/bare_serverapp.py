@@ -1,4 +1,4 @@
-"""Bare Flower ServerApp that sends fedcore's message pattern each round (numpy only; benchmarks/deployment.py).
+"""Bare Flower ServerApp that sends a fixed message pattern each round (numpy only; benchmarks/deployment.py).
 
 Each round it sends every connected site the exchanges of :func:`message_pattern` one
 after another with ``grid.send_and_receive`` (Flower's default polling), averages the
@@ -54,11 +54,14 @@ EVALUATE = Exchange("evaluate", "evaluate", sends_model=True, reply="metrics")
 
 
 def message_pattern(exchanges: int) -> list[Exchange]:
-    """The exchanges of one round, as fedcore's coordinator sends them.
+    """The exchanges of one round.
 
-    ``3`` (fedcore's plaintext round): telemetry query, train, evaluate. ``1``: train
-    only; ``2``: train, evaluate; more than 3: the three, then ``exchanges - 3`` tiny
-    queries (``query.extra``, e.g. the control stages of a secure-aggregation protocol).
+    ``3``: telemetry query, train, evaluate (the Flower-alone round that issue 15 set the
+    deployment targets against; benchmarks/deployment.py's ``bare-flower``). ``1``: train
+    only, like fedcore's rounds after the first, whose train message carries the
+    evaluation of the incoming model and the next round's telemetry (``bare-flower-1x``).
+    ``2``: train, evaluate. More than 3: the three, then ``exchanges - 3`` tiny queries
+    (``query.extra``, e.g. the control stages of a secure-aggregation protocol).
 
     Args:
         exchanges: Exchanges per round, at least 1.

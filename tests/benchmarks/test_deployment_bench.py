@@ -180,6 +180,93 @@ def test_targets_on_synthetic_measurements() -> None:
     assert zero["plaintext_vs_bare"]["value"] is None
 
 
+def test_setups_and_targets_keep_bare_flower_as_the_issues_baseline() -> None:
+    assert bench.SETUPS[:2] == ("bare-flower", "bare-flower-1x")
+    assert bench.BARE_EXCHANGES == {"bare-flower": None, "bare-flower-1x": 1}
+    # the issue's targets compare against the 3-exchange bare-flower, never the 1x one
+    assert {den for _, den, _ in bench.GOALS.values()} == {"bare-flower", "fedcore-inprocess"}
+    assert {k: v[2] for k, v in bench.GOALS.items()} == {
+        "plaintext_vs_bare": 0.25,
+        "ckks_vs_bare": 0.4,
+        "secagg_vs_bare": 0.5,
+        "deployment_vs_inprocess": 5.0,
+    }
+
+
+def test_like_for_like_on_synthetic_measurements() -> None:
+    setups = _setups(
+        bare_flower=40.0,
+        bare_flower_1x=10.0,
+        fedcore_plaintext=8.0,  # 8 / 10
+        fedcore_ckks=15.0,  # 15 / 10
+    )  # no SecAgg+ run: null
+    out = bench.like_for_like(setups)
+    assert "not targets" in out["about"]
+    ratios = out["ratios"]
+    assert set(ratios) == {"plaintext_vs_bare_1x", "ckks_vs_bare_1x", "secagg_vs_bare_1x"}
+    assert ratios["plaintext_vs_bare_1x"] == {
+        "value": 0.8,
+        "numerator": "fedcore-plaintext",
+        "denominator": "bare-flower-1x",
+        "numerator_exchanges_per_round": 1,
+        "denominator_exchanges_per_round": 1,
+    }
+    assert ratios["ckks_vs_bare_1x"]["value"] == 1.5
+    assert "note" not in ratios["ckks_vs_bare_1x"]
+    secagg = ratios["secagg_vs_bare_1x"]
+    assert secagg["value"] is None
+    assert secagg["numerator"] == "fedcore-secagg"
+    assert secagg["numerator_exchanges_per_round"] == 5
+    assert "5 exchanges" in secagg["note"] and "overstates" in secagg["note"]
+    setups["fedcore-secagg"] = {"seconds_per_round": 25.0}
+    assert bench.like_for_like(setups)["ratios"]["secagg_vs_bare_1x"]["value"] == 2.5
+    # without bare-flower-1x (not run, or failed) every ratio is null, even with bare-flower
+    for base in ({}, {"bare-flower-1x": {"error": "boom"}}):
+        rest = {k: v for k, v in setups.items() if k != "bare-flower-1x"} | base
+        assert [r["value"] for r in bench.like_for_like(rest)["ratios"].values()] == [None] * 3
+
+
+def test_run_setup_gives_each_bare_setup_its_exchanges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, tuple[object, ...]]] = []
+    monkeypatch.setattr(bench, "run_bare", lambda *a: calls.append(("bare", a)) or {"ok": 1})
+    monkeypatch.setattr(bench, "run_fedcore", lambda *a: calls.append(("fedcore", a)) or {})
+    arrays = [["w", [2], "float32"]]
+    assert bench.run_setup("bare-flower-1x", tmp_path, 7, arrays, 4, 3, 60.0) == {"ok": 1}
+    bench.run_setup("bare-flower", tmp_path, 7, arrays, 4, 3, 60.0)
+    bench.run_setup("bare-flower-1x", tmp_path, 7, arrays, 4, 5, 60.0)  # --exchanges 5
+    bench.run_setup("bare-flower", tmp_path, 7, arrays, 4, 5, 60.0)
+    # run_bare(tmp, num_sites, arrays, rounds, exchanges, timeout, setup)
+    assert calls == [
+        ("bare", (tmp_path, 7, arrays, 4, 1, 60.0, "bare-flower-1x")),
+        ("bare", (tmp_path, 7, arrays, 4, 3, 60.0, "bare-flower")),
+        ("bare", (tmp_path, 7, arrays, 4, 1, 60.0, "bare-flower-1x")),
+        ("bare", (tmp_path, 7, arrays, 4, 5, 60.0, "bare-flower")),
+    ]
+    calls.clear()
+    bench.run_setup("fedcore-ckks", tmp_path, 7, arrays, 4, 3, 60.0)
+    bench.run_setup("fedcore-inprocess", tmp_path, 7, arrays, 4, 3, 60.0)
+    assert calls == [
+        ("fedcore", (tmp_path, "fedcore-ckks", bench.SCENARIOS["ckks"], "deployment", 4, 60.0)),
+        (
+            "fedcore",
+            (tmp_path, "fedcore-inprocess", bench.SCENARIOS["plaintext"], "inprocess", 4, 60.0),
+        ),
+    ]
+
+
+def test_show_prints_the_like_for_like_ratios() -> None:
+    setups = _setups(bare_flower=40.0, bare_flower_1x=10.0, fedcore_plaintext=8.0)
+    with bench.console.capture() as captured:
+        bench.show({}, bench.build_targets(setups), bench.like_for_like(setups))
+    text = captured.get()
+    assert "plaintext_vs_bare: 0.200 (goal <= 0.25): met" in text
+    assert "plaintext_vs_bare_1x: 0.800" in text
+    assert "ckks_vs_bare_1x: n/a (a setup did not run)" in text
+    assert "secagg_vs_bare_1x: n/a (a setup did not run) (fedcore's SecAgg+ round is 5" in text
+
+
 def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
     trees = bench.Trees()
     me = psutil.Process()
@@ -198,7 +285,11 @@ def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
     assert row["superlink_cpu_s"] == 9.0
     assert row["superlink_cpu_s_per_round"] == 2.0  # (7 - 3) / 2
 
-    setups = {"bare-flower": row, "fedcore-plaintext": {"seconds_per_round": 7.0}}
+    setups = {
+        "bare-flower": row,
+        "bare-flower-1x": {"seconds_per_round": 3.5},
+        "fedcore-plaintext": {"seconds_per_round": 7.0},
+    }
     report = bench.build_report(
         {"rounds": 3, "exchanges": 3}, setups, {"cpu_count": 2}, complete=True, seconds=1.0
     )
@@ -212,6 +303,10 @@ def test_report_is_json_with_results_and_targets(tmp_path: Path) -> None:
         assert set(t) >= {"value", "goal", "met"}
     assert loaded["targets"]["plaintext_vs_bare"]["value"] == pytest.approx(1 / 3)
     assert loaded["targets"]["plaintext_vs_bare"]["met"] is False
+    assert set(loaded["targets"]) == set(bench.GOALS)  # like for like is not a target
+    alike = loaded["results"]["like_for_like"]["ratios"]
+    assert alike["plaintext_vs_bare_1x"]["value"] == 2.0  # 7 / 3.5
+    assert alike["ckks_vs_bare_1x"]["value"] is None
     assert not list(path.parent.glob("*.partial"))
 
 
@@ -237,7 +332,7 @@ def test_trees_see_descendants_and_stop_them_all(tmp_path: Path) -> None:
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
 
 
-def test_message_pattern_is_fedcores_round() -> None:
+def test_message_pattern() -> None:
     three = bare.message_pattern(3)
     assert [e.name for e in three] == ["telemetry", "train", "evaluate"]
     assert [e.message_type for e in three] == ["query.telemetry", "train", "evaluate"]
@@ -273,9 +368,13 @@ def test_weighted_mean_and_initial_arrays() -> None:
 
 @pytest.mark.slow
 def test_bare_flower_smoke(tmp_path: Path) -> None:
-    """Two sites, one exchange, two rounds of the real bare Flower deployment; nothing left running."""
+    """Two sites, one exchange (bare-flower-1x), two rounds of the real bare Flower deployment; nothing left running."""
     arrays = [["w", [4, 3], "float32"], ["b", [4], "float32"]]
-    row = bench.run_bare(tmp_path, 2, arrays, rounds=2, exchanges=1, timeout=120.0)
+    row = bench.run_bare(
+        tmp_path, 2, arrays, rounds=2, exchanges=1, timeout=120.0, setup="bare-flower-1x"
+    )
+    assert row["setup"] == "bare-flower-1x" and row["exchanges"] == 1
+    assert [e["name"] for e in row["pattern"]] == ["train"]
     assert row["rounds"] == 2 and len(row["round_seconds"]) == 2
     assert row["reply_errors"] == []
     starts = row["process_starts"]
@@ -289,6 +388,7 @@ def test_bare_flower_smoke(tmp_path: Path) -> None:
     ]
     assert [r["event"] for r in rounds] == ["sites", "round", "round", "done"]
     assert all(r["replies"] == 2 for r in rounds if r["event"] == "round")
+    assert all(list(r["exchange_seconds"]) == ["train"] for r in rounds if r["event"] == "round")
     leftovers = []  # every process of the run had FLWR_HOME under tmp_path
     for proc in psutil.process_iter(["pid"]):
         try:

@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from clients.model_store import GlobalModelStore, digest_hex
 from clients.protection import read_round, site_protection
 from clients.runtime import SiteRuntime, local_seed
+from fedcore import carry
 from fedcore import records as R
 from fedcore.config import TaskSpec
 from fedcore.devices.environment import SiteEnvironment
@@ -50,12 +51,23 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        """Train from the incoming global model; when asked, evaluate it first and add telemetry."""
         rt = runtime(context)
         cfg = read_round(msg.content)
         protection = site_protection(cfg.privacy)
         base = protection.global_model(rt, msg.content, cfg)
+        evaluation = None
+        if carry.read_evaluation_request(msg.content) is not None:
+            try:
+                evaluation = rt.evaluate(base, cfg, digest_hex(base)).to_content()
+            except Exception as exc:  # the update still counts; the coordinator asks again
+                log.warning("evaluation of the incoming model failed, training on: %s", exc)
         trained = rt.train(base, cfg)
-        return Message(protection.reply(rt, cfg, base, trained), reply_to=msg)
+        content = protection.reply(rt, cfg, base, trained)
+        if evaluation is not None:
+            carry.attach_evaluation(content, evaluation)
+        _add_telemetry(rt, msg.content, content, cfg)
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -64,14 +76,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         cfg = read_round(msg.content)
         arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
         content = rt.evaluate(arrays, cfg, digest_hex(arrays)).to_content()
-        next_round = R.read_telemetry_request(msg.content)
-        if next_round is not None:
-            # taken after the evaluation: the model copy is the one the next round starts from.
-            # Without it the evaluation stands; the coordinator asks again and hears why.
-            try:
-                R.attach_telemetry(content, signed_telemetry(rt, next_round, cfg.run_key, cfg.task))
-            except Exception as exc:
-                log.warning("telemetry for round %d not attached: %s", next_round, exc)
+        _add_telemetry(rt, msg.content, content, cfg)
         return Message(content, reply_to=msg)
 
     @app.query("export")
@@ -100,11 +105,28 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
     return app
 
 
+def _add_telemetry(
+    rt: SiteRuntime, instruction: RecordDict, content: RecordDict, cfg: R.RoundConfig
+) -> None:
+    """Add the telemetry ``instruction`` asks for to the reply ``content``, if it asks.
+
+    Taken after the site's work: its model copy is the one the next round starts from.
+    Without it the reply stands; the coordinator asks again and hears why.
+    """
+    next_round = carry.read_telemetry_request(instruction)
+    if next_round is None:
+        return
+    try:
+        carry.attach_telemetry(content, signed_telemetry(rt, next_round, cfg.run_key, cfg.task))
+    except Exception as exc:
+        log.warning("telemetry for round %d not attached: %s", next_round, exc)
+
+
 def signed_telemetry(rt: SiteRuntime, round_: int, run_key: str, task: TaskSpec) -> RecordDict:
     """The site's telemetry for ``round_`` of run ``run_key``, signed when the site has a kit.
 
-    The content of a ``query.telemetry`` reply; an evaluate reply carries the same
-    (:func:`fedcore.records.attach_telemetry`).
+    The content of a ``query.telemetry`` reply; a train or evaluate reply carries the same
+    (:func:`fedcore.carry.attach_telemetry`).
     """
     store = GlobalModelStore.for_run(rt.state_dir, run_key)
     tel = rt.telemetry(task, store.round())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from flwr.app import RecordDict
 
 from fedcore.metrics import metrics_from_counts, metrics_from_histograms
 from fedcore.records import EvalReply
@@ -86,3 +88,30 @@ def pool_evaluations(parsed: Sequence[EvalReply], threshold: float) -> dict[str,
         )
     pooled["loss"] = weighted_mean([(p.loss, p.num_examples) for p in parsed])
     return pooled
+
+
+def pool_replies(
+    replies: Sequence[tuple[int, RecordDict]],
+    errors: Mapping[int, str],
+    site_of: Mapping[int, str],
+    threshold: float,
+) -> tuple[dict[str, Any], list[EvalReply], dict[str, list[str]]]:
+    """Parse evaluate-reply contents by node and pool them (:func:`pool_evaluations`).
+
+    ``errors`` say why a node gave none; ``site_of`` names each node's site. Returns the
+    pooled metrics (NaN when nothing parsed; ``per_site``: each site's own metrics), the
+    parsed replies and the problems by site.
+    """
+    problems = {site_of[n]: [e] for n, e in errors.items() if n in site_of}
+    parsed: list[EvalReply] = []
+    for nid, content in replies:
+        try:
+            parsed.append(EvalReply.from_content(content))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems[site_of.get(nid, f"node {nid}")] = [f"malformed evaluation: {exc}"]
+    if not parsed:
+        nan = float("nan")
+        return {"loss": nan, "pr_auc": nan, "roc_auc": nan}, parsed, problems
+    pooled: dict[str, Any] = dict(pool_evaluations(parsed, threshold))
+    pooled["per_site"] = {p.site_id: p.metrics for p in parsed}
+    return pooled, parsed, problems

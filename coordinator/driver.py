@@ -1,10 +1,18 @@
 """The round driver: telemetry -> select -> train -> aggregate -> evaluate -> persist, over any protection.
 
-A round takes two exchanges with the sites (SecAgg+: five): train, and evaluate, whose
-replies carry each site's telemetry for the next round. A telemetry query goes only to
-connected nodes without such telemetry: every node in the first round of a run (or of a
-resume), then a site that rejoined, was left out of the last evaluation, or could not
-answer it.
+A round after the first is one exchange with the sites (:mod:`coordinator.carrying`):
+each chosen site's train instruction also asks it to evaluate the model it brings (the
+last round's, which is then recorded) and for its telemetry of the next round; the
+sites not chosen evaluate and answer telemetry in the same batch. The first round also
+queries telemetry, and the last ends with one evaluate exchange of the final model.
+Under SecAgg+, whose stages carry the train instruction, a round is its four stages and
+an evaluate exchange whose replies carry the next round's telemetry. A telemetry query
+goes only to connected nodes without carried telemetry: every node in the first round
+of a run (or of a resume), then a site that rejoined or could not answer.
+
+A round's record is written once its model is evaluated, so with one exchange per round
+round ``r`` appears (in ``rounds.jsonl``, to observers) when round ``r + 1`` has trained;
+a checkpoint keeps the record still waiting for its evaluation.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.aggregation import pool_evaluations
+from coordinator.aggregation import pool_replies
 from coordinator.auth import ReplyVerifier
+from coordinator.carrying import Carrier
 from coordinator.errors import FederationError
+from coordinator.exchange import CountingGrid, Send, exchange_batch
 from coordinator.protection import (
     Collected,
     Protection,
@@ -30,21 +40,24 @@ from coordinator.protection import (
     TrainRound,
     build_protection,
 )
-from coordinator.protection.base import ExchangeResult
+from coordinator.protection.base import Exchange, ExchangeResult
 from coordinator.state import Checkpoint, StateStore
+from fedcore import carry
 from fedcore import records as R
 from fedcore.config import Scenario
-from fedcore.engines.polling import GridWrapper
-from scheduling.base import Candidate, Selection, Selector, SiteResult
+from scheduling.base import Candidate, Selection, Selector, SiteResult, schedule_digest
 
 log = logging.getLogger(__name__)
 
 NOT_CONNECTED = "not connected: no telemetry this round"
 """The reason a round record gives for a scenario site that did not answer telemetry at all."""
 
+PENDING_KEY = "pending_round"
+"""Checkpoint key: the record of the last round trained, still waiting for its evaluation."""
+
 RoundObserver = Callable[[R.RoundRecord], None]
 
-__all__ = ["FederationError", "RoundDriver", "RoundObserver", "schedule_digest"]
+__all__ = ["FederationError", "RoundDriver", "RoundObserver"]
 
 
 class RoundDriver:
@@ -52,9 +65,9 @@ class RoundDriver:
 
     The driver waits for nodes, asks for telemetry, schedules, hands the round to the
     protection (which trains, checks and aggregates), evaluates and checkpoints. It
-    never looks at the privacy mode: that is the protection's business. The evaluation
-    of one round asks for the next round's telemetry, so only nodes without it are
-    queried (see the module docstring).
+    never looks at the privacy mode: that is the protection's business. A round's
+    evaluation and the next round's telemetry ride on the next train batch, so a round
+    after the first is one exchange (see the module docstring).
 
     Args:
         grid: Where messages go (in-process, deployment...).
@@ -111,8 +124,12 @@ class RoundDriver:
         self._selection: Selection | None = None
         # node id -> the site it answered telemetry for: names a node that fails later by its site
         self._site_of_node: dict[int, str] = {}
-        # telemetry the last evaluate replies carried: (the round it is for, node id -> content)
+        # telemetry the last replies carried: (the round it is for, node id -> content)
         self._carried: tuple[int, dict[int, RecordDict]] = (0, {})
+        # the record of the last round trained, until its model's evaluation comes in
+        self._pending: dict[str, Any] | None = None
+        # finished records not yet written to the round logs and observer (after the checkpoint)
+        self._unpublished: list[R.RoundRecord] = []
         self._exchanges = 0
         """Exchanges with the sites so far (each SecAgg+ stage counts once)."""
 
@@ -131,51 +148,13 @@ class RoundDriver:
         Returns:
             Replies by node, errors by node, bytes sent down, bytes received up.
         """
-        msgs: list[Message] = []
-        down = 0
-        for nid, content in targets:
-            msg = Message(content, nid, message_type, group_id=str(round_))
-            down += R.message_nbytes(msg)
-            msgs.append(msg)
-        if not msgs:
-            return ExchangeResult([], {}, 0, 0)
-        self._exchanges += 1
-        ids = list(self.grid.push_messages(msgs))
-        node_of = {
-            (m.metadata.message_id or mid): m.metadata.dst_node_id
-            for m, mid in zip(msgs, ids, strict=False)
-        }
-        pending = set(node_of)
-        out: list[tuple[int, Message]] = []
-        errors: dict[int, str] = {}
-        up = 0
-        deadline = time.monotonic() + self.timeout
-        while pending:
-            # The deadline is read before the pull: a pull can block for long (Flower retries
-            # the objects of a reply whose sender died mid-upload until its push session
-            # expires), and replies that arrived meanwhile still count.
-            expired = time.monotonic() >= deadline
-            for rep in self.grid.pull_messages(list(pending)):
-                # match on the instruction answered, not the sender: when a node is offline the
-                # link itself sends the error reply
-                mid = rep.metadata.reply_to_message_id
-                if mid not in pending:
-                    log.warning("ignoring unexpected or duplicate reply to message %s", mid)
-                    continue
-                pending.discard(mid)
-                nid = node_of[mid]
-                up += R.message_nbytes(rep)
-                if rep.has_error():
-                    errors[nid] = f"site error: {rep.error.reason or rep.error.code}"
-                else:
-                    out.append((nid, rep))
-            if not pending or expired:
-                break
-            if time.monotonic() < deadline:
-                time.sleep(self.poll_interval)
-        for mid in pending:
-            errors[node_of[mid]] = f"no reply within {self.timeout:.0f}s"
-        return ExchangeResult(out, errors, down, up)
+        return self._send([(n, c, message_type) for n, c in targets], round_)
+
+    def _send(self, sends: Sequence[Send], round_: int) -> ExchangeResult:
+        """One exchange of a batch that may mix message types (see :func:`exchange_batch`)."""
+        if sends:
+            self._exchanges += 1
+        return exchange_batch(self.grid, sends, round_, self.timeout, self.poll_interval)
 
     # ------------------------------------------------------------------ phases
 
@@ -293,8 +272,13 @@ class RoundDriver:
         given = self._selection.epochs.get(site, 0) if self._selection is not None else 0
         return given if given > 0 else self.scenario.training.local_epochs
 
-    def train_round(self, round_: int, chosen: Sequence[Candidate]) -> TrainRound:
-        """What the protection needs to train ``round_`` over the ``chosen`` sites."""
+    def train_round(
+        self, round_: int, chosen: Sequence[Candidate], exchange: Exchange | None = None
+    ) -> TrainRound:
+        """What the protection needs to train ``round_`` over the ``chosen`` sites.
+
+        ``exchange`` replaces the plain one (the round's :class:`~coordinator.carrying.Carrier`).
+        """
 
         def verify(reply: R.TrainReply, content: RecordDict) -> str | None:
             return self.verifier.check(
@@ -310,57 +294,62 @@ class RoundDriver:
             round=round_,
             chosen=chosen,
             config_for=config_for,
-            exchange=self.exchange,
+            exchange=exchange or self.exchange,
             verify=verify,
             epochs_of=self.epochs_of,
-            grid=_CountingGrid(self.grid, self._count_exchange),
+            grid=CountingGrid(self.grid, self._count_exchange),
             timeout=self.timeout,
         )
 
     def evaluate(
         self, round_: int, sites: Sequence[Candidate], telemetry_for: int | None = None
     ) -> tuple[dict[str, Any], dict[str, list[str]], int, int]:
-        """Federated evaluation of the global model; metrics pooled from per-site score histograms.
+        """Federated evaluation of the global model in an exchange of its own.
 
         Args:
             round_: The round evaluated.
             sites: The sites that evaluate.
             telemetry_for: Ask each site also for its telemetry of this round (the next
                 one); what the replies carry is kept for :meth:`telemetry`, unchecked.
+
+        Returns:
+            Pooled metrics, problems by site, bytes down and up.
         """
         cfg = self.round_config(round_)
-        by_node = {c.node_id: c for c in sites}
 
         def instruction(c: Candidate) -> RecordDict:
             content = self.protection.instruction(cfg, c)
-            return content if telemetry_for is None else R.request_telemetry(content, telemetry_for)
+            return (
+                content
+                if telemetry_for is None
+                else carry.request_telemetry(content, telemetry_for)
+            )
 
         replies, errors, down, up = self.exchange(
             ((c.node_id, instruction(c)) for c in sites), R.EVALUATE, round_
         )
         if telemetry_for is not None:
-            carried = ((nid, R.carried_telemetry(rep.content)) for nid, rep in replies)
+            carried = ((nid, carry.carried_telemetry(rep.content)) for nid, rep in replies)
             self._carried = (telemetry_for, {n: t for n, t in carried if t is not None})
-        problems = {by_node[n].site_id: [e] for n, e in errors.items()}
-        parsed: list[R.EvalReply] = []
-        for nid, rep in replies:
-            try:
-                parsed.append(R.EvalReply.from_content(rep.content))
-            except (ValueError, KeyError, TypeError) as exc:
-                problems[by_node[nid].site_id] = [f"malformed evaluation: {exc}"]
+        pooled, problems = self._pool(round_, sites, [(n, r.content) for n, r in replies], errors)
+        return pooled, problems, down, up
+
+    def _pool(
+        self,
+        round_: int,
+        sites: Sequence[Candidate],
+        replies: Sequence[tuple[int, RecordDict]],
+        errors: Mapping[int, str],
+    ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """Round ``round_``'s evaluations pooled (see :func:`~coordinator.aggregation.pool_replies`)."""
+        site_of = {c.node_id: c.site_id for c in sites}
+        pooled, parsed, problems = pool_replies(
+            replies, errors, site_of, self.scenario.task.threshold
+        )
         model_problems = self.protection.check_evaluations(round_, parsed)
         if model_problems:
             problems.setdefault("model", []).extend(model_problems)
-        if not parsed:
-            return (
-                {"loss": float("nan"), "pr_auc": float("nan"), "roc_auc": float("nan")},
-                problems,
-                down,
-                up,
-            )
-        pooled: dict[str, Any] = pool_evaluations(parsed, self.scenario.task.threshold)
-        pooled["per_site"] = {p.site_id: p.metrics for p in parsed}
-        return pooled, problems, down, up
+        return pooled, problems
 
     # ------------------------------------------------------------------ main loop
 
@@ -376,6 +365,8 @@ class RoundDriver:
             self.run_key = str(cp.extra.get("run_key", self.run_key))
             self.protection.load_state_dict(cp.extra, arrays)
             self.selector.load_state_dict(cp.extra.get("selector", {}))
+            pending = cp.extra.get(PENDING_KEY)
+            self._pending = dict(pending) if isinstance(pending, Mapping) else None
             start_round = cp.round + 1
             log.info("resuming after round %d from %s", cp.round, self.store.state)
         recovered = self.store.recovered
@@ -386,7 +377,10 @@ class RoundDriver:
             for rnd in range(start_round, self.rounds + 1):
                 self._one_round(rnd, nodes)
                 nodes = sorted(self.grid.get_node_ids())
+            if self._pending is not None:  # resumed after the last round trained
+                self._evaluate_last(nodes)
         except FederationError as exc:
+            self._stopped_unevaluated(str(exc))
             result = self._result("failed", str(exc))
             self.store.write_result(result)
             raise
@@ -478,15 +472,134 @@ class RoundDriver:
         stats = getattr(self.grid, "stats", None)
         return {"simulation": stats()} if callable(stats) else {}
 
+    def _carrier(self, rnd: int, candidates: Sequence[Candidate]) -> Carrier | None:
+        """The exchange round ``rnd`` trains through, when the protection lets the batch carry."""
+        if not self.protection.evaluation_rides_on_train:
+            return None
+        pending = None if self._pending is None else int(self._pending["round"])
+        cfg = self.round_config(pending or rnd)
+        by_node = {c.node_id: c for c in candidates}
+        next_round = rnd + 1 if rnd < self.rounds else None
+        return Carrier(
+            send=self._send,
+            nodes=[c.node_id for c in candidates],
+            evaluate_round=pending,
+            telemetry_round=next_round,
+            evaluate_instruction=lambda nid: self.protection.instruction(cfg, by_node[nid]),
+            telemetry_instruction=lambda nid: R.telemetry_instruction(
+                next_round or rnd, self.run_key, self.scenario.task
+            ),
+        )
+
+    def _settle_pending(
+        self, rnd: int, candidates: Sequence[Candidate], carrier: Carrier | None
+    ) -> tuple[int, int]:
+        """Record the evaluation of the last round's model, before round ``rnd`` aggregates.
+
+        The evaluation came with the train batch (``carrier``); without it (the protection
+        sent no train batch through the carrier) it is asked for now. Returns the bytes
+        down and up of that extra exchange (0 when carried).
+        """
+        if carrier is not None and carrier.used:
+            self._carried = (rnd + 1, dict(carrier.telemetry))
+        if self._pending is None:
+            return 0, 0
+        pending, self._pending = self._pending, None
+        evaluated = int(pending["round"])
+        down = up = 0
+        if carrier is not None and carrier.used:
+            carried = carrier.evaluations, carrier.eval_errors
+            ev, problems = self._pool(evaluated, candidates, *carried)
+        else:
+            ev, problems, down, up = self.evaluate(evaluated, candidates)
+        self._finish(pending, ev, problems)
+        return down, up
+
+    def _finish(
+        self, record: dict[str, Any], ev: dict[str, Any], problems: dict[str, list[str]]
+    ) -> None:
+        """Complete a round's record with its model's evaluation; it is published after the next checkpoint."""
+        record["per_site"] = ev.pop("per_site", {})
+        record["eval_loss"] = ev.get("loss", float("nan"))
+        record["pr_auc"] = ev.get("pr_auc", float("nan"))
+        record["roc_auc"] = ev.get("roc_auc", float("nan"))
+        for entry in reversed(self.schedule):
+            if entry.get("round") == record["round"]:
+                entry["eval_problems"] = problems
+                break
+        done = cast(R.RoundRecord, record)
+        self.history.append(done)
+        self._unpublished.append(done)
+
+    def _publish(self) -> None:
+        """Write finished records to the round logs, the log and the observer (after a checkpoint)."""
+        while self._unpublished:
+            done = self._unpublished.pop(0)
+            self.store.append_round(done)
+            log.info(
+                "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs%s",
+                done["round"],
+                done["sites"],
+                done["loss"],
+                done["pr_auc"],
+                done["seconds"],
+                f" epsilon={done['epsilon']:.3f}" if "epsilon" in done else "",
+            )
+            if self.observer is not None:
+                self.observer(done)
+
+    def _evaluate_last(self, nodes: Sequence[int]) -> None:
+        """Evaluate the model still pending when no round is left to carry it (a resume)."""
+        if self._pending is None:
+            return
+        cands = self._last_candidates or self.telemetry(int(self._pending["round"]), nodes)[0]
+        self._settle_pending(self.rounds, cands, None)
+        self._save(int(self.history[-1]["round"]))
+        self._publish()
+
+    def _stopped_unevaluated(self, why: str) -> None:
+        """The run failed: finished records are published, the pending one unevaluated.
+
+        The checkpoint still holds the pending record: a resume evaluates it.
+        """
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._finish(pending, {}, {"model": [f"not evaluated: {why}"]})
+        self._publish()
+
+    def _save(self, rnd: int) -> None:
+        """Checkpoint after round ``rnd``: the model, finished records and the pending one."""
+        extra = self._checkpoint_extra()
+        if self._pending is not None:
+            extra[PENDING_KEY] = self._pending
+        self.store.save(
+            Checkpoint(
+                self.scenario.fingerprint(),
+                rnd,
+                cast(list[dict[str, Any]], self.history),
+                self.schedule,
+                extra,
+            ),
+            self.protection.global_arrays,
+        )
+
     def _train(
         self,
         rnd: int,
         selection: Selection,
+        candidates: Sequence[Candidate],
         problems: dict[str, list[str]],
         absent: Mapping[str, list[str]],
-    ) -> Collected:
-        """Train and aggregate one round through the protection (or keep the model: skip)."""
-        collected = self.protection.collect(self.train_round(rnd, selection.chosen))
+    ) -> tuple[Collected, int, int]:
+        """Train and aggregate one round through the protection (or keep the model: skip).
+
+        The last round's model is evaluated (carried by the train batch) before this
+        round's aggregate replaces it. Returns the collected round and the bytes down and
+        up of any evaluate exchange that the batch could not carry.
+        """
+        carrier = self._carrier(rnd, candidates)
+        collected = self.protection.collect(self.train_round(rnd, selection.chosen, carrier))
+        edown, eup = self._settle_pending(rnd, candidates, carrier)
         for who, reasons in problems.items():
             collected.rejected.setdefault(who, []).extend(f"telemetry: {r}" for r in reasons)
         for who, reasons in absent.items():
@@ -494,7 +607,7 @@ class RoundDriver:
         min_sites = self.scenario.scheduler.min_sites
         if len(collected.sites) >= min_sites:
             self.protection.aggregate(rnd, collected)
-            return collected
+            return collected, edown, eup
         if self.scenario.scheduler.short_round != "skip" or not self.protection.can_skip_round:
             raise FederationError(
                 f"round {rnd}: only {len(collected.sites)} valid update(s), need scheduler.min_sites={min_sites}; "
@@ -508,7 +621,7 @@ class RoundDriver:
             min_sites,
             _fmt(collected.rejected),
         )
-        return collected.skipped()
+        return collected.skipped(), edown, eup
 
     def _one_round(self, rnd: int, nodes: Sequence[int]) -> None:
         t0 = time.perf_counter()
@@ -524,7 +637,7 @@ class RoundDriver:
             )
         selection = self.selector.select(rnd, candidates)
         self._selection = selection
-        collected = self._train(rnd, selection, problems, absent)
+        collected, edown, eup = self._train(rnd, selection, candidates, problems, absent)
         results = {}
         for c in selection.chosen:
             rep = collected.reports.get(c.site_id)
@@ -540,31 +653,30 @@ class RoundDriver:
             )
         self.selector.observe(rnd, results)
         figures = self.protection.round_figures()
-        ev, ev_problems, edown, eup = self.evaluate(
-            rnd, candidates, rnd + 1 if rnd < self.rounds else None
-        )
-        per_site: Any = ev.pop("per_site", {})
+        last = rnd == self.rounds
+        evaluated = None  # its evaluation rides on the next round's train batch
+        if last or not self.protection.evaluation_rides_on_train:  # an exchange of its own
+            *evaluated, down, up = self.evaluate(rnd, candidates, None if last else rnd + 1)
+            edown, eup = edown + down, eup + up
         record: dict[str, Any] = {
             "round": rnd,
             "sites": collected.sites,
             "loss": collected.loss,
-            "eval_loss": ev.get("loss", float("nan")),
-            "pr_auc": ev.get("pr_auc", float("nan")),
-            "roc_auc": ev.get("roc_auc", float("nan")),
+            "eval_loss": float("nan"),
+            "pr_auc": float("nan"),
+            "roc_auc": float("nan"),
             "seconds": round(time.perf_counter() - t0, 3),
             "bytes_up": tup + collected.bytes_up + eup,
             "bytes_down": tdown + collected.bytes_down + edown,
             "exchanges": self._exchanges - exchanges,
             "rejected": collected.rejected,
-            "per_site": per_site,
+            "per_site": {},
             **figures,
             "schedule": schedule_digest(self.selector.name, selection, results, len(candidates)),
         }
         clock = getattr(self.grid, "clock_s", None)
         if clock is not None:  # a simulated consortium: its virtual time after this round
             record["virtual_time_s"] = round(float(clock), 3)
-        done = cast(R.RoundRecord, record)
-        self.history.append(done)
         self.schedule.append(
             {
                 "round": rnd,
@@ -573,81 +685,15 @@ class RoundDriver:
                     k: round(r.seconds, 3) for k, r in results.items() if r.seconds is not None
                 },
                 "telemetry_problems": problems,
-                "eval_problems": ev_problems,
+                "eval_problems": {},
             }
         )
-        self.store.save(
-            Checkpoint(
-                self.scenario.fingerprint(),
-                rnd,
-                cast(list[dict[str, Any]], self.history),
-                self.schedule,
-                self._checkpoint_extra(),
-            ),
-            self.protection.global_arrays,
-        )
-        self.store.append_round(done)
-        log.info(
-            "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs%s",
-            rnd,
-            done["sites"],
-            done["loss"],
-            done["pr_auc"],
-            done["seconds"],
-            f" epsilon={figures['epsilon']:.3f}" if "epsilon" in figures else "",
-        )
-        if self.observer is not None:
-            self.observer(done)
-
-
-class _CountingGrid(GridWrapper):
-    """Passes everything to ``inner``; each batch of messages sent is one exchange (``count()``).
-
-    A protocol that runs its own exchanges (SecAgg+'s four stages) gets this grid, so the
-    round record can say how many exchanges the round took.
-    """
-
-    def __init__(self, inner: Grid, count: Callable[[], None]) -> None:
-        self.inner = inner
-        self.count = count
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        msgs = list(messages)
-        if msgs:
-            self.count()
-        return self.inner.push_messages(msgs)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:  # noqa: D102
-        msgs = list(messages)
-        if msgs:
-            self.count()
-        return self.inner.send_and_receive(msgs, timeout=timeout)
-
-
-def schedule_digest(
-    policy: str, selection: Selection, results: Mapping[str, SiteResult], candidates: int
-) -> dict[str, Any]:
-    """A round's scheduling decision in a few numbers, for the progress display and ``rounds.jsonl``."""
-    measured = [r.seconds for r in results.values() if r.seconds is not None]
-    out: dict[str, Any] = {
-        "policy": policy,
-        "chosen": len(selection.chosen),
-        "candidates": candidates,
-    }
-    if selection.epochs:
-        out["epochs"] = [min(selection.epochs.values()), max(selection.epochs.values())]
-    if selection.deadline_s is not None:
-        out["deadline_s"] = round(selection.deadline_s, 3)
-    if selection.predicted_s:
-        out["predicted_max_s"] = round(max(selection.predicted_s.values()), 3)
-    if measured:
-        out["measured_max_s"] = round(max(measured), 3)
-    scaling = selection.details.get("scaling")
-    if isinstance(scaling, dict):
-        out["scaling"] = scaling.get("action")
-    return out
+        if evaluated is None:
+            self._pending = record
+        else:
+            self._finish(record, *evaluated)
+        self._save(rnd)
+        self._publish()
 
 
 def _fmt(problems: Mapping[str, list[str]]) -> str:

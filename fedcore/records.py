@@ -11,7 +11,10 @@ message type           instruction (coordinator -> site)          reply (site ->
 ``query.telemetry``    ``config``: round, run key, task           ``telemetry``: site id, data size, device
                                                                   readings (ConfigRecord + MetricRecord)
 ``train``              ``arrays``: global model, ``config``:      ``arrays``: local model, ``metrics``:
-                       the :class:`RoundConfig`                    num_examples, loss, seconds
+                       the :class:`RoundConfig`; optionally       num_examples, loss, seconds; when asked,
+                       ``evaluation.request`` and                 the evaluation of the incoming model
+                       ``telemetry.request``                      (``evaluation.*``) and the next round's
+                                                                  telemetry (``telemetry.*``)
 ``evaluate``           ``arrays``: global model, ``config``:      ``metrics``: num_examples, loss, metrics,
                        the :class:`RoundConfig`; optionally       score histograms per class, flag counts;
                        ``telemetry.request``: the next round      when asked, the next round's telemetry
@@ -21,10 +24,8 @@ message type           instruction (coordinator -> site)          reply (site ->
                        the :class:`RoundConfig`                    (JSON), or the error that stopped it
 =====================  =========================================  ===========================================
 
-A round takes one telemetry query only where the coordinator holds no telemetry for a
-node: the evaluate instruction of round ``r`` asks every evaluating site for its telemetry
-of round ``r + 1`` (:func:`request_telemetry`), which rides on the evaluate reply
-(:func:`attach_telemetry`, read back with :func:`carried_telemetry`).
+What else a reply carries (the next round's telemetry, the evaluation of the model a train
+instruction brings) is laid out in :mod:`fedcore.carry`.
 
 Privacy modes change what travels (see ``docs/privacy.md``):
 
@@ -65,8 +66,6 @@ CONFIG = "config"
 METRICS = "metrics"
 TELEMETRY_INFO = "telemetry.info"
 TELEMETRY_METRICS = "telemetry.metrics"
-TELEMETRY_REQUEST = "telemetry.request"
-TELEMETRY_AUTH = "telemetry.auth"
 CKKS_AGGREGATES = "ckks.aggregates"
 CKKS_UPDATE = "ckks.update"
 AUTH = "auth"
@@ -213,63 +212,6 @@ def telemetry_instruction(
             )
         }
     )
-
-
-def request_telemetry(content: RecordDict, round_: int) -> RecordDict:
-    """A copy of an evaluate instruction that also asks for the site's telemetry of ``round_``.
-
-    The site answers with the readings a ``query.telemetry`` for ``round_`` would give,
-    taken after its evaluation (see :func:`attach_telemetry`); run key and task are the
-    instruction's own. ``content`` is not changed.
-    """
-    out = RecordDict(dict(content.items()))
-    out[TELEMETRY_REQUEST] = ConfigRecord({"round": int(round_)})
-    return out
-
-
-def read_telemetry_request(content: RecordDict) -> int | None:
-    """The round whose telemetry an evaluate instruction asks for, or ``None`` when it asks none.
-
-    Raises:
-        ValueError: the request record is malformed.
-    """
-    rec = content.config_records.get(TELEMETRY_REQUEST)
-    if rec is None:
-        return None
-    try:
-        return int(rec["round"])  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed 'telemetry.request' record: {exc}") from exc
-
-
-def attach_telemetry(content: RecordDict, telemetry: RecordDict) -> RecordDict:
-    """Add a telemetry reply's records (and its signature, as ``telemetry.auth``) to ``content``.
-
-    ``telemetry`` is the content a ``query.telemetry`` reply would carry; returns ``content``.
-    """
-    content[TELEMETRY_INFO] = telemetry.config_records[TELEMETRY_INFO]
-    content[TELEMETRY_METRICS] = telemetry.metric_records[TELEMETRY_METRICS]
-    auth = telemetry.config_records.get(AUTH)
-    if auth is not None:
-        content[TELEMETRY_AUTH] = auth
-    return content
-
-
-def carried_telemetry(content: RecordDict) -> RecordDict | None:
-    """The telemetry an evaluate reply carries, as the content of a ``query.telemetry`` reply.
-
-    ``None`` when the reply carries none (the site was not asked, or could not take its
-    readings); the result is checked like any telemetry reply (:meth:`Telemetry.from_content`,
-    its signature in ``auth``).
-    """
-    held = [key for key in (TELEMETRY_INFO, TELEMETRY_METRICS) if key in content]
-    if not held:
-        return None
-    out = RecordDict({key: content[key] for key in held})
-    auth = content.config_records.get(TELEMETRY_AUTH)
-    if auth is not None:
-        out[AUTH] = auth
-    return out
 
 
 def export_reply(site_id: str, manifest: Mapping[str, Any] | None, error: str = "") -> RecordDict:

@@ -33,7 +33,7 @@ class _RoundRecordRequired(TypedDict):
     per_site: dict[str, dict[str, float]]
     """Each evaluating site's own metrics."""
     schedule: dict[str, Any]
-    """The scheduling decision in a few numbers (``coordinator.driver.schedule_digest``)."""
+    """The scheduling decision in a few numbers (``scheduling.base.schedule_digest``)."""
 
 
 class RoundRecord(_RoundRecordRequired, total=False):

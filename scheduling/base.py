@@ -145,3 +145,27 @@ class Selector(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output on resume (default: nothing)."""
         del state
+
+
+def schedule_digest(
+    policy: str, selection: Selection, results: Mapping[str, SiteResult], candidates: int
+) -> dict[str, Any]:
+    """A round's scheduling decision in a few numbers, for the progress display and ``rounds.jsonl``."""
+    measured = [r.seconds for r in results.values() if r.seconds is not None]
+    out: dict[str, Any] = {
+        "policy": policy,
+        "chosen": len(selection.chosen),
+        "candidates": candidates,
+    }
+    if selection.epochs:
+        out["epochs"] = [min(selection.epochs.values()), max(selection.epochs.values())]
+    if selection.deadline_s is not None:
+        out["deadline_s"] = round(selection.deadline_s, 3)
+    if selection.predicted_s:
+        out["predicted_max_s"] = round(max(selection.predicted_s.values()), 3)
+    if measured:
+        out["measured_max_s"] = round(max(measured), 3)
+    scaling = selection.details.get("scaling")
+    if isinstance(scaling, dict):
+        out["scaling"] = scaling.get("action")
+    return out

@@ -22,6 +22,7 @@ from clients.app import make_client_app
 from coordinator.app import initial_arrays, load_coordinator_kit
 from coordinator.driver import RoundDriver
 from coordinator.protection.ckks import Ckks
+from fedcore import carry
 from fedcore import records as R
 from fedcore.cli.runner import RunKits, provision_run_kits, write_site_configs
 from fedcore.config import Scenario
@@ -316,7 +317,7 @@ def test_reply_signed_with_another_sites_key_is_refused(
     assert "does not verify with site 'bank-d'" in " ".join(first["rejected"]["bank-d"])
 
 
-def test_telemetry_carried_by_an_evaluate_reply_must_carry_its_sites_signature(
+def test_telemetry_carried_by_a_train_reply_must_carry_its_sites_signature(
     tmp_path: Path, make_scenario: Callable[..., Scenario]
 ) -> None:
     from secure.kit import load_kit, sign
@@ -326,16 +327,18 @@ def test_telemetry_carried_by_an_evaluate_reply_must_carry_its_sites_signature(
     kit_a = load_kit(kits.sites["bank-a"], role="site")
 
     def forge(site: str, msg: Message, reply: Message) -> Message:
-        """bank-d's node signs the telemetry its evaluate reply carries with bank-a's key."""
-        if site != "bank-d" or reply.metadata.message_type != R.EVALUATE or reply.has_error():
+        """bank-d's node signs the telemetry its train reply carries with bank-a's key."""
+        if site != "bank-d" or reply.metadata.message_type != R.TRAIN or reply.has_error():
             return reply
-        carried = R.carried_telemetry(reply.content)
-        asked = R.read_telemetry_request(msg.content)
+        carried = carry.carried_telemetry(reply.content)
+        asked = carry.read_telemetry_request(msg.content)
         _, cfg = R.read_instruction(msg.content)
-        assert carried is not None and asked == 2 and cfg is not None
+        if asked != 2:  # the last round's train batch asks for no telemetry
+            return reply
+        assert carried is not None and cfg is not None
         tel = R.Telemetry.from_content(carried)
         payload = R.signing_payload(R.TELEMETRY, "bank-d", asked, cfg.run_key, tel.digest())
-        R.attach_telemetry(reply.content, R.attach_signature(carried, sign(kit_a, payload)))
+        carry.attach_telemetry(reply.content, R.attach_signature(carried, sign(kit_a, payload)))
         return reply
 
     result, _, _ = run_driver(
@@ -343,7 +346,7 @@ def test_telemetry_carried_by_an_evaluate_reply_must_carry_its_sites_signature(
     )
     first, second = result["rounds"]
     assert first["sites"] == ["bank-a", "bank-b", "bank-c", "bank-d"]
-    assert (first["exchanges"], second["exchanges"]) == (3, 2)
+    assert (first["exchanges"], second["exchanges"]) == (2, 2)  # the last: train, final evaluate
     assert second["sites"] == ["bank-a", "bank-b", "bank-c"]
     (reason,) = second["rejected"]["bank-d"]
     assert "claims site 'bank-d'" in reason and "does not verify" in reason, reason

@@ -181,6 +181,10 @@ class Protection(ABC):
     name: str = ""
     can_skip_round: bool = True
     """Whether a round with too few valid updates may keep the model (``short_round: skip``)."""
+    evaluation_rides_on_train: bool = True
+    """Whether the train batch can carry the evaluation of the incoming model and the next
+    round's telemetry (:mod:`fedcore.carry`): true when :meth:`collect` sends its train
+    instructions through ``TrainRound.exchange`` as one batch."""
 
     def __init__(self) -> None:
         self.weights: WeightPolicy = FedNovaWeights()

@@ -81,6 +81,7 @@ class DifferentialPrivacy(Protection):
         self.inner = inner
         self.name = inner.name
         self.can_skip_round = inner.can_skip_round
+        self.evaluation_rides_on_train = inner.evaluation_rides_on_train
         self.inner.weights = self.weights = UniformWeights()
         self.spec = spec
         self.population_size = population_size

@@ -34,6 +34,7 @@ class SecAggPlus(ClearModelProtection):
 
     name = "secagg+"
     can_skip_round = False
+    evaluation_rides_on_train = False  # the protocol's own stages carry the train instruction
 
     def __init__(self, privacy: PrivacySpec, initial: Mapping[str, np.ndarray]) -> None:
         super().__init__(initial)

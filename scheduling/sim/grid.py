@@ -9,6 +9,7 @@ from typing import Any
 
 from flwr.app import Context, Error, Message
 
+from fedcore import carry
 from fedcore import records as R
 from fedcore.config import Scenario, SimulatorSpec
 from fedcore.devices.environment import SiteEnvironment
@@ -184,7 +185,7 @@ class SimulatedGrid(InProcessGrid):
     def _deliver(self, ins: Message) -> Message:
         site = self._sites[ins.metadata.dst_node_id]
         mtype = ins.metadata.message_type
-        if mtype in (R.TELEMETRY, R.EVALUATE):  # an evaluate reply may carry telemetry
+        if mtype in (R.TELEMETRY, R.EVALUATE):  # an evaluate reply may carry telemetry too
             reply = super()._deliver(ins)
             if not reply.has_error():
                 self._note_examples(site.site_id, mtype, reply)
@@ -204,13 +205,16 @@ class SimulatedGrid(InProcessGrid):
         env = self._environments[ins.metadata.dst_node_id]
         env.seconds = float(outcome.duration_s)
         try:
-            return super()._deliver(ins)
+            reply = super()._deliver(ins)
         finally:
             env.seconds = None
+        if not reply.has_error():  # a train reply may carry the next round's telemetry
+            self._note_examples(site.site_id, mtype, reply)
+        return reply
 
     def _note_examples(self, site_id: str, mtype: str, reply: Message) -> None:
-        """Keep the training-set size a telemetry reply (or the telemetry an evaluate reply carries) gives."""
-        content = reply.content if mtype == R.TELEMETRY else R.carried_telemetry(reply.content)
+        """Keep the training-set size a telemetry reply (or the telemetry another reply carries) gives."""
+        content = reply.content if mtype == R.TELEMETRY else carry.carried_telemetry(reply.content)
         if content is None:
             return
         try:

@@ -11,6 +11,7 @@ from flwr.app import Message
 
 from clients.app import local_seed, make_client_app
 from coordinator.app import initial_arrays
+from fedcore import carry
 from fedcore import records as R
 from fedcore.config import CsvData, GeneratedData, Scenario, SiteConfig, SiteSpec, dump_site_config
 from fedcore.data.csv_loader import write_transactions_csv
@@ -104,12 +105,12 @@ def test_evaluate_reply_carries_the_telemetry_it_is_asked_for(
     grid = grid_for({"bank-a": site_file(tmp_path, scenario, "bank-a")})
     init = initial_arrays(scenario)
     plain = ask(grid, "bank-a", R.evaluate_instruction(init, cfg(scenario)), R.EVALUATE)
-    assert R.carried_telemetry(plain.content) is None  # not asked: none
-    asked = R.request_telemetry(R.evaluate_instruction(init, cfg(scenario)), 2)
+    assert carry.carried_telemetry(plain.content) is None  # not asked: none
+    asked = carry.request_telemetry(R.evaluate_instruction(init, cfg(scenario)), 2)
     rep = ask(grid, "bank-a", asked, R.EVALUATE)
     ev = R.EvalReply.from_content(rep.content)
     assert ev.site_id == "bank-a" and ev.num_examples > 0
-    carried = R.carried_telemetry(rep.content)
+    carried = carry.carried_telemetry(rep.content)
     assert carried is not None
     tel = R.Telemetry.from_content(carried)
     query = R.telemetry_instruction(2, "", scenario.task)
@@ -123,6 +124,41 @@ def test_evaluate_reply_carries_the_telemetry_it_is_asked_for(
         queried.model_round,
     )
     assert set(tel.readings) == set(queried.readings)
+
+
+def test_a_train_reply_carries_the_incoming_models_evaluation_and_the_same_update(
+    tmp_path: Path, scenario: Scenario, grid_for: Callable[..., InProcessGrid]
+) -> None:
+    site = site_file(tmp_path, scenario, "bank-a")
+    init = initial_arrays(scenario)
+    plain_grid = grid_for({"bank-a": site})
+    plain = ask(plain_grid, "bank-a", R.train_instruction(init, cfg(scenario)), R.TRAIN)
+    assert carry.carried_evaluation(plain.content) is None  # not asked: none
+    alone = R.EvalReply.from_content(
+        ask(plain_grid, "bank-a", R.evaluate_instruction(init, cfg(scenario)), R.EVALUATE).content
+    )
+
+    # the same site afresh, asked to evaluate first and to add round 2's telemetry
+    fresh = grid_for({"bank-a": site})
+    asked = carry.request_telemetry(
+        carry.request_evaluation(R.train_instruction(init, cfg(scenario)), 0), 2
+    )
+    rep = ask(fresh, "bank-a", asked, R.TRAIN)
+    assert not rep.has_error(), rep.error.reason if rep.has_error() else ""
+    # the update is the one a plain train instruction gives: evaluating first changes nothing
+    trained, before = (
+        R.TrainReply.from_content(rep.content),
+        R.TrainReply.from_content(plain.content),
+    )
+    assert trained.digest() == before.digest()
+    evaluation = carry.carried_evaluation(rep.content)
+    assert evaluation is not None
+    carried = R.EvalReply.from_content(evaluation)
+    # the evaluation is of the incoming model: the same as an evaluate instruction's
+    assert carried.hist_pos == alone.hist_pos and carried.hist_neg == alone.hist_neg
+    assert carried.metrics == alone.metrics and carried.model_digest == alone.model_digest
+    tel = carry.carried_telemetry(rep.content)
+    assert tel is not None and R.Telemetry.from_content(tel).site_id == "bank-a"
 
 
 def test_training_is_deterministic_per_site_and_round(

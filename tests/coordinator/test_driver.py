@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from coordinator.driver import FederationError, RoundDriver
+from fedcore import carry
 from fedcore import records as R
 from fedcore.config import Scenario
 from fedcore.engines.inprocess import InProcessGrid
@@ -25,18 +26,34 @@ SIZES = {"bank-a": 10, "bank-b": 30, "bank-c": 60}
 
 
 def scripted_client(
-    behaviour: dict[str, str], from_round: int = 1, *, carry: bool = False
+    behaviour: dict[str, str], from_round: int = 1, *, carry_along: bool = False
 ) -> ClientApp:
     """Sites add (index+1) to every weight; a site may misbehave from ``from_round`` on.
 
-    With ``carry``, an evaluate reply carries the telemetry its instruction asks for (as the
-    real site does); ``"no-eval"`` makes a site's evaluation fail, ``"impostor"`` makes the
-    telemetry it carries name a site outside the scenario.
+    With ``carry_along``, a train reply carries the evaluation and the telemetry its
+    instruction asks for, and so does an evaluate reply the telemetry (as the real site
+    does); ``"no-eval"`` makes a site's evaluation fail, ``"no-telemetry"`` makes its train
+    reply carry no telemetry, ``"impostor"`` makes the telemetry it carries name a site
+    outside the scenario.
     """
     app = ClientApp()
 
     def site(ctx: Context) -> str:
         return str(ctx.node_config["site-id"])
+
+    def evaluation(ctx: Context, how: str) -> RecordDict:
+        if how == "no-eval":
+            raise RuntimeError("evaluation crashed")
+        hp = [0] * R.HIST_BINS
+        hn = [0] * R.HIST_BINS
+        hp[-1], hn[0] = 2, 8
+        return R.EvalReply(site(ctx), 10, 2, 0.3, {"pr_auc": 1.0}, hp, hn).to_content()
+
+    def add_telemetry(msg: Message, ctx: Context, how: str, content: RecordDict) -> None:
+        if carry_along and carry.read_telemetry_request(msg.content) is not None:
+            claimed = "bank-x" if how == "impostor" else site(ctx)
+            tel = R.Telemetry(claimed, SIZES[site(ctx)], "cpu", "cpu")
+            carry.attach_telemetry(content, tel.to_content())
 
     @app.query("telemetry")
     def telemetry(msg: Message, ctx: Context) -> Message:
@@ -63,23 +80,21 @@ def scripted_client(
             out["w"] = np.zeros((3, 2), np.float32)
         if how == "missing":
             del out["b"]
-        return Message(R.TrainReply(out, SIZES[sid], 0.5, 0.01, sid).to_content(), reply_to=msg)
+        content = R.TrainReply(out, SIZES[sid], 0.5, 0.01, sid).to_content()
+        asked = carry.read_evaluation_request(msg.content) is not None
+        if carry_along and asked and how != "no-eval":  # the real site goes on without it
+            carry.attach_evaluation(content, evaluation(ctx, how))
+        if how != "no-telemetry":
+            add_telemetry(msg, ctx, how, content)
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, ctx: Context) -> Message:
         _, cfg = R.read_instruction(msg.content)
         assert cfg is not None
         how = behaviour.get(site(ctx), "ok") if cfg.round >= from_round else "ok"
-        if how == "no-eval":
-            raise RuntimeError("evaluation crashed")
-        hp = [0] * R.HIST_BINS
-        hn = [0] * R.HIST_BINS
-        hp[-1], hn[0] = 2, 8
-        content = R.EvalReply(site(ctx), 10, 2, 0.3, {"pr_auc": 1.0}, hp, hn).to_content()
-        if carry and R.read_telemetry_request(msg.content) is not None:
-            claimed = "bank-x" if how == "impostor" else site(ctx)
-            tel = R.Telemetry(claimed, SIZES[site(ctx)], "cpu", "cpu")
-            R.attach_telemetry(content, tel.to_content())
+        content = evaluation(ctx, how)
+        add_telemetry(msg, ctx, how, content)
         return Message(content, reply_to=msg)
 
     return app
@@ -234,22 +249,23 @@ def test_a_site_that_dies_then_disconnects_is_listed_in_every_round_it_misses(
         scripted_client({"bank-c": "dies"}, from_round=2), {s: {"site-id": s} for s in SIZES}
     )
     connected = list(grid.get_node_ids())
+    rounds_sent: set[str] = set()
+    push = grid.push_messages
 
-    def disconnect_after_round_2(record: R.RoundRecord) -> None:
-        if record["round"] == 2 and node_id_for("bank-c") in connected:
-            connected.remove(node_id_for("bank-c"))  # its SuperNode is gone for good
+    def spy(messages: Any) -> Any:
+        msgs = list(messages)
+        rounds_sent.update(m.metadata.group_id for m in msgs)
+        return push(msgs)
 
-    grid.get_node_ids = lambda: list(connected)  # type: ignore[method-assign]
+    def nodes() -> list[int]:
+        if "2" in rounds_sent and node_id_for("bank-c") in connected:
+            connected.remove(node_id_for("bank-c"))  # after round 2 its SuperNode is gone for good
+        return list(connected)
+
+    grid.push_messages = spy  # type: ignore[method-assign]
+    grid.get_node_ids = nodes  # type: ignore[method-assign]
     out = tmp_path / "out"
-    driver = RoundDriver(
-        grid,
-        scenario,
-        RandomSelector(1.0, 2, 0),
-        out,
-        INIT,
-        wait_for_sites=1,
-        observer=disconnect_after_round_2,
-    )
+    driver = RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
     assert driver.run()["status"] == "completed"
     log = rounds_log(out)
     assert [r["sites"] for r in log] == [
@@ -301,25 +317,30 @@ def carrying_driver(
     from_round: int = 1,
 ) -> tuple[RoundDriver, list[tuple[int, str]]]:
     grid = inprocess_grid(
-        scripted_client(behaviour, from_round, carry=True), {s: {"site-id": s} for s in SIZES}
+        scripted_client(behaviour, from_round, carry_along=True), {s: {"site-id": s} for s in SIZES}
     )
     sent = sent_types(grid)
     driver = RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), out, INIT, wait_for_sites=1)
     return driver, sent
 
 
-def test_telemetry_rides_on_the_evaluate_reply(
+def test_a_round_after_the_first_is_one_exchange(
     scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
 ) -> None:
     driver, sent = carrying_driver(scenario, tmp_path / "out", inprocess_grid, {})
     assert driver.run()["status"] == "completed"
     telemetry = [rnd for rnd, t in sent if t == R.TELEMETRY]
-    assert telemetry == [1, 1, 1]  # only round 1 asks: later rounds use what evaluation carried
-    assert [t for rnd, t in sent if rnd == 2] == [R.TRAIN] * 3 + [R.EVALUATE] * 3
+    assert telemetry == [1, 1, 1]  # only round 1 asks: later rounds use what training carried
+    assert [t for rnd, t in sent if rnd == 2] == [R.TRAIN] * 3
+    # the last round's train batch, then one evaluation of the final model
+    assert [t for rnd, t in sent if rnd == 3 and t != R.EXPORT] == [R.TRAIN] * 3 + [R.EVALUATE] * 3
     log = rounds_log(tmp_path / "out")
-    assert [r["exchanges"] for r in log] == [3, 2, 2]
+    assert [r["exchanges"] for r in log] == [2, 1, 2]
     assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"]] * 3
     assert [r["rejected"] for r in log] == [{}, {}, {}]
+    # every round's model was evaluated: rounds 1 and 2 by the next round's train batch
+    assert [r["pr_auc"] for r in log] == [pytest.approx(1.0)] * 3
+    assert [sorted(r["per_site"]) for r in log] == [sorted(SIZES)] * 3
     from safetensors.numpy import load_file
 
     # the same model as with a telemetry query every round (test_all_good_sites_fedavg)
@@ -327,40 +348,84 @@ def test_telemetry_rides_on_the_evaluate_reply(
     np.testing.assert_allclose(model["w"], np.full((2, 3), 7.5), rtol=1e-6)
 
 
-def test_the_last_evaluation_asks_for_no_telemetry(
+def test_what_each_instruction_asks_to_carry(
     scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
 ) -> None:
-    grid = inprocess_grid(scripted_client({}, carry=True), {s: {"site-id": s} for s in SIZES})
-    asked: list[int | None] = []
+    grid = inprocess_grid(scripted_client({}, carry_along=True), {s: {"site-id": s} for s in SIZES})
+    asked: list[tuple[str, int | None, int | None]] = []
     push = grid.push_messages
 
     def spy(messages: Any) -> Any:
         msgs = list(messages)
         asked.extend(
-            R.read_telemetry_request(m.content)
+            (
+                m.metadata.message_type,
+                carry.read_evaluation_request(m.content),
+                carry.read_telemetry_request(m.content),
+            )
             for m in msgs
-            if m.metadata.message_type == R.EVALUATE
+            if m.metadata.message_type in (R.TRAIN, R.EVALUATE)
         )
         return push(msgs)
 
     grid.push_messages = spy  # type: ignore[method-assign]
     RoundDriver(grid, scenario, RandomSelector(1.0, 2, 0), tmp_path / "out", INIT).run()
-    assert asked == [2] * 3 + [3] * 3 + [None] * 3
+    assert asked == [
+        *[(R.TRAIN, None, 2)] * 3,  # round 1: nothing to evaluate yet
+        *[(R.TRAIN, 1, 3)] * 3,
+        *[(R.TRAIN, 2, None)] * 3,  # the last round needs no next telemetry
+        *[(R.EVALUATE, None, None)] * 3,  # the final model
+    ]
 
 
-def test_a_site_whose_evaluation_failed_is_asked_for_telemetry(
+def test_a_site_not_chosen_evaluates_in_the_same_exchange(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    grid = inprocess_grid(scripted_client({}, carry_along=True), {s: {"site-id": s} for s in SIZES})
+    sent = sent_types(grid)
+    # two of three sites per round: the third evaluates (and answers telemetry) alongside
+    driver = RoundDriver(grid, scenario, RandomSelector(2 / 3, 2, 0), tmp_path / "out", INIT)
+    assert driver.run()["status"] == "completed"
+    # round 1: the telemetry query, then the train batch with the third site's telemetry query
+    assert sorted(t for rnd, t in sent if rnd == 1) == sorted([R.TELEMETRY] * 4 + [R.TRAIN] * 2)
+    assert sorted(t for rnd, t in sent if rnd == 2) == sorted([R.EVALUATE] + [R.TRAIN] * 2)
+    log = rounds_log(tmp_path / "out")
+    assert [len(r["sites"]) for r in log] == [2, 2, 2]
+    assert [r["exchanges"] for r in log] == [2, 1, 2]
+    assert [sorted(r["per_site"]) for r in log] == [sorted(SIZES)] * 3
+
+
+def test_a_site_whose_train_reply_carried_no_telemetry_is_asked_for_it(
     scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
 ) -> None:
     driver, sent = carrying_driver(
-        scenario, tmp_path / "out", inprocess_grid, {"bank-b": "no-eval"}, from_round=2
+        scenario, tmp_path / "out", inprocess_grid, {"bank-b": "no-telemetry"}, from_round=2
     )
     assert driver.run()["status"] == "completed"
     telemetry = [rnd for rnd, t in sent if t == R.TELEMETRY]
-    assert telemetry == [1, 1, 1, 3]  # bank-b evaluated nothing in round 2: asked in round 3
+    assert telemetry == [1, 1, 1, 3]  # bank-b carried nothing in round 2: asked in round 3
     log = rounds_log(tmp_path / "out")
-    assert [r["exchanges"] for r in log] == [3, 2, 3]
+    assert [r["exchanges"] for r in log] == [2, 1, 3]
     assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"]] * 3
     assert [r["rejected"] for r in log] == [{}, {}, {}]
+
+
+def test_an_evaluation_that_fails_at_the_site_is_asked_again_and_its_reason_kept(
+    scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
+) -> None:
+    driver, sent = carrying_driver(
+        scenario, tmp_path / "out", inprocess_grid, {"bank-b": "no-eval"}, from_round=1
+    )
+    assert driver.run()["status"] == "completed"
+    # bank-b trains on, without the evaluation: it alone gets an evaluate instruction after
+    assert [t for rnd, t in sent if rnd == 2] == [R.TRAIN] * 3 + [R.EVALUATE]
+    log = rounds_log(tmp_path / "out")
+    assert [r["sites"] for r in log] == [["bank-a", "bank-b", "bank-c"]] * 3
+    assert [r["exchanges"] for r in log] == [2, 2, 3]
+    assert [sorted(r["per_site"]) for r in log] == [["bank-a", "bank-c"]] * 3
+    problems = [e["eval_problems"] for e in driver.schedule]
+    assert all(list(p) == ["bank-b"] for p in problems), problems
+    assert all("evaluation crashed" in p["bank-b"][0] for p in problems), problems
 
 
 def test_carried_telemetry_is_checked_like_a_telemetry_reply(
@@ -373,20 +438,20 @@ def test_carried_telemetry_is_checked_like_a_telemetry_reply(
     )
     assert driver.run()["status"] == "completed"
     log = rounds_log(tmp_path / "out")
-    # round 1's evaluation carried bank-c's node claiming bank-x: round 2 refuses it, and the
+    # round 1's train reply carried bank-c's node claiming bank-x: round 2 refuses it, and the
     # node is not asked again (it answered), so it misses round 2 with the reason
     assert log[0]["rejected"] == {}
     assert log[1]["rejected"] == {
         "bank-c": ["telemetry: site id 'bank-x' is not a member of this scenario"]
     }
     assert log[1]["sites"] == ["bank-a", "bank-b"]
-    # out of round 2's evaluation, bank-c is queried in round 3 and answers as itself
+    # left out of round 2's batch, bank-c is queried in round 3 and answers as itself
     assert log[2]["sites"] == ["bank-a", "bank-b", "bank-c"]
-    assert [r["exchanges"] for r in log] == [3, 2, 3]
+    assert [r["exchanges"] for r in log] == [2, 1, 3]
     assert driver._site_of_node[node_id_for("bank-c")] == "bank-c"
 
 
-def test_resume_asks_every_node_for_telemetry_again(
+def test_resume_asks_every_node_for_telemetry_again_and_evaluates_the_pending_model(
     scenario: Scenario, tmp_path: Path, inprocess_grid: Callable[..., InProcessGrid]
 ) -> None:
     out = tmp_path / "out"
@@ -395,10 +460,15 @@ def test_resume_asks_every_node_for_telemetry_again(
     )
     with pytest.raises(FederationError, match="round 2"):
         driver.run()
+    # the failed run's log holds round 1; its model's evaluation came with round 2's batch
+    assert [r["round"] for r in rounds_log(out)] == [1]
     driver, sent = carrying_driver(scenario, out, inprocess_grid, {})
     assert driver.run()["status"] == "completed"
     assert [rnd for rnd, t in sent if t == R.TELEMETRY] == [2, 2, 2]
-    assert [r["exchanges"] for r in rounds_log(out)] == [3, 3, 2]
+    log = rounds_log(out)
+    assert [r["round"] for r in log] == [1, 2, 3]
+    assert [r["exchanges"] for r in log] == [2, 2, 2]
+    assert [r["pr_auc"] for r in log] == [pytest.approx(1.0)] * 3
 
 
 def test_replies_that_arrive_while_a_pull_blocks_past_the_deadline_still_count(

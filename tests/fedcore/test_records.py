@@ -161,30 +161,6 @@ def test_telemetry_model_round_and_instruction_task() -> None:
     assert (rnd, key, task) == (2, "k", TaskSpec(hidden=8))
 
 
-def test_telemetry_rides_on_an_evaluate_reply_with_its_signature() -> None:
-    instruction = R.evaluate_instruction({"w": np.zeros(2, np.float32)}, _cfg())
-    asked = R.request_telemetry(instruction, 5)
-    assert R.read_telemetry_request(asked) == 5
-    assert R.read_telemetry_request(instruction) is None  # the original is left alone
-    tel = R.Telemetry("bank-a", 10, "cpu", "cpu", {"u": 1.0}, model_round=4)
-    signed = R.attach_signature(tel.to_content(), b"sig")
-    hp = [0] * R.HIST_BINS
-    reply = R.EvalReply("bank-a", 4, 1, 0.2, {}, hp, hp).to_content()
-    assert R.carried_telemetry(reply) is None
-    R.attach_telemetry(reply, signed)
-    assert R.read_signature(reply) is None  # the evaluation itself stays unsigned
-    carried = R.carried_telemetry(reply)
-    assert carried is not None
-    assert R.Telemetry.from_content(carried) == tel and R.read_signature(carried) == b"sig"
-    assert R.EvalReply.from_content(reply).site_id == "bank-a"
-
-
-def test_a_malformed_telemetry_request_is_refused() -> None:
-    bad = RecordDict({R.TELEMETRY_REQUEST: ConfigRecord({"round": "soon"})})
-    with pytest.raises(ValueError, match="telemetry.request"):
-        R.read_telemetry_request(bad)
-
-
 def test_round_log_columns_are_round_record_keys() -> None:
     from coordinator.state import ROUND_FIELDS
 

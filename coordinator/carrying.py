@@ -17,6 +17,7 @@ and the reason is kept.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from coordinator.exchange import Send
 from coordinator.protection.base import ExchangeResult
 from fedcore import carry
 from fedcore import records as R
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Carrier"]
 
@@ -84,10 +87,14 @@ class Carrier:
             if sent[nid] == R.TELEMETRY:
                 self.telemetry[nid] = rep.content
                 continue
-            tel = carry.carried_telemetry(rep.content)
-            if tel is not None:
-                self.telemetry[nid] = tel
-            evaluation = rep.content if nid not in chosen else carry.carried_evaluation(rep.content)
+            self._keep_telemetry(nid, rep.content)
+            try:
+                evaluation = (
+                    rep.content if nid not in chosen else carry.carried_evaluation(rep.content)
+                )
+            except ValueError as exc:
+                self.eval_errors[nid] = f"malformed evaluation: {exc}"
+                continue
             if evaluation is not None:
                 self.evaluations.append((nid, evaluation))
             elif self.evaluate_round is not None:
@@ -105,13 +112,22 @@ class Carrier:
             )
             self.evaluations.extend((n, rep.content) for n, rep in follow.replies)
             for nid, rep in follow.replies:
-                tel = carry.carried_telemetry(rep.content)
-                if tel is not None:
-                    self.telemetry.setdefault(nid, tel)
+                if nid not in self.telemetry:
+                    self._keep_telemetry(nid, rep.content)
             self.eval_errors.update(follow.errors)
             down, up = down + follow.bytes_down, up + follow.bytes_up
         train_errors = {n: e for n, e in result.errors.items() if n in chosen}
         return ExchangeResult(replies, train_errors, down, up)
+
+    def _keep_telemetry(self, nid: int, content: RecordDict) -> None:
+        """Keep the telemetry a reply carries; a malformed one is left out (the node is asked)."""
+        try:
+            tel = carry.carried_telemetry(content)
+        except ValueError as exc:
+            log.warning("node %d: %s; it is asked for telemetry next round", nid, exc)
+            return
+        if tel is not None:
+            self.telemetry[nid] = tel
 
     def _ask(self, content: RecordDict, *, evaluate: bool = False) -> RecordDict:
         if evaluate and self.evaluate_round is not None:

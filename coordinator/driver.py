@@ -328,8 +328,8 @@ class RoundDriver:
         replies, errors, down, up = self.exchange(
             ((c.node_id, instruction(c)) for c in sites), R.EVALUATE, round_
         )
-        if telemetry_for is not None:
-            carried = ((nid, carry.carried_telemetry(rep.content)) for nid, rep in replies)
+        if telemetry_for is not None:  # a node whose reply carried none (or garbage) is asked
+            carried = ((nid, carry.telemetry_or_none(rep.content)) for nid, rep in replies)
             self._carried = (telemetry_for, {n: t for n, t in carried if t is not None})
         pooled, problems = self._pool(round_, sites, [(n, r.content) for n, r in replies], errors)
         return pooled, problems, down, up

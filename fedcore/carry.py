@@ -13,17 +13,19 @@ A site that is connected but not chosen gets an ``evaluate`` instruction in the 
 exchange, which asks for its telemetry the same way. After the last round one evaluate
 exchange scores the final model.
 
-Records added to an instruction or reply (their names never clash with its own):
+Every record is a separate object on Flower's wire (one request per object and hop),
+so what rides along adds no record to an instruction and one to a reply:
 
 ==========================  ===================================================================
-record                      holds
+where                       holds
 ==========================  ===================================================================
-``evaluation.request``      (instruction) the round whose global model the site evaluates first
-``telemetry.request``       (instruction) the round whose telemetry the site adds
-``evaluation.metrics``      (reply) the ``metrics`` record of an evaluate reply
-``evaluation.config``       (reply) the ``config`` record of an evaluate reply
-``telemetry.info``,         (reply) a ``query.telemetry`` reply's records; its signature in
-``telemetry.metrics``       ``telemetry.auth``
+instruction's ``config``    ``carry.evaluate``: the round whose global model the site evaluates
+                            first; ``carry.telemetry``: the round whose telemetry it adds
+reply's ``carried``         one ``ConfigRecord``: the records of an evaluate reply
+                            (``evaluation.metrics.*``, ``evaluation.config.*``) and of a
+                            telemetry reply (``telemetry.info.*``, ``telemetry.metrics.*``,
+                            its signature in ``telemetry.auth.*``), each key prefixed by the
+                            record it came from
 ==========================  ===================================================================
 
 What is carried is read back as the content of the reply it stands for and checked like
@@ -33,17 +35,27 @@ one: an evaluation with :meth:`~fedcore.records.EvalReply.from_content`, telemet
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, RecordDict
+from typing import Any
+
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedcore.records import AUTH, CONFIG, METRICS, TELEMETRY_INFO, TELEMETRY_METRICS
 
-EVALUATION_REQUEST = "evaluation.request"
-TELEMETRY_REQUEST = "telemetry.request"
-EVALUATION_METRICS = "evaluation.metrics"
-EVALUATION_CONFIG = "evaluation.config"
-TELEMETRY_AUTH = "telemetry.auth"
+EVALUATION_REQUEST = "carry.evaluate"
+TELEMETRY_REQUEST = "carry.telemetry"
+CARRIED = "carried"
+_EVALUATION = (
+    ("evaluation.metrics", METRICS, MetricRecord),
+    ("evaluation.config", CONFIG, ConfigRecord),
+)
+_TELEMETRY = (
+    ("telemetry.info", TELEMETRY_INFO, ConfigRecord),
+    ("telemetry.metrics", TELEMETRY_METRICS, MetricRecord),
+    ("telemetry.auth", AUTH, ConfigRecord),
+)
 
 __all__ = [
+    "CARRIED",
     "EVALUATION_REQUEST",
     "TELEMETRY_REQUEST",
     "attach_evaluation",
@@ -54,23 +66,63 @@ __all__ = [
     "read_telemetry_request",
     "request_evaluation",
     "request_telemetry",
+    "telemetry_or_none",
 ]
 
 
 def _with(content: RecordDict, key: str, round_: int) -> RecordDict:
+    """A copy of ``content`` whose ``config`` record also holds ``key: round_``."""
     out = RecordDict(dict(content.items()))
-    out[key] = ConfigRecord({"round": int(round_)})
+    config = content.config_records.get(CONFIG)
+    if config is None:
+        raise ValueError(f"the instruction has no {CONFIG!r} record to carry {key!r}")
+    out[CONFIG] = ConfigRecord({**config, key: int(round_)})
     return out
 
 
 def _read(content: RecordDict, key: str) -> int | None:
-    rec = content.config_records.get(key)
-    if rec is None:
+    config = content.config_records.get(CONFIG)
+    if config is None or key not in config:
         return None
-    try:
-        return int(rec["round"])  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed {key!r} record: {exc}") from exc
+    value = config[key]
+    if type(value) is not int:
+        raise ValueError(f"malformed {key!r} in the {CONFIG!r} record: {value!r} is not a round")
+    return value
+
+
+def _pack(content: RecordDict, parts: Any, source: RecordDict) -> None:
+    """Copy ``source``'s records named in ``parts`` into ``content``'s one ``carried`` record."""
+    carried: dict[str, Any] = dict(content.config_records.get(CARRIED, ConfigRecord()))
+    for prefix, key, kind in parts:
+        records = source.metric_records if kind is MetricRecord else source.config_records
+        record = records.get(key)
+        if record is None:
+            continue
+        carried[prefix] = True  # the record was there, even if empty
+        carried.update({f"{prefix}.{k}": v for k, v in record.items()})
+    content[CARRIED] = ConfigRecord(carried)
+
+
+def _unpack(content: RecordDict, parts: Any) -> RecordDict | None:
+    """The records ``parts`` names, rebuilt from ``content``'s ``carried`` record (or ``None``).
+
+    Raises:
+        ValueError: a carried value does not fit the record it came from.
+    """
+    carried = content.config_records.get(CARRIED)
+    if carried is None or parts[0][0] not in carried:
+        return None
+    out = RecordDict()
+    for prefix, key, kind in parts:
+        if prefix not in carried:
+            continue
+        start = f"{prefix}."
+        values = {k[len(start) :]: v for k, v in carried.items() if k.startswith(start)}
+        try:
+            out[key] = kind(values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed {CARRIED!r} record: {prefix}: {exc}") from exc
+    return out
 
 
 # --------------------------------------------------------------------------- telemetry
@@ -96,15 +148,11 @@ def read_telemetry_request(content: RecordDict) -> int | None:
 
 
 def attach_telemetry(content: RecordDict, telemetry: RecordDict) -> RecordDict:
-    """Add a telemetry reply's records (and its signature, as ``telemetry.auth``) to ``content``.
+    """Add a telemetry reply's records (and its signature) to ``content``; returns ``content``.
 
-    ``telemetry`` is the content a ``query.telemetry`` reply would carry; returns ``content``.
+    ``telemetry`` is the content a ``query.telemetry`` reply would carry.
     """
-    content[TELEMETRY_INFO] = telemetry.config_records[TELEMETRY_INFO]
-    content[TELEMETRY_METRICS] = telemetry.metric_records[TELEMETRY_METRICS]
-    auth = telemetry.config_records.get(AUTH)
-    if auth is not None:
-        content[TELEMETRY_AUTH] = auth
+    _pack(content, _TELEMETRY, telemetry)
     return content
 
 
@@ -114,14 +162,15 @@ def carried_telemetry(content: RecordDict) -> RecordDict | None:
     ``None`` when the reply carries none (the site was not asked, or could not take its
     readings).
     """
-    held = [key for key in (TELEMETRY_INFO, TELEMETRY_METRICS) if key in content]
-    if not held:
+    return _unpack(content, _TELEMETRY)  # ValueError: malformed (the site's fault)
+
+
+def telemetry_or_none(content: RecordDict) -> RecordDict | None:
+    """:func:`carried_telemetry`, with ``None`` for a malformed one too (the node is asked again)."""
+    try:
+        return carried_telemetry(content)
+    except ValueError:
         return None
-    out = RecordDict({key: content[key] for key in held})
-    auth = content.config_records.get(TELEMETRY_AUTH)
-    if auth is not None:
-        out[AUTH] = auth
-    return out
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -147,15 +196,10 @@ def read_evaluation_request(content: RecordDict) -> int | None:
 
 def attach_evaluation(content: RecordDict, evaluation: RecordDict) -> RecordDict:
     """Add an evaluate reply's records to a train reply's ``content``; returns ``content``."""
-    content[EVALUATION_METRICS] = evaluation.metric_records[METRICS]
-    content[EVALUATION_CONFIG] = evaluation.config_records[CONFIG]
+    _pack(content, _EVALUATION, evaluation)
     return content
 
 
 def carried_evaluation(content: RecordDict) -> RecordDict | None:
     """The evaluation a train reply carries, as the content of an evaluate reply (or ``None``)."""
-    metrics = content.metric_records.get(EVALUATION_METRICS)
-    if metrics is None:
-        return None
-    config = content.config_records.get(EVALUATION_CONFIG, ConfigRecord())
-    return RecordDict({METRICS: metrics, CONFIG: config})
+    return _unpack(content, _EVALUATION)

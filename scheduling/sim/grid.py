@@ -214,7 +214,7 @@ class SimulatedGrid(InProcessGrid):
 
     def _note_examples(self, site_id: str, mtype: str, reply: Message) -> None:
         """Keep the training-set size a telemetry reply (or the telemetry another reply carries) gives."""
-        content = reply.content if mtype == R.TELEMETRY else carry.carried_telemetry(reply.content)
+        content = reply.content if mtype == R.TELEMETRY else carry.telemetry_or_none(reply.content)
         if content is None:
             return
         try:

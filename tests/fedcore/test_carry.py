@@ -85,6 +85,36 @@ def test_a_carried_evaluation_is_checked_like_an_evaluate_reply() -> None:
     ],
 )
 def test_a_malformed_request_is_refused(key: str, read: object) -> None:
-    bad = RecordDict({key: ConfigRecord({"round": "soon"})})
+    bad = RecordDict({R.CONFIG: ConfigRecord({"round": 3, key: "soon"})})
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         read(bad)  # type: ignore[operator]
+
+
+def test_what_rides_along_adds_no_record_to_an_instruction_and_one_to_a_reply() -> None:
+    # every record is an object on Flower's wire, pushed and pulled with a request of its own
+    instruction = R.train_instruction({"w": np.zeros(2, np.float32)}, _cfg())
+    asked = carry.request_telemetry(carry.request_evaluation(instruction, 2), 4)
+    assert sorted(asked.keys()) == sorted(instruction.keys())
+    assert R.CONFIG in instruction and carry.EVALUATION_REQUEST not in instruction[R.CONFIG]
+    reply = R.TrainReply({"w": np.ones(2, np.float32)}, 10, 0.4, 1.5, "bank-a").to_content()
+    before = set(reply.keys())
+    carry.attach_evaluation(reply, _evaluation().to_content())
+    tel = R.Telemetry("bank-a", 10, "cpu", "cpu", {}, model_round=2)  # no readings at all
+    carry.attach_telemetry(reply, R.attach_signature(tel.to_content(), b"sig"))
+    assert set(reply.keys()) - before == {carry.CARRIED}
+    carried_tel = carry.carried_telemetry(reply)
+    assert carried_tel is not None and R.Telemetry.from_content(carried_tel) == tel
+
+
+def test_garbage_in_the_carried_record_is_a_clear_error() -> None:
+    reply = R.TrainReply({"w": np.ones(2, np.float32)}, 10, 0.4, 1.5, "bank-a").to_content()
+    carry.attach_evaluation(reply, _evaluation().to_content())
+    reply[carry.CARRIED]["evaluation.metrics.loss"] = "not a number"
+    with pytest.raises(ValueError, match="malformed 'carried' record: evaluation.metrics"):
+        carry.carried_evaluation(reply)
+    tel = R.Telemetry("bank-a", 10, "cpu", "cpu", {"u": 1.0}).to_content()
+    carry.attach_telemetry(reply, tel)
+    reply[carry.CARRIED]["telemetry.metrics.u"] = b"\x00"
+    with pytest.raises(ValueError, match="telemetry.metrics"):
+        carry.carried_telemetry(reply)
+    assert carry.telemetry_or_none(reply) is None

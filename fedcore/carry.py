@@ -14,18 +14,19 @@ exchange, which asks for its telemetry the same way. After the last round one ev
 exchange scores the final model.
 
 Every record is a separate object on Flower's wire (one request per object and hop),
-so what rides along adds no record to an instruction and one to a reply:
+so what rides along adds no record: it goes into the ``config`` record of the
+instruction or reply.
 
 ==========================  ===================================================================
 where                       holds
 ==========================  ===================================================================
 instruction's ``config``    ``carry.evaluate``: the round whose global model the site evaluates
                             first; ``carry.telemetry``: the round whose telemetry it adds
-reply's ``carried``         one ``ConfigRecord``: the records of an evaluate reply
-                            (``evaluation.metrics.*``, ``evaluation.config.*``) and of a
-                            telemetry reply (``telemetry.info.*``, ``telemetry.metrics.*``,
-                            its signature in ``telemetry.auth.*``), each key prefixed by the
-                            record it came from
+reply's ``config``          ``carried.*``: the records of an evaluate reply
+                            (``carried.evaluation.metrics.*``, ``carried.evaluation.config.*``)
+                            and of a telemetry reply (``carried.telemetry.info.*``,
+                            ``carried.telemetry.metrics.*``, its signature in
+                            ``carried.telemetry.auth.*``)
 ==========================  ===================================================================
 
 What is carried is read back as the content of the reply it stands for and checked like
@@ -44,6 +45,7 @@ from fedcore.records import AUTH, CONFIG, METRICS, TELEMETRY_INFO, TELEMETRY_MET
 EVALUATION_REQUEST = "carry.evaluate"
 TELEMETRY_REQUEST = "carry.telemetry"
 CARRIED = "carried"
+"""Prefix of what a reply carries, in its ``config`` record."""
 _EVALUATION = (
     ("evaluation.metrics", METRICS, MetricRecord),
     ("evaluation.config", CONFIG, ConfigRecord),
@@ -91,37 +93,37 @@ def _read(content: RecordDict, key: str) -> int | None:
 
 
 def _pack(content: RecordDict, parts: Any, source: RecordDict) -> None:
-    """Copy ``source``'s records named in ``parts`` into ``content``'s one ``carried`` record."""
-    carried: dict[str, Any] = dict(content.config_records.get(CARRIED, ConfigRecord()))
+    """Copy ``source``'s records named in ``parts`` into ``content``'s ``config`` record."""
+    config: dict[str, Any] = dict(content.config_records.get(CONFIG, ConfigRecord()))
     for prefix, key, kind in parts:
         records = source.metric_records if kind is MetricRecord else source.config_records
         record = records.get(key)
         if record is None:
             continue
-        carried[prefix] = True  # the record was there, even if empty
-        carried.update({f"{prefix}.{k}": v for k, v in record.items()})
-    content[CARRIED] = ConfigRecord(carried)
+        config[f"{CARRIED}.{prefix}"] = True  # the record was there, even if empty
+        config.update({f"{CARRIED}.{prefix}.{k}": v for k, v in record.items()})
+    content[CONFIG] = ConfigRecord(config)
 
 
 def _unpack(content: RecordDict, parts: Any) -> RecordDict | None:
-    """The records ``parts`` names, rebuilt from ``content``'s ``carried`` record (or ``None``).
+    """The records ``parts`` names, rebuilt from ``content``'s ``config`` record (or ``None``).
 
     Raises:
         ValueError: a carried value does not fit the record it came from.
     """
-    carried = content.config_records.get(CARRIED)
-    if carried is None or parts[0][0] not in carried:
+    carried = content.config_records.get(CONFIG)
+    if carried is None or f"{CARRIED}.{parts[0][0]}" not in carried:
         return None
     out = RecordDict()
     for prefix, key, kind in parts:
-        if prefix not in carried:
+        if f"{CARRIED}.{prefix}" not in carried:
             continue
-        start = f"{prefix}."
+        start = f"{CARRIED}.{prefix}."
         values = {k[len(start) :]: v for k, v in carried.items() if k.startswith(start)}
         try:
             out[key] = kind(values)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed {CARRIED!r} record: {prefix}: {exc}") from exc
+            raise ValueError(f"malformed carried {prefix}: {exc}") from exc
     return out
 
 

@@ -10,16 +10,16 @@ message type           instruction (coordinator -> site)          reply (site ->
 =====================  =========================================  ===========================================
 ``query.telemetry``    ``config``: round, run key, task           ``telemetry``: site id, data size, device
                                                                   readings (ConfigRecord + MetricRecord)
-``train``              ``arrays``: global model, ``config``:      ``arrays``: local model, ``metrics``:
-                       the :class:`RoundConfig`; optionally       num_examples, loss, seconds; when asked,
-                       ``evaluation.request`` and                 the evaluation of the incoming model
-                       ``telemetry.request``                      (``evaluation.*``) and the next round's
-                                                                  telemetry (``telemetry.*``)
+``train``              ``arrays``: global model, ``config``:      ``arrays``: local model, ``config``:
+                       the :class:`RoundConfig`; when asked,      site, round, num_examples, loss,
+                       ``carry.evaluate`` and ``carry.telemetry`` seconds; when asked, the evaluation
+                       in ``config``                              of the incoming model and the next
+                                                                  round's telemetry (``carried.*`` in
+                                                                  ``config``)
 ``evaluate``           ``arrays``: global model, ``config``:      ``metrics``: num_examples, loss, metrics,
-                       the :class:`RoundConfig`; optionally       score histograms per class, flag counts;
-                       ``telemetry.request``: the next round      when asked, the next round's telemetry
-                                                                  (``telemetry.*``, signed in
-                                                                  ``telemetry.auth``)
+                       the :class:`RoundConfig`; when asked,      score histograms per class, flag counts;
+                       ``carry.telemetry`` in ``config``           when asked, the next round's telemetry
+                                                                  (``carried.*`` in ``config``)
 ``query.export``       ``arrays``: global model, ``config``:      ``config``: site id, export manifest
                        the :class:`RoundConfig`                    (JSON), or the error that stopped it
 =====================  =========================================  ===========================================
@@ -34,7 +34,8 @@ Privacy modes change what travels (see ``docs/privacy.md``):
   itself). A train reply carries ``ckks.update`` (ciphertext chunks) and no ``arrays``.
 * ``secagg+``: training runs Flower's SecAgg+ protocol (legacy ``fitins``/``fitres`` keys);
   the fit config carries the same :class:`RoundConfig` record plus the array names.
-* Every reply may carry ``auth``: an ECDSA signature with the site's node key over
+* Every reply may carry a signature (``auth.signature`` in its ``config`` record, or an
+  ``auth`` record when it has none): ECDSA with the site's node key over
   :func:`signing_payload`, which the coordinator checks against the registered key.
 """
 
@@ -69,6 +70,8 @@ TELEMETRY_METRICS = "telemetry.metrics"
 CKKS_AGGREGATES = "ckks.aggregates"
 CKKS_UPDATE = "ckks.update"
 AUTH = "auth"
+SIGNATURE = "auth.signature"
+"""Key of a reply's signature in its ``config`` record."""
 
 HIST_BINS = 200
 """Score histogram resolution used for pooled PR-AUC / ROC-AUC across sites."""
@@ -376,13 +379,25 @@ def signing_payload(kind: str, site_id: str, round_: int, run_key: str, body: by
 
 
 def attach_signature(content: RecordDict, signature: bytes) -> RecordDict:
-    """Add the ``auth`` record holding a reply's signature (returns ``content``)."""
-    content[AUTH] = ConfigRecord({"signature": signature})
+    """Add a reply's signature (returns ``content``).
+
+    It goes into the reply's ``config`` record (``auth.signature``) when the reply has one:
+    every record is an object on Flower's wire, pushed and pulled with a request of its
+    own. A reply without one (telemetry) gets an ``auth`` record.
+    """
+    config = content.config_records.get(CONFIG)
+    if config is not None:
+        content[CONFIG] = ConfigRecord({**config, SIGNATURE: signature})
+    else:
+        content[AUTH] = ConfigRecord({"signature": signature})
     return content
 
 
 def read_signature(content: RecordDict) -> bytes | None:
     """The signature of a reply, or ``None`` when it carries none."""
+    config = content.config_records.get(CONFIG)
+    if config is not None and SIGNATURE in config:
+        return bytes(config[SIGNATURE])  # type: ignore[arg-type]
     rec = content.config_records.get(AUTH)
     if rec is None or "signature" not in rec:
         return None
@@ -408,12 +423,18 @@ class TrainReply:
     round: int = 0
 
     def to_content(self) -> RecordDict:
+        # one config record for every figure: each record is an object on the wire
         content = RecordDict(
             {
-                METRICS: MetricRecord(
-                    {"num_examples": self.num_examples, "loss": self.loss, "seconds": self.seconds}
+                CONFIG: ConfigRecord(
+                    {
+                        "site_id": self.site_id,
+                        "round": self.round,
+                        "num_examples": self.num_examples,
+                        "loss": self.loss,
+                        "seconds": self.seconds,
+                    }
                 ),
-                CONFIG: ConfigRecord({"site_id": self.site_id, "round": self.round}),
             }
         )
         if self.encrypted is not None:
@@ -447,18 +468,17 @@ class TrainReply:
                 raise ValueError(f"malformed 'ckks.update' record: {exc}") from exc
         elif ARRAYS not in content.array_records:
             raise ValueError("train reply has neither an 'arrays' nor a 'ckks.update' record")
-        if METRICS not in content.metric_records:
-            raise ValueError("train reply has no 'metrics' record")
-        m = content.metric_records[METRICS]
+        info = content.config_records.get(CONFIG, ConfigRecord())
+        # the figures are in the config record (a 'metrics' record in earlier versions)
+        m: Mapping[str, Any] = content.metric_records.get(METRICS) or info
         for key in ("num_examples", "loss", "seconds"):
             if key not in m:
-                raise ValueError(f"train reply metrics lack {key!r}")
-        info = content.config_records.get(CONFIG, ConfigRecord())
+                raise ValueError(f"train reply lacks {key!r} (expected in its 'config' record)")
         return cls(
             arrays={} if encrypted is not None else record_to_arrays(content.array_records[ARRAYS]),
-            num_examples=int(m["num_examples"]),  # type: ignore[arg-type]
-            loss=float(m["loss"]),  # type: ignore[arg-type]
-            seconds=float(m["seconds"]),  # type: ignore[arg-type]
+            num_examples=int(m["num_examples"]),
+            loss=float(m["loss"]),
+            seconds=float(m["seconds"]),
             site_id=str(info.get("site_id", "?")),
             encrypted=encrypted,
             length=length,

@@ -26,7 +26,10 @@ from tests.fedcore.engines.services import (
     ServiceTree,
     client_argv,
     coordinator_argv,
+    descendants,
     module,
+    ps,
+    ps_report,
     rounds_of,
     start,
     stop,
@@ -131,6 +134,10 @@ def test_operator_sees_a_real_run_in_metrics_status_and_audit(
         )
         assert coordinator.poll() is None, text(log)
         time.sleep(1.0)  # a few scrapes of the finished run
+        # idle sites after a run: their services reap what they started (no <defunct>)
+        for site, client in clients.items():
+            zombies = [r for r in descendants(ps(), client.pid) if r.zombie]
+            assert zombies == [], f"fed-client {site}:\n{ps_report(zombies)}"
     finally:
         scraper.stop()
 

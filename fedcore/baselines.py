@@ -6,8 +6,10 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -135,7 +137,99 @@ def evaluate_across_sites(
     return {"per_model": per_model, "mean": mean}
 
 
-def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int) -> dict[str, Any]:
+BaselinePhase = Literal["baseline", "train", "evaluate"]
+"""What a :class:`BaselineProgress` event is about: a whole baseline, one model's training, or
+the baseline's evaluation."""
+
+
+@dataclass(frozen=True)
+class BaselineProgress:
+    """One event of :func:`run_baselines`: a baseline, or one of its steps, started or finished.
+
+    A baseline's steps are the models it trains (one per site for ``local_only``, each named
+    by its site; one on the pooled data otherwise, with ``site`` ``None``), then its
+    evaluation. Each baseline sends ``phase="baseline"`` with ``finished=False``, then a
+    started and a finished event per step in order, then ``phase="baseline"`` with
+    ``finished=True``.
+
+    Attributes:
+        baseline: ``"local_only"``, ``"centralized"`` or ``"non_graph"`` (the result's keys).
+        phase: ``"baseline"`` (the whole baseline), ``"train"`` or ``"evaluate"``.
+        site: The site whose model is trained alone (``local_only``'s training), else ``None``.
+        finished: ``False`` when it starts, ``True`` when it is done.
+        done: Steps of this baseline finished so far (counting this one once it is finished).
+        total: Steps of this baseline: one per model trained, plus one for the evaluation.
+        seconds: Wall time of what finished (``0.0`` on a start); a finished baseline's is
+            the one in the result's ``seconds``.
+        index: Position of this baseline among those run, from 1.
+        count: How many baselines this call runs.
+    """
+
+    baseline: str
+    phase: BaselinePhase
+    site: str | None
+    finished: bool
+    done: int
+    total: int
+    seconds: float
+    index: int
+    count: int
+
+
+ProgressCallback = Callable[[BaselineProgress], None]
+"""Receives :func:`run_baselines`' events (e.g. to show a progress bar); returns nothing."""
+
+
+class _Reporter:
+    """Times one baseline's steps and sends their events; sends nothing without a callback."""
+
+    def __init__(self, on_progress: ProgressCallback | None, names: list[str]) -> None:
+        self._send = on_progress
+        self._names = names
+        self._name = ""
+        self._done = self._total = 0
+        self._start = 0.0
+
+    def begin(self, name: str, total: int) -> None:
+        self._name, self._done, self._total = name, 0, total
+        self._emit("baseline", None, False, 0.0)
+
+    def end(self, seconds: float) -> None:
+        self._emit("baseline", None, True, seconds)
+
+    @contextmanager
+    def step(self, phase: BaselinePhase, site: str | None = None) -> Iterator[None]:
+        self._emit(phase, site, False, 0.0)
+        start = time.perf_counter()
+        yield
+        self._done += 1
+        self._emit(phase, site, True, time.perf_counter() - start)
+
+    def _emit(self, phase: BaselinePhase, site: str | None, finished: bool, secs: float) -> None:
+        if self._send is None:
+            return
+        self._send(
+            BaselineProgress(
+                baseline=self._name,
+                phase=phase,
+                site=site,
+                finished=finished,
+                done=self._done,
+                total=self._total,
+                seconds=secs,
+                index=self._names.index(self._name) + 1,
+                count=len(self._names),
+            )
+        )
+
+
+def run_baselines(
+    graphs: Mapping[str, Any],
+    scenario: Scenario,
+    *,
+    epochs: int,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
     """Train and evaluate the reference models the federation is compared with.
 
     * ``local_only``: each site trains its own GNN alone for ``epochs`` epochs and is
@@ -156,6 +250,9 @@ def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int)
         scenario: Task, training settings, seed and ``baselines`` flags.
         epochs: Training epochs of each baseline; use ``rounds * local_epochs`` to
             match the federation's total local epochs.
+        on_progress: Called with a :class:`BaselineProgress` as each baseline, each model's
+            training (each site's, for ``local_only``) and each evaluation starts and
+            finishes; default ``None``. It never changes the results.
 
     Returns:
         A dict with the enabled keys among ``local_only``, ``centralized``, ``non_graph``
@@ -164,59 +261,85 @@ def run_baselines(graphs: Mapping[str, Any], scenario: Scenario, *, epochs: int)
     task, training, flags = scenario.task, scenario.training, scenario.baselines
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    names = [
+        name
+        for name, on in (
+            ("local_only", flags.local_only),
+            ("centralized", flags.centralized and bool(graphs)),
+            ("non_graph", flags.non_graph and bool(graphs) and not task.is_imaging),
+        )
+        if on
+    ]
+    report = _Reporter(on_progress, names)
 
     if flags.local_only:
+        report.begin("local_only", len(graphs) + 1)
         start = time.perf_counter()
         models: dict[str, nn.Module] = {}
         for site, graph in graphs.items():
+            with report.step("train", site):
+                seed_everything(derive_seed(scenario.seed, "init"))
+                model = tasks.build(task)
+                tasks.train(
+                    model,
+                    graph,
+                    task,
+                    training,
+                    seed=derive_seed(scenario.seed, "local", site),
+                    epochs=epochs,
+                )
+                models[site] = model
+        with report.step("evaluate"):
+            res = evaluate_per_site(models.__getitem__, graphs, task)
+            out["local_only"] = {
+                "per_site": res["per_site"],
+                "mean": res["mean"],
+                "pooled": res["pooled"],
+            }
+            if flags.cross_site:
+                out["local_only"]["across_sites"] = evaluate_across_sites(models, graphs, task)
+        seconds["local_only"] = time.perf_counter() - start
+        report.end(seconds["local_only"])
+
+    pooled = tasks.merge(task, list(graphs.values())) if graphs else None
+    if flags.centralized and pooled is not None:
+        report.begin("centralized", 2)
+        start = time.perf_counter()
+        with report.step("train"):
             seed_everything(derive_seed(scenario.seed, "init"))
             model = tasks.build(task)
             tasks.train(
                 model,
-                graph,
+                pooled,
                 task,
                 training,
-                seed=derive_seed(scenario.seed, "local", site),
+                seed=derive_seed(scenario.seed, "centralized"),
                 epochs=epochs,
             )
-            models[site] = model
-        res = evaluate_per_site(models.__getitem__, graphs, task)
-        out["local_only"] = {
-            "per_site": res["per_site"],
-            "mean": res["mean"],
-            "pooled": res["pooled"],
-        }
-        if flags.cross_site:
-            out["local_only"]["across_sites"] = evaluate_across_sites(models, graphs, task)
-        seconds["local_only"] = time.perf_counter() - start
-
-    pooled = tasks.merge(task, list(graphs.values())) if graphs else None
-    if flags.centralized and pooled is not None:
-        start = time.perf_counter()
-        seed_everything(derive_seed(scenario.seed, "init"))
-        model = tasks.build(task)
-        tasks.train(
-            model,
-            pooled,
-            task,
-            training,
-            seed=derive_seed(scenario.seed, "centralized"),
-            epochs=epochs,
-        )
-        res = evaluate_per_site(model, graphs, task)
+        with report.step("evaluate"):
+            res = evaluate_per_site(model, graphs, task)
         out["centralized"] = {**res["pooled"], "per_site": res["per_site"], "mean": res["mean"]}
         seconds["centralized"] = time.perf_counter() - start
+        report.end(seconds["centralized"])
 
     if flags.non_graph and pooled is not None and not task.is_imaging:
+        report.begin("non_graph", 2)
         start = time.perf_counter()
-        seed_everything(derive_seed(scenario.seed, "init-rows"))
-        row_model = build_row_model(row_feature_dim(task))
-        train_local(
-            row_model, pooled, training, seed=derive_seed(scenario.seed, "non-graph"), epochs=epochs
-        )
-        res = evaluate_per_site(row_model, graphs, task)
+        with report.step("train"):
+            seed_everything(derive_seed(scenario.seed, "init-rows"))
+            row_model = build_row_model(row_feature_dim(task))
+            train_local(
+                row_model,
+                pooled,
+                training,
+                seed=derive_seed(scenario.seed, "non-graph"),
+                epochs=epochs,
+            )
+        with report.step("evaluate"):
+            res = evaluate_per_site(row_model, graphs, task)
         out["non_graph"] = {**res["pooled"], "per_site": res["per_site"], "mean": res["mean"]}
         seconds["non_graph"] = time.perf_counter() - start
+        report.end(seconds["non_graph"])
 
     out["seconds"] = seconds
     for name, secs in seconds.items():

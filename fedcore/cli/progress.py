@@ -1,10 +1,10 @@
-"""What the commands print while a federation runs: the round line, deployment service events and errors with their exit codes."""
+"""What the commands print while a federation runs: the round line, the baselines' progress, deployment service events and errors with their exit codes."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +26,20 @@ from fedcore.exit_codes import (
 )
 from fedcore.records import RoundRecord
 
-__all__ = ["fmt", "format_round", "print_deployment_error", "print_event"]
+if TYPE_CHECKING:  # fedcore.baselines imports torch: not at the start of every command
+    from rich.progress import Progress, TaskID
+
+    from fedcore.baselines import BaselineProgress
+
+__all__ = [
+    "BaselineDisplay",
+    "baseline_status",
+    "fmt",
+    "format_baseline_event",
+    "format_round",
+    "print_deployment_error",
+    "print_event",
+]
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -103,6 +116,91 @@ def format_round(record: RoundRecord | Mapping[str, Any]) -> str:
     if isinstance(rejected, dict) and rejected:
         line += f"\n          [yellow]left out: {escape(_left_out(rejected))}[/]"
     return line
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _label(event: BaselineProgress) -> str:
+    return event.baseline.replace("_", "-")
+
+
+def baseline_status(event: BaselineProgress) -> str:
+    """What the baselines are doing, as the live bar's description (plain text).
+
+    ``baselines 1/3: local-only bank-c (3/5)`` while site ``bank-c``, the third of five,
+    trains alone; ``baselines 2/3: centralized training`` or ``… evaluating``;
+    ``baselines: 3 done`` once the last one finished.
+    """
+    head = f"baselines {event.index}/{event.count}: {_label(event)}"
+    if event.phase == "baseline":
+        if event.finished and event.index == event.count:
+            return f"baselines: {event.count} done"
+        return f"{head} {'done' if event.finished else 'starting'}"
+    if event.phase == "evaluate":
+        return f"{head} evaluating"
+    if event.site is None:
+        return f"{head} training"
+    number = event.done if event.finished else event.done + 1
+    return f"{head} {event.site} ({number}/{event.total - 1})"
+
+
+def format_baseline_event(event: BaselineProgress) -> str | None:
+    """The line printed when a site's model or a whole baseline is finished; else ``None``.
+
+    ``local-only bank-c (3/5) 12.4 s`` for a site's model trained alone, and
+    ``baseline local-only (1/3) done in 62.0 s`` for a whole baseline (its evaluation
+    included). Plain text: escape it before printing it as markup.
+    """
+    if not event.finished:
+        return None
+    if event.phase == "baseline":
+        return (
+            f"baseline {_label(event)} ({event.index}/{event.count}) done in {event.seconds:.1f} s"
+        )
+    if event.phase == "train" and event.site is not None:
+        return (
+            f"  {_label(event)} {event.site} ({event.done}/{event.total - 1}) {event.seconds:.1f} s"
+        )
+    return None
+
+
+class BaselineDisplay:
+    """Shows :func:`fedcore.baselines.run_baselines`' progress on a run's rich ``Progress``.
+
+    Prints one line per site's model and per baseline as each finishes
+    (:func:`format_baseline_event`). On a terminal it also adds a bar of its own under the
+    rounds: its description says which baseline and site is training
+    (:func:`baseline_status`), it counts the baseline's steps (each model, then the
+    evaluation) and its timer runs from the start of each baseline. Elsewhere (a file, a
+    pipe, CI) only the lines are printed.
+
+    Example::
+
+        display = BaselineDisplay(progress)
+        run_baselines(graphs, scenario, epochs=10, on_progress=display.event)
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def event(self, event: BaselineProgress) -> None:
+        """Show one event (the ``on_progress`` callback of ``run_baselines``)."""
+        line = format_baseline_event(event)
+        console = self._progress.console
+        if line is not None:
+            style = "dim" if event.phase == "train" else "green"
+            console.print(f"[{style}]{escape(line)}[/]", highlight=False)
+        if not console.is_terminal:
+            return
+        status = escape(baseline_status(event))  # the column reads the description as markup
+        if self._task is None:
+            self._task = self._progress.add_task(status, total=event.total, completed=event.done)
+        elif event.phase == "baseline" and not event.finished:
+            self._progress.reset(self._task, total=event.total, description=status)
+        else:
+            self._progress.update(self._task, completed=event.done, description=status)
 
 
 # --------------------------------------------------------------------------- deployment services

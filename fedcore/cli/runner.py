@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,13 +13,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from coordinator.state import ROUND_FIELDS
+from coordinator.state import ROUND_FIELDS, StateError
 from fedcore.config import Scenario, SiteConfig, dump_site_config
 from fedcore.records import RoundRecord
 from fedcore.storage import exclusive_lock
 
 LOCK_FILE = ".lock"
 """Lock file in the run directory, held by the run writing there (holds its PID)."""
+
+RUN_FILE = "run.json"
+"""Written first into a run directory: the scenario (name and fingerprint) whose run it holds."""
+
+STATE_DB = Path("state") / "state.db"
+"""The coordinator's round store in a run directory (see :mod:`coordinator.state`)."""
+
+_RUN_OUTPUTS = (
+    "rounds.jsonl",
+    "rounds.csv",
+    "federation.json",
+    "summary.json",
+    "model.safetensors",
+)
+"""What a run writes into OUT besides its state: removed by ``--force`` to start afresh."""
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +46,166 @@ class RunFailed(RuntimeError):
     """The federation did not complete; the message says why and where earlier rounds are."""
 
 
+class OutDirTaken(StateError):
+    """The run directory holds a run of another scenario: refused before anything is written."""
+
+
 @dataclass(frozen=True)
 class RunPlan:
-    """Everything a run needs, resolved from the command line."""
+    """Everything a run needs, resolved from the command line.
+
+    ``fresh`` (``--force``) drops the stored rounds and round logs of an earlier run of the
+    same scenario in ``out``, so the run starts from round 0.
+    """
 
     scenario_path: Path
     scenario: Scenario
     out: Path
     engine: str
     rounds: int
+    fresh: bool = False
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    """What a run directory holds of an earlier run of the same scenario.
+
+    Attributes:
+        rounds_done: The newest round in its state store (0: none stored).
+        state: The state store file.
+        complete: ``summary.json`` says the run completed at least the plan's rounds, and the
+            state store holds no later round: there is nothing to do.
+    """
+
+    rounds_done: int
+    state: Path
+    complete: bool
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when missing or unreadable (never raises)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _peek_state(db: Path) -> tuple[str | None, int]:
+    """The fingerprint and newest round in a state database, opened read-only (never written)."""
+    if not db.is_file():
+        return None, 0
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None, 0
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        newest = conn.execute(
+            "SELECT round, fingerprint FROM rounds ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.Error:  # no schema yet, or damaged: the store's own checks tell at run time
+        return None, 0
+    finally:
+        conn.close()
+    fingerprint = row[0] if row else (newest[1] if newest else None)
+    return (str(fingerprint) if fingerprint else None), (int(newest[0]) if newest else 0)
+
+
+def _taken(plan: RunPlan, name: Any, fingerprint: Any, where: Path) -> OutDirTaken:
+    sc = plan.scenario
+    other = f"scenario {name!r}" if name else "a scenario"
+    return OutDirTaken(
+        f"{plan.out} holds a run of a different scenario: expected a new directory or a run "
+        f"of {sc.name!r} (fingerprint {sc.fingerprint()}), found a run of {other}"
+        f"{f' (fingerprint {fingerprint})' if fingerprint else ''} in {where}. "
+        f"Fix: use another --out, or move {plan.out} away"
+    )
+
+
+def inspect_out(plan: RunPlan) -> PriorRun | None:
+    """What ``plan.out`` holds of an earlier run, read without writing anything there.
+
+    Returns:
+        The earlier run of the same scenario, or ``None`` when ``plan.out`` holds no run.
+
+    Raises:
+        OutDirTaken: ``plan.out`` holds a run of another scenario (its state store,
+            ``run.json``, ``federation.json`` or ``summary.json`` names another fingerprint, or
+            its site configs are for other sites).
+    """
+    out, fp = plan.out, plan.scenario.fingerprint()
+    docs = {n: _read_json(out / n) for n in (RUN_FILE, "federation.json", "summary.json")}
+    names = set()
+    for name, doc in docs.items():
+        if doc is None:
+            continue
+        found = doc.get("fingerprint")
+        if (found and found != fp) or (not found and doc.get("scenario") != plan.scenario.name):
+            raise _taken(plan, doc.get("scenario"), found, out / name)
+        names.add(name)
+    state_fp, rounds_done = _peek_state(out / STATE_DB)
+    if state_fp is not None and state_fp != fp:
+        raise _taken(plan, None, state_fp, out / STATE_DB)
+    sites = out / "sites"
+    if sites.is_dir():
+        site_files = {p.stem for p in sites.glob("*.yaml")}
+        ours = {s.id for s in plan.scenario.sites}
+        if site_files and site_files != ours:
+            raise _taken(plan, None, None, sites)
+    if not names and state_fp is None and not sites.is_dir():
+        return None
+    summary = docs["summary.json"]
+    complete = False
+    if summary is not None and (docs["federation.json"] or {}).get("status", "completed") == (
+        "completed"
+    ):
+        done = [int(r.get("round") or 0) for r in summary.get("rounds") or []]
+        last = max(done, default=0)
+        complete = last >= plan.rounds and (state_fp is None or rounds_done <= last)
+    return PriorRun(rounds_done, out / STATE_DB, complete)
+
+
+def clear_run(out: Path) -> None:
+    """Remove an earlier run's stored rounds and round logs from ``out`` (``--force``).
+
+    Site configs, kits and the sites' own state directories stay: the next run writes the
+    site configs again, reuses the kits, and keeps its global models under a new run key.
+    """
+    shutil.rmtree(out / "state", ignore_errors=True)
+    for name in _RUN_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+
+
+def record_stop(plan: RunPlan, status: str, error: str) -> dict[str, Any]:
+    """Write ``federation.json`` for a run that stopped early, with the rounds it had stored.
+
+    The coordinator writes it itself when the federation fails; an interrupted run (Ctrl-C)
+    or a failure before the coordinator started leaves none, so the runner does.
+    """
+    from coordinator.state import StateStore, atomic_write_json
+
+    fp = plan.scenario.fingerprint()
+    history: list[dict[str, Any]] = []
+    try:
+        cp = StateStore(plan.out).checkpoint(fp)
+    except Exception as exc:  # the record must be written whatever the state holds
+        log.warning("could not read the stored rounds in %s: %s", plan.out, exc)
+        cp = None
+    if cp is not None:
+        history = list(cp.history)
+    result = {
+        "status": status,
+        "error": error,
+        "scenario": plan.scenario.name,
+        "fingerprint": fp,
+        "rounds_done": cp.round if cp is not None else 0,
+        "rounds_planned": plan.rounds,
+        "rounds": history,
+        "model": None,
+    }
+    atomic_write_json(plan.out / "federation.json", result)
+    return result
 
 
 def default_out_dir(scenario: Scenario) -> Path:
@@ -258,6 +426,8 @@ def build_summary(
     pooled = dict(final.get("pooled", {}))
     return {
         "scenario": plan.scenario.name,
+        "fingerprint": plan.scenario.fingerprint(),
+        "status": "completed",
         "task": plan.scenario.task.model,
         "scenario_file": str(plan.scenario_path),
         "engine": plan.engine,
@@ -331,12 +501,23 @@ def run_scenario(
     The run holds an exclusive lock on ``OUT/.lock`` from start to end, so a second run into
     the same directory is refused at once instead of writing beside the first.
 
+    ``plan.out`` is checked before anything is written there: a run of another scenario is
+    refused (:func:`inspect_out`), and checked again once the lock is held.
+
     Raises:
-        RunFailed: the federation stopped (earlier rounds stay saved in ``plan.out``).
+        RunFailed: the federation stopped (earlier rounds stay saved in ``plan.out``, and
+            ``federation.json`` says so).
+        OutDirTaken: ``plan.out`` holds another scenario's run (nothing was written).
         LockHeld: another run holds ``plan.out`` (nothing was written).
+        KeyboardInterrupt: interrupted; ``federation.json`` records status ``interrupted``.
     """
+    if plan.out.exists():
+        inspect_out(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(plan.out / LOCK_FILE):
+        inspect_out(plan)
+        if plan.fresh:
+            clear_run(plan.out)
         return _run_locked(plan, on_round, on_stage)
 
 
@@ -348,13 +529,30 @@ def _run_locked(
     from coordinator.state import atomic_write_json
 
     t0 = time.perf_counter()
-    site_paths = write_site_configs(plan.scenario, plan.out)
-    if on_stage:
-        on_stage("provisioning throwaway kits (CA, certificates, node keys, CKKS keys)")
-    kits = provision_run_kits(plan.scenario, plan.out)
-    if on_stage:
-        on_stage(f"federated training on the {plan.engine} engine")
-    result = run_federation(plan, site_paths, on_round, kits)
+    sc = plan.scenario
+    atomic_write_json(
+        plan.out / RUN_FILE,
+        {
+            "scenario": sc.name,
+            "fingerprint": sc.fingerprint(),
+            "scenario_file": str(plan.scenario_path),
+        },
+    )
+    try:
+        site_paths = write_site_configs(sc, plan.out)
+        if on_stage:
+            on_stage("provisioning throwaway kits (CA, certificates, node keys, CKKS keys)")
+        kits = provision_run_kits(sc, plan.out)
+        if on_stage:
+            on_stage(f"federated training on the {plan.engine} engine")
+        result = run_federation(plan, site_paths, on_round, kits)
+    except KeyboardInterrupt:
+        record_stop(plan, "interrupted", "interrupted (Ctrl-C / SIGINT)")
+        raise
+    except RunFailed as exc:
+        if (_read_json(plan.out / "federation.json") or {}).get("status") != "failed":
+            record_stop(plan, "failed", str(exc))
+        raise
     final, baselines = evaluate_outcome(plan, site_paths, on_stage)
     summary = build_summary(
         plan,

@@ -480,8 +480,8 @@ def provision(
         raise ProvisionError(
             f"kit director{'ies' if len(clash) > 1 else 'y'} already exist: "
             f"{', '.join(str(p) for p in clash)}. Replacing them discards their keys, and every kit "
-            "of the consortium must then be redistributed: pass --force (force=True) to do so, "
-            "or choose another output directory"
+            "of the consortium must then be redistributed: run `fedcore provision` again with "
+            "--force to replace them, or choose another output directory"
         )
     if not out_dir.exists():
         out_dir.mkdir(mode=0o700, parents=True)

@@ -126,7 +126,9 @@ def test_existing_kits_need_force(tmp_path: Path) -> None:
     kits = tmp_path / "kits"
     assert cli(str(tmp_path / "c.yaml"), "--out", str(kits))[0] == 0
     code, _, err = cli(str(tmp_path / "c.yaml"), "--out", str(kits))
-    assert code == 2 and "already exist" in err and "--force" in err
+    text = " ".join(err.split())
+    assert code == 2 and "already exist" in text
+    assert "run `fedcore provision` again with --force" in text and "force=True" not in text
     code, out, _ = cli(
         str(tmp_path / "c.yaml"), "--out", str(kits), "--force", "--host", "10.1.2.3"
     )
@@ -157,3 +159,22 @@ def test_scenario_file_entry_point(tmp_path: Path) -> None:
     ]
     res = fedcore("--check", str(tmp_path / "missing"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_a_long_out_path_stays_on_one_line_when_not_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CONSORTIUM)
+    kits = tmp_path / ("a-consortium-folder-with-a-long-name-" * 2) / "kits"
+    res = CliRunner().invoke(
+        app, ["provision", str(tmp_path / "c.yaml"), "--out", str(kits)], env={"COLUMNS": "80"}
+    )
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        app,
+        ["provision", str(tmp_path / "c.yaml"), "--out", str(kits), "--force"],
+        env={"COLUMNS": "80"},
+    )
+    assert res.exit_code == 0, res.output
+    assert len(str(kits)) > 80
+    assert f"replaced {kits / 'coordinator'}/ (its old keys and certificates are gone)\n" in (
+        res.stdout
+    )

@@ -1,11 +1,32 @@
-"""What every fedcore command shares: logging set-up, loading a scenario with every check."""
+"""What every fedcore command shares: its consoles, logging set-up, loading a scenario with every check."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from rich.console import Console
+
 from fedcore.config import ConfigError, Scenario, load_scenario
+
+
+def command_console(*, stderr: bool = False, markup: bool = True) -> Console:
+    """A rich console for a command's output that never breaks a line when not a terminal.
+
+    In a terminal rich wraps long lines at word boundaries to the window's width. Piped
+    or redirected (a log file, CI, ``| tee``), it would wrap at 80 columns and split a
+    path over two lines (``out`` / ``runs/bank-fraud``): there every printed line is
+    written whole (``soft_wrap``), for the reader's terminal or editor to wrap. Tables
+    and panels still take the console's width.
+
+    Args:
+        stderr: Write to stderr instead of stdout.
+        markup: Read ``[bold]``-style markup in printed strings.
+    """
+    console = Console(stderr=stderr, markup=markup)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
 
 
 def load_checked_scenario(path: Path) -> Scenario:

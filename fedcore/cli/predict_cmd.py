@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from fedcore.cli.common import command_console
 
 EXIT_INPUT = 2
 EXIT_FAILED = 1
@@ -18,7 +19,10 @@ def predict(
         Path,
         typer.Option(
             "--model",
-            help="Exported model (model.int8.onnx, or its export folder holding manifest.json).",
+            help="A site's exported model: model.int8.onnx (or model.fp32.onnx) or the export "
+            "folder holding them and manifest.json. `fedcore run` writes it to "
+            "OUT/sites/SITE/export/RUN/; a site started with `fed-client start` to "
+            "STATE/export/RUN/.",
         ),
     ],
     input_csv: Annotated[
@@ -26,7 +30,10 @@ def predict(
         typer.Option(
             "--input",
             help="Transactions CSV to score: columns payer, payee, amount, timestamp and one per "
-            "task feature (optionally tx_id, merchant, device, label).",
+            "task feature (optionally tx_id, merchant, device, label). Scores depend on the "
+            "other rows of the file: each transaction is scored in the graph of the file's "
+            "transactions (its accounts' other transactions, shared merchants and devices), "
+            "so include the accounts' recent history. Scores are written in the file's row order.",
         ),
     ],
     out: Annotated[
@@ -40,12 +47,19 @@ def predict(
         typer.Option("--threshold", min=0.0, max=1.0, help="Score at which a row is flagged."),
     ] = 0.5,
 ) -> None:
-    """Score transactions with the model exported at this site; checks columns against its manifest."""
+    """Score transactions with the model exported at this site; checks columns against its manifest.
+
+    A transaction's score depends on the other transactions in the same file: the fraud
+    GNN scores each one in the graph the file's rows make (its payer's and payee's other
+    transactions, shared merchants and devices, their counts over the last hour and day),
+    so a row scored alone, or without its accounts' recent history, gets another score
+    than in the site's own data. Rows are written in the file's order.
+    """
     from fedcore.data.transactions import DataError
     from fedcore.export.onnx_export import ExportError
     from fedcore.export.serve import InputError, score_csv, write_scores
 
-    err = Console(stderr=True)
+    err = command_console(stderr=True)
     if not input_csv.is_file():
         err.print(f"[bold red]no such input file[/] {escape(str(input_csv))}", highlight=False)
         raise typer.Exit(EXIT_INPUT)
@@ -57,11 +71,13 @@ def predict(
     except (ExportError, ValueError) as exc:  # a damaged or changed model, a bad manifest
         err.print(f"[bold red]model unusable[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
+    for note in scores.notes:
+        err.print(f"[yellow]note[/] {escape(note)}", highlight=False)
     dest = out or input_csv.with_suffix(".scores.csv")
     write_scores(scores, dest, threshold)
     flagged = int((scores.score >= threshold).sum())
-    Console(markup=False).print(
+    command_console(markup=False).print(
         f"scored {len(scores.tx_id)} transactions with {scores.model_path.name} "
-        f"({scores.manifest.path_taken}); {flagged} flagged at {threshold:g}; wrote {dest}",
+        f"({scores.path_taken}); {flagged} flagged at {threshold:g}; wrote {dest}",
         highlight=False,
     )

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from fedcore.cli.common import configure_logging
+from fedcore.cli.common import command_console, configure_logging
 from fedcore.config import ConfigError
 from secure import kitfiles
 from secure.kit import KitCheck, KitError, check_kit
@@ -108,7 +108,7 @@ def _kit_dirs(path: Path) -> list[Path]:
 
 
 def _check(path: Path, err: Console) -> None:
-    console = Console()
+    console = command_console()
     results = []
     for kit_dir in _kit_dirs(path):
         try:
@@ -166,7 +166,7 @@ def provision(
     ] = None,
 ) -> None:
     """Write a consortium's key and certificate kits into --out, or check a kit with --check (exit 1: a check failed, 2: bad input)."""
-    err = Console(stderr=True)
+    err = command_console(stderr=True)
     configure_logging(False)
     if check is not None:
         if consortium is not None or out is not None or force or host:
@@ -192,7 +192,8 @@ def provision(
         spec = load_consortium(consortium)
     except ConfigError as exc:
         err.print(
-            f"[bold red]invalid consortium file[/] {exc.path}\n{exc.message}", highlight=False
+            f"[bold red]invalid consortium file[/] {escape(str(exc.path))}\n{escape(exc.message)}",
+            highlight=False,
         )
         raise typer.Exit(EXIT_CONFIG) from None
     if host:
@@ -211,7 +212,7 @@ def provision(
         err.print(f"[bold red]cannot write the kits:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
-    console = Console()
+    console = command_console()
     console.print(_written_table(report))
     for p in report.replaced:
         console.print(

@@ -30,8 +30,10 @@ MANIFEST_VERSION = 3
 REQUIRED_COLUMNS = ("payer", "payee", "amount", "timestamp")
 """Transaction fields every CSV to score must map (see ``fedcore.config.ColumnMapping``)."""
 
-OPTIONAL_COLUMNS = ("transaction_id", "merchant", "device")
-"""Transaction fields a CSV may map; missing ones mean no merchant or device node."""
+OPTIONAL_COLUMNS = ("tx_id", "merchant", "device")
+"""Columns a CSV to score may have (fedcore's CSV names, as ``fed-client predict`` reads them and
+:func:`fedcore.data.csv_loader.write_transactions_csv` writes them); without ``tx_id`` rows are
+named ``line-N``, without ``merchant`` or ``device`` there is no such node."""
 
 
 def sha256_file(path: Path | str) -> str:
@@ -96,7 +98,8 @@ class ExportManifest:
         input_columns: Transaction fields a CSV to score must provide (the
             ``fedcore.config.ColumnMapping`` fields, then ``features.<name>`` per
             ``task.features``).
-        optional_columns: Fields a CSV may provide.
+        optional_columns: Columns a CSV may have (:data:`OPTIONAL_COLUMNS`: ``tx_id``,
+            ``merchant``, ``device``; earlier exports wrote ``transaction_id`` for ``tx_id``).
         feature_names: Name of every node feature column, in order (width of ``x``).
         opset: ONNX opset of the exported model (``None`` for a PyTorch module).
         created: ISO-8601 UTC time of the export.
@@ -199,7 +202,11 @@ class ExportManifest:
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(
-                f"no {MANIFEST_NAME} in {directory}; export the model first (export_for_site)"
+                f"no {MANIFEST_NAME} in {directory}, so it holds no exported model. Each site's "
+                "model is exported after a run's last round: `fedcore run` writes it to "
+                "OUT/sites/<site>/export/<run>/, a site started with `fed-client start` to "
+                "STATE/export/<run>/ (model.int8.onnx, model.fp32.onnx, manifest.json); "
+                "pass that folder or its model.int8.onnx"
             )
         try:
             return cls.from_json(path.read_text())

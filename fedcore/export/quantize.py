@@ -10,6 +10,7 @@ import string
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,36 @@ class QuantizedModel:
     path_taken: PathTaken
     file: Path | None = None
     module: nn.Module | None = None
+
+
+PREPROCESSING_HINT = "pre-processing before quantization"
+"""Words of ONNX Runtime's advice, logged on the root logger at every quantizer call, to run
+its shape-inference pre-processing first (fedcore's layer-wise models need none)."""
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """Drops ONNX Runtime's pre-processing advice; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and PREPROCESSING_HINT in str(record.msg))
+
+
+@contextmanager
+def quiet_preprocessing_hint() -> Iterator[None]:
+    """While open, ONNX Runtime's "consider pre-processing before quantization" warning is dropped.
+
+    ``onnxruntime.quantization`` logs it with ``logging.warning`` (the root logger) once or
+    twice per quantizer call, so a run with five sites printed it five times. A filter on
+    the root logger drops only that record: warnings from any logger, the root's included,
+    still show. The filter is removed on exit.
+    """
+    root = logging.getLogger()
+    hint = _DropPreprocessingHint()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
 
 
 SMALL_MATMUL = 256
@@ -94,7 +125,8 @@ def quantize_dynamic_int8(onnx_path: Path | str, out_path: Path | str) -> Quanti
             named = Path(tmp) / "fp32.onnx"
             shutil.copyfile(src, named)
             small = _small_matmuls(named)
-            quantize_dynamic(named, out, weight_type=QuantType.QInt8, nodes_to_exclude=small)
+            with quiet_preprocessing_hint():
+                quantize_dynamic(named, out, weight_type=QuantType.QInt8, nodes_to_exclude=small)
     except Exception as exc:
         raise ExportError(
             f"ONNX Runtime dynamic INT8 quantization of {src} failed: {type(exc).__name__}: {exc} "
@@ -232,15 +264,16 @@ def quantize_static_int8(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        quantize_static(
-            src,
-            out,
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(STATIC_OPS),
-        )
+        with quiet_preprocessing_hint():
+            quantize_static(
+                src,
+                out,
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(STATIC_OPS),
+            )
     except Exception as exc:
         raise ExportError(
             f"ONNX Runtime static INT8 quantization of {src} failed: {type(exc).__name__}: {exc} "

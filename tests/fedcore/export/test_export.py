@@ -449,3 +449,41 @@ def test_bad_arguments_say_what_was_expected(
         export_for_site(model, graph, tmp_path, task=TASK, providers=[], metric="accuracy")
     with pytest.raises(ExportError, match="not found; export it first"):
         quantize_dynamic_int8(tmp_path / "missing.onnx", tmp_path / "q.onnx")
+
+
+def _matmul_onnx(path: Path) -> Path:
+    """A one-MatMul ONNX model with a 32x32 weight (large enough to be quantized)."""
+    weight = numpy_helper.from_array(np.ones((32, 32), np.float32), name="W")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "m",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32])],
+        [weight],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_quantizing_drops_only_ort_preprocessing_advice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fedcore.export.quantize import quiet_preprocessing_hint
+
+    root = logging.getLogger()
+    filters = list(root.filters)
+    with caplog.at_level(logging.WARNING):
+        quantize_dynamic_int8(_matmul_onnx(tmp_path / "m.onnx"), tmp_path / "q.onnx")
+        with quiet_preprocessing_hint():
+            logging.warning("Please consider to run pre-processing before quantization. See ...")
+            logging.warning("a real warning on the root logger")
+            logging.getLogger("fedcore.export.site").warning("a real warning of fedcore")
+        logging.warning("Please consider pre-processing before quantization. See ...")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "a real warning on the root logger",
+        "a real warning of fedcore",
+        "Please consider pre-processing before quantization. See ...",  # outside: not dropped
+    ]
+    assert root.filters == filters

@@ -1,37 +1,85 @@
-"""``fedcore validate FILE``: check a scenario file and say what is wrong with it."""
+"""``fedcore validate FILE``: check a scenario or site file, and the data it names, and say what is wrong."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import load_checked_scenario
-from fedcore.config import ConfigError
+from fedcore.config import ConfigError, DataSource, is_site_file, load_site_config, read_yaml
 
 EXIT_CONFIG = 2
 
 
 def validate(
     scenario: Annotated[
-        Path, typer.Argument(help="Scenario YAML file to check.", show_default=False)
+        Path,
+        typer.Argument(
+            help="Scenario YAML file to check, or a site file (what fed-client start --site reads).",
+            show_default=False,
+        ),
     ],
 ) -> None:
-    """Validate a scenario file: syntax, fields, types, site ids, data files. Exit 2 if invalid."""
+    """Validate a scenario or site file: syntax, fields, types, site ids, data files and their contents. Exit 2 if invalid."""
     console = Console(stderr=True)
     try:
-        s = load_checked_scenario(scenario)
+        site_file = is_site_file(read_yaml(scenario))
     except ConfigError as exc:
-        console.print(
-            f"[bold red]invalid scenario[/] {escape(str(exc.path))}\n{escape(exc.message)}",
-            highlight=False,
-        )
-        raise typer.Exit(EXIT_CONFIG) from None
+        _fail(console, "invalid file", exc)
+    if site_file:
+        _validate_site_file(scenario, console)
+    else:
+        _validate_scenario(scenario, console)
+
+
+def _fail(console: Console, what: str, exc: ConfigError, note: str = "") -> NoReturn:
+    console.print(
+        f"[bold red]{what}[/] {escape(str(exc.path))}\n{escape(note + exc.message)}",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_CONFIG)
+
+
+def _data_problems(
+    console: Console, path: Path, sites: list[tuple[str, DataSource, list[str] | None]]
+) -> None:
+    """Read every site's data files as a run would; print each site's problems and exit 2 if any."""
+    from fedcore.data.checks import site_data_problems
+
+    bad = [
+        (label, problems)
+        for label, src, feats in sites
+        if (problems := site_data_problems(src, feats))
+    ]
+    if not bad:
+        return
+    lines = [f"{len(bad)} of {len(sites)} site(s) have data a run cannot read:"]
+    for label, problems in bad:
+        lines.append(f"  {label}:")
+        lines.extend(f"    {p}" for p in problems)
+    console.print(
+        f"[bold red]invalid site data[/] {escape(str(path))}\n" + escape("\n".join(lines)),
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_CONFIG)
+
+
+def _validate_scenario(path: Path, console: Console) -> None:
+    try:
+        s = load_checked_scenario(path)
+    except ConfigError as exc:
+        _fail(console, "invalid scenario", exc)
+    _data_problems(
+        console,
+        path,
+        [(f"site {x.id!r} (data kind {x.data.kind})", x.data, s.task.features) for x in s.sites],
+    )
     Console().print(
-        f"[green]ok[/] {escape(str(scenario))}: scenario {escape(repr(s.name))}, {len(s.sites)} sites "
+        f"[green]ok[/] {escape(str(path))}: scenario {escape(repr(s.name))}, {len(s.sites)} sites "
         f"({', '.join(x.id for x in s.sites)}), {s.rounds} rounds, privacy {s.privacy.mode}, "
         f"engine {s.engine.name}",
         highlight=False,
@@ -40,3 +88,22 @@ def validate(
 
     promise = PROMISES[s.privacy.mode] + (f"; {PROMISES['dp']}" if s.privacy.dp else "")
     Console().print(f"  privacy promise: {promise}", highlight=False)
+
+
+def _validate_site_file(path: Path, console: Console) -> None:
+    from fedcore.site_paths import site_state_dir
+
+    try:
+        cfg = load_site_config(path)
+    except ConfigError as exc:
+        note = "this is a site file (what `fed-client start --site` reads), checked as one; "
+        _fail(console, "invalid site file", exc, note)
+    _data_problems(
+        console, path, [(f"site {cfg.id!r} (data kind {cfg.data.kind})", cfg.data, None)]
+    )
+    Console().print(
+        f"[green]ok[/] {escape(str(path))}: site file of {escape(repr(cfg.id))} ({cfg.kind}), "
+        f"data {cfg.data.kind}, device {escape(cfg.device)}, state directory "
+        f"{escape(str(site_state_dir(cfg)))}",
+        highlight=False,
+    )

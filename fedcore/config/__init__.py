@@ -34,8 +34,11 @@ from fedcore.config.data import (
     check_query_keys,
 )
 from fedcore.config.loading import (
+    closest_choice,
     dump_site_config,
     format_loc,
+    is_site_file,
+    known_fields,
     load_scenario,
     load_site_config,
     read_yaml,
@@ -102,8 +105,11 @@ __all__ = [
     "TaskSpec",
     "TrainingSpec",
     "check_query_keys",
+    "closest_choice",
     "dump_site_config",
     "format_loc",
+    "is_site_file",
+    "known_fields",
     "load_scenario",
     "load_site_config",
     "read_yaml",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import (
+    BaseModel,
     ValidationError,
 )
 
@@ -41,15 +44,84 @@ def format_loc(loc: tuple[int | str, ...], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def closest_choice(found: object, choices: list[str]) -> str | None:
+    """The valid choice closest to a mistyped ``found`` (difflib), or ``None`` if none is close.
+
+    Case differences count as close (``'Retail'`` -> ``'retail'``).
+    """
+    if not isinstance(found, str) or not choices:
+        return None
+    folded = {c.lower(): c for c in choices}
+    if found.strip().lower() in folded:
+        return folded[found.strip().lower()]
+    match = difflib.get_close_matches(found.strip().lower(), list(folded), n=1, cutoff=0.6)
+    return folded[match[0]] if match else None
+
+
+def _suggestion(e: Any) -> str:
+    """``"; did you mean 'retail'?"`` for a mistyped literal or data kind, else ``""``."""
+    ctx = e.get("ctx") or {}
+    if e["type"] == "literal_error":
+        found, expected = e.get("input"), str(ctx.get("expected", ""))
+    elif e["type"] == "union_tag_invalid":
+        found, expected = ctx.get("tag"), str(ctx.get("expected_tags", ""))
+    else:
+        return ""
+    best = closest_choice(found, _QUOTED.findall(expected))
+    return f"; did you mean {best!r}?" if best is not None and best != found else ""
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names valid at ``loc`` (a pydantic location) inside ``model``, sorted.
+
+    List indexes are skipped, and a data source's ``kind`` tag in the location picks its
+    model out of the union. An unknown path gives ``[]``.
+    """
+    models = [model]
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        tagged = [
+            m for m in models if "kind" in m.model_fields and m.model_fields["kind"].default == item
+        ]
+        if tagged:
+            models = tagged
+            continue
+        models = [
+            inner
+            for m in models
+            if item in m.model_fields
+            for inner in _models_in(m.model_fields[item].annotation)
+        ]
+    return sorted({name for m in models for name in m.model_fields})
+
+
 def validation_message(
-    err: ValidationError, data: Any, unknown_hint: str = "see docs/scenario.md"
+    err: ValidationError,
+    data: Any,
+    unknown_hint: str = "see docs/scenario.md",
+    model: type[BaseModel] | None = None,
 ) -> str:
     """Every problem of a validation error, one line each, located by field path.
+
+    A mistyped choice (a literal such as ``customer_mix`` or a data ``kind``) gets the
+    closest valid one ("did you mean 'retail'?"), and so does an unknown field when
+    ``model`` is given.
 
     Args:
         err: The pydantic error.
         data: The raw YAML data (to name list items by their ``id``).
         unknown_hint: What to say after "unknown field (check the spelling; ...".
+        model: The model that was validated, to suggest field names for unknown fields.
     """
     lines = []
     for e in err.errors():
@@ -57,12 +129,17 @@ def validation_message(
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown field (check the spelling; {unknown_hint})"
+            name = e["loc"][-1] if e["loc"] else None
+            if model is not None and isinstance(name, str):
+                best = closest_choice(name, known_fields(model, tuple(e["loc"][:-1])))
+                if best is not None:
+                    msg += f"; did you mean {best!r}?"
         elif e["type"] == "missing":
             msg = "required field is missing"
         found = e.get("input")
         if e["type"] not in ("missing", "extra_forbidden") and not isinstance(found, dict | list):
             msg += f" (found {found!r})"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}{_suggestion(e)}")
     n = len(lines)
     return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
 
@@ -86,6 +163,15 @@ def read_yaml(path: Path) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(path, f"expected a mapping at the top level, found {type(data).__name__}")
     return data
+
+
+def is_site_file(data: Any) -> bool:
+    """Whether raw YAML ``data`` is a site file (what ``fed-client start --site`` reads), not a scenario.
+
+    A scenario lists ``sites``; a site file has none, and names its own ``id`` (or a
+    ``state_dir``, which only a site file has).
+    """
+    return isinstance(data, dict) and "sites" not in data and bool({"id", "state_dir"} & set(data))
 
 
 def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> None:
@@ -147,7 +233,7 @@ def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, validation_message(exc, data)) from None
+        raise ConfigError(path, validation_message(exc, data, model=Scenario)) from None
     if check_files:
         _check_files(
             path, [(f"sites[{i}] (id {s.id!r})", s.data) for i, s in enumerate(scenario.sites)]
@@ -171,7 +257,9 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
     try:
         cfg = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, validation_message(exc, data)) from None
+        raise ConfigError(
+            path, validation_message(exc, data, "see docs/scenario.md, Site files", SiteConfig)
+        ) from None
     if check_files:
         _check_files(path, [("(site)", cfg.data)])
     return cfg

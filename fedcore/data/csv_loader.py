@@ -144,16 +144,19 @@ def _read(
 ) -> Transactions:
     reader = csv.reader(fh, delimiter=delimiter)
     header: list[str] | None = None
+    header_line = 0
     for row in reader:
         if any(cell.strip() for cell in row):
             header = [c.strip() for c in row]
+            header_line = reader.line_num
             break
     if header is None:
         raise DataError(f"{path}: file is empty; expected a header line and transactions")
     missing = [f"{col!r} (for {field})" for field, col in cols.items() if col not in header]
     if missing:
         raise DataError(
-            f"{path}: header lacks column(s) {', '.join(missing)}; columns found: "
+            f"{path}, line {header_line}: header lacks column(s) {', '.join(missing)}; "
+            f"columns found: "
             f"{', '.join(repr(h) for h in header)}. Fix data.columns in the config or the CSV header"
             + (f" (delimiter is {delimiter!r})" if len(header) == 1 else "")
         )

@@ -13,6 +13,7 @@ from fedcore.cli.common import configure_logging
 from fedcore.cli.deid_cmd import deid
 from fedcore.cli.predict_cmd import predict
 from fedcore.cli.progress import print_deployment_error, print_event
+from fedcore.cli.version import VERSION_OPTION
 from fedcore.config import ConfigError, load_site_config
 from fedcore.engines.deployment import (
     DeploymentError,
@@ -40,6 +41,7 @@ app.command("deid")(deid)
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """fed-client: a site's fedcore service."""
     configure_logging(verbose)

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from fedcore.cli.common import configure_logging
 from fedcore.cli.progress import format_round, print_deployment_error, print_event
+from fedcore.cli.version import VERSION_OPTION
 from fedcore.config import ConfigError, load_scenario
 from fedcore.engines.deployment import (
     CoordinatorOptions,
@@ -36,6 +37,7 @@ app = typer.Typer(
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """fed-coordinator: the consortium's coordinator service."""
     configure_logging(verbose)

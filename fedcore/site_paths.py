@@ -16,9 +16,11 @@ def site_state_dir(site: SiteConfig, override: str | Path | None = None) -> Path
     """The site's state directory, absolute.
 
     In order: ``override`` (``fed-client start --state``, passed to the ClientApp as node
-    config :data:`STATE_DIR_KEY`), the site config's ``state_dir``, else
-    ``./fedcore-site-<ID>`` in the current directory. The SuperNode's Flower home and logs,
-    the site's data cache, its copy of the global model (``ckks``) and its exports all live
+    config :data:`STATE_DIR_KEY`), the site config's ``state_dir`` (relative: to the site
+    file, as :func:`fedcore.config.load_site_config` resolves it), else
+    ``./fedcore-site-<ID>`` in the current directory, never next to the site file. The
+    SuperNode's Flower home and logs, the site's data cache and data size
+    (``data-size.json``), its copy of the global model (``ckks``) and its exports all live
     under this one directory.
 
     Args:

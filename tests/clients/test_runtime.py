@@ -104,3 +104,30 @@ def test_one_state_directory_for_data_cache_model_copy_and_size(
 
     assert runtime_at(tmp_path, str(tmp_path / "own"), {}).state_dir == tmp_path / "own"
     assert runtime_at(tmp_path, None, {}).state_dir == tmp_path / "fedcore-site-bank-a"
+
+
+def test_a_shipped_site_file_writes_nothing_into_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk-through's `fed-client start --site scenarios/sites/bank-a.yaml`: state in ./fedcore-site-ID."""
+    from fedcore.config import TaskSpec
+
+    shipped = Path(__file__).resolve().parents[2] / "scenarios" / "sites" / "bank-a.yaml"
+    sites = tmp_path / "checkout" / "scenarios" / "sites"
+    sites.mkdir(parents=True)
+    text = shipped.read_text().replace("transactions: 6000", "transactions: 300")
+    (sites / "bank-a.yaml").write_text(text)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ctx = Context(1, 1, {"site-config": str(sites / "bank-a.yaml")}, RecordDict(), {})
+    rt = SiteRuntime(ctx)
+    assert rt.data_size(TaskSpec()) > 0
+    assert sorted(p.name for p in sites.iterdir()) == ["bank-a.yaml"]
+    assert sorted(p.name for p in (tmp_path / "checkout").rglob("*")) == [
+        "bank-a.yaml",
+        "scenarios",
+        "sites",
+    ]
+    assert (work / "fedcore-site-bank-a" / "data-size.json").is_file()
+    assert rt.data_size(TaskSpec()) > 0  # the remembered size, from the state directory

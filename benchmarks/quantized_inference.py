@@ -41,38 +41,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import torch
 import typer
-from onnx import numpy_helper
 from rich.console import Console
 from rich.table import Table
-from torch_geometric.utils import k_hop_subgraph
 
 import fedcore
 from fedcore.config import GeneratedData, TaskSpec, TrainingSpec
-from fedcore.data.generator import GENERATED_FEATURES, generate_transactions
-from fedcore.data.graph import FraudGraph, build_graph, feature_dim
-from fedcore.export import (
-    CPU_PROVIDER,
-    LayeredGNN,
-    NeighbourIndex,
-    ScoringBatch,
-    export_onnx,
-    ort_session,
-    quantize_dynamic_int8,
-    quantize_static_int8,
-    run_session,
-    torch_dynamic_int8,
-)
-from fedcore.fraud_training import train_local
-from fedcore.metrics import binary_metrics
-from fedcore.models.fraud_gnn import build_model
-from fedcore.training import seed_everything
+
+if TYPE_CHECKING:  # torch, ONNX and PyG load in the functions that use them: --help stays fast
+    import torch
+
+    from fedcore.data.graph import FraudGraph
 
 SEED = 7
 BATCH = 1000
@@ -86,6 +68,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def pr_auc(test_logits: np.ndarray, graph: FraudGraph) -> float:
     """PR-AUC of logits of every test transaction, in node order."""
+    from fedcore.metrics import binary_metrics
+
     test = graph.data.test_mask.numpy()
     return float(binary_metrics(graph.data.y.numpy()[test], _sigmoid(test_logits))["pr_auc"])
 
@@ -94,6 +78,8 @@ def pyg_subgraph(
     graph: FraudGraph, targets: torch.Tensor, layers: int
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Features and edges of the subgraph induced by ``targets`` and every node within ``layers`` hops, and the targets' rows in it."""
+    from torch_geometric.utils import k_hop_subgraph
+
     subset, edge_index, mapping, _ = k_hop_subgraph(
         targets,
         layers,
@@ -119,16 +105,23 @@ def time_round_robin(fns: list[Callable[[], object]], warmup: int, runs: int) ->
 
 
 def onnx_weight_bytes(path: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
     return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
 
 def state_dict_bytes(module: torch.nn.Module) -> int:
+    import torch
+
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     return buf.getbuffer().nbytes
 
 
 def torch_weight_bytes(module: torch.nn.Module) -> int:
+    import torch
+
     total = 0
     for value in module.state_dict().values():
         if isinstance(value, torch.Tensor):
@@ -145,6 +138,12 @@ def target(value: float | None, goal: str, met: bool | None) -> dict[str, Any]:
 
 
 def machine(threads: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from fedcore.export import CPU_PROVIDER
+
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -184,6 +183,26 @@ def main(
     hidden: Annotated[int, typer.Option("--hidden", help="GNN hidden width.")] = 64,
 ) -> None:
     """Train briefly, export, quantize, and compare every serving variant side by side."""
+    import torch
+
+    from fedcore.data.generator import GENERATED_FEATURES, generate_transactions
+    from fedcore.data.graph import build_graph, feature_dim
+    from fedcore.export import (
+        CPU_PROVIDER,
+        LayeredGNN,
+        NeighbourIndex,
+        ScoringBatch,
+        export_onnx,
+        ort_session,
+        quantize_dynamic_int8,
+        quantize_static_int8,
+        run_session,
+        torch_dynamic_int8,
+    )
+    from fedcore.fraud_training import train_local
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import seed_everything
+
     started = time.perf_counter()
     torch.set_num_threads(threads)
     try:

@@ -18,11 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -30,19 +30,17 @@ from rich.table import Table
 from fedcore.storage import atomic_write_json
 from scheduling.history import Observation
 from scheduling.policy.base import ScalePolicy, ScalingEnvProtocol
-from scheduling.policy.dqn import DqnConfig, DqnPolicy
 from scheduling.policy.observation import ACTIONS
 from scheduling.policy.rules import HoldPolicy, RulePolicy
-from scheduling.policy.train import TrainingLog, evaluate_policy, train_dqn
-from scheduling.predictor import (
-    EwmaForecaster,
-    Forecaster,
-    LastValueForecaster,
-    LstmForecaster,
-    evaluate,
-)
 from scheduling.sim.env import ScalingEnv
 from scheduling.sim.traces import EVAL_SEEDS, TRAIN_SEEDS, check_seed, generate_trace
+
+if TYPE_CHECKING:  # torch loads in the functions that train: `--help` stays fast
+    import torch
+
+    from scheduling.policy.dqn import DqnConfig, DqnPolicy
+    from scheduling.policy.train import TrainingLog
+    from scheduling.predictor import Forecaster, LstmForecaster
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +128,7 @@ def relative_error_loss(
     its device: missing it costs at most 1, while predicting such waits for the rounds
     that do not wait costs without bound.
 
+    >>> import torch
     >>> round(float(relative_error_loss(torch.tensor([0.5]), torch.tensor([0.0]), 2 * math.log(2))), 4)
     1.0
 
@@ -139,21 +138,30 @@ def relative_error_loss(
         scale: The targets' standard deviation (log seconds per unit of standardized value).
         cap: Log ratio past which the loss is linear.
     """
+    import torch
+
     d = (predicted - target) * scale
     head = torch.exp(torch.clamp(d, max=cap))
     tail = math.exp(cap) * (1.0 + d - cap)
     return torch.where(d > cap, tail - 1.0, (head - 1.0).abs()).mean()
 
 
-class _RelativeErrorLstm(LstmForecaster):
-    """An :class:`LstmForecaster` fitted with :func:`relative_error_loss` instead of the squared error.
+@cache
+def _relative_error_lstm() -> type[LstmForecaster]:
+    """The :class:`LstmForecaster` subclass fitted with :func:`relative_error_loss` (built on first use)."""
+    from scheduling.predictor import LstmForecaster
 
-    Only training differs: saved, it is an ordinary forecaster file that
-    :meth:`LstmForecaster.load` reads.
-    """
+    class _RelativeErrorLstm(LstmForecaster):
+        """An :class:`LstmForecaster` fitted with :func:`relative_error_loss` instead of the squared error.
 
-    def _batch_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return relative_error_loss(predicted, target, self._target_std)
+        Only training differs: saved, it is an ordinary forecaster file that
+        :meth:`LstmForecaster.load` reads.
+        """
+
+        def _batch_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return relative_error_loss(predicted, target, self._target_std)
+
+    return _RelativeErrorLstm
 
 
 def fit_forecaster(
@@ -183,8 +191,10 @@ def fit_forecaster(
     Raises:
         ValueError: An eval seed, an unknown ``loss``, or a bad setting.
     """
+    from scheduling.predictor import LstmForecaster
+
     kinds: dict[str, type[LstmForecaster]] = {
-        "relative": _RelativeErrorLstm,
+        "relative": _relative_error_lstm(),
         "squared": LstmForecaster,
     }
     if loss not in kinds:
@@ -230,6 +240,8 @@ def compare_forecasters(
     Raises:
         ValueError: No forecaster, a train seed, or nothing to score.
     """
+    from scheduling.predictor import evaluate
+
     if not forecasters:
         raise ValueError("compare_forecasters needs at least one forecaster; found none")
     histories = trace_histories(eval_seeds, rounds, n_sites, split="eval")
@@ -311,6 +323,8 @@ def dqn_config(total_steps: int, **overrides: Any) -> DqnConfig:
     Raises:
         ValueError: ``total_steps < 1``, or a bad override.
     """
+    from scheduling.policy.dqn import DqnConfig
+
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1; found {total_steps}")
     settings: dict[str, Any] = {
@@ -347,6 +361,8 @@ def train_scaling_policy(
     Raises:
         ValueError: No seeds, an eval seed, or ``episodes < 1``.
     """
+    from scheduling.policy.train import train_dqn
+
     seeds = list(train_seeds)
     if not seeds:
         raise ValueError("train_scaling_policy needs at least one train seed; found none")
@@ -394,6 +410,8 @@ def evaluate_scaling(
     Raises:
         ValueError: No policy, no seeds, or a train seed.
     """
+    from scheduling.policy.train import evaluate_policy
+
     if not policies:
         raise ValueError("evaluate_scaling needs at least one policy; found none")
     seeds = list(eval_seeds)
@@ -481,6 +499,8 @@ def run_training(out_dir: str | Path, quick: bool = False, seed: int = 0) -> dic
         quick: Use the ``quick`` plan (a smoke run; its figures mean little).
         seed: Seed of both models.
     """
+    from scheduling.predictor import EwmaForecaster, LastValueForecaster
+
     plan = PLANS["quick" if quick else "full"]
     seconds: dict[str, float] = {}
 
@@ -616,6 +636,8 @@ def main(
     ] = 1,
 ) -> None:
     """Train the duration LSTM and the scale/migrate DQN on train seeds; measure them on eval seeds."""
+    import torch
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(threads)
     report = run_training(out, quick, seed)

@@ -56,7 +56,13 @@ def test_run_writes_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = fedcore("run", str(scenario), "--out", str(out))
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "plaintext" in res.stderr  # the mode says so loudly
+    assert "plaintext" in res.stderr  # the mode says so loudly, once and whole (boxed)
+    from secure.modes import PLAINTEXT_WARNING
+
+    words = " ".join(w for w in res.stderr.split() if w not in "│╭╮╰╯─")
+    assert " ".join(PLAINTEXT_WARNING.split()) in words, res.stderr
+    assert (res.stdout + res.stderr).count("site updates travel") == 1, res.stdout + res.stderr
+    assert "pre-processing before quantization" not in res.stdout + res.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["scenario"] == "tiny" and s["engine"] == "inprocess"
     assert [r["round"] for r in s["rounds"]] == [1, 2]

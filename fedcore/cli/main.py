@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from fedcore import __version__
 from fedcore.cli.audit_cmd import app as audit_app
 from fedcore.cli.provision_cmd import provision
 from fedcore.cli.run_cmd import run
 from fedcore.cli.validate_cmd import validate
+from fedcore.cli.version import version_text
 
 app = typer.Typer(
     name="fedcore",
@@ -23,7 +23,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"fedcore {__version__}")
+        typer.echo(version_text())
         raise typer.Exit()
 
 

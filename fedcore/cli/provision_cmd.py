@@ -228,4 +228,6 @@ def provision(
         "directory 0700",
         highlight=False,
     )
-    console.print(Panel(_next_steps(report), title="next steps", title_align="left"))
+    console.print(
+        Panel(_next_steps(report), title="next steps", title_align="left"), soft_wrap=False
+    )

@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from coordinator.state import StateError
-from fedcore.cli.common import configure_logging, load_checked_scenario
+from fedcore.cli.common import command_console, configure_logging, load_checked_scenario
+from fedcore.cli.progress import BaselineDisplay, format_round
 from fedcore.cli.progress import fmt as _fmt
-from fedcore.cli.progress import format_round
 from fedcore.cli.runner import (
     PriorRun,
     RunFailed,
@@ -33,7 +33,7 @@ from fedcore.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from fedcore.exit_codes import EXIT_USAGE as EXIT_CONFIG
 from fedcore.records import RoundRecord
 from fedcore.storage import LockHeld
-from secure.modes import PLAINTEXT_WARNING
+from secure.modes import PLAINTEXT_WARNING, plaintext_warning_shown
 
 
 def _plain(x: Any) -> Text:
@@ -290,8 +290,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
 ) -> None:
     """Train a federation for a scenario, compare it with local-only and centralized models, write OUT/summary.json."""
-    console = Console()
-    err = Console(stderr=True)
+    console = command_console()
+    err = command_console(stderr=True)
     configure_logging(verbose, verbose_level=logging.INFO)
     try:
         sc = load_checked_scenario(scenario)
@@ -324,7 +324,8 @@ def run(
                 PLAINTEXT_WARNING,
                 title="[bold yellow]warning",
                 border_style="yellow",
-            )
+            ),
+            soft_wrap=False,  # the box wraps its text (the console writes other lines whole)
         )
     console.print(
         f"[bold]{escape(sc.name)}[/]: "
@@ -353,6 +354,7 @@ def run(
         done = prior.rounds_done
         console.print(escape(resume_line(prior, n_rounds)), highlight=False)
     task = progress.add_task("rounds", total=n_rounds, completed=min(done, n_rounds))
+    baselines_view = BaselineDisplay(progress)
     left_out = LeftOut()
 
     def on_round(rec: RoundRecord) -> None:
@@ -369,8 +371,10 @@ def run(
     for handler in handlers:
         handler.addFilter(repeats)
     try:
-        with progress:
-            summary = run_scenario(plan, on_round=on_round, on_stage=on_stage)
+        with progress, plaintext_warning_shown():
+            summary = run_scenario(
+                plan, on_round=on_round, on_stage=on_stage, on_baseline=baselines_view.event
+            )
     except RunFailed as exc:
         err.print(f"[bold red]federation failed:[/] {escape(str(exc))}", highlight=False)
         err.print(

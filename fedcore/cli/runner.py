@@ -11,12 +11,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.state import ROUND_FIELDS, StateError
 from fedcore.config import Scenario, SiteConfig, dump_site_config
 from fedcore.records import RoundRecord
 from fedcore.storage import exclusive_lock
+
+if TYPE_CHECKING:
+    from fedcore.baselines import BaselineProgress
+
+BaselineCallback = Callable[["BaselineProgress"], None]
 
 LOCK_FILE = ".lock"
 """Lock file in the run directory, held by the run writing there (holds its PID)."""
@@ -366,7 +371,10 @@ def final_model_path(
 
 
 def evaluate_outcome(
-    plan: RunPlan, site_paths: Mapping[str, Path], on_stage: Callable[[str], None] | None = None
+    plan: RunPlan,
+    site_paths: Mapping[str, Path],
+    on_stage: Callable[[str], None] | None = None,
+    on_baseline: BaselineCallback | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate the final federated model per site and train the baselines.
 
@@ -408,9 +416,11 @@ def evaluate_outcome(
         )
         if on
     ]
-    if on_stage and wanted:
+    if on_stage and wanted and on_baseline is None:  # else the baselines show their own progress
         on_stage(f"training baselines ({', '.join(wanted)})")
-    baselines = run_baselines(graphs, s, epochs=plan.rounds * s.training.local_epochs)
+    baselines = run_baselines(
+        graphs, s, epochs=plan.rounds * s.training.local_epochs, on_progress=on_baseline
+    )
     return final, baselines
 
 
@@ -495,8 +505,11 @@ def run_scenario(
     *,
     on_round: RoundCallback | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_baseline: BaselineCallback | None = None,
 ) -> dict[str, Any]:
     """Run a scenario end to end and write ``OUT/summary.json``; returns the summary.
+
+    ``on_baseline`` hears each baseline's progress (per site, with the seconds each took).
 
     The run holds an exclusive lock on ``OUT/.lock`` from start to end, so a second run into
     the same directory is refused at once instead of writing beside the first.
@@ -518,13 +531,14 @@ def run_scenario(
         inspect_out(plan)
         if plan.fresh:
             clear_run(plan.out)
-        return _run_locked(plan, on_round, on_stage)
+        return _run_locked(plan, on_round, on_stage, on_baseline)
 
 
 def _run_locked(
     plan: RunPlan,
     on_round: RoundCallback | None,
     on_stage: Callable[[str], None] | None,
+    on_baseline: BaselineCallback | None = None,
 ) -> dict[str, Any]:
     from coordinator.state import atomic_write_json
 
@@ -553,7 +567,7 @@ def _run_locked(
         if (_read_json(plan.out / "federation.json") or {}).get("status") != "failed":
             record_stop(plan, "failed", str(exc))
         raise
-    final, baselines = evaluate_outcome(plan, site_paths, on_stage)
+    final, baselines = evaluate_outcome(plan, site_paths, on_stage, on_baseline)
     summary = build_summary(
         plan,
         result,

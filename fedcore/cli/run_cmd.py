@@ -242,7 +242,7 @@ def summary_tables(summary: dict[str, Any]) -> list[Table | Text]:
             e.add_row(
                 _plain(sid),
                 _plain(str(m.get("path_taken")) + (" (INT8 refused)" if m.get("refused") else "")),
-                _plain(m.get("provider")),
+                _plain(str(m.get("provider") or "-").removesuffix("ExecutionProvider")),
                 _fmt(m.get("fp32_metric")),
                 _fmt(m.get("int8_metric")),
                 f"{size / 1024:.0f}" if isinstance(size, int | float) else "-",

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from coordinator.audit import Problem, Verification, read_log
+from fedcore.cli.common import command_console
 
 EXIT_BROKEN = 1
 EXIT_UNREADABLE = 2
@@ -44,7 +44,7 @@ def verify(
     ] = None,
 ) -> None:
     """Verify an audit log's hash chain. Exit 0 if intact, 1 if tampered with, 2 if unreadable."""
-    err = Console(stderr=True)
+    err = command_console(stderr=True)
     try:
         found = read_log(log)
     except OSError as exc:
@@ -71,7 +71,7 @@ def verify(
         for p in problems:
             err.print(f"  line {p.line}: {escape(p.message)}", highlight=False)
         raise typer.Exit(EXIT_BROKEN)
-    Console().print(
+    command_console().print(
         f"[green]audit log OK[/]: {len(found.entries)} entries, {_rounds(found)}, "
         f"last hash {found.last_hash}",
         highlight=False,

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fedcore.cli.common import load_checked_scenario
+from fedcore.cli.common import command_console, load_checked_scenario
 from fedcore.config import ConfigError, DataSource, is_site_file, load_site_config, read_yaml
 
 EXIT_CONFIG = 2
@@ -25,7 +25,7 @@ def validate(
     ],
 ) -> None:
     """Validate a scenario or site file: syntax, fields, types, site ids, data files and their contents. Exit 2 if invalid."""
-    console = Console(stderr=True)
+    console = command_console(stderr=True)
     try:
         site_file = is_site_file(read_yaml(scenario))
     except ConfigError as exc:
@@ -78,7 +78,7 @@ def _validate_scenario(path: Path, console: Console) -> None:
         path,
         [(f"site {x.id!r} (data kind {x.data.kind})", x.data, s.task.features) for x in s.sites],
     )
-    Console().print(
+    command_console().print(
         f"[green]ok[/] {escape(str(path))}: scenario {escape(repr(s.name))}, {len(s.sites)} sites "
         f"({', '.join(x.id for x in s.sites)}), {s.rounds} rounds, privacy {s.privacy.mode}, "
         f"engine {s.engine.name}",
@@ -87,7 +87,7 @@ def _validate_scenario(path: Path, console: Console) -> None:
     from secure.modes import PROMISES
 
     promise = PROMISES[s.privacy.mode] + (f"; {PROMISES['dp']}" if s.privacy.dp else "")
-    Console().print(f"  privacy promise: {promise}", highlight=False)
+    command_console().print(f"  privacy promise: {promise}", highlight=False)
 
 
 def _validate_site_file(path: Path, console: Console) -> None:
@@ -101,7 +101,7 @@ def _validate_site_file(path: Path, console: Console) -> None:
     _data_problems(
         console, path, [(f"site {cfg.id!r} (data kind {cfg.data.kind})", cfg.data, None)]
     )
-    Console().print(
+    command_console().print(
         f"[green]ok[/] {escape(str(path))}: site file of {escape(repr(cfg.id))} ({cfg.kind}), "
         f"data {cfg.data.kind}, device {escape(cfg.device)}, state directory "
         f"{escape(str(site_state_dir(cfg)))}",

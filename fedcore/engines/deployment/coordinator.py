@@ -580,7 +580,7 @@ def _report(
         if federation.get("model"):
             where = f"model {opts.out_dir / str(federation['model'])}"
         else:  # ckks: the coordinator never held the model in clear
-            where = "the model stays at the sites (each in its state_dir, under global/)"
+            where = "the model stays at the sites (each in its state directory, under global/)"
         emit(Event(f"run completed: {n} rounds; {where}", "ok"))
         return None
     if federation is not None and federation.get("error"):

@@ -376,7 +376,9 @@ def test_rerun_right_after_the_serverapp_was_killed_completes(
 ) -> None:
     # issue 15 (b): the rerun found 0 sites ("Node Unavailable"; the SuperLink refused to
     # register the SuperNodes ten times with ApiError 2004) and only worked two minutes later
-    scenario, _ = write_scenario(tmp_path, sites=2, rounds=3, round_timeout=120)
+    # rounds to spare: a round is audited once the next one trained, and the ServerApp must
+    # still be running when the test kills it
+    scenario, _ = write_scenario(tmp_path, sites=2, rounds=5, round_timeout=120)
     out = tmp_path / "out"
     argv = _fedcore("run", str(scenario), "--engine", "deployment", "--out", str(out))
     first_log = tmp_path / "run-1.log"
@@ -421,7 +423,7 @@ def test_rerun_right_after_the_serverapp_was_killed_completes(
     assert summary, summary
     federation = json.loads((out / "federation.json").read_text())
     assert federation["status"] == "completed"
-    assert [sorted(r["sites"]) for r in federation["rounds"]] == [["bank-a", "bank-b"]] * 3
+    assert [sorted(r["sites"]) for r in federation["rounds"]] == [["bank-a", "bank-b"]] * 5
     # it resumed after the round it had saved, and nothing refused the sites
     started = [e for e in audit_entries(out) if e["event"] == "run_started"]
     # (the checkpoint may hold one round more than the audit: trained, not yet evaluated)

@@ -110,8 +110,8 @@ class Carrier:
                 [(n, self._ask(self.evaluate_instruction(n)), R.EVALUATE) for n in uncarried],
                 round_,
             )
-            self.evaluations.extend((n, rep.content) for n, rep in follow.replies)
             for nid, rep in follow.replies:
+                self.evaluations.append((nid, rep.content))
                 if nid not in self.telemetry:
                     self._keep_telemetry(nid, rep.content)
             self.eval_errors.update(follow.errors)

@@ -501,7 +501,7 @@ class RoundDriver:
         down and up of that extra exchange (0 when carried).
         """
         if carrier is not None and carrier.used:
-            self._carried = (rnd + 1, dict(carrier.telemetry))
+            self._carried = (rnd + 1, carrier.telemetry)  # the carrier serves this round only
         if self._pending is None:
             return 0, 0
         pending, self._pending = self._pending, None

@@ -129,6 +129,11 @@ class RoundConfig:
     """The round deadline the scheduler sized the work for, seconds (0: none)."""
     headroom: float = 0.0
     """Share of the device the site should leave free for its own work beyond its current load."""
+    site_clip: float = 0.0
+    """L2 bound the site clips its update (local minus global) to before protecting it, and
+    that a CKKS site holds each decrypted aggregate to (0: none; ``aggregation.site_clip``)."""
+    max_weight: float = 0.0
+    """SecAgg+: the largest weight (examples) a site may report; it reports at most this (0: none)."""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -146,6 +151,8 @@ class RoundConfig:
                 "epochs": int(self.epochs),
                 "deadline_s": float(self.deadline_s),
                 "headroom": float(self.headroom),
+                "site_clip": float(self.site_clip),
+                "max_weight": float(self.max_weight),
             }
         )
 
@@ -171,6 +178,8 @@ class RoundConfig:
                 epochs=int(rec.get("epochs", 0)),
                 deadline_s=float(rec.get("deadline_s", 0.0)),
                 headroom=float(rec.get("headroom", 0.0)),
+                site_clip=float(rec.get("site_clip", 0.0)),
+                max_weight=float(rec.get("max_weight", 0.0)),
             )
         except KeyError as exc:
             raise ValueError(f"round config lacks {exc.args[0]!r}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import RecordDict
@@ -39,6 +40,22 @@ class SiteProtection(ABC):
         trained: LocalTraining,
     ) -> RecordDict:
         """The train reply's content for ``trained``, which started from ``base``."""
+
+
+def clipped_for_round(
+    cfg: R.RoundConfig, base: dict[str, np.ndarray], trained: LocalTraining
+) -> LocalTraining:
+    """``trained`` with its update (model minus ``base``) clipped to ``cfg.site_clip``.
+
+    Unchanged when the round sets no clip (``site_clip`` 0). Every mode clips before it
+    protects the update (``aggregation.site_clip``), so what leaves the site is bounded
+    even where the coordinator cannot look at it (CKKS, SecAgg+).
+    """
+    if cfg.site_clip <= 0:
+        return trained
+    from clients.protection.dp import clipped_model
+
+    return replace(trained, arrays=clipped_model(trained.arrays, base, cfg.site_clip))
 
 
 def signed_train_reply(runtime: SiteRuntime, cfg: R.RoundConfig, reply: R.TrainReply) -> RecordDict:

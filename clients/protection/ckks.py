@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from clients.model_store import GlobalModelStore
-from clients.protection.base import SiteProtection, signed_train_reply
+from clients.protection.base import SiteProtection, clipped_for_round, signed_train_reply
 from clients.runtime import LocalTraining, SiteRuntime
 from fedcore import records as R
 
@@ -38,15 +39,40 @@ def unflatten(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> dict[st
     return out
 
 
+def check_aggregate_norm(
+    round_: int, mean_update: np.ndarray, site_clip: float, per_value: float
+) -> None:
+    """Refuse a decrypted aggregate whose mean update is longer than ``site_clip`` allows.
+
+    Every site clips its update to ``site_clip``, so their weighted mean is no longer than
+    that; ``per_value`` bounds the decryption error of one value of the mean, which over
+    ``d`` values adds at most ``sqrt(d) * per_value`` to the norm.
+
+    Raises:
+        ValueError: naming the round, the norm and the bound.
+    """
+    norm = float(np.linalg.norm(mean_update))
+    limit = site_clip * (1 + 1e-4) + math.sqrt(mean_update.size) * per_value
+    if not norm <= limit:
+        raise ValueError(
+            f"the encrypted aggregate of round {round_} decrypts to a mean update of L2 norm "
+            f"{norm:.6g}, over aggregation.site_clip {site_clip:g} (limit {limit:.6g} with the "
+            "CKKS error): a site did not clip its update. This site refuses to apply it and "
+            "keeps the model of the round before"
+        )
+
+
 def bring_up_to_date(
-    store: GlobalModelStore, content: RecordDict, codec: Any
+    store: GlobalModelStore, content: RecordDict, codec: Any, site_clip: float = 0.0
 ) -> tuple[int, dict[str, np.ndarray]]:
     """Apply the encrypted aggregates the site lacks; returns (round, global model).
 
     The base model (round 0) comes in clear in the instruction when the site holds none.
     Aggregates the site already applied are skipped, so a repeated message is harmless.
     Each aggregate is applied to the model in its own dtypes, round by round, so a site that
-    missed rounds ends with the bit-identical model of the sites that did not.
+    missed rounds ends with the bit-identical model of the sites that did not. With
+    ``site_clip`` (> 0) each aggregate's mean update must be within it
+    (:func:`check_aggregate_norm`); rounds applied before a refused one are kept.
     """
     held = store.load()
     aggregates = R.CkksAggregates.from_content(content)
@@ -75,6 +101,18 @@ def bring_up_to_date(
                 f"{vec.size}"
             )
         total = codec.decrypt(agg.chunks, aggregates.length, agg.count)
+        if site_clip > 0:
+            try:
+                check_aggregate_norm(
+                    agg.round,
+                    total / agg.weight,
+                    site_clip,
+                    codec.error_bound(agg.count) / agg.weight,
+                )
+            except ValueError:
+                if changed:
+                    store.save(current, arrays)
+                raise
         # back to the model's dtypes after every round, as a site that took part in each
         # round did: a site catching up holds the bit-identical model
         arrays = unflatten(vec + total / agg.weight, arrays)
@@ -96,7 +134,7 @@ class CkksSite(SiteProtection):
         site = runtime.site()
         codec = runtime.codec(site.id, cfg.privacy, cfg.max_sites)
         store = GlobalModelStore.for_run(runtime.state_dir, cfg.run_key)
-        _, arrays = bring_up_to_date(store, content, codec)
+        _, arrays = bring_up_to_date(store, content, codec, cfg.site_clip)
         return arrays
 
     def reply(
@@ -107,6 +145,7 @@ class CkksSite(SiteProtection):
         trained: LocalTraining,
     ) -> RecordDict:
         codec = runtime.codec(trained.site.id, cfg.privacy, cfg.max_sites)
+        trained = clipped_for_round(cfg, base, trained)
         update = flatten(trained.arrays) - flatten(base)
         t0 = time.perf_counter()
         chunks = codec.encrypt(cfg.weight * update)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import RecordDict
 
-from clients.protection.base import SiteProtection, signed_train_reply
+from clients.protection.base import SiteProtection, clipped_for_round, signed_train_reply
 from clients.runtime import LocalTraining, SiteRuntime
 from fedcore import records as R
 
@@ -30,6 +30,7 @@ class PlaintextSite(SiteProtection):
         base: dict[str, np.ndarray],
         trained: LocalTraining,
     ) -> RecordDict:
+        trained = clipped_for_round(cfg, base, trained)
         return signed_train_reply(
             runtime,
             cfg,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
+from clients.protection.base import clipped_for_round
 from clients.protection.plaintext import PlaintextSite
 from clients.runtime import LocalTraining, SiteRuntime
 from fedcore import records as R
@@ -60,7 +61,10 @@ class SecAggSite(PlaintextSite):
     ) -> RecordDict:
         from secure.secagg import fit_reply_content
 
+        trained = clipped_for_round(cfg, base, trained)
         weight = 1 if self.uniform_weights else trained.num_examples
+        if cfg.max_weight >= 1:  # the coordinator's bound on what a site may count
+            weight = min(weight, int(cfg.max_weight))
         metrics: dict[str, Any] = {
             "loss": trained.loss,
             "seconds": trained.seconds,

@@ -22,6 +22,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.aggregation import weighted_mean
+from coordinator.robust import capped_examples
 from fedcore import records as R
 from scheduling.base import Candidate
 from scheduling.fednova import relative_fednova_weights
@@ -156,6 +157,44 @@ class FedNovaWeights(WeightPolicy):
         return float(largest) if largest > 0 else None
 
 
+class CappedWeights(WeightPolicy):
+    """FedNova weights of example counts capped at ``cap`` x the round's median.
+
+    A site's examples come from its own telemetry; alone, they let one site that claims
+    10^12 examples replace the global model with its own. Each count is first cut to at
+    most ``cap`` x the median count of the round's chosen sites
+    (:func:`coordinator.robust.capped_examples`), then divided by the local epochs the
+    scheduler gave the site (FedNova): the epochs are the coordinator's own decision, the
+    counts are what a site could inflate. A SecAgg+ site reports at most the capped
+    largest count.
+
+    Args:
+        cap: The multiple of the median a site may count (``>= 1``; default 4).
+    """
+
+    def __init__(self, cap: float = 4.0) -> None:
+        if not cap >= 1.0:
+            raise ValueError(f"weight cap is {cap}; expected a number >= 1")
+        self.cap = float(cap)
+
+    def __repr__(self) -> str:
+        return f"CappedWeights(cap={self.cap})"
+
+    def capped(self, chosen: Sequence[Candidate]) -> list[float]:
+        """Each chosen site's example count, capped."""
+        return capped_examples([c.num_train_examples for c in chosen], self.cap)
+
+    def weights(
+        self, chosen: Sequence[Candidate], epochs_of: Callable[[str], int]
+    ) -> dict[str, float]:
+        rel = relative_fednova_weights(self.capped(chosen), [epochs_of(c.site_id) for c in chosen])
+        return {c.site_id: w for c, w in zip(chosen, rel, strict=True)}
+
+    def max_site_weight(self, chosen: Sequence[Candidate]) -> float | None:
+        largest = max(self.capped(chosen), default=0.0)
+        return float(largest) if largest > 0 else None
+
+
 class UniformWeights(WeightPolicy):
     """Every site counts once (differential privacy bounds each site's influence)."""
 
@@ -186,8 +225,18 @@ class Protection(ABC):
     round's telemetry (:mod:`fedcore.carry`): true when :meth:`collect` sends its train
     instructions through ``TrainRound.exchange`` as one batch."""
 
+    site_clip: float | None = None
+    """The L2 bound every site clips its update to (``aggregation.site_clip``); it travels
+    in the round config of every instruction (the sites check what they apply against it)."""
+
     def __init__(self) -> None:
         self.weights: WeightPolicy = FedNovaWeights()
+
+    def site_bounds(self, cfg: R.RoundConfig) -> R.RoundConfig:
+        """``cfg`` with this protection's :attr:`site_clip` (unchanged when there is none)."""
+        if self.site_clip is None:
+            return cfg
+        return replace(cfg, site_clip=float(self.site_clip))
 
     # -- the round
 
@@ -203,8 +252,9 @@ class Protection(ABC):
     def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
         """Content of a train, evaluate or export instruction for ``site``."""
 
-    def round_figures(self) -> dict[str, float]:
-        """Figures of the last aggregated round for its record (e.g. DP's ``epsilon``)."""
+    def round_figures(self) -> dict[str, Any]:
+        """Figures of the last aggregated round for its record (e.g. DP's ``epsilon``,
+        robust aggregation's ``robust``)."""
         return {}
 
     # -- what the sites report
@@ -258,7 +308,15 @@ class ClearModelProtection(Protection):
         return self._arrays
 
     def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
-        return R.train_instruction(self._arrays, cfg)
+        return R.train_instruction(self._arrays, self.site_bounds(cfg))
+
+    def set_global_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the global model (a wrapper's aggregate; kept as given, not copied)."""
+        if sorted(arrays) != sorted(self._arrays):
+            raise ValueError(
+                f"new global model has arrays {sorted(arrays)}; expected {sorted(self._arrays)}"
+            )
+        self._arrays = dict(arrays)
 
     def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         self._arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}

@@ -114,14 +114,20 @@ class Ckks(Protection):
         return False
 
     def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
-        """Content for a site: the aggregates it lacks (and the base model if it holds none)."""
+        """Content for a site: the aggregates it lacks (and the base model if it holds none).
+
+        With ``site_clip`` set, the round config carries it: the site clips its update and
+        refuses to apply an aggregate whose mean update is longer than the bound.
+        """
         site_round = self._site_rounds.get(site.site_id, 0)
         missing = [r for r in self.rounds if r.round > site_round]
         if site_round > len(self.rounds):
             # the site claims a round this coordinator never made: resend everything
             missing, site_round = list(self.rounds), 0
         base = self.base if site_round == 0 else None
-        return R.ckks_instruction(cfg, R.CkksAggregates(self.length, missing), base)
+        return R.ckks_instruction(
+            self.site_bounds(cfg), R.CkksAggregates(self.length, missing), base
+        )
 
     def observe_telemetry(self, telemetry: R.Telemetry) -> None:
         self._site_rounds[telemetry.site_id] = telemetry.model_round

@@ -9,12 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.protection.base import Protection
+from coordinator.protection.base import (
+    CappedWeights,
+    FedNovaWeights,
+    Protection,
+    UniformWeights,
+    WeightPolicy,
+)
 from coordinator.protection.ckks import Ckks
 from coordinator.protection.dp import DifferentialPrivacy
 from coordinator.protection.plaintext import Plaintext
+from coordinator.protection.robust import RobustAggregation
 from coordinator.protection.secagg import SecAggPlus
-from fedcore.config import Scenario
+from fedcore.config import AggregationSpec, Scenario
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class ProtectionInputs:
 
 
 def _plaintext(inputs: ProtectionInputs) -> Protection:
-    return Plaintext(inputs.initial)
+    return Plaintext(inputs.initial, inputs.scenario.aggregation.site_clip)
 
 
 def _ckks(inputs: ProtectionInputs) -> Protection:
@@ -49,7 +56,17 @@ def _ckks(inputs: ProtectionInputs) -> Protection:
 
 
 def _secagg(inputs: ProtectionInputs) -> Protection:
-    return SecAggPlus(inputs.scenario.privacy, inputs.initial)
+    return SecAggPlus(
+        inputs.scenario.privacy, inputs.initial, inputs.scenario.aggregation.site_clip
+    )
+
+
+WEIGHT_POLICIES: dict[str, Callable[[AggregationSpec], WeightPolicy]] = {
+    "examples": lambda spec: FedNovaWeights(),
+    "capped": lambda spec: CappedWeights(spec.weight_cap),
+    "equal": lambda spec: UniformWeights(),
+}
+"""``aggregation.weights`` -> the weight policy (differential privacy replaces it by equal)."""
 
 
 PROTECTIONS: dict[str, Callable[[ProtectionInputs], Protection]] = {
@@ -61,19 +78,33 @@ PROTECTIONS: dict[str, Callable[[ProtectionInputs], Protection]] = {
 
 
 def build_protection(inputs: ProtectionInputs) -> Protection:
-    """The scenario's protection: its mode, wrapped in differential privacy when ``dp`` is set.
+    """The scenario's protection: its mode with the ``aggregation`` section's weights and
+    site clip, wrapped in robust aggregation when the rule or a norm bound asks for it, and
+    in differential privacy when ``dp`` is set.
 
     Raises:
-        ValueError: an unknown mode (the message lists the valid ones), or a mode that
-            cannot run with what it was given (e.g. ``ckks`` without a public context).
+        ValueError: an unknown mode (the message lists the valid ones), a mode that
+            cannot run with what it was given (e.g. ``ckks`` without a public context), or
+            an ``aggregation`` section the mode cannot honour (e.g. ``median`` under
+            ``ckks``).
     """
     privacy = inputs.scenario.privacy
+    aggregation = inputs.scenario.aggregation
     builder = PROTECTIONS.get(privacy.mode)
     if builder is None:
         raise ValueError(
             f"unknown privacy mode {privacy.mode!r}; valid: {', '.join(sorted(PROTECTIONS))}"
         )
+    problems = aggregation.problems(
+        privacy.mode, len(inputs.scenario.sites), privacy.dp is not None
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
     protection = builder(inputs)
+    protection.weights = WEIGHT_POLICIES[aggregation.weights](aggregation)
+    protection.site_clip = aggregation.site_clip
+    if aggregation.rule != "fedavg" or aggregation.norm_bound is not None:
+        protection = RobustAggregation(protection, aggregation)
     if privacy.dp is not None:
         protection = DifferentialPrivacy(
             protection, privacy.dp, population_size=len(inputs.scenario.sites)

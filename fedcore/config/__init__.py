@@ -9,13 +9,18 @@ and the field path.
 
 The package's modules: :mod:`~fedcore.config.base` (the base model and error),
 :mod:`~fedcore.config.data` (data sources and sites), :mod:`~fedcore.config.task`,
-:mod:`~fedcore.config.privacy`, :mod:`~fedcore.config.scheduler`,
+:mod:`~fedcore.config.privacy`, :mod:`~fedcore.config.aggregation`,
+:mod:`~fedcore.config.scheduler`,
 :mod:`~fedcore.config.scenario` and :mod:`~fedcore.config.loading`. Every public name is
 importable from ``fedcore.config`` itself.
 """
 
 from __future__ import annotations
 
+from fedcore.config.aggregation import (
+    AggregationSpec,
+    NormBoundSpec,
+)
 from fedcore.config.base import (
     SITE_ID_PATTERN,
     ConfigError,
@@ -73,6 +78,7 @@ from fedcore.config.task import (
 )
 
 __all__ = [
+    "AggregationSpec",
     "AllocatorSpec",
     "BaselineSpec",
     "CkksSpec",
@@ -87,6 +93,7 @@ __all__ = [
     "GeneratedData",
     "IMAGING_DATA",
     "ImagingSpec",
+    "NormBoundSpec",
     "PacsData",
     "PacsSpec",
     "PluginSpec",

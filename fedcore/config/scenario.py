@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedcore.config.aggregation import AggregationSpec
 from fedcore.config.base import SITE_ID_PATTERN, _Model
 from fedcore.config.data import IMAGING_DATA, CsvData, DataSource, SiteSpec
 from fedcore.config.privacy import PrivacySpec
@@ -79,6 +80,7 @@ class Scenario(_Model):
         None, description="simulate the sites' devices and clock (in-process engine)"
     )
     baselines: BaselineSpec = BaselineSpec()
+    aggregation: AggregationSpec = AggregationSpec()
 
     @field_validator("sites")
     @classmethod
@@ -132,6 +134,15 @@ class Scenario(_Model):
                     "simulator needs engine.name inprocess (it simulates the sites' devices "
                     "and clock in one process); remove the simulator section to deploy"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _aggregation_fits_privacy(self) -> Scenario:
+        problems = self.aggregation.problems(
+            self.privacy.mode, len(self.sites), self.privacy.dp is not None
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def site(self, site_id: str) -> SiteSpec:

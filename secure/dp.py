@@ -9,23 +9,31 @@ The mechanism, per round, matches Flower's ``DifferentialPrivacyServerSideFixedC
 2. the clipped updates are summed with equal weights and Gaussian noise of standard deviation
    ``noise_multiplier * clip_norm`` (z * C) is added to the *sum* (:func:`sum_noise_std`);
    equivalently, noise z * C / m on the mean of the m updates (:func:`noise_std`, Flower's
-   ``compute_stdv``).
+   ``compute_stdv``). The noise comes from the operating system's CSPRNG
+   (:class:`SystemEntropy`), never from a seeded generator: a continuous Gaussian
+   (:func:`gaussian_noise`) on clear aggregates, the discrete Gaussian of Canonne, Kamath &
+   Steinke (NeurIPS 2020; :func:`discrete_gaussian`) on the integer lanes of packed CKKS.
 
 Privacy is accounted per site (user-level DP: one "record" is a whole site's contribution) by
 :class:`DpAccountant`, which wraps Flower's ``RdpAccountant`` (itself over Google's
 ``dp-accounting``) with fixed-size sampling without replacement and the replace-one
-neighbouring relation. Under replace-one, the sum's L2 sensitivity is 2C, so the accountant is
-given the multiplier z / 2 (:func:`accounting_noise_multiplier`); see that function.
+neighbouring relation. Under replace-one, the sum's L2 sensitivity is 2S, with S = C plus what
+the mode's quantization can add to a clipped update (:func:`quantization_term`,
+:func:`sensitivity`), so the accountant is given the multiplier z C / (2 S)
+(:func:`accounting_noise_multiplier`; z / 2 without quantization); see that function.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
+from array import array as word_array
 from collections.abc import Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import numpy as np
+import numpy.typing as npt
 from flwr.serverapp import (
     GaussianPrivacyEvent,
     NeighboringRelation,
@@ -157,7 +165,267 @@ def _scale_within(
     )
 
 
+# --------------------------------------------------------------------------- noise sources
+
+
+class EntropySource(Protocol):
+    """Where noise gets its randomness: uniform 64-bit words and uniform integers below a bound."""
+
+    def words(self, count: int) -> npt.NDArray[np.uint64]:
+        """``count`` independent uniform 64-bit words."""
+        ...
+
+    def below(self, bound: int) -> int:
+        """One uniform integer in ``[0, bound)`` (``bound >= 1``, any size)."""
+        ...
+
+
+class SystemEntropy:
+    """The operating system's CSPRNG (``secrets``: ``getrandom(2)`` on Linux), read afresh per draw.
+
+    Nothing is seeded and there is no key to keep or re-key: every draw is new output of
+    the kernel's generator (ChaCha20-based on Linux 5.17+; small integers come from a buffer
+    of 4096 words read at once, used once each), so no noise can be derived from the
+    scenario's seed, from earlier noise or from any state the process keeps.
+    """
+
+    _BUFFER_WORDS = 4096
+
+    def __init__(self) -> None:
+        self._buffer: list[int] = []
+
+    def words(self, count: int) -> npt.NDArray[np.uint64]:
+        return np.frombuffer(secrets.token_bytes(8 * count), dtype="<u8").astype(np.uint64)
+
+    def below(self, bound: int) -> int:
+        """Uniform in ``[0, bound)``: one buffered 64-bit word with rejection for small bounds."""
+        if bound < 1:
+            raise ValueError(f"bound is {bound}; expected at least 1")
+        if bound > 1 << 32:
+            return secrets.randbelow(bound)
+        limit = (1 << 64) - (1 << 64) % bound  # reject the top words: no modulo bias
+        while True:
+            if not self._buffer:
+                raw = secrets.token_bytes(8 * self._BUFFER_WORDS)
+                self._buffer = list(word_array("Q", raw))
+            word = self._buffer.pop()
+            if word < limit:
+                return word % bound
+
+    def __repr__(self) -> str:
+        return "SystemEntropy()"
+
+
+class GeneratorEntropy:
+    """A seeded ``numpy.random.Generator`` as an entropy source: for tests and reproductions only.
+
+    Args:
+        rng: the generator (``np.random.default_rng(seed)``).
+    """
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"rng is {type(rng).__name__}; expected numpy.random.Generator "
+                "(np.random.default_rng(seed))"
+            )
+        self.rng = rng
+
+    def words(self, count: int) -> npt.NDArray[np.uint64]:
+        return self.rng.integers(0, 2**64 - 1, size=count, dtype=np.uint64, endpoint=True)
+
+    def below(self, bound: int) -> int:
+        if bound <= 2**62:
+            return int(self.rng.integers(0, bound))
+        bits = bound.bit_length() + 64  # bias below 2**-64
+        value = 0
+        for word in self.words(-(-bits // 64)):
+            value = (value << 64) | int(word)
+        return value % bound
+
+    def __repr__(self) -> str:
+        return f"GeneratorEntropy({self.rng!r})"
+
+
+NoiseRng = np.random.Generator | EntropySource | None
+"""What noise functions accept: ``None`` (the OS CSPRNG), a source, or a seeded generator (tests)."""
+
+
+def entropy_source(rng: NoiseRng) -> EntropySource:
+    """The source behind ``rng``: :class:`SystemEntropy` for ``None``, a wrapped generator, or itself.
+
+    Raises:
+        TypeError: ``rng`` is none of these.
+    """
+    if rng is None:
+        return SystemEntropy()
+    if isinstance(rng, np.random.Generator):
+        return GeneratorEntropy(rng)
+    if callable(getattr(rng, "words", None)) and callable(getattr(rng, "below", None)):
+        return rng
+    raise TypeError(
+        f"rng is {type(rng).__name__}; expected None (the OS CSPRNG), an EntropySource or a "
+        "numpy.random.Generator (np.random.default_rng(seed), for tests)"
+    )
+
+
+def _unit_interval(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """Uniform doubles in ``(0, 1]`` on the grid ``k * 2**-53`` (53 bits of each word)."""
+    return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+
+
 # --------------------------------------------------------------------------- noise
+
+
+def gaussian_noise(
+    shape_or_length: int | Sequence[int], std: float, rng: NoiseRng = None
+) -> np.ndarray:
+    """Draw i.i.d. ``N(0, std^2)`` noise, float64, from the OS CSPRNG (or an injected source).
+
+    Box-Muller (1958) on pairs of 53-bit uniforms: ``sqrt(-2 ln u1) * (cos, sin)(2 pi u2)``.
+    The uniforms come from :class:`SystemEntropy` unless the caller injects a source, so
+    neither the scenario's seed nor a generator's state can reproduce the noise. Draws are
+    bounded by ``sqrt(2 * 53 ln 2) = 8.57`` std (the smallest ``u1`` is ``2**-53``), which
+    changes the law with probability below ``1e-17`` per value.
+
+    Floating point (Mironov, CCS 2012): a float sampler reaches only some doubles, and
+    ``x + noise`` can reveal ``x`` through the low bits of the result. Where fedcore's
+    aggregate lives on an integer grid (packed CKKS lanes) the noise is drawn from the
+    discrete Gaussian instead (:func:`discrete_gaussian`), which has no such gap; this
+    function serves the clear aggregates (plaintext, SecAgg+), released as float32.
+
+    Args:
+        shape_or_length: an array shape, or a length for a flat vector.
+        std: the standard deviation (> 0, finite), from :func:`noise_std` or
+            :func:`sum_noise_std`.
+        rng: ``None`` (default: the OS CSPRNG), an :class:`EntropySource`, or a seeded
+            ``numpy.random.Generator`` (tests only: the noise is then reproducible).
+
+    Returns:
+        A new float64 array of that shape.
+
+    Raises:
+        ValueError: on a non-positive or non-finite ``std`` or a negative dimension.
+        TypeError: if ``rng`` is not a source or generator.
+    """
+    source = entropy_source(rng)
+    if not (math.isfinite(std) and std > 0.0):
+        raise ValueError(
+            f"noise std is {std}; expected a positive finite number "
+            "(without noise there is no differential privacy)"
+        )
+    shape = _shape(shape_or_length)
+    size = math.prod(shape)
+    pairs = -(-size // 2)
+    words = source.words(2 * pairs)
+    radius = np.sqrt(-2.0 * np.log(_unit_interval(words[:pairs])))
+    angle = (2.0 * math.pi) * _unit_interval(words[pairs:])
+    both = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
+    return (std * both[:size]).reshape(shape)
+
+
+DISCRETE_SIGMA_DENOMINATOR = 256
+""":func:`discrete_gaussian` rounds sigma up to a multiple of ``1/256``: exact small rationals."""
+
+
+def discrete_gaussian(
+    shape_or_length: int | Sequence[int], sigma: float, rng: NoiseRng = None
+) -> npt.NDArray[np.int64]:
+    """Draw i.i.d. discrete Gaussian integers ``N_Z(0, sigma^2)``, exactly, from the OS CSPRNG.
+
+    Canonne, Kamath & Steinke, "The Discrete Gaussian for Differential Privacy" (NeurIPS
+    2020), Algorithms 1-3: Bernoulli(exp(-gamma)) from Bernoulli trials of exact rationals,
+    discrete Laplace by a uniform and a geometric, then rejection to the discrete Gaussian.
+    Integer arithmetic only, every coin an exact ``below(n) < k`` of the source: the law is
+    exactly ``P(x) ~ exp(-x^2 / (2 sigma^2))`` on all of Z, so the floating-point attacks
+    on naive samplers (Mironov, CCS 2012), which exploit the doubles a float sampler cannot
+    produce, have nothing to work on. Added to an integer-valued sum whose L2 sensitivity
+    is Delta, it gives ``Delta^2 / (2 sigma^2) + tau`` zCDP with ``tau <= 10 d
+    exp(-2 pi^2 sigma^2)`` (CKS Thm. 14), the continuous Gaussian's for ``sigma >= 2``
+    (``tau < 1e-170``), so its RDP and accounting are those of the Gaussian of std sigma.
+
+    ``sigma`` is rounded *up* to a multiple of 1/256 to keep the rationals small (more
+    noise, never less). Cost: pure Python, about 6 source calls and a few dozen integer
+    operations per value; on a shared 2-core machine 10^4 values take about 0.1 s and
+    10^6 about 10 s (``benchmarks``-style timing in the docs' DP section).
+
+    Args:
+        shape_or_length: an array shape, or a length for a flat vector.
+        sigma: the scale in grid units (>= 1/256, finite).
+        rng: ``None`` (default: the OS CSPRNG), an :class:`EntropySource`, or a seeded
+            ``numpy.random.Generator`` (tests only).
+
+    Returns:
+        A new int64 array of that shape.
+
+    Raises:
+        ValueError: on a non-positive or non-finite ``sigma`` or a negative dimension.
+    """
+    source = entropy_source(rng)
+    if not (math.isfinite(sigma) and sigma > 0.0):
+        raise ValueError(f"discrete Gaussian sigma is {sigma}; expected a positive finite number")
+    shape = _shape(shape_or_length)
+    den = DISCRETE_SIGMA_DENOMINATOR
+    num = math.ceil(sigma * den)
+    out = [_discrete_gaussian_one(num, den, source) for _ in range(math.prod(shape))]
+    return np.asarray(out, dtype=np.int64).reshape(shape)
+
+
+def _bernoulli_exp(num: int, den: int, source: EntropySource) -> bool:
+    """Bernoulli(exp(-num/den)) exactly (CKS Algorithm 1), for ``num, den`` non-negative ints."""
+    while num > den:  # exp(-g) = exp(-1)^floor(g) * exp(-(g - floor(g)))
+        if not _bernoulli_exp_unit(1, 1, source):
+            return False
+        num -= den
+    return _bernoulli_exp_unit(num, den, source)
+
+
+def _bernoulli_exp_unit(num: int, den: int, source: EntropySource) -> bool:
+    """Bernoulli(exp(-gamma)), ``gamma = num/den`` in [0, 1]: the parity of the first failing K."""
+    k = 1
+    while source.below(den * k) < num:  # Bernoulli(gamma / k)
+        k += 1
+    return k % 2 == 1
+
+
+def _discrete_laplace(t: int, source: EntropySource) -> int:
+    """Integer with ``P(y) ~ exp(-|y| / t)`` (CKS Algorithm 2, scale t)."""
+    while True:
+        u = source.below(t)
+        if not _bernoulli_exp(u, t, source):
+            continue
+        v = 0
+        while _bernoulli_exp_unit(1, 1, source):
+            v += 1
+        x = u + t * v
+        negative = source.below(2) == 1
+        if negative and x == 0:
+            continue
+        return -x if negative else x
+
+
+def _discrete_gaussian_one(num: int, den: int, source: EntropySource) -> int:
+    """One draw of ``N_Z(0, sigma^2)`` with ``sigma = num / den`` (CKS Algorithm 3)."""
+    t = num // den + 1  # floor(sigma) + 1
+    sigma2_num, sigma2_den = num * num, den * den
+    while True:
+        y = _discrete_laplace(t, source)
+        # accept with exp(-(|y| - sigma^2/t)^2 / (2 sigma^2)), as one exact rational
+        diff_num = abs(y) * t * sigma2_den - sigma2_num  # (|y| - s2/t) * t * s2_den
+        gamma_num = diff_num * diff_num * sigma2_den
+        gamma_den = 2 * sigma2_num * (t * sigma2_den) ** 2
+        if _bernoulli_exp(gamma_num, gamma_den, source):
+            return y
+
+
+def _shape(shape_or_length: int | Sequence[int]) -> tuple[int, ...]:
+    shape = (shape_or_length,) if isinstance(shape_or_length, int) else tuple(shape_or_length)
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"noise shape is {shape_or_length!r}; expected non-negative integers")
+    return shape
+
+
+# --------------------------------------------------------------------------- noise scale
 
 
 def sum_noise_std(spec: DpSpec) -> float:
@@ -165,7 +433,9 @@ def sum_noise_std(spec: DpSpec) -> float:
 
     ``z * C`` (``noise_multiplier * clip_norm``), per coordinate. Each site moves the sum by at
     most C (2C under replace-one, see :func:`accounting_noise_multiplier`), whatever the number
-    of sites, so this does not depend on it. Use it where only the sum exists (CKKS, SecAgg+).
+    of sites, so this does not depend on it; where the mode quantizes the clipped updates the
+    sensitivity is a little more (:func:`sensitivity`) and the accountant, not the noise,
+    takes that into account. Use it where only the sum exists (CKKS, SecAgg+).
 
     Args:
         spec: the scenario's DP settings.
@@ -203,56 +473,79 @@ def noise_std(spec: DpSpec, num_sites: int) -> float:
     return sum_noise_std(spec) / num_sites
 
 
-def gaussian_noise(
-    shape_or_length: int | Sequence[int], std: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Draw i.i.d. ``N(0, std^2)`` noise, float64, from the caller's seeded generator.
+# --------------------------------------------------------------------------- sensitivity
+
+
+def quantization_term(length: int, value_error: float) -> float:
+    """How far quantizing one clipped update can move it in L2: ``sqrt(length) * value_error``.
+
+    A mode that quantizes each value of a site's clipped update ``u`` (packed CKKS: to the
+    nearest step, ``|error| <= step / 2``; SecAgg+: stochastic rounding, under one step)
+    sends ``u + e`` with ``|e_j| <= value_error`` for each of the ``length`` values, so
+    ``||u + e|| <= ||u|| + ||e|| <= C + sqrt(length) * value_error``. The bound is reached:
+    a zero update quantizes to ``+-step/2`` in every value under packed CKKS (0 lies midway
+    between two steps of the offset-binary grid).
 
     Args:
-        shape_or_length: an array shape, or a length for a flat vector.
-        std: the standard deviation (> 0, finite), from :func:`noise_std` or
-            :func:`sum_noise_std`.
-        rng: the generator to draw from (``np.random.default_rng(seed)``); the caller owns
-            its seed, so runs are reproducible.
+        length: the number of values of one update (the model's size, >= 0).
+        value_error: the largest change quantization makes to one value (>= 0, finite), e.g.
+            ``PackedCodec.error_bound(1)``.
 
     Returns:
-        A new float64 array of that shape.
+        The term, in the update's units.
 
     Raises:
-        ValueError: on a non-positive or non-finite ``std`` or a negative dimension.
-        TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+        ValueError: a negative length or a negative or non-finite error.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng is {type(rng).__name__}; expected numpy.random.Generator "
-            "(np.random.default_rng(seed))"
-        )
-    if not (math.isfinite(std) and std > 0.0):
+    if not (_is_count(length) and length >= 0):
+        raise ValueError(f"length is {length!r}; expected the number of values of an update")
+    if not (_finite(value_error) and value_error >= 0.0):
+        raise ValueError(f"value_error is {value_error!r}; expected a non-negative finite number")
+    return math.sqrt(length) * float(value_error)
+
+
+def sensitivity(spec: DpSpec, quantization: float = 0.0) -> float:
+    """L2 bound on one site's (clipped, then quantized) update: ``clip_norm + quantization``.
+
+    Args:
+        spec: the scenario's DP settings.
+        quantization: the mode's :func:`quantization_term` (0 where updates travel unrounded).
+
+    Returns:
+        The bound S; the sum's replace-one sensitivity is 2S.
+
+    Raises:
+        ValueError: if the spec cannot give a guarantee or ``quantization`` is negative.
+    """
+    _raise_if(_spec_problems(spec))
+    if not (_finite(quantization) and quantization >= 0.0):
         raise ValueError(
-            f"noise std is {std}; expected a positive finite number "
-            "(without noise there is no differential privacy)"
+            f"quantization term is {quantization!r}; expected a non-negative finite number"
         )
-    shape = (shape_or_length,) if isinstance(shape_or_length, int) else tuple(shape_or_length)
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-        raise ValueError(f"noise shape is {shape_or_length!r}; expected non-negative integers")
-    return rng.normal(0.0, std, size=shape).astype(np.float64, copy=False)
+    return float(spec.clip_norm) + float(quantization)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def accounting_noise_multiplier(spec: DpSpec) -> float:
-    """The noise multiplier handed to the RDP accountant: ``z / 2``.
+def accounting_noise_multiplier(spec: DpSpec, quantization: float = 0.0) -> float:
+    """The noise multiplier handed to the RDP accountant: ``z C / (2 S)``, ``S = C + quantization``.
 
     ``dp-accounting``'s Gaussian RDP, ``alpha / (2 sigma^2)`` (also inside its
     sampled-without-replacement bound, Wang, Balle & Kasiviswanathan, AISTATS 2019, Thm. 27),
-    takes sigma as noise std over L2 *sensitivity*. Under replace-one a site's clipped update
-    u may become any u' with ``||u - u'|| <= 2C``, so the sum's sensitivity is 2C and the
-    noise z * C is ``z / 2`` sensitivities. Handing it ``z`` instead would under-state epsilon
-    (RDP by a factor of 4); dp-accounting 0.6 does not scale for replace-one itself
-    (google/differential-privacy issue #378), and a test pins that.
+    takes sigma as noise std over L2 *sensitivity*. Under replace-one a site's update u may
+    become any u' with ``||u - u'|| <= 2S``, so the sum's sensitivity is 2S and the noise
+    z * C is ``z C / (2 S)`` sensitivities: ``z / 2`` where updates travel unrounded
+    (``S = C``), less where the mode quantizes them (:func:`sensitivity`). Handing it ``z``
+    instead would under-state epsilon (RDP by a factor of 4); dp-accounting 0.6 does not
+    scale for replace-one itself (google/differential-privacy issue #378), and a test pins
+    that.
     """
-    return float(spec.noise_multiplier) / REPLACE_ONE_SENSITIVITY
+    bound = sensitivity(spec, quantization)
+    z = float(spec.noise_multiplier)
+    if quantization == 0.0:
+        return z / REPLACE_ONE_SENSITIVITY  # exactly z / 2, as before the term existed
+    return z * float(spec.clip_norm) / (REPLACE_ONE_SENSITIVITY * bound)
 
 
 def check_dp_settings(
@@ -360,8 +653,10 @@ class DpAccountant:
       protects. It is also the only relation under which fixed-size sampling without
       replacement is analysed (Flower and dp-accounting refuse other pairings).
 
-    The accountant is given ``z / 2`` (:func:`accounting_noise_multiplier`), the sum's noise
-    in units of its replace-one sensitivity 2C.
+    The accountant is given ``z C / (2 S)`` (:func:`accounting_noise_multiplier`), the sum's
+    noise in units of its replace-one sensitivity 2S, with ``S = C + quantization`` the bound
+    on one site's update as the mode sends it (:func:`sensitivity`): ``z / 2`` where updates
+    travel unrounded.
 
     Epsilon is recomputed from a ledger ``{sample_size: rounds}`` composed in a fixed order
     with Flower's ``compose(event, count)``, so a restored accountant reports bit-for-bit the
@@ -372,6 +667,7 @@ class DpAccountant:
         spec: the scenario's DP settings (noise multiplier, clip norm, delta).
         population_size: number of sites that may be selected each round.
         orders: RDP orders to optimise over; default dp-accounting's (Flower's default).
+        quantization: the mode's :func:`quantization_term` (default 0: no rounding).
 
     Raises:
         ValueError: if the settings cannot give a guarantee (:func:`check_dp_settings`).
@@ -383,8 +679,11 @@ class DpAccountant:
         population_size: int,
         *,
         orders: Sequence[float] | None = None,
+        quantization: float = 0.0,
     ) -> None:
         check_dp_settings(spec, population_size=population_size)
+        self._quantization = float(quantization)
+        sensitivity(spec, self._quantization)  # refuses a negative or non-finite term
         self._spec = spec
         self._population = int(population_size)
         self._orders = None if orders is None else tuple(float(o) for o in orders)
@@ -407,6 +706,11 @@ class DpAccountant:
     def spec(self) -> DpSpec:
         """The DP settings this accountant composes."""
         return self._spec
+
+    @property
+    def quantization(self) -> float:
+        """The quantization term added to ``clip_norm`` in the sensitivity."""
+        return self._quantization
 
     @property
     def population_size(self) -> int:
@@ -440,7 +744,11 @@ class DpAccountant:
             "sampling": f"{SAMPLING.value} (fixed-size) of {self._population} sites",
             "neighbouring": NEIGHBOURING.value,
             "population_size": self._population,
-            "accounting_noise_multiplier": accounting_noise_multiplier(self._spec),
+            "sensitivity": sensitivity(self._spec, self._quantization),
+            "quantization_term": self._quantization,
+            "accounting_noise_multiplier": accounting_noise_multiplier(
+                self._spec, self._quantization
+            ),
         }
 
     def __repr__(self) -> str:
@@ -481,7 +789,7 @@ class DpAccountant:
 
     def _compute(self, ledger: Mapping[int, int]) -> float:
         backend = self._new_backend()
-        z = accounting_noise_multiplier(self._spec)
+        z = accounting_noise_multiplier(self._spec, self._quantization)
         try:
             for sample_size in sorted(ledger):
                 event = GaussianPrivacyEvent(
@@ -509,6 +817,7 @@ class DpAccountant:
             "population_size": self._population,
             "noise_multiplier": float(self._spec.noise_multiplier),
             "clip_norm": float(self._spec.clip_norm),
+            "quantization_term": self._quantization,
             "delta": self.delta,
             "orders": None if self._orders is None else list(self._orders),
             "rounds_by_sample_size": [[m, n] for m, n in sorted(self._ledger.items())],
@@ -523,6 +832,7 @@ class DpAccountant:
         *,
         spec: DpSpec | None = None,
         population_size: int | None = None,
+        quantization: float | None = None,
     ) -> DpAccountant:
         """Rebuild an accountant from :meth:`state_dict`, reporting exactly the same epsilon.
 
@@ -534,6 +844,9 @@ class DpAccountant:
             state: what :meth:`state_dict` returned (e.g. after a JSON round trip).
             spec: if given, must equal the settings the state was made with.
             population_size: if given, must equal the state's.
+            quantization: if given, the mode's quantization term; must equal the state's
+                when the state records one (a state from before the term was recorded is
+                recomputed with it, so its epsilon becomes the true one).
 
         Returns:
             The accountant, ready to :meth:`step` on.
@@ -558,6 +871,8 @@ class DpAccountant:
             expected["delta"] = float(spec.delta)
         if population_size is not None:
             expected["population_size"] = population_size
+        if quantization is not None and "quantization_term" in state:
+            expected["quantization_term"] = float(quantization)
         mismatched = [
             f"{key}: checkpoint {state.get(key)!r}, now {value!r}"
             for key, value in expected.items()
@@ -577,6 +892,9 @@ class DpAccountant:
             )
             population = state["population_size"]
             orders = state["orders"]
+            term = float(
+                quantization if quantization is not None else state.get("quantization_term", 0.0)
+            )
             ledger = {int(m): int(n) for m, n in state["rounds_by_sample_size"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"DP accountant state is malformed: {exc}") from exc
@@ -586,7 +904,7 @@ class DpAccountant:
                 f"DP accountant state has rounds_by_sample_size {ledger} and rounds "
                 f"{state.get('rounds')!r}; expected positive counts that add up to rounds"
             )
-        accountant = cls(spec or stored_spec, population, orders=orders)
+        accountant = cls(spec or stored_spec, population, orders=orders, quantization=term)
         for sample_size in ledger:
             check_dp_settings(accountant.spec, population_size=population, sample_size=sample_size)
         accountant._ledger = ledger

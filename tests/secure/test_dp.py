@@ -25,15 +25,21 @@ from fedcore.config import DpSpec
 from secure.dp import (
     ACCOUNTANT_NAME,
     DpAccountant,
+    GeneratorEntropy,
+    SystemEntropy,
     accounting_noise_multiplier,
     check_dp_settings,
     clip_update,
     describe,
+    discrete_gaussian,
     gaussian_noise,
     global_l2_norm,
     noise_std,
+    quantization_term,
+    sensitivity,
     sum_noise_std,
 )
+from secure.packing import dequantize_sum, lane_layout, quantization_error_bound, quantize
 
 # A short list of RDP orders keeps sampled (q < 1) compositions to milliseconds; with
 # dp-accounting's default orders one sampled-without-replacement event costs about a second.
@@ -192,11 +198,247 @@ def test_gaussian_noise_is_seeded_float64_with_the_right_std() -> None:
         (3, math.inf, np.random.default_rng(0), ValueError),
         ((2, -1), 1.0, np.random.default_rng(0), ValueError),
         (3, 1.0, np.random.RandomState(0), TypeError),
+        (3, 1.0, 7, TypeError),
     ],
 )
 def test_gaussian_noise_refuses(shape: object, std: float, rng: object, error: type) -> None:
     with pytest.raises(error):
         gaussian_noise(shape, std, rng)  # type: ignore[arg-type]
+
+
+SCENARIO_SEED = 3  # the four-bank test scenario's seed
+
+
+def test_noise_is_not_reproducible_from_the_scenario_seed() -> None:
+    # the default source reads the OS CSPRNG afresh: two draws differ, and neither is what
+    # a generator seeded with the scenario's seed gives, through any of numpy's samplers
+    first, second = gaussian_noise(1000, 1.0), gaussian_noise(1000, 1.0)
+    assert not np.array_equal(first, second)
+    seeded = [
+        gaussian_noise(1000, 1.0, np.random.default_rng(SCENARIO_SEED)),
+        np.random.default_rng(SCENARIO_SEED).normal(0.0, 1.0, 1000),
+        np.random.default_rng(SCENARIO_SEED).standard_normal(1000),
+        np.random.RandomState(SCENARIO_SEED).normal(0.0, 1.0, 1000),
+    ]
+    for reproduced in seeded:
+        assert not np.any(np.isclose(first, reproduced, rtol=0.0, atol=1e-12))
+    assert not np.array_equal(discrete_gaussian(1000, 50.0), discrete_gaussian(1000, 50.0))
+    assert not np.array_equal(
+        discrete_gaussian(1000, 50.0),
+        discrete_gaussian(1000, 50.0, np.random.default_rng(SCENARIO_SEED)),
+    )
+
+
+def test_os_noise_has_mean_zero_and_the_asked_std() -> None:
+    # 400,000 draws of N(0, 2^2) from the OS CSPRNG: the sample mean has std 2/632 = 0.0032
+    # and the sample std a relative std of 1/sqrt(2n) = 0.0011; tolerances are 6 of those
+    # (a false alarm about once in 10^8 runs)
+    n, std = 400_000, 2.0
+    noise = gaussian_noise(n, std)
+    assert noise.dtype == np.float64 and noise.shape == (n,)
+    assert abs(float(noise.mean())) < 6 * std / math.sqrt(n)
+    assert float(noise.std()) == pytest.approx(std, rel=6 / math.sqrt(2 * n))
+
+
+def test_injected_noise_follows_the_normal_law() -> None:
+    from scipy import stats
+
+    # deterministic (an injected seeded source): Kolmogorov-Smirnov against N(0, 0.5^2)
+    noise = gaussian_noise(50_000, 0.5, GeneratorEntropy(np.random.default_rng(11)))
+    result = stats.kstest(noise, "norm", args=(0.0, 0.5))
+    assert result.pvalue > 0.01, result
+    # the same seed through the plain generator gives the same draws: tests stay reproducible
+    np.testing.assert_array_equal(noise, gaussian_noise(50_000, 0.5, np.random.default_rng(11)))
+    # and a biased law is caught by the same test at this size
+    assert stats.kstest(noise * 1.02, "norm", args=(0.0, 0.5)).pvalue < 0.01
+
+
+def discrete_gaussian_pmf(sigma: float, support: np.ndarray) -> np.ndarray:
+    """``exp(-x^2 / (2 sigma^2))`` normalised over the integers (summed far into the tails)."""
+    wide = np.arange(-int(40 * sigma) - 40, int(40 * sigma) + 41)
+    norm = float(np.exp(-(wide.astype(float) ** 2) / (2 * sigma**2)).sum())
+    return np.exp(-(support.astype(float) ** 2) / (2 * sigma**2)) / norm
+
+
+@pytest.mark.parametrize("sigma", [0.75, 2.5])
+def test_discrete_gaussian_matches_its_probability_mass_function(sigma: float) -> None:
+    from scipy import stats
+
+    n = 40_000
+    draws = discrete_gaussian(n, sigma, np.random.default_rng(int(sigma * 100)))
+    assert draws.dtype == np.int64
+    # chi-square over the values with an expected count of at least 20, tails pooled
+    support = np.arange(-int(6 * sigma) - 2, int(6 * sigma) + 3)
+    expected = n * discrete_gaussian_pmf(sigma, support)
+    keep = expected >= 20
+    observed = np.array([np.count_nonzero(draws == v) for v in support[keep]])
+    pooled_obs = np.append(observed, n - observed.sum())
+    pooled_exp = np.append(expected[keep], n - expected[keep].sum())
+    result = stats.chisquare(pooled_obs, pooled_exp)
+    assert result.pvalue > 0.001, (result, observed, expected[keep])
+
+
+def test_discrete_gaussian_has_mean_zero_and_std_sigma_from_the_os() -> None:
+    # sigma >= 1: the discrete Gaussian's variance is sigma^2 to within 1e-15 (CKS 2020, Cor. 9)
+    n, sigma = 20_000, 40.0
+    draws = discrete_gaussian(n, sigma)
+    assert abs(float(draws.mean())) < 6 * sigma / math.sqrt(n)
+    assert float(draws.std()) == pytest.approx(sigma, rel=6 / math.sqrt(2 * n))
+    assert discrete_gaussian((3, 4), 1.0).shape == (3, 4)
+
+
+@pytest.mark.parametrize(("sigma", "error"), [(0.0, ValueError), (math.nan, ValueError)])
+def test_discrete_gaussian_refuses(sigma: float, error: type) -> None:
+    with pytest.raises(error, match="sigma"):
+        discrete_gaussian(3, sigma)
+
+
+@pytest.mark.parametrize(("num", "den"), [(3, 10), (1, 1), (5, 2)])
+def test_exact_bernoulli_of_exp_has_probability_exp_minus_gamma(num: int, den: int) -> None:
+    from secure.dp import _bernoulli_exp
+
+    source = GeneratorEntropy(np.random.default_rng(num * 7 + den))
+    n = 40_000
+    hits = sum(_bernoulli_exp(num, den, source) for _ in range(n))
+    p = math.exp(-num / den)
+    assert hits / n == pytest.approx(p, abs=6 * math.sqrt(p * (1 - p) / n))
+
+
+def test_system_entropy_integers_are_in_range_and_uniform() -> None:
+    source = SystemEntropy()
+    draws = np.array([source.below(6) for _ in range(60_000)])
+    assert draws.min() == 0 and draws.max() == 5
+    counts = np.bincount(draws, minlength=6)
+    # each count is Binomial(60000, 1/6): std 91; 6 std of slack
+    assert np.all(np.abs(counts - 10_000) < 6 * 91), counts
+    big = 3 << 70
+    assert all(0 <= source.below(big) < big for _ in range(100))
+    assert source.words(5).dtype == np.uint64 and source.words(5).shape == (5,)
+    with pytest.raises(ValueError, match="bound"):
+        source.below(0)
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def test_quantization_term_is_root_length_times_the_value_error() -> None:
+    # 10,000 values each moved by at most 1e-4: the update moves by at most 100 * 1e-4 = 0.01
+    assert quantization_term(10_000, 1e-4) == pytest.approx(0.01)
+    assert quantization_term(0, 1.0) == 0.0
+    assert sensitivity(spec(c=0.05), 0.01) == pytest.approx(0.06)
+    assert sensitivity(spec(c=0.05)) == 0.05
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="length"):
+            quantization_term(bad, 1e-4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="value_error"):
+        quantization_term(10, -1e-4)
+    with pytest.raises(ValueError, match="quantization term"):
+        sensitivity(spec(), math.inf)
+
+
+def test_epsilon_grows_by_the_quantization_term_as_expected() -> None:
+    # C = 0.05 and a term of 0.01: sensitivity 0.06, so the noise z C is worth
+    # z C / (2 * 0.06) = z * 0.05 / 0.12 sensitivities: the same epsilon as an unquantized
+    # run with noise multiplier z' = z * 0.05 / 0.06
+    z, c, q = 1.2, 0.05, 0.01
+    quantized = DpAccountant(spec(z=z, c=c), 10, orders=ORDERS, quantization=q)
+    plain = DpAccountant(spec(z=z, c=c), 10, orders=ORDERS)
+    reference = DpAccountant(spec(z=z * c / (c + q), c=c), 10, orders=ORDERS)
+    assert accounting_noise_multiplier(spec(z=z, c=c), q) == pytest.approx(z * c / (2 * (c + q)))
+    for _ in range(4):
+        eps_q, eps, eps_ref = quantized.step(3), plain.step(3), reference.step(3)
+        assert eps_q == pytest.approx(eps_ref, rel=1e-12)
+        assert eps_q > eps * 1.1
+    summary = quantized.summary()
+    assert summary["sensitivity"] == pytest.approx(0.06) and summary["quantization_term"] == q
+
+
+def test_quantization_term_survives_a_checkpoint_and_a_change_is_refused() -> None:
+    acc = DpAccountant(spec(c=0.05), 10, orders=ORDERS, quantization=0.01)
+    acc.step(3)
+    state = json.loads(json.dumps(acc.state_dict()))
+    again = DpAccountant.from_state(state, spec=spec(c=0.05), quantization=0.01)
+    assert again.epsilon == acc.epsilon and again.quantization == 0.01
+    with pytest.raises(ValueError, match="quantization_term"):
+        DpAccountant.from_state(state, spec=spec(c=0.05), quantization=0.02)
+    # a checkpoint written before the term was recorded is recomputed with the true term
+    old = {k: v for k, v in state.items() if k != "quantization_term"}
+    upgraded = DpAccountant.from_state(old, spec=spec(c=0.05), quantization=0.01)
+    assert upgraded.epsilon == acc.epsilon
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 3000),
+    scale=st.floats(1e-6, 10.0),
+    clip_norm=st.floats(1e-3, 1.0),
+    quant_bits=st.sampled_from([6, 8, 10, 12]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_packed_quantized_clipped_update_never_exceeds_the_accounted_sensitivity(
+    length: int, scale: float, clip_norm: float, quant_bits: int, seed: int
+) -> None:
+    # packed CKKS: clip the update to C, quantize each value to the nearest step of the
+    # lane layout (secure.packing), dequantize it as the sum of one site
+    rng = np.random.default_rng(seed)
+    update = rng.normal(0.0, scale, length) * rng.integers(0, 2, length)  # some exact zeros
+    clipped, _ = clip_update(update, clip_norm)
+    value_clip = float(np.abs(clipped).max()) * 1.5 + 1e-9
+    layout = lane_layout(3 * (quant_bits + 4), 10, 3, value_clip, min_quant_bits=quant_bits)
+    sent = dequantize_sum(quantize(clipped, layout), 1, layout)
+    bound = sensitivity(
+        spec(c=clip_norm), quantization_term(length, quantization_error_bound(1, layout))
+    )
+    assert global_l2_norm(sent) <= bound
+    # values past the packing clip are clipped to it, which only shrinks them
+    narrow = lane_layout(3 * (quant_bits + 4), 10, 3, value_clip / 3, min_quant_bits=quant_bits)
+    sent_narrow = dequantize_sum(quantize(clipped, narrow), 1, narrow)
+    assert global_l2_norm(sent_narrow) <= sensitivity(
+        spec(c=clip_norm), quantization_term(length, quantization_error_bound(1, narrow))
+    )
+
+
+def test_the_packed_quantization_term_is_reached_by_a_zero_update() -> None:
+    # 0 lies midway between two steps of the offset-binary grid (2^b - 1 levels, odd), so a
+    # zero update is sent as +-step/2 in every value: norm sqrt(d) * step / 2, the term
+    layout = lane_layout(42, 10, 3, 0.1)
+    d = 10_000
+    sent = dequantize_sum(quantize(np.zeros(d), layout), 1, layout)
+    assert global_l2_norm(sent) == pytest.approx(math.sqrt(d) * layout.step / 2, rel=1e-9)
+    assert global_l2_norm(sent) <= quantization_term(d, quantization_error_bound(1, layout))
+
+
+@settings(max_examples=40, deadline=None)
+@given(length=st.integers(1, 2000), clip_norm=st.floats(1e-3, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_secagg_quantized_clipped_update_never_exceeds_the_accounted_sensitivity(
+    length: int, clip_norm: float, seed: int
+) -> None:
+    from flwr.common.secure_aggregation.quantization import dequantize
+    from flwr.common.secure_aggregation.quantization import quantize as sa_quantize
+
+    from fedcore.config import SecAggSpec
+    from secure.secagg import secagg_error_bound
+
+    # SecAgg+ under DP: every site weighs 1 (max_weight 1); the site quantizes its whole
+    # model base + u stochastically to Q levels over [-c, c]; what it adds to the sum,
+    # minus the base, is the update as sent
+    secagg = SecAggSpec(max_weight=1)
+    c, q = secagg.clipping_range, secagg.quantization_range
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(-1.0, 1.0, length)
+    clipped, _ = clip_update(rng.normal(0.0, 1.0, length), clip_norm)
+    saved = np.random.get_state()
+    np.random.seed(seed)  # Flower's stochastic rounding draws from numpy's global state
+    try:
+        (levels,) = sa_quantize([base + clipped], c, q)
+    finally:
+        np.random.set_state(saved)
+    (model,) = dequantize([levels], c, q)
+    sent = model - base
+    bound = sensitivity(
+        spec(c=clip_norm), quantization_term(length, secagg_error_bound(secagg, [1]))
+    )
+    assert global_l2_norm(sent) <= bound
 
 
 # --------------------------------------------------------------------------- settings

@@ -20,6 +20,7 @@ from fedcore.storage import exclusive_lock
 
 if TYPE_CHECKING:
     from fedcore.baselines import BaselineProgress
+    from fedcore.engines.inprocess import ReplyHook
 
 BaselineCallback = Callable[["BaselineProgress"], None]
 
@@ -271,8 +272,12 @@ def run_federation(
     site_paths: Mapping[str, Path],
     on_round: RoundCallback | None,
     kits: RunKits | None = None,
+    reply_hook: ReplyHook | None = None,
 ) -> dict[str, Any]:
-    """Run the federation on the plan's engine; returns the coordinator's ``federation.json``."""
+    """Run the federation on the plan's engine; returns the coordinator's ``federation.json``.
+
+    ``reply_hook`` (inprocess engine only) sees the sites' replies before they leave them.
+    """
     run_config: dict[str, Any] = {
         "scenario": str(plan.scenario_path.resolve()),
         "out-dir": str(plan.out.resolve()),
@@ -298,6 +303,7 @@ def run_federation(
                 make_server_app(observer=on_round),
                 make_client_app(environment_for=environment_for),
                 make_grid=make_grid,
+                reply_hook=reply_hook,
                 run_config=run_config,
                 node_configs={
                     sid: {
@@ -311,6 +317,11 @@ def run_federation(
             raise RunFailed(str(exc)) from None
         result_path = plan.out / "federation.json"
         return dict(json.loads(result_path.read_text()))
+    if reply_hook is not None:
+        raise ValueError(
+            f"a reply hook needs the inprocess engine (it runs the sites in this process), "
+            f"found engine {plan.engine!r}; run with engine inprocess"
+        )
     if plan.engine == "deployment" and plan.scenario.simulator is not None:
         raise RunFailed(
             "the scenario simulates its sites (simulator section): run it on the inprocess "
@@ -506,10 +517,13 @@ def run_scenario(
     on_round: RoundCallback | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_baseline: BaselineCallback | None = None,
+    reply_hook: ReplyHook | None = None,
 ) -> dict[str, Any]:
     """Run a scenario end to end and write ``OUT/summary.json``; returns the summary.
 
     ``on_baseline`` hears each baseline's progress (per site, with the seconds each took).
+    ``reply_hook`` (inprocess engine) sees the sites' replies before they leave them and may
+    replace them: what hostile sites would send (``benchmarks/robustness.py``).
 
     The run holds an exclusive lock on ``OUT/.lock`` from start to end, so a second run into
     the same directory is refused at once instead of writing beside the first.
@@ -531,7 +545,7 @@ def run_scenario(
         inspect_out(plan)
         if plan.fresh:
             clear_run(plan.out)
-        return _run_locked(plan, on_round, on_stage, on_baseline)
+        return _run_locked(plan, on_round, on_stage, on_baseline, reply_hook)
 
 
 def _run_locked(
@@ -539,6 +553,7 @@ def _run_locked(
     on_round: RoundCallback | None,
     on_stage: Callable[[str], None] | None,
     on_baseline: BaselineCallback | None = None,
+    reply_hook: ReplyHook | None = None,
 ) -> dict[str, Any]:
     from coordinator.state import atomic_write_json
 
@@ -559,7 +574,7 @@ def _run_locked(
         kits = provision_run_kits(sc, plan.out)
         if on_stage:
             on_stage(f"federated training on the {plan.engine} engine")
-        result = run_federation(plan, site_paths, on_round, kits)
+        result = run_federation(plan, site_paths, on_round, kits, reply_hook)
     except KeyboardInterrupt:
         record_stop(plan, "interrupted", "interrupted (Ctrl-C / SIGINT)")
         raise

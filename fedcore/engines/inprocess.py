@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -55,6 +55,29 @@ class _Site:
     context: Context
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One instruction a site handled and the reply its ClientApp gave, before the reply leaves.
+
+    Attributes:
+        site_id: The site that handled it.
+        context: The site's ``Context`` (its node config names its kit: ``kit``).
+        instruction: The instruction, as the site received it.
+        reply: The site's reply (an error reply when its ClientApp raised).
+    """
+
+    site_id: str
+    context: Context
+    instruction: Message
+    reply: Message
+
+
+ReplyHook = Callable[[Sequence[Delivery]], Sequence[Message]]
+"""Sees each batch of replies at the sites, before they leave, and returns the replies that
+leave, one per delivery and in the same order (e.g. what hostile sites send instead:
+``benchmarks/attacks.py``). A batch is every reply one ``pull_messages`` call collects."""
+
+
 @dataclass
 class InProcessGrid(Grid):
     """A ``Grid`` whose nodes are ClientApp instances in this process.
@@ -65,12 +88,15 @@ class InProcessGrid(Grid):
             (e.g. ``{"site-config": "/path/site.yaml"}``).
         run_id: The run id stamped on every message.
         run_config: The run config the sites see.
+        reply_hook: Sees every batch of replies before it leaves the sites and may replace
+            replies (default: none, the replies leave as the ClientApp gave them).
     """
 
     client_app: ClientApp
     node_configs: Mapping[str, Mapping[str, Any]]
     run_id: int = 1
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    reply_hook: ReplyHook | None = None
     _sites: dict[int, _Site] = field(init=False, default_factory=dict)
     _pending: dict[str, Message] = field(init=False, default_factory=dict)
     _run: Run = field(init=False)
@@ -125,12 +151,14 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        replies = []
+        delivered: list[tuple[Message, Message]] = []
         for mid in message_ids:
             ins = self._pending.pop(mid, None)
             if ins is not None:
-                replies.append(self._deliver(ins))
-        return replies
+                delivered.append((ins, self._deliver(ins)))
+        if self.reply_hook is None:
+            return [reply for _, reply in delivered]
+        return self._hooked(delivered, self.reply_hook)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -138,6 +166,25 @@ class InProcessGrid(Grid):
         return list(self.pull_messages(list(self.push_messages(messages))))
 
     # ------------------------------------------------------------------ delivery
+
+    def _hooked(self, delivered: list[tuple[Message, Message]], hook: ReplyHook) -> list[Message]:
+        """The replies ``hook`` lets leave (each crosses the wire again)."""
+        batch = [
+            Delivery(
+                self._sites[ins.metadata.dst_node_id].site_id,
+                self._sites[ins.metadata.dst_node_id].context,
+                ins,
+                reply,
+            )
+            for ins, reply in delivered
+        ]
+        out = list(hook(batch))
+        if len(out) != len(batch):
+            raise ValueError(
+                f"the reply hook must return one reply per delivery: expected {len(batch)}, "
+                f"found {len(out)}"
+            )
+        return [wire_copy(reply) for reply in out]
 
     def _deliver(self, ins: Message) -> Message:
         site = self._sites[ins.metadata.dst_node_id]
@@ -167,6 +214,7 @@ def run_inprocess(
     node_configs: Mapping[str, Mapping[str, Any]],
     run_id: int = 1,
     make_grid: Callable[..., InProcessGrid] | None = None,
+    reply_hook: ReplyHook | None = None,
 ) -> None:
     """Run a ServerApp against in-process sites until its main returns.
 
@@ -178,12 +226,17 @@ def run_inprocess(
         run_id: Run id stamped on messages.
         make_grid: Builds the grid from the keyword arguments of :class:`InProcessGrid`
             (default: :class:`InProcessGrid` itself), e.g. a simulated consortium's grid.
+        reply_hook: Sees each batch of site replies before it leaves (see :data:`ReplyHook`).
     """
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
     grid = (make_grid or InProcessGrid)(
-        client_app=client_app, node_configs=node_configs, run_id=run_id, run_config=run_config
+        client_app=client_app,
+        node_configs=node_configs,
+        run_id=run_id,
+        run_config=run_config,
+        reply_hook=reply_hook,
     )
     ctx = Context(
         run_id=run_id,

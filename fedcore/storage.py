@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by the coordinator and the sites (unique temporary file, fsync, rename), and an exclusive lock on a folder."""
+"""Crash-safe file writes shared by the coordinator and the sites (unique temporary file, fsync, rename, owner-only modes), and an exclusive lock on a folder."""
 
 from __future__ import annotations
 
@@ -15,6 +15,37 @@ import numpy as np
 from safetensors.numpy import load, load_file, save, save_file
 
 _TEMP_TRIES = 100
+
+PRIVATE_FILE = 0o600
+"""Mode of every file the atomic writers make unless told otherwise: owner only."""
+PRIVATE_DIR = 0o700
+"""Mode of every folder the atomic writers make: owner only."""
+
+
+def private_dir(path: Path) -> Path:
+    """Make folder ``path`` and its missing parents with mode :data:`PRIVATE_DIR`.
+
+    Folders that exist already keep their mode (the caller's working directory, a shared
+    ``runs/``); only the ones made here are private.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+        else:
+            os.chmod(folder, PRIVATE_DIR)  # whatever the umask
+    return path
 
 
 class LockHeld(RuntimeError):
@@ -52,8 +83,8 @@ def exclusive_lock(path: Path) -> Iterator[Path]:
     Raises:
         LockHeld: another process (or another open of the same file) holds the lock.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,7 +108,7 @@ def _read_pid(fd: int) -> int | None:
 
 
 @contextmanager
-def atomic_path(path: Path, *, mode: int | None = None) -> Iterator[Path]:
+def atomic_path(path: Path, *, mode: int | None = PRIVATE_FILE) -> Iterator[Path]:
     """A fresh temporary path beside ``path``, moved onto ``path`` once the block succeeds.
 
     For writers that want a file name (safetensors' ``save_file``, ``torch.save``, pydicom's
@@ -88,19 +119,24 @@ def atomic_path(path: Path, *, mode: int | None = None) -> Iterator[Path]:
     name, so two writers of the same path never write into each other's file.
 
     Args:
-        path: The file to write; its parent folders are made.
-        mode: Permissions the file gets before any byte is written (e.g. ``0o600``); ``None``
-            (default) gives what a newly created file gets: 0666 less the umask.
+        path: The file to write; its missing parent folders are made with mode
+            :data:`PRIVATE_DIR`.
+        mode: Permissions the file gets, set before any byte is written and again before
+            the rename (a writer may have replaced the temporary file): default
+            :data:`PRIVATE_FILE` (0600, owner only); ``None`` gives what a newly created
+            file gets: 0666 less the umask (for files meant to be shared).
 
     Yields:
         The temporary path, an empty file that the writer may open or replace.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = _create_temp(path, 0o600 if mode is not None else 0o666)
     try:
         if mode is not None:
             os.chmod(tmp, mode)
         yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -109,7 +145,7 @@ def atomic_path(path: Path, *, mode: int | None = None) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = PRIVATE_FILE) -> None:
     """Write ``data`` to ``path`` so readers see either the old or the new file, never half.
 
     The file gets permissions ``mode`` (default 0600, owner only) before any byte is written.
@@ -119,7 +155,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def atomic_write_text(
-    path: Path, text: str, *, encoding: str = "utf-8", mode: int | None = None
+    path: Path, text: str, *, encoding: str = "utf-8", mode: int | None = PRIVATE_FILE
 ) -> None:
     """Write ``text`` to ``path`` atomically, as :func:`atomic_path` does.
 
@@ -127,7 +163,8 @@ def atomic_write_text(
         path: The file to write; its parent folders are made.
         text: The whole content.
         encoding: Text encoding (default UTF-8).
-        mode: Permissions of the file; ``None`` (default) gives 0666 less the umask.
+        mode: Permissions of the file: default 0600 (owner only); ``None`` gives 0666 less
+            the umask.
     """
     with atomic_path(path, mode=mode) as tmp:
         tmp.write_text(text, encoding=encoding)

@@ -16,7 +16,7 @@ import torch
 
 from fedcore.config import DicomData, PacsData, SiteConfig, SyntheticCtData, TaskSpec
 from fedcore.models.nodule_net import PatchSet
-from fedcore.storage import atomic_path, atomic_write_text
+from fedcore.storage import atomic_path, atomic_write_text, private_dir
 
 if TYPE_CHECKING:
     from fedcore.data.deid import Deidentifier
@@ -139,9 +139,10 @@ def _raw_series(cfg: SiteConfig) -> tuple[Path, Path]:
             from fedcore.data.pacs import pull
 
             _fresh(out)
+            private_dir(out)
             files = pull(data.pacs, out)
             log.info("site %s: pulled %d file(s) from %s", cfg.id, len(files), data.pacs.describe())
-            _done(out).write_text(f"{len(files)}\n")
+            atomic_write_text(_done(out), f"{len(files)}\n")
         return out, data.candidates
     if isinstance(data, SyntheticCtData):
         from fedcore.data.synthetic_ct import generate_site, scanner_profile
@@ -151,6 +152,7 @@ def _raw_series(cfg: SiteConfig) -> tuple[Path, Path]:
         if not _done(out).is_file():
             log.info("site %s: writing %d synthetic CT series to %s", cfg.id, data.scans, out)
             _fresh(out)
+            private_dir(out)
             generate_site(
                 out,
                 scans=data.scans,
@@ -159,7 +161,7 @@ def _raw_series(cfg: SiteConfig) -> tuple[Path, Path]:
                 hospital=cfg.id,
                 nodule_prob=data.nodule_prob,
             )
-            _done(out).write_text("ok\n")
+            atomic_write_text(_done(out), "ok\n")
         return out, out / "candidates.csv"
     raise ImagingDataError(f"site {cfg.id}: data kind {data.kind} is not imaging data")
 
@@ -174,6 +176,7 @@ def _deidentified(cfg: SiteConfig, raw: Path) -> tuple[Path, Deidentifier]:
     if not _done(out).is_file():
         source = raw.parent if raw.is_file() else raw  # a DICOMDIR: its folder
         _fresh(out)
+        private_dir(out)
         reports = deid.tree(source, out, jobs=default_jobs())
         report = out.with_name(out.name + ".deid-report.json")
         write_report(reports, report)
@@ -190,7 +193,7 @@ def _deidentified(cfg: SiteConfig, raw: Path) -> tuple[Path, Deidentifier]:
             )
         if len(failed) > len(images):
             log.info("site %s: %d non-DICOM file(s) not copied", cfg.id, len(failed) - len(images))
-        _done(out).write_text(f"{len(reports)}\n")
+        atomic_write_text(_done(out), f"{len(reports)}\n")
     return out, deid
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fedcore.data.graph import FraudGraph
+from fedcore.storage import atomic_path, private_dir
 
 if TYPE_CHECKING:
     from fedcore.export.layered import ScoringBatch
@@ -91,10 +92,12 @@ def export_onnx(
     )
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     layered = LayeredGNN.from_model(copy.deepcopy(model).cpu().eval())
     try:
-        onnx.save(layered_onnx(layered, opset=opset), str(out))
+        proto = layered_onnx(layered, opset=opset)
+        with atomic_path(out) as tmp:  # owner-only, whole or not at all
+            onnx.save(proto, str(tmp))
         log.debug("exported %s to %s as a layer-wise ONNX graph", type(model).__name__, out)
         return out
     except ExportError:
@@ -105,7 +108,8 @@ def export_onnx(
     layers = len(layered.layers)
     batch = graph if isinstance(graph, ScoringBatch) else scoring_batch(graph, layers)
     try:
-        _torchscript_export(layered, batch.tensors(), list(input_names(layers)), out, opset)
+        with atomic_path(out) as tmp:
+            _torchscript_export(layered, batch.tensors(), list(input_names(layers)), tmp, opset)
     except Exception as exc:  # reported with the first failure
         raise ExportError(
             f"could not export {type(model).__name__} to ONNX opset {opset}: {first}; "

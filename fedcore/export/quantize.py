@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fedcore.export.onnx_export import ExportError
+from fedcore.storage import atomic_path, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,16 @@ def quantize_dynamic_int8(onnx_path: Path | str, out_path: Path | str) -> Quanti
     src, out = Path(onnx_path), Path(out_path)
     if not src.is_file():
         raise ExportError(f"FP32 ONNX model {src} not found; export it first with export_onnx")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as written:
             named = Path(tmp) / "fp32.onnx"
             shutil.copyfile(src, named)
             small = _small_matmuls(named)
             with quiet_preprocessing_hint():
-                quantize_dynamic(named, out, weight_type=QuantType.QInt8, nodes_to_exclude=small)
+                quantize_dynamic(
+                    named, written, weight_type=QuantType.QInt8, nodes_to_exclude=small
+                )
     except Exception as exc:
         raise ExportError(
             f"ONNX Runtime dynamic INT8 quantization of {src} failed: {type(exc).__name__}: {exc} "
@@ -170,7 +173,8 @@ def compact_onnx(path: Path | str) -> None:
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
     graph.doc_string = ""
-    onnx.save(proto, str(path))
+    with atomic_path(Path(path)) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _short_names(taken: set[str]) -> Iterator[str]:
@@ -262,12 +266,12 @@ def quantize_static_int8(
         def rewind(self) -> None:
             feeds.rewind()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     try:
-        with quiet_preprocessing_hint():
+        with quiet_preprocessing_hint(), atomic_path(out) as written:
             quantize_static(
                 src,
-                out,
+                written,
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8,

@@ -252,9 +252,10 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
 
 
 def write_scores(scores: Scores, out: Path, threshold: float = 0.5) -> None:
-    """Write ``tx_id,score,flagged`` rows (flagged: score >= threshold)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as fh:
+    """Write ``tx_id,score,flagged`` rows (flagged: score >= threshold), readable by the owner only."""
+    from fedcore.storage import atomic_path
+
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["tx_id", "score", "flagged"])
         for tid, s in zip(scores.tx_id, scores.score, strict=True):

@@ -42,6 +42,7 @@ from fedcore.export.quantize import (
     torch_dynamic_int8,
 )
 from fedcore.metrics import METRIC_KEYS, binary_metrics
+from fedcore.storage import atomic_path, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def export_for_site(
             "set task.test_fraction > 0"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     fp32_model = copy.deepcopy(model).cpu().eval()
     ref_logits = _torch_logits(fp32_model, graph)
     fp32_metric = _score(ref_logits[test], labels, metric, task.threshold)
@@ -239,7 +240,8 @@ def export_for_site(
         log.warning("%s; falling back to PyTorch dynamic INT8", reason)
         for stale in (FP32_ONNX, INT8_ONNX):
             (out / stale).unlink(missing_ok=True)
-        torch.save(fp32_model.state_dict(), out / FP32_TORCH)
+        with atomic_path(out / FP32_TORCH) as tmp:
+            torch.save(fp32_model.state_dict(), tmp)
         quantized = torch_dynamic_int8(fp32_model).module
         assert quantized is not None
         int8_logits = _torch_logits(quantized, graph)
@@ -251,7 +253,8 @@ def export_for_site(
             (out / INT8_TORCH).unlink(missing_ok=True)
             served, served_model, path_taken = FP32_TORCH, fp32_model, "fp32-kept"
         else:
-            torch.save(quantized.state_dict(), out / INT8_TORCH)
+            with atomic_path(out / INT8_TORCH) as tmp:
+                torch.save(quantized.state_dict(), tmp)
             served, served_model, path_taken = INT8_TORCH, quantized, "torch-dynamic"
         latency = _latency_ms(lambda: _torch_logits(served_model, graph), latency_runs)
         return _manifest(

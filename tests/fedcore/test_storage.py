@@ -104,14 +104,27 @@ def test_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "ro").stat().st_mode) == 0o400
     umask = os.umask(0o022)
     try:
-        atomic_write_text(tmp_path / "plain", "p")
+        atomic_write_text(tmp_path / "new" / "deeper" / "plain", "p")
         with atomic_path(tmp_path / "named") as tmp:
+            tmp.unlink()  # a writer that makes the file itself (torch.save, onnx.save)
             tmp.write_text("n")
+        atomic_write_text(tmp_path / "shared", "s", mode=None)
+        save_arrays(tmp_path / "arrays.safetensors", {"w": np.arange(2.0)})
     finally:
         os.umask(umask)
-    # as a file opened with open(..., "w") would get: 0666 less the umask
-    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "named").stat().st_mode) == 0o644
+    # private by default, whatever the umask: files 0600, the folders made for them 0700
+    assert stat.S_IMODE((tmp_path / "new" / "deeper" / "plain").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "named").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "arrays.safetensors").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new" / "deeper").stat().st_mode) == 0o700
+    # mode=None: as a file opened with open(..., "w") would get: 0666 less the umask
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o644
+    shared = tmp_path / "existing"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    atomic_write_bytes(shared / "f", b"f")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # a folder made before keeps its mode
 
 
 def test_writer_may_replace_the_temporary_file(tmp_path: Path) -> None:

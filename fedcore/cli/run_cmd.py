@@ -301,6 +301,17 @@ def run(
             highlight=False,
         )
         raise typer.Exit(EXIT_CONFIG) from None
+    from fedcore.cli.validate_cmd import scenario_data_lines
+
+    bad_data = scenario_data_lines(sc)  # once, before training: never once per round
+    if bad_data:
+        err.print(
+            f"[bold red]invalid site data[/] {escape(str(scenario))}\n"
+            + escape("\n".join(bad_data))
+            + "\nnothing was run: fix the data, or remove the site from the scenario's sites",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_CONFIG)
     eng = engine or sc.engine.name
     if eng not in ("inprocess", "deployment"):
         err.print(
@@ -310,6 +321,12 @@ def run(
         raise typer.Exit(EXIT_CONFIG)
     n_rounds = rounds if rounds is not None else sc.rounds
     out_dir = out or default_out_dir(sc)
+    if out is None and out_dir.resolve().parent != Path("runs").resolve():
+        err.print(  # the name's pattern keeps it there; this states the promise
+            escape(f"the default run directory {out_dir} would lie outside runs/; use --out"),
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_CONFIG)
     plan = RunPlan(scenario, sc, out_dir, eng, n_rounds, fresh=force)
     try:  # before anything is written: another scenario's run in OUT is refused here
         prior = inspect_out(plan)

@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcore.cli.common import command_console, load_checked_scenario
-from fedcore.config import ConfigError, DataSource, is_site_file, load_site_config, read_yaml
+from fedcore.config import (
+    ConfigError,
+    DataSource,
+    Scenario,
+    is_site_file,
+    load_site_config,
+    read_yaml,
+)
 
 EXIT_CONFIG = 2
 
@@ -44,23 +51,43 @@ def _fail(console: Console, what: str, exc: ConfigError, note: str = "") -> NoRe
     raise typer.Exit(EXIT_CONFIG)
 
 
-def _data_problems(
-    console: Console, path: Path, sites: list[tuple[str, DataSource, list[str] | None]]
-) -> None:
-    """Read every site's data files as a run would; print each site's problems and exit 2 if any."""
+def data_problem_lines(
+    sites: list[tuple[str, DataSource, list[str] | None]], test_fraction: float | None = None
+) -> list[str]:
+    """Read every site's data files as a run would: a heading and each bad site's problems.
+
+    Returns:
+        ``[]`` when every site's data can be read; else the lines to print (each problem
+        names its file, line and column).
+    """
     from fedcore.data.checks import site_data_problems
 
     bad = [
         (label, problems)
         for label, src, feats in sites
-        if (problems := site_data_problems(src, feats))
+        if (problems := site_data_problems(src, feats, test_fraction))
     ]
     if not bad:
-        return
-    lines = [f"{len(bad)} of {len(sites)} site(s) have data a run cannot read:"]
+        return []
+    lines = [f"{len(bad)} of {len(sites)} site(s) have data a run cannot use:"]
     for label, problems in bad:
         lines.append(f"  {label}:")
         lines.extend(f"    {p}" for p in problems)
+    return lines
+
+
+def scenario_data_lines(s: Scenario) -> list[str]:
+    """:func:`data_problem_lines` for every site of scenario ``s`` (its task's features and split)."""
+    return data_problem_lines(
+        [(f"site {x.id!r} (data kind {x.data.kind})", x.data, s.task.features) for x in s.sites],
+        s.task.test_fraction,
+    )
+
+
+def _data_problems(console: Console, path: Path, lines: list[str]) -> None:
+    """Print the data problems and exit 2, if there are any."""
+    if not lines:
+        return
     console.print(
         f"[bold red]invalid site data[/] {escape(str(path))}\n" + escape("\n".join(lines)),
         highlight=False,
@@ -73,11 +100,7 @@ def _validate_scenario(path: Path, console: Console) -> None:
         s = load_checked_scenario(path)
     except ConfigError as exc:
         _fail(console, "invalid scenario", exc)
-    _data_problems(
-        console,
-        path,
-        [(f"site {x.id!r} (data kind {x.data.kind})", x.data, s.task.features) for x in s.sites],
-    )
+    _data_problems(console, path, scenario_data_lines(s))
     command_console().print(
         f"[green]ok[/] {escape(str(path))}: scenario {escape(repr(s.name))}, {len(s.sites)} sites "
         f"({', '.join(x.id for x in s.sites)}), {s.rounds} rounds, privacy {s.privacy.mode}, "
@@ -98,9 +121,8 @@ def _validate_site_file(path: Path, console: Console) -> None:
     except ConfigError as exc:
         note = "this is a site file (what `fed-client start --site` reads), checked as one; "
         _fail(console, "invalid site file", exc, note)
-    _data_problems(
-        console, path, [(f"site {cfg.id!r} (data kind {cfg.data.kind})", cfg.data, None)]
-    )
+    label = f"site {cfg.id!r} (data kind {cfg.data.kind})"
+    _data_problems(console, path, data_problem_lines([(label, cfg.data, None)]))
     command_console().print(
         f"[green]ok[/] {escape(str(path))}: site file of {escape(repr(cfg.id))} ({cfg.kind}), "
         f"data {cfg.data.kind}, device {escape(cfg.device)}, state directory "

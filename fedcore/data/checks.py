@@ -6,7 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedcore.config import CsvData, DataSource, DicomData, PacsData
+import numpy as np
+
+from fedcore.config import CsvData, DataSource, DicomData, PacsData, TaskSpec
+from fedcore.data.transactions import DataError, Transactions
 
 
 def _readable(path: Path) -> str | None:
@@ -42,30 +45,93 @@ def _candidates_problem(path: Path) -> str | None:
     return None
 
 
-def site_data_problems(data: DataSource, features: Sequence[str] | None = None) -> list[str]:
+def train_rows(timestamp: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Boolean mask of the training rows: all but the latest ``test_fraction`` by time.
+
+    The split of :func:`fedcore.data.graph.time_split` (rows tied with the first test row
+    go to test), without importing the graph code; ``timestamp`` is sorted ascending.
+    """
+    n = len(timestamp)
+    train = np.zeros(n, dtype=bool)
+    if n == 0:
+        return train
+    cut = max(n - max(1, int(round(n * test_fraction))), 0)
+    while 0 < cut < n and timestamp[cut - 1] == timestamp[cut]:
+        cut -= 1
+    train[:cut] = True
+    return train
+
+
+def label_problem(tx: Transactions, test_fraction: float, path: Path | str) -> str | None:
+    """Why a site cannot train on ``tx``: its training rows lack fraud or legitimate examples.
+
+    Args:
+        tx: The site's transactions, sorted by time.
+        test_fraction: ``task.test_fraction``: the latest share held out for testing.
+        path: The data file, for the message.
+
+    Returns:
+        The message, or ``None`` when the training rows hold both labels.
+    """
+    labels = tx.label[train_rows(tx.timestamp, test_fraction)]
+    if len(labels) == 0:
+        return (
+            f"{path}: no training transactions: all {len(tx)} fall in the latest "
+            f"{test_fraction:.0%} held out for testing; add earlier transactions"
+        )
+    classes = sorted({int(v) for v in np.unique(labels)})
+    if classes == [0, 1]:
+        return None
+    one = classes[0]
+    kind = "fraud" if one == 1 else "legitimate"
+    return (
+        f"{path}, column label: all {len(labels)} training transactions (the earliest "
+        f"{1 - test_fraction:.0%} by time) are labelled {one} ({kind}); a site needs both fraud "
+        "(1) and legitimate (0) examples to train, so it cannot take part: fix the label "
+        "column, or remove the site from the scenario"
+    )
+
+
+def _listed(exc: DataError) -> list[str]:
+    """The problems of a :class:`DataError`, and a last line counting those not listed."""
+    more = exc.total - len(exc.problems)
+    tail = [f"... and {more} more problem(s) in this file"] if more > 0 else []
+    return [*exc.problems, *tail]
+
+
+def site_data_problems(
+    data: DataSource, features: Sequence[str] | None = None, test_fraction: float | None = None
+) -> list[str]:
     """What keeps a run from reading this data source, one message per problem (``[]``: none).
 
     A CSV is read in full by :func:`fedcore.data.csv_loader.load_transactions_csv`, the
-    loader of a run, so its message names the file, the line and the column, what was
-    expected and found, and how to fix it; the loader stops at the first problem. DICOM
-    sources get a cheap check (the folder or DICOMDIR is readable and not empty) and their
-    candidates CSV is read in full. Generated and synthetic data need no files.
+    loader of a run: each message names the file, the line and the column, what was
+    expected and found, and how to fix it (the first
+    :data:`~fedcore.data.csv_loader.MAX_PROBLEMS`, then a count). A CSV that loads must also
+    hold both labels among its training rows (:func:`label_problem`). DICOM sources get a
+    cheap check (the folder or DICOMDIR is readable and not empty) and their candidates CSV
+    is read in full. Generated and synthetic data need no files.
 
     Args:
         data: The site's data source (paths already resolved).
         features: The task's extra features to read from a CSV; ``None``: every feature
             mapped in ``data.columns.features`` (a site file does not name the task).
+        test_fraction: ``task.test_fraction``; ``None``: the default of :class:`TaskSpec`.
     """
     problems: list[str] = []
     if isinstance(data, CsvData):
         from fedcore.data.csv_loader import load_transactions_csv
-        from fedcore.data.transactions import DataError
 
         names = list(data.columns.features) if features is None else list(features)
+        fraction = TaskSpec().test_fraction if test_fraction is None else test_fraction
         try:
-            load_transactions_csv(data, names)
+            tx = load_transactions_csv(data, names)
         except DataError as exc:
-            problems.append(str(exc))
+            problems.extend(_listed(exc))
+        else:
+            why = label_problem(tx, fraction, data.path)
+            if why is not None:
+                problems.append(why)
     if isinstance(data, DicomData):
         why = _readable(Path(data.path))
         if why is not None:

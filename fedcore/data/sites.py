@@ -11,10 +11,11 @@ import torch
 from torch_geometric.data import Data
 
 from fedcore.config import CsvData, GeneratedData, SiteConfig, TaskSpec
+from fedcore.data.checks import label_problem
 from fedcore.data.csv_loader import load_transactions_csv
 from fedcore.data.generator import generate_transactions
 from fedcore.data.graph import FraudGraph, build_graph
-from fedcore.data.transactions import Transactions
+from fedcore.data.transactions import DataError, Transactions
 from fedcore.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,17 @@ def load_site_transactions(cfg: SiteConfig, task: TaskSpec) -> Transactions:
     """The site's transactions: generated from its spec and seed, or read from its CSV.
 
     Raises:
-        DataError: for an unusable CSV (message names file, line, column and value).
+        DataError: for an unusable CSV (message names file, line, column and value), or
+            one whose training rows are all fraud or all legitimate.
     """
     if isinstance(cfg.data, GeneratedData):
         return generate_transactions(cfg.data, data_seed(cfg))
     if isinstance(cfg.data, CsvData):
-        return load_transactions_csv(cfg.data, task.features)
+        tx = load_transactions_csv(cfg.data, task.features)
+        why = label_problem(tx, task.test_fraction, cfg.data.path)
+        if why is not None:
+            raise DataError(why)
+        return tx
     raise ValueError(
         f"site {cfg.id}: data kind {cfg.data.kind} holds CT images, not transactions; "
         "use it with task model nodule-net"

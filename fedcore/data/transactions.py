@@ -11,7 +11,18 @@ TEXT_COLUMNS = ("tx_id", "payer", "payee", "merchant", "device")
 
 
 class DataError(Exception):
-    """Bad site data; the message names file, row (1-based line), column, found value and how to fix it."""
+    """Bad site data; the message names file, row (1-based line), column, found value and how to fix it.
+
+    Attributes:
+        problems: One message per problem found (at most the first few of them), each
+            naming the file, line and column; ``[str(self)]`` when built from one message.
+        total: How many problems were found in all (``>= len(problems)``).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None, total: int = 0) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
+        self.total = max(total, len(self.problems))
 
 
 @dataclass(frozen=True)

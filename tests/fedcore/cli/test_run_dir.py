@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -182,7 +184,7 @@ def test_interrupt_via_cli_says_where_it_stopped(
     assert "interrupted after round 0 of 2" in msg and "status interrupted" in msg
 
 
-def test_site_whose_data_cannot_load_is_reported_once(
+def test_site_whose_data_cannot_load_is_refused_once_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tx = generate_transactions(GeneratedData(transactions=300, fraud_rate=0.05), seed=11)
@@ -195,17 +197,29 @@ def test_site_whose_data_cannot_load_is_reported_once(
     (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
     cols = json.dumps(mapping.model_dump(exclude_none=True))
     site = f"  - {{id: bank-c, data: {{kind: csv, path: c.csv, columns: {cols}}}}}\n"
-    path = scenario(tmp_path)  # a third site, and an INT8 export per site (so a failed one)
-    text = path.read_text().replace("task:", site + "task:", 1)
-    path.write_text(text.replace("export: {int8: false}\n", ""))
+    path = scenario(tmp_path)
+    path.write_text(path.read_text().replace("task:", site + "task:", 1))
     res = cli(monkeypatch, "run", str(path), "--out", str(tmp_path / "out"))
-    assert res.exit_code == 0, res.output
-    out = res.stdout
-    flat = " ".join(out.split())
-    assert "site bank-c left out of every round:" in flat and "cannot read amount 'abc'" in flat
-    assert flat.count("site bank-c left out of every round") == 1
-    assert "same reason as before" in flat  # round 2 does not repeat it
-    # the export table keeps its columns: the failure is not squeezed into "path"
-    export_rows = [ln for ln in out.splitlines() if ln.startswith("│ bank-c")]
-    assert export_rows and all("abc" not in ln for ln in export_rows)
-    assert "repeated warning(s) not shown" in res.stderr
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.stderr.split())
+    where = f"{tmp_path / 'c.csv'}, line 4, column 'amount': cannot read amount 'abc'"
+    assert flat.count(where) == 1  # said once, before any round
+    assert "site 'bank-c' (data kind csv)" in flat and "nothing was run" in flat
+    assert "round" not in res.stdout and not (tmp_path / "out").exists()
+
+
+def test_site_whose_training_labels_are_all_fraud_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tx = generate_transactions(GeneratedData(transactions=300, fraud_rate=0.05), seed=11)
+    tx = dataclasses.replace(tx, label=np.ones(len(tx), dtype=np.int64))
+    mapping = write_transactions_csv(tx, tmp_path / "c.csv")
+    cols = json.dumps(mapping.model_dump(exclude_none=True))
+    site = f"  - {{id: bank-c, data: {{kind: csv, path: c.csv, columns: {cols}}}}}\n"
+    path = scenario(tmp_path)
+    path.write_text(path.read_text().replace("task:", site + "task:", 1))
+    res = cli(monkeypatch, "run", str(path), "--out", str(tmp_path / "out"))
+    assert res.exit_code == 2, res.output
+    flat = " ".join(res.stderr.split())
+    assert "training transactions" in flat and "are labelled 1 (fraud)" in flat
+    assert "site 'bank-c'" in flat and "round" not in res.stdout

@@ -124,7 +124,7 @@ def test_missing_header_columns_listed(tmp_path: Path) -> None:
 def test_wrong_delimiter_hint(tmp_path: Path) -> None:
     path = tmp_path / "comma.csv"
     path.write_text(HEADER.replace(";", ",") + "\n")
-    with pytest.raises(DataError, match="delimiter is ';'"):
+    with pytest.raises(DataError, match="looks delimited by ',', not ';': set data.delimiter: ','"):
         load_transactions_csv(CsvData(path=path, columns=MAPPING, delimiter=";"), FEATURES)
 
 

@@ -144,22 +144,174 @@ def validation_message(
     return f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(lines)
 
 
+MAX_YAML_BYTES = 1_048_576
+"""Largest scenario or site file read (1 MiB); real ones are a few KiB."""
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of mappings and lists in a scenario or site file (real ones: about 5)."""
+MAX_YAML_NODES = 100_000
+"""Most values a file may hold once every alias is expanded (guards against alias bombs)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys and nesting deeper than :data:`MAX_YAML_DEPTH`.
+
+    The depth is counted while the document is composed, before any deep recursion, so a
+    file nested thousands of levels deep gets a message, not a ``RecursionError``.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep (mappings and lists); "
+                    "a scenario needs about 5",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:  # e.g. 2024-02-30, an int of 5000 digits
+            text = str(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+            shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {shown!r}: {exc}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges, and keys written here override it on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable: the safe loader reports it below
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    f"while reading the mapping at line {node.start_mark.line + 1}",
+                    node.start_mark,
+                    f"key {key!r} appears twice (first at line {first.start_mark.line + 1}); "
+                    "keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` holds with every alias expanded (a shared node counts each time)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
+
+
+def _where(text: str, index: int) -> str:
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """The file's text: UTF-8 (a BOM is allowed) without control characters other than tab and newline."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            path,
+            f"not UTF-8 text: byte {raw[exc.start : exc.start + 1]!r} at line {line}, column "
+            f"{column}; expected a YAML text file saved as UTF-8",
+        ) from None
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise ConfigError(
+            path,
+            f"control character {bad.group()!r} at {_where(text, bad.start())}; expected plain "
+            "text (tabs and line breaks only): remove it, or quote it as an escape such as "
+            '"\\u0007" if it is meant',
+        )
+    return text
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+
+
+def parse_yaml_text(path: Path, text: str) -> Any:
+    """Parse one YAML document strictly: safe tags only, no duplicate keys, bounded depth and size.
+
+    Raises:
+        ConfigError: naming the file, the line and column, and the problem.
+    """
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                path,
+                f"its aliases (*name) expand to {size} values, more than the {MAX_YAML_NODES} "
+                "allowed; write the values out, or reuse fewer anchors",
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, f"invalid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # e.g. a date such as 2024-02-30, or an integer of thousands of digits
+        raise ConfigError(path, f"invalid YAML: cannot read a value: {exc}") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> Any:
+    """Read a scenario or site file: a YAML mapping, checked by :func:`parse_yaml_text`.
+
+    The file must be at most :data:`MAX_YAML_BYTES`, UTF-8 (a BOM is allowed) and free of
+    control characters other than tab and line breaks.
+
+    Raises:
+        ConfigError: naming the file and what is wrong (line and column where it has them).
+    """
     if not path.exists():
         raise ConfigError(path, "file not found")
     if path.is_dir():
         raise ConfigError(path, "is a directory, expected a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, f"invalid YAML{where}: {problem}") from exc
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(
+            path,
+            f"larger than {MAX_YAML_BYTES} bytes; a scenario or site file is a few KiB: "
+            "is this the right file?",
+        )
+    data = parse_yaml_text(path, _decode(path, raw))
     if not isinstance(data, dict):
         raise ConfigError(path, f"expected a mapping at the top level, found {type(data).__name__}")
     return data

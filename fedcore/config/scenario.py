@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,9 @@ from fedcore.config.data import IMAGING_DATA, CsvData, DataSource, SiteSpec
 from fedcore.config.privacy import PrivacySpec
 from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
 from fedcore.config.task import TaskSpec, TrainingSpec
+
+SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A scenario name: one safe path component (it names the default run directory)."""
 
 
 class EngineSpec(_Model):
@@ -81,6 +85,17 @@ class Scenario(_Model):
     )
     baselines: BaselineSpec = BaselineSpec()
     aggregation: AggregationSpec = AggregationSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not SCENARIO_NAME.fullmatch(name):
+            raise ValueError(
+                "name must be 1 to 64 characters: letters, digits, '.', '_' and '-', starting "
+                "with a letter or digit (it names the run directory runs/NAME-TIME); "
+                "no '/', spaces or other characters"
+            )
+        return name
 
     @field_validator("sites")
     @classmethod

@@ -57,8 +57,24 @@ def start(
         ),
     ] = Path("fedcore-state"),
     listen: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT of the SuperLink (all its APIs).")
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT the sites connect to: the SuperLink's Fleet API only. Its Control "
+            "API (submit runs, register nodes; no authentication of its own) is served on "
+            "127.0.0.1 only, see --control-port.",
+        ),
     ] = "127.0.0.1:9092",
+    control_port: Annotated[
+        int | None,
+        typer.Option(
+            "--control-port",
+            min=1,
+            max=65535,
+            help="Port of the SuperLink's Control API on 127.0.0.1 (this machine only; "
+            "`FLWR_HOME=STATE/flwr-home flwr ls fedcore` finds it). Default: a free port.",
+        ),
+    ] = None,
     kit: Annotated[
         Path | None,
         typer.Option(
@@ -174,6 +190,7 @@ def start(
         exit_when_done=exit_when_done,
         site_timeout=site_timeout,
         metrics_listen=metrics_address,
+        control_port=control_port,
     )
     try:
         serve_coordinator(

@@ -184,6 +184,30 @@ class SiteConfig(_Model):
     state_dir: Path | None = Field(
         None, description="where the site keeps its cache and models (relative: to this file)"
     )
+    approved_apps: list[str] | None = Field(
+        None,
+        description="sha256 of the Flower app bundles this site runs; unset: the bundle of "
+        "the site's own installed fedcore",
+    )
+
+    @field_validator("approved_apps")
+    @classmethod
+    def _approved_apps(cls, hashes: list[str] | None) -> list[str] | None:
+        if hashes is None:
+            return None
+        if not hashes:
+            raise ValueError(
+                "an empty list approves no app bundle, so the site would refuse every run; "
+                "list the sha256 of each approved bundle, or leave approved_apps out to run "
+                "the bundle of this site's own fedcore"
+            )
+        bad = [h for h in hashes if len(h) != 64 or h.strip("0123456789abcdefABCDEF")]
+        if bad:
+            raise ValueError(
+                f"expected sha256 digests (64 hex digits, as a refused run's message at the site "
+                f"shows them), found {', '.join(repr(h) for h in bad)}"
+            )
+        return [h.lower() for h in hashes]
 
     @classmethod
     def from_scenario(

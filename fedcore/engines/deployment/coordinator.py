@@ -16,6 +16,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from fedcore.engines.deployment.errors import (
 )
 from fedcore.engines.deployment.flower_cli import (
     APP_DIR,
+    APP_FILES,
     CONNECTION_NAME,
     ControlApi,
     config_args,
@@ -47,6 +49,8 @@ from fedcore.engines.deployment.metrics import CoordinatorMetrics
 from fedcore.engines.deployment.network import (
     check_transport,
     format_address,
+    free_port,
+    is_loopback_host,
     is_wildcard_host,
     local_host,
     port_is_free,
@@ -63,7 +67,7 @@ from fedcore.engines.deployment.signals import deferred_signals, sigterm_as_inte
 from fedcore.engines.deployment.status import StatusBoard
 from fedcore.pki import node_key_fingerprint
 
-__all__ = ["READY_MARK", "CoordinatorOptions", "serve_coordinator"]
+__all__ = ["CONTROL_HOST", "READY_MARK", "CoordinatorOptions", "serve_coordinator"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +87,13 @@ class CoordinatorOptions:
             registered again at each start.
         out_dir: Where the ServerApp writes results (``rounds.jsonl``, ``federation.json``).
         log_dir: Where ``superlink.log`` and ``flwr-run.log`` go.
-        host: Address to listen on.
-        port: Port of the SuperLink (Fleet, Control and Runtime APIs share it).
+        host: Address sites reach: the SuperLink serves its Fleet API (and ``/health``)
+            there, and nothing else.
+        port: Port of the Fleet API.
+        control_port: Port of the SuperLink's every API (Control, Runtime, Fleet) on
+            :data:`CONTROL_HOST`, for this machine only (the coordinator's Control API
+            client, ``flwr run``, Flower's ServerApp); ``None`` picks a free one. The port
+            is written to ``STATE/flwr-home/config.toml`` for ``flwr ls``.
         security: TLS certificates and the members' node keys; required unless ``insecure``.
         insecure: No TLS and no node authentication; accepted on a loopback address only
             (see :func:`check_transport`), and only when asked for explicitly.
@@ -115,7 +124,15 @@ class CoordinatorOptions:
     site_timeout: float = 600.0
     startup_timeout: float = 120.0
     metrics_listen: tuple[str, int] | None = None
+    control_port: int | None = None
 
+
+#: The loopback host of the SuperLink's Control API: Flower's Control API has no
+#: authentication, so it is never served on the address sites reach.
+CONTROL_HOST = "127.0.0.1"
+
+#: The module of fedcore's SuperLink launcher (:func:`~.flower_runtime.superlink_main`).
+RUNTIME_MODULE = "fedcore.engines.deployment.flower_runtime"
 
 #: The line ``fed-coordinator`` prints once its SuperLink serves and every node key is
 #: registered: sites may connect from then on (:func:`run_deployment` waits for it).
@@ -296,9 +313,15 @@ def _check_options(opts: CoordinatorOptions) -> tuple[Scenario, dict[str, bytes]
             NO_KIT_MESSAGE.format(cmd="fed-coordinator", kit="KITS/coordinator")
         )
     _check_metrics_address(opts)
+    if opts.control_port is not None and opts.control_port == opts.port:
+        raise DeploymentConfigError(
+            f"the Control API port ({opts.control_port}) must differ from the port sites "
+            f"reach ({opts.port}): choose another --control-port, or leave it out to pick a "
+            "free one"
+        )
     if security is None:
         return scenario, {}, []
-    warnings = security.check(opts.host)
+    warnings = security.check(opts.host, control_host=CONTROL_HOST)
     node_keys = security.registration_keys()
     missing = [s.id for s in scenario.sites if s.id not in node_keys]
     if missing:
@@ -325,9 +348,18 @@ def _check_metrics_address(opts: CoordinatorOptions) -> None:
         )
 
 
-def _superlink_argv(opts: CoordinatorOptions) -> list[str]:
+def _superlink_argv(opts: CoordinatorOptions, control_port: int | None) -> list[str]:
+    """The SuperLink's command: fedcore's launcher with the Fleet API alone on ``opts.host``,
+    everything on :data:`CONTROL_HOST`:``control_port``; ``None``: Flower's own command on
+    ``opts.host`` (a loopback host only, see :func:`_control_port`)."""
     security = opts.security
-    argv = [flower_command("flower-superlink")]
+    if control_port is None:
+        argv = [flower_command("flower-superlink")]
+        host, port = opts.host, opts.port
+    else:
+        fleet = format_address(opts.host, opts.port)
+        argv = [sys.executable, "-m", RUNTIME_MODULE, "superlink", "--fleet-listen", fleet]
+        host, port = CONTROL_HOST, control_port
     if security is None:
         argv += ["--insecure"]
     else:
@@ -342,11 +374,51 @@ def _superlink_argv(opts: CoordinatorOptions) -> list[str]:
         ]
     return argv + [
         "--host",
-        opts.host,
+        host,
         "--port",
-        str(opts.port),
+        str(port),
         "--disable-runtime-dependency-installation",
     ]
+
+
+def _control_port(opts: CoordinatorOptions, emit: OnEvent) -> int | None:
+    """The loopback port of the Control API (``None``: Flower's SuperLink on ``opts.host``).
+
+    Raises:
+        DeploymentError: this Flower's internals moved, so the Control API cannot be kept
+            off a non-loopback ``opts.host``.
+        AddressInUseError: ``opts.control_port`` is taken.
+    """
+    from fedcore.engines.deployment.flower_runtime import superlink_internals_problems
+
+    problems = superlink_internals_problems()
+    if problems:
+        if not is_loopback_host(opts.host):
+            raise DeploymentError(
+                f"cannot serve the SuperLink on {opts.host} with its Control API kept on "
+                f"loopback: the Flower internals fedcore's launcher uses changed "
+                f"({'; '.join(problems)}). Flower's own SuperLink would serve its Control "
+                "API, which has no authentication, to everyone who reaches the sites' "
+                "address. Install the Flower release fedcore pins (flwr 1.42), or listen on "
+                "127.0.0.1 behind a TLS proxy that forwards only /v1/fleet/ and /health"
+            )
+        emit(
+            Event(
+                "Flower's own SuperLink on a loopback address (fedcore's launcher needs "
+                "Flower internals that changed: " + "; ".join(problems) + ")",
+                "warning",
+            )
+        )
+        return None
+    if opts.control_port is None:
+        return free_port(CONTROL_HOST)
+    if not port_is_free(CONTROL_HOST, opts.control_port):
+        raise AddressInUseError(
+            f"{format_address(CONTROL_HOST, opts.control_port)} (the SuperLink's Control API) "
+            "is already in use; choose another port with --control-port, or leave it out "
+            "to pick a free one"
+        )
+    return opts.control_port
 
 
 def serve_coordinator(
@@ -407,6 +479,9 @@ def serve_coordinator(
 
     address = format_address(opts.host, opts.port)
     local = format_address(local_host(opts.host), opts.port)  # how this machine reaches it
+    control_port = _control_port(opts, emit)
+    # where the Control API is: loopback, or (Flower's own SuperLink) the one address
+    control_address = local if control_port is None else format_address(CONTROL_HOST, control_port)
     if not port_is_free(opts.host, opts.port):
         raise AddressInUseError(
             f"{address} is already in use (another fed-coordinator?); "
@@ -425,7 +500,7 @@ def serve_coordinator(
         path.mkdir(parents=True, exist_ok=True)
     flwr_home = opts.state_dir / "flwr-home"
     ca_cert = security.ca_cert.resolve() if security is not None else None
-    write_connection_config(flwr_home, local, ca_cert)
+    write_connection_config(flwr_home, control_address, ca_cert)
     env = flower_env(flwr_home)
     superlink_log = opts.log_dir / "superlink.log"
     emit(
@@ -440,6 +515,13 @@ def serve_coordinator(
     else:
         transport = f"TLS, node authentication; {len(node_keys)} member node key(s)"
     emit(Event(f"  listen   {address} ({transport})"))
+    if control_port is not None:
+        emit(
+            Event(
+                f"  control  {control_address} (Control API, this machine only; {address} "
+                "serves the Fleet API only)"
+            )
+        )
     if opts.kit_dir is not None:
         emit(Event(f"  kit      {opts.kit_dir}"))
     emit(Event(f"  state    {opts.out_dir} (rounds; the SuperLink's own state is in memory)"))
@@ -450,7 +532,7 @@ def serve_coordinator(
         emit(Event(f"  metrics  http://{health.address}/metrics (and /healthz, /readyz)"))
         emit(Event(f"  status   http://{health.address}/"))
 
-    argv = _superlink_argv(opts)
+    argv = _superlink_argv(opts, control_port)
     procs: list[ManagedProcess] = []
     control: ControlApi | None = None
     run_id: int | None = None
@@ -465,12 +547,16 @@ def serve_coordinator(
             )
             took = wait_until_healthy(
                 superlink,
-                local,
+                control_address,
                 timeout=opts.startup_timeout,
                 what="the SuperLink",
                 ca_cert=ca_cert,
             )
-            control = ControlApi(local, flwr_home, ca_cert)
+            if control_address != local:  # the sites' address answers too (Fleet API, /health)
+                took += wait_until_healthy(
+                    superlink, local, timeout=30.0, what="the SuperLink", ca_cert=ca_cert
+                )
+            control = ControlApi(control_address, flwr_home, ca_cert)
             if security is not None:
                 registered, _kept, dropped = control.sync_nodes(node_keys)
                 for site_id in sorted(node_keys):
@@ -503,11 +589,16 @@ def serve_coordinator(
             removed = remove_stale_results(opts.out_dir)
             if removed:
                 emit(Event(f"  removed results of an earlier run: {', '.join(removed)}"))
-            app_dir = _copy_app(opts.state_dir)
+            app_dir, bundle = _copy_app(opts.state_dir)
             # The sites are there: the round driver need not wait long for them again.
             wait_sites = 30.0 if online >= len(scenario.sites) else 0.0
             run_id, fab_hash = _submit_run(opts, app_dir, env, wait_sites)
-            emit(Event(f"run {run_id} submitted (app bundle {fab_hash})", "ok"))
+            if not bundle.startswith(fab_hash):  # `flwr run` shows the hash's first 8 digits
+                raise DeploymentError(
+                    f"`flwr run` submitted app bundle {fab_hash}..., not the bundle built "
+                    f"from {app_dir} (sha256 {bundle}); see {opts.log_dir / 'flwr-run.log'}"
+                )
+            emit(Event(f"run {run_id} submitted (app bundle sha256 {bundle})", "ok"))
             metrics.set_phase("running")
 
             status, sub_status, details = _watch_run(
@@ -548,17 +639,36 @@ def serve_coordinator(
                 logger.info("coordinator processes stopped")
 
 
-def _copy_app(state_dir: Path) -> Path:
-    """A fresh copy of the Flower app directory in ``STATE/app``, for ``flwr run``."""
-    if not (APP_DIR / "pyproject.toml").is_file():
+def _copy_app(state_dir: Path) -> tuple[Path, str]:
+    """A fresh copy of the Flower app in ``STATE/app``, for ``flwr run``; ``(dir, sha256)``.
+
+    Only the app's files (:data:`~.flower_cli.APP_FILES`) are copied, so nothing else in the
+    installed directory (a ``__pycache__``, an editor's backup) reaches the bundle; the
+    bundle Flower builds from the copy is checked to be the one each site approves by
+    default (:func:`~.flower_runtime.app_bundle` of the same installed files).
+    """
+    from fedcore.engines.deployment.flower_runtime import app_bundle, bundle_hash, directory_bundle
+
+    missing = [name for name in APP_FILES if not (APP_DIR / name).is_file()]
+    if missing:
         raise DeploymentError(
-            f"the Flower app directory {APP_DIR} lacks pyproject.toml; the fedcore "
+            f"the Flower app directory {APP_DIR} lacks {', '.join(missing)}; the fedcore "
             "installation is incomplete (package data missing): reinstall fedcore"
         )
     app_dir = state_dir / "app"
     shutil.rmtree(app_dir, ignore_errors=True)
-    shutil.copytree(APP_DIR, app_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return app_dir
+    app_dir.mkdir(parents=True)
+    for name in APP_FILES:
+        shutil.copyfile(APP_DIR / name, app_dir / name)
+    submitted = bundle_hash(directory_bundle(app_dir))
+    approved = bundle_hash(app_bundle())
+    if submitted != approved:  # Flower's builder changed, or the copy did
+        raise DeploymentError(
+            f"the app bundle built from {app_dir} (sha256 {submitted}) is not the one sites "
+            f"build from their installed fedcore (sha256 {approved}), so they would refuse "
+            "the run: reinstall fedcore, or report this as a bug"
+        )
+    return app_dir, submitted
 
 
 def _report(

@@ -19,6 +19,7 @@ from fedcore.engines.deployment.errors import DeploymentConfigError, DeploymentE
 
 __all__ = [
     "APP_DIR",
+    "APP_FILES",
     "CONNECTION_NAME",
     "ControlApi",
     "config_args",
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: The Flower app directory that ``fed-coordinator`` submits (shipped as package data).
 APP_DIR = Path(__file__).resolve().parent.parent.parent / "cli" / "flowerapp"
+
+#: The files of that app directory, and so of the app bundle (FAB) Flower builds from it: the
+#: coordinator submits exactly these, and each site builds the bundle it approves by default
+#: from its own installed copy of them, so both sides build the same bytes.
+APP_FILES = ("pyproject.toml", "fedcore_clientapp.py", "fedcore_serverapp.py")
 
 #: Name of the SuperLink connection written into the coordinator's ``FLWR_HOME``.
 CONNECTION_NAME = "fedcore"

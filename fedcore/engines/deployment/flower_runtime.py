@@ -13,7 +13,13 @@ with no flag to change either. fedcore therefore runs, for each site:
   starting ``flwr-clientapp --token T`` it runs the task itself, as ``flwr-clientapp`` would
   (pull the message and context, call the app, push the reply and the context back), with
   fedcore's own ClientApp built once and kept, with the site's data, model and kit, between
-  messages. It serves fedcore's app only: a run of any other app gets an error reply.
+  messages. It serves fedcore's app only, and only runs whose app bundle (FAB) the site
+  approved (:class:`AppApproval`): any other run gets an error reply that says why.
+
+And for the coordinator, the SuperLink through :func:`superlink_main`: Flower's own SuperLink
+app, served on two sockets, every API on a loopback one and only the Fleet API (what
+SuperNodes call) and ``/health`` on the address sites reach (:class:`FleetOnlyGate`), because
+Flower's Control API has no authentication of its own.
 
 None of this is Flower's public API. It is kept in this one module, checked by
 :func:`internals_problems` before use (the site falls back to Flower's stock SuperNode and
@@ -21,35 +27,54 @@ SuperExec when a check fails, and says so), and held by
 ``tests/fedcore/engines/test_flower_runtime.py``, which fails loudly when Flower's internals
 move. ``pyproject.toml`` pins Flower to the release range these were read from.
 
-Run as ``python -m fedcore.engines.deployment.flower_runtime supernode FLOWER-SUPERNODE-ARGS``
-or ``... worker --runtime-api-address HOST:PORT``.
+Run as ``python -m fedcore.engines.deployment.flower_runtime supernode FLOWER-SUPERNODE-ARGS``,
+``... worker --runtime-api-address HOST:PORT [--approved-app SHA256 ...]`` or
+``... superlink --fleet-listen HOST:PORT FLOWER-SUPERLINK-ARGS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import functools
+import hashlib
 import importlib
 import inspect
+import json
 import logging
+import re
+import socket
 import sys
+import textwrap
 import time
 import types
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = [
     "FEDCORE_FAB_ID",
     "IDLE_WAIT_S",
+    "PUBLIC_PATH",
     "REPLY_WAIT_S",
     "SUPPORTED_FLOWER",
     "TASK_POLL_MAX_S",
     "TASK_POLL_S",
+    "AppApproval",
+    "AppNotApproved",
     "ClientAppWorker",
+    "FleetOnlyGate",
+    "app_bundle",
+    "bundle_hash",
+    "directory_bundle",
     "internals_problems",
     "patch_supernode_waits",
     "shorten_object_pulls",
+    "superlink_internals_problems",
+    "superlink_main",
     "supernode_main",
     "worker_main",
 ]
@@ -329,6 +354,111 @@ def _fedcore_client_app() -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+# --------------------------------------------------------------------------- approved apps
+
+
+def app_bundle(app_dir: Path | None = None) -> bytes:
+    """fedcore's Flower app bundle (FAB), built by Flower's own builder from ``app_dir``.
+
+    Only the app's files (:data:`~.flower_cli.APP_FILES`) go in, so a stray ``__pycache__``
+    or editor file beside them changes nothing; ``flwr run`` on the coordinator's copy of
+    those files (see ``coordinator._copy_app``) builds the same bytes: Flower's builder is
+    deterministic (sorted files, fixed dates).
+
+    Args:
+        app_dir: The app directory; default the installed ``fedcore/cli/flowerapp``.
+    """
+    from flwr.cli.build import build_fab_from_files
+
+    from fedcore.engines.deployment.flower_cli import APP_DIR, APP_FILES
+
+    root = APP_DIR if app_dir is None else app_dir
+    with _quiet_builder():
+        return build_fab_from_files({name: root / name for name in APP_FILES})[0]
+
+
+def directory_bundle(app_dir: Path) -> bytes:
+    """The bundle ``flwr run APP_DIR`` submits: Flower's builder on the whole directory."""
+    from flwr.cli.build import build_fab_from_disk
+
+    with _quiet_builder():
+        return build_fab_from_disk(app_dir)
+
+
+@contextlib.contextmanager
+def _quiet_builder() -> Iterator[None]:
+    """Flower 1.42's builder trips a DeprecationWarning of its ``pathspec`` per pattern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pathspec\b")
+        yield
+
+
+def bundle_hash(fab: bytes) -> str:
+    """The hash Flower gives an app bundle: the sha256 of its bytes, in hex."""
+    return hashlib.sha256(fab).hexdigest()
+
+
+class AppNotApproved(PermissionError):
+    """A run whose app bundle the site did not approve; the message says which and how to."""
+
+
+@dataclass(frozen=True)
+class AppApproval:
+    """Which app bundles a site runs: by default the one its own installed fedcore builds.
+
+    The site runs its own installed code whatever a bundle holds; approval makes the site
+    refuse a run that was submitted with anything else (a tampered copy of fedcore's app,
+    another app), so nothing but the consortium's agreed app is ever served.
+
+    Attributes:
+        approved: sha256 digests of the approved bundles.
+        own: The digest of the bundle built from this site's installed fedcore.
+        configured: Whether ``approved`` comes from the site config's ``approved_apps``.
+    """
+
+    approved: frozenset[str]
+    own: str
+    configured: bool = False
+
+    @classmethod
+    def for_site(cls, approved_apps: Iterable[str] | None = None) -> AppApproval:
+        """The approval of a site: ``approved_apps`` (its site config's list) or its own bundle."""
+        own = bundle_hash(app_bundle())
+        if approved_apps is None:
+            return cls(frozenset([own]), own)
+        return cls(frozenset(h.lower() for h in approved_apps), own, configured=True)
+
+    def describe(self) -> str:
+        """The approved digests, the site's own bundle marked, for logs and messages."""
+        return ", ".join(
+            f"{h} (its own fedcore's)" if h == self.own else h for h in sorted(self.approved)
+        )
+
+    def refusal(
+        self, fab_content: bytes, fab_id: str, run_id: int, site_config: str = ""
+    ) -> str | None:
+        """Why the run must be refused, or ``None`` when its bundle is approved.
+
+        The bundle's digest is computed here from its bytes, not taken from the run's claim.
+        """
+        got = bundle_hash(fab_content)
+        if got in self.approved:
+            return None
+        where = f"the site config {site_config}" if site_config else "the site config"
+        if self.configured:
+            runs = f"the bundles approved_apps lists in {where}: {self.describe()}"
+        else:
+            runs = f"the bundle of its own fedcore ({self.own})"
+        app = f"app {fab_id!r}" if fab_id else "an app without id"
+        return (
+            f"refused run {run_id}: its app bundle ({app}, sha256 {got}) is not approved at "
+            f"this site, which runs only {runs}. If the consortium agreed on this bundle (e.g. "
+            f"the coordinator runs another fedcore release), add {got} to approved_apps in "
+            f"{where} and restart fed-client; otherwise ask the coordinator's operator why "
+            "the bundle differs"
+        )
+
+
 class ClientAppWorker:
     """One site's long-lived ClientApp process, serving its SuperNode's tasks one at a time.
 
@@ -342,6 +472,8 @@ class ClientAppWorker:
         runtime_api_address: The SuperNode's Runtime API (``--host``/``--port`` of the SuperNode).
         app_factory: Builds the ClientApp (default: fedcore's site app).
         fab_id: The only app (``publisher/name``) served; another run gets an error reply.
+        approval: The app bundles served (default: :meth:`AppApproval.for_site`, the bundle
+            of this site's own fedcore); a run of any other bundle gets an error reply.
         poll: Seconds before the first task request after a task; each empty request doubles
             the wait, up to ``max_poll``.
         max_poll: The longest wait between two task requests.
@@ -353,6 +485,7 @@ class ClientAppWorker:
         app_factory: AppFactory = _fedcore_client_app,
         *,
         fab_id: str = FEDCORE_FAB_ID,
+        approval: AppApproval | None = None,
         poll: float = TASK_POLL_S,
         max_poll: float = TASK_POLL_MAX_S,
     ) -> None:
@@ -362,6 +495,7 @@ class ClientAppWorker:
 
         self.address = runtime_api_address
         self.fab_id = fab_id
+        self.approval = AppApproval.for_site() if approval is None else approval
         self.poll = poll
         self.max_poll = max(poll, max_poll)
         self._app_factory = app_factory
@@ -472,20 +606,31 @@ class ClientAppWorker:
         seconds: dict[str, float] = {}
         started = time.perf_counter()
         try:
-            message, pulled, run, _fab = pull_task_input(client)
+            message, pulled, run, fab = pull_task_input(client)
             seconds["pull"] = time.perf_counter() - started
             run_id, message_type = pulled.run_id, message.metadata.message_type
-            context = self._context(pulled)
+            context = pulled  # a refused run's context is never kept
+            refusal = self.approval.refusal(
+                fab.content, run.fab_id, run_id, str(pulled.node_config.get("site-config", ""))
+            )
+            if refusal is not None:
+                raise AppNotApproved(refusal)
             if run.fab_id != self.fab_id:
-                raise PermissionError(
-                    f"this site serves only fedcore's app ({self.fab_id}); run {run_id} is "
-                    f"{run.fab_id!r}"
+                raise AppNotApproved(
+                    f"refused run {run_id}: this site serves only fedcore's app "
+                    f"({self.fab_id}); run {run_id} is {run.fab_id!r}"
                 )
+            context = self._context(pulled)
             began = time.perf_counter()
             reply = self.app()(message=message, context=context)
             seconds["app"] = time.perf_counter() - began
             sub_status, details = SubStatus.COMPLETED, ""
             self.served += 1
+        except AppNotApproved as exc:  # logged with the task's outcome
+            details = str(exc)  # the reason itself, as the coordinator's operator reads it
+            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+            if message is not None:
+                reply = Message(Error(code=code, reason=details), reply_to=message)
         except Exception as exc:
             logger.exception("the ClientApp raised on a %s message", message_type)
             details = f"{type(exc)}:<'{exc}'>"
@@ -530,6 +675,13 @@ def worker_main(argv: Sequence[str]) -> None:
     """``worker --runtime-api-address HOST:PORT``: serve a SuperNode's ClientApp tasks until killed."""
     parser = argparse.ArgumentParser(prog="fedcore-clientapp-worker")
     parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument(
+        "--approved-app",
+        action="append",
+        default=None,
+        metavar="SHA256",
+        help="an approved app bundle (repeatable; default: this site's own fedcore bundle)",
+    )
     parser.add_argument("--poll", type=float, default=TASK_POLL_S)
     parser.add_argument("--max-poll", type=float, default=TASK_POLL_MAX_S)
     args = parser.parse_args(list(argv))
@@ -538,23 +690,266 @@ def worker_main(argv: Sequence[str]) -> None:
     if problems:
         raise SystemExit("the ClientApp worker cannot run on this Flower: " + "; ".join(problems))
     shorten_object_pulls("worker", problems=problems)
-    worker = ClientAppWorker(args.runtime_api_address, poll=args.poll, max_poll=args.max_poll)
+    approval = AppApproval.for_site(args.approved_app)
+    worker = ClientAppWorker(
+        args.runtime_api_address, approval=approval, poll=args.poll, max_poll=args.max_poll
+    )
     logger.info("ClientApp worker serving the SuperNode at %s", args.runtime_api_address)
+    logger.info(
+        "approved app bundles (sha256%s): %s",
+        ", from the site config's approved_apps" if approval.configured else "",
+        approval.describe(),
+    )
     try:
         worker.serve_forever()
     finally:
         worker.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: ``supernode ARGS`` or ``worker ARGS``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ("supernode", "worker"):
+# --------------------------------------------------------------------------- the SuperLink
+
+#: What the SuperLink serves on the address sites reach: Flower's Fleet API (every call a
+#: SuperNode makes) and ``/health``. Everything else (the Control API, which has no
+#: authentication: submit runs, register nodes; the Runtime API; the API docs) is served on
+#: the loopback socket only.
+PUBLIC_PATH = re.compile(r"/v1/fleet/[a-z0-9-]+|/health")
+
+_NOT_SERVED = json.dumps(
+    {"detail": "Not Found: this address serves Flower's Fleet API only"}
+).encode()
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_Asgi = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+
+class FleetOnlyGate:
+    """ASGI wrapper: the whole app for connections to ``control``; elsewhere the Fleet API only.
+
+    A connection's local address (``scope["server"]``, the socket it was accepted on, never a
+    header) decides: on the loopback socket ``control`` every request passes; on any other
+    socket only paths matching :data:`PUBLIC_PATH` do, and the rest get a 404 (websockets are
+    closed). The check is a tuple comparison and one regular-expression match per request.
+
+    Args:
+        app: The SuperLink's ASGI app (``flwr.superlink.main.create_app``).
+        control: ``(host, port)`` of the loopback socket that serves everything.
+    """
+
+    def __init__(self, app: _Asgi, control: tuple[str, int]) -> None:
+        self.app = app
+        self.control = (str(control[0]), int(control[1]))
+
+    def allows(self, scope: _Scope) -> bool:
+        """Whether the request ``scope`` describes is served."""
+        if scope["type"] == "lifespan":
+            return True
+        server = scope.get("server")
+        if server is not None and (str(server[0]), int(server[1])) == self.control:
+            return True
+        return scope["type"] == "http" and PUBLIC_PATH.fullmatch(scope.get("path", "")) is not None
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if self.allows(scope):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_NOT_SERVED)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _NOT_SERVED})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+
+#: The keyword arguments Flower 1.42 passes to ``uvicorn.run`` in ``_run_superlink_http_api``;
+#: :func:`superlink_main` passes the same ones. Another set means Flower serves its app
+#: differently now: re-read it before widening :data:`SUPPORTED_FLOWER`.
+_UVICORN_KWARGS = frozenset(
+    {
+        "app",
+        "host",
+        "port",
+        "reload",
+        "access_log",
+        "log_config",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "workers",
+    }
+)
+
+
+#: The module of Flower's ``flower-superlink`` command.
+_SUPERLINK_CLI = "flwr.superlink.cli.flower_superlink"
+
+
+def _uvicorn_kwargs(source: str) -> set[str] | None:
+    """The keyword names of the ``uvicorn.run(...)`` call in ``source`` (``None``: no call)."""
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "run"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "uvicorn"
+        ):
+            return {k.arg for k in node.keywords if k.arg is not None}
+    return None
+
+
+def superlink_internals_problems() -> list[str]:
+    """What of the Flower internals :func:`superlink_main` uses is missing or changed (empty: none)."""
+    problems: list[str] = []
+    version = flower_version()
+    if not version.startswith(SUPPORTED_FLOWER):
+        problems.append(
+            f"Flower {version} is installed; fedcore's SuperLink launcher was built against "
+            f"{', '.join(v + 'x' for v in SUPPORTED_FLOWER)}"
+        )
+    try:
+        import uvicorn
+        from flwr.superlink.config_loader import SuperLinkLifespanConfig
+        from flwr.superlink.main import create_app
+
+        fsl = importlib.import_module(_SUPERLINK_CLI)  # the package shadows it with a function
+    except ImportError as exc:
+        return [*problems, f"a Flower module moved: {exc}"]
+    for name in (
+        "_parse_superlink_lifespan_config",
+        "_run_superlink_http_api",
+        "SuperLinkLifespan",
+        "get_uvicorn_log_config",
+        "console_handler",
+    ):
+        if not hasattr(fsl, name):
+            problems.append(f"{_SUPERLINK_CLI}.{name} is gone")
+    if list(inspect.signature(create_app).parameters) != ["config", "superlink_lifespan_class"]:
+        problems.append("flwr.superlink.main.create_app(config, superlink_lifespan_class) changed")
+    fields = set(getattr(SuperLinkLifespanConfig, "__dataclass_fields__", {})) or set(
+        inspect.signature(SuperLinkLifespanConfig).parameters
+    )
+    missing = {"host", "port", "ssl_keyfile", "ssl_certfile"} - fields
+    if missing:
+        problems.append(f"SuperLinkLifespanConfig lost {', '.join(sorted(missing))}")
+    if "sockets" not in inspect.signature(uvicorn.Server.run).parameters:
+        problems.append("uvicorn.Server.run(sockets=...) is gone")
+    serve = getattr(fsl, "_run_superlink_http_api", None)
+    if serve is not None:
+        try:
+            source = inspect.getsource(serve)
+        except (OSError, TypeError) as exc:
+            problems.append(f"cannot read how Flower serves the SuperLink: {exc}")
+        else:
+            kwargs = _uvicorn_kwargs(source)
+            if "create_app(" not in source or kwargs is None:
+                problems.append("the SuperLink is no longer served by uvicorn.run(create_app(...))")
+            elif kwargs != _UVICORN_KWARGS:
+                problems.append(
+                    "Flower serves the SuperLink with other uvicorn settings now: "
+                    f"{', '.join(sorted(kwargs ^ _UVICORN_KWARGS))}"
+                )
+    return problems
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket on ``host:port`` (as uvicorn binds one), for ``Server.run(sockets=)``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise SystemExit(f"fedcore: the SuperLink cannot listen on {where}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def superlink_main(argv: Sequence[str]) -> None:
+    """Flower's SuperLink (``flower-superlink ARGV``) with its Control API on loopback only.
+
+    ``ARGV`` holds Flower's own arguments, whose ``--host``/``--port`` must be a loopback
+    address: there the SuperLink serves every API (the coordinator's Control API client,
+    ``flwr run``, Flower's SuperExec and ServerApp use it). ``--fleet-listen HOST:PORT`` is the
+    address sites reach: the same app behind :class:`FleetOnlyGate`, on the same TLS settings,
+    in the same process (no extra hop per request).
+    """
+    parser = argparse.ArgumentParser(prog="fedcore-superlink")
+    parser.add_argument("--fleet-listen", required=True, metavar="HOST:PORT")
+    args, rest = parser.parse_known_args(list(argv))
+    fleet_host, _, fleet_port = args.fleet_listen.rpartition(":")
+    fleet_host = fleet_host.strip("[]")
+    problems = superlink_internals_problems()
+    if problems:
         raise SystemExit(
-            "usage: python -m fedcore.engines.deployment.flower_runtime supernode|worker ..."
+            "fedcore: cannot keep the Control API on loopback with this Flower: "
+            + "; ".join(problems)
+        )
+    import uvicorn
+    from flwr.superlink.main import create_app
+
+    fsl = importlib.import_module(_SUPERLINK_CLI)
+    sys.argv = ["flower-superlink", *rest]
+    config = fsl._parse_superlink_lifespan_config()
+    control = (str(config.host), int(config.port))
+    try:
+        import ipaddress
+
+        loopback = ipaddress.ip_address(control[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(
+            f"fedcore: --host {control[0]} must be a loopback address (127.0.0.1): the "
+            "Control API is served there; sites reach --fleet-listen"
+        )
+    sockets = [
+        _listening_socket(*control),
+        _listening_socket(fleet_host, int(fleet_port)),
+    ]
+    app = create_app(config, fsl.SuperLinkLifespan)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app=FleetOnlyGate(app, control),
+            reload=False,
+            access_log=True,
+            log_config=fsl.get_uvicorn_log_config(fsl.console_handler.level),
+            ssl_keyfile=config.ssl_keyfile,
+            ssl_certfile=config.ssl_certfile,
+            workers=1,
+        )
+    )
+    print(
+        f"fedcore: SuperLink serves every API on {control[0]}:{control[1]} (loopback) and "
+        f"the Fleet API only on {args.fleet_listen}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run(sockets=sockets)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: ``supernode ARGS``, ``worker ARGS`` or ``superlink ARGS``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("supernode", "worker", "superlink"):
+        raise SystemExit(
+            "usage: python -m fedcore.engines.deployment.flower_runtime "
+            "supernode|worker|superlink ..."
         )
     if args[0] == "supernode":
         supernode_main(args[1:])
+    if args[0] == "superlink":
+        superlink_main(args[1:])
+        return
     worker_main(args[1:])
 
 

@@ -84,20 +84,23 @@ class CoordinatorSecurity:
         # A private copy: the caller's mapping may change, this object does not.
         object.__setattr__(self, "node_public_keys", MappingProxyType(dict(self.node_public_keys)))
 
-    def check(self, listen_host: str) -> list[str]:
+    def check(self, listen_host: str, control_host: str | None = None) -> list[str]:
         """Validate every file before the SuperLink starts.
 
         Args:
             listen_host: The host the SuperLink will listen on; the server certificate
                 must name it (a wildcard: the loopback address this machine connects to).
+            control_host: The loopback host of the SuperLink's Control API; the server
+                certificate must name it too (``None``: no such check).
 
         Returns:
             Warnings that do not stop the coordinator (a private key readable by others).
 
         Raises:
             DeploymentConfigError: a file is missing or unreadable, a certificate expired, is
-                not signed by the CA or does not name ``listen_host``, the key does not
-                match the certificate, or a node key is not an ECDSA key on a NIST curve.
+                not signed by the CA or does not name ``listen_host`` (or ``control_host``),
+                the key does not match the certificate, or a node key is not an ECDSA key on
+                a NIST curve.
         """
         ca = _certificate(self.ca_cert, "the CA certificate")
         server = _certificate(self.server_cert, "the server certificate")
@@ -126,6 +129,15 @@ class CoordinatorSecurity:
                 f"it names {names}. Sites verify the host they connect to against this list. "
                 "Fix: listen on one of those names with --listen HOST:PORT, or provision the "
                 "coordinator again with this host among its names"
+            )
+        if control_host is not None and not pki.certificate_names_host(server, control_host):
+            names = ", ".join(pki.certificate_names(server)) or "no host at all"
+            raise DeploymentConfigError(
+                f"the server certificate {self.server_cert} does not name {control_host}: it "
+                f"names {names}. The coordinator keeps Flower's Control API on {control_host} "
+                "(never on the address sites reach) and talks to it over TLS there. Fix: "
+                f"provision the coordinator again with {control_host} among its hosts (the "
+                "default hosts are localhost and 127.0.0.1)"
             )
         if not self.node_public_keys:
             raise DeploymentConfigError(

@@ -288,20 +288,18 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
 
     problems = internals_problems()
     if problems:
-        emit(
-            Event(
-                "running Flower's stock SuperNode, one ClientApp process per message (slower "
-                "rounds): fedcore's long-lived ClientApp worker needs Flower internals that "
-                "changed: " + "; ".join(problems),
-                "warning",
-            )
+        # Flower's own SuperExec would run the ClientApp of whatever bundle a run brings.
+        raise DeploymentError(
+            "cannot serve this site safely with the installed Flower: fedcore's ClientApp "
+            "worker, which runs only this site's installed code and only for approved app "
+            "bundles, needs Flower internals that changed (" + "; ".join(problems) + "), and "
+            "Flower's own SuperNode would run the code of any bundle the coordinator sends. "
+            "Install the Flower release fedcore pins (flwr 1.42)"
         )
     worker_log = log_file.parent / f"clientapp-worker-{site.id}.log"
-    emit(
-        Event(
-            f"  worker log   {worker_log}" if not problems else "  worker       none (stock Flower)"
-        )
-    )
+    emit(Event(f"  worker log   {worker_log}"))
+    if site.approved_apps is not None:
+        emit(Event(f"  approved     app bundles {', '.join(site.approved_apps)} (approved_apps)"))
 
     procs: list[ManagedProcess] = []
     first_refusal: float | None = None
@@ -318,12 +316,17 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
                     opts,
                     procs,
                     emit,
-                    own_worker=not problems,
                 )
                 worker = None
-                if not problems and supernode.poll() is None:
+                if supernode.poll() is None:
                     worker = WorkerSupervisor(
-                        site.id, f"127.0.0.1:{runtime_port}", worker_log, env, procs, emit
+                        site.id,
+                        f"127.0.0.1:{runtime_port}",
+                        worker_log,
+                        env,
+                        procs,
+                        emit,
+                        approved_apps=site.approved_apps,
                     )
                     worker.start()
                 code, log_text, connected, tls_server = _watch_supernode(
@@ -475,8 +478,11 @@ class WorkerSupervisor:
         env: Mapping[str, str],
         procs: list[ManagedProcess],
         emit: OnEvent,
+        *,
+        approved_apps: Sequence[str] | None = None,
     ) -> None:
         self.site_id = site_id
+        self.approved_apps = list(approved_apps) if approved_apps is not None else None
         self.address = runtime_api_address
         self.log_path = log_path
         self.env = env
@@ -489,7 +495,15 @@ class WorkerSupervisor:
         """Start a worker for the SuperNode's Runtime API."""
         self.proc = ManagedProcess.start(
             f"ClientApp worker {self.site_id}",
-            [sys.executable, "-m", RUNTIME_MODULE, "worker", "--runtime-api-address", self.address],
+            [
+                sys.executable,
+                "-m",
+                RUNTIME_MODULE,
+                "worker",
+                "--runtime-api-address",
+                self.address,
+                *(f"--approved-app={h}" for h in self.approved_apps or ()),
+            ],
             log_path=self.log_path,
             env=self.env,
             registry=self.procs,

@@ -28,6 +28,7 @@ FLOWER_PROGRAMS = (
     "flower-superexec",
     "flwr-serverapp",
     "flwr-clientapp",
+    "flower_runtime superlink",  # fedcore's SuperLink launcher (Control API on loopback only)
     "flower_runtime",  # fedcore's SuperNode wrapper and ClientApp worker (python -m ...)
 )
 

@@ -65,6 +65,7 @@ def _logs(*paths: Path) -> str:
 
 #: A site's SuperNode: Flower's, or fedcore's wrapper of it (``python -m ...flower_runtime``).
 SUPERNODE = "flower-supernode|flower_runtime"
+SUPERLINK = "flower-superlink|flower_runtime superlink"
 
 
 def _assert_gone(tree: ServiceTree, expected: set[str]) -> None:
@@ -142,7 +143,7 @@ def test_killed_coordinator_resumes_where_it_stopped_and_sites_reconnect(
     _kill9(first, first_tree)
     done_before = _completed_rounds(out)
     assert done_before and done_before[-1] < rounds, f"killed too late: {done_before}"
-    _assert_gone(first_tree, {"flower-superlink"})
+    _assert_gone(first_tree, {SUPERLINK})
 
     # the sites' services are untouched by the coordinator's death and wait for it
     for site, client in clients.items():
@@ -174,7 +175,7 @@ def test_killed_coordinator_resumes_where_it_stopped_and_sites_reconnect(
     except subprocess.TimeoutExpired:
         pytest.fail("the restarted coordinator did not finish in 600 s\n" + _logs(second_log))
     assert code == 0, _logs(second_log, *site_logs.values())
-    _assert_gone(second_tree, {"flower-superlink"})
+    _assert_gone(second_tree, {SUPERLINK})
 
     # it resumed after the last completed round: no round was run twice
     entries = audit_entries(out)
@@ -407,7 +408,7 @@ def test_rerun_right_after_the_serverapp_was_killed_completes(
     assert code == 1, text(first_log)
     assert "federation failed" in text(first_log)
     # the launcher stopped every process of the failed run
-    _assert_gone(run_tree, {"flower-superlink", SUPERNODE, "flwr-serverapp"})
+    _assert_gone(run_tree, {SUPERLINK, SUPERNODE, "flwr-serverapp"})
 
     logs = out / "logs"
     offsets = {p.name: p.stat().st_size for p in logs.glob("*.log")}
@@ -431,7 +432,7 @@ def test_rerun_right_after_the_serverapp_was_killed_completes(
     assert done_before[-1] <= resumed_after <= done_before[-1] + 1, (started, done_before)
     rerun = _rerun_logs(logs, offsets)
     assert "2004" not in rerun and "refused" not in rerun, rerun
-    _assert_gone(second_tree, {"flower-superlink", SUPERNODE})
+    _assert_gone(second_tree, {SUPERLINK, SUPERNODE})
     assert watch.survivors() == []
 
 

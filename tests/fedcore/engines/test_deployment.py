@@ -36,6 +36,8 @@ from fedcore.engines.deployment import (
 
 FLOWER_NAMES = (
     "flower-superlink",
+    # the coordinator's SuperLink: Flower's, through fedcore's launcher
+    "flower_runtime superlink",
     "flower-supernode",
     "flower-superexec",
     "flwr-serverapp",
@@ -430,7 +432,7 @@ def test_two_sites_complete_over_tls_and_leave_no_process(
     # each site's messages were served by its one long-lived worker, not a process per message
     seen = watch.flower_seen()
     assert {
-        "flower-superlink",
+        "flower_runtime superlink",
         "flwr-serverapp",
         "flower_runtime supernode",
         "flower_runtime worker",
@@ -441,8 +443,9 @@ def test_two_sites_complete_over_tls_and_leave_no_process(
     assert sum("flower_runtime worker" in c for c in commands) == 2
     for site in ("bank-a", "bank-b"):
         assert "answered" in _text(out / "logs" / f"clientapp-worker-{site}.log"), site
-    superlink = next(c for c in commands if "flower-superlink" in c)
+    superlink = next(c for c in commands if "flower_runtime superlink" in c)
     assert "--enable-supernode-auth" in superlink and "--insecure" not in superlink
+    assert "--fleet-listen" in superlink and "--host 127.0.0.1" in superlink
     assert "--database" not in superlink  # its state is in memory; fedcore's store is OUT
     supernodes = [c for c in commands if "flower_runtime supernode" in c]
     assert len(supernodes) == 2

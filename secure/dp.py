@@ -340,14 +340,15 @@ def discrete_gaussian(
     exactly ``P(x) ~ exp(-x^2 / (2 sigma^2))`` on all of Z, so the floating-point attacks
     on naive samplers (Mironov, CCS 2012), which exploit the doubles a float sampler cannot
     produce, have nothing to work on. Added to an integer-valued sum whose L2 sensitivity
-    is Delta, it gives ``Delta^2 / (2 sigma^2) + tau`` zCDP with ``tau <= 10 d
-    exp(-2 pi^2 sigma^2)`` (CKS Thm. 14), the continuous Gaussian's for ``sigma >= 2``
-    (``tau < 1e-170``), so its RDP and accounting are those of the Gaussian of std sigma.
+    is Delta, it gives the continuous Gaussian's ``Delta^2 / (2 sigma^2)`` zCDP plus a
+    correction exponentially small in ``sigma^2`` (CKS Thm. 14; negligible at the scales
+    of tens to hundreds of steps packed CKKS uses), so its RDP and accounting are those of the
+    Gaussian of std sigma.
 
     ``sigma`` is rounded *up* to a multiple of 1/256 to keep the rationals small (more
-    noise, never less). Cost: pure Python, about 6 source calls and a few dozen integer
+    noise, never less). Cost: pure Python, a few source calls and a few dozen integer
     operations per value; on a shared 2-core machine 10^4 values take about 0.1 s and
-    10^6 about 10 s (``benchmarks``-style timing in the docs' DP section).
+    10^6 about 15 s (docs/privacy.md, DP section).
 
     Args:
         shape_or_length: an array shape, or a length for a flat vector.

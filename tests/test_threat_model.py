@@ -693,3 +693,28 @@ def test_secagg_site_cannot_impersonate_another(
     first = result["rounds"][0]
     assert first["sites"] == ["bank-a", "bank-b", "bank-c"]
     assert "does not verify" in json.dumps(result), json.dumps(first)[:2000]
+
+
+def test_network_attacker_cannot_reach_the_control_api() -> None:
+    # Flower's Control API (start runs, register nodes) has no authentication of its own:
+    # on the address sites reach only the Fleet API answers; everything else is loopback
+    from tests.fedcore.engines.test_approved_apps import (
+        test_the_gate_serves_the_fleet_api_only_away_from_loopback as check_gate,
+    )
+
+    for path in ("/v1/control/start-run", "/v1/control/register-node", "/v1/control/list-runs"):
+        check_gate(path, False)
+    check_gate("/v1/fleet/pull-messages", True)
+
+
+# --------------------------------------------------------------------------- row: a site runs code its operator did not approve
+
+
+def test_site_refuses_an_unapproved_app_bundle(tmp_path: Path) -> None:
+    # a site's worker runs only the app bundle of its own fedcore (or those approved_apps
+    # pins): a bundle changed by one line is refused, naming its digest and the fix
+    from tests.fedcore.engines.test_approved_apps import (
+        test_approval_refuses_any_other_bundle_and_says_how_to_approve_it as check_approval,
+    )
+
+    check_approval(tmp_path)

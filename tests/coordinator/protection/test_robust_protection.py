@@ -96,13 +96,13 @@ HONEST_STEPS = {"bank-a": 1.0, "bank-b": 1.1, "bank-c": 0.9, "bank-d": 1.05}
 @pytest.mark.parametrize(
     ("weights", "expected"),
     [
-        # examples: evil weighs 1e12 / (1e12 + 4800): the model becomes evil's (+100)
-        ("examples", 100.0),
+        # examples: evil weighs 1e12 / (1e12 + 4800): the model becomes evil's (+10)
+        ("examples", 10.0),
         # capped: evil counts 4 x median(1000, 1100, 1200, 1500, 1e12) = 4 x 1200 = 4800, as much
-        # as the four honest banks together (4800): (4800 x 100 + 1000 + 1320 + 1350 + 1155) / 9600
-        ("capped", (480_000 + 1000 + 1320 + 1350 + 1155) / 9600),
-        # equal: (100 + 1 + 1.1 + 0.9 + 1.05) / 5
-        ("equal", 104.05 / 5),
+        # as the four honest banks together (4800): (4800 x 10 + 1000 + 1320 + 1350 + 1155) / 9600
+        ("capped", (48_000 + 1000 + 1320 + 1350 + 1155) / 9600),
+        # equal: (10 + 1 + 1.1 + 0.9 + 1.05) / 5
+        ("equal", 14.05 / 5),
     ],
 )
 def test_a_site_claiming_1e12_examples_no_longer_replaces_the_model(
@@ -110,7 +110,7 @@ def test_a_site_claiming_1e12_examples_no_longer_replaces_the_model(
 ) -> None:
     p = build(tmp_path, f"{{weights: {weights}}}")
     assert isinstance(p, Plaintext)  # fedavg without a norm bound needs no wrapper
-    run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": 100.0})
+    run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": 10.0})
     assert p.global_arrays["w"] == pytest.approx(np.full((2, 3), expected), rel=1e-5)
     assert p.global_arrays["w"].dtype == np.float32
 
@@ -118,8 +118,8 @@ def test_a_site_claiming_1e12_examples_no_longer_replaces_the_model(
 def test_median_rule_ignores_the_inflated_site(tmp_path: Path) -> None:
     p = build(tmp_path, "{rule: median}")
     assert isinstance(p, RobustAggregation) and isinstance(p.weights, CappedWeights)
-    figures = run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": 100.0})
-    # median(1, 1.1, 0.9, 1.05, 100) = 1.05, whatever evil's weight
+    figures = run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": 10.0})
+    # median(1, 1.1, 0.9, 1.05, 10) = 1.05, whatever evil's weight
     assert p.global_arrays["w"] == pytest.approx(np.full((2, 3), 1.05))
     assert p.global_arrays["w"].dtype == np.float32
     assert figures["robust"] == {
@@ -132,14 +132,14 @@ def test_median_rule_ignores_the_inflated_site(tmp_path: Path) -> None:
 
 def test_trimmed_mean_rule(tmp_path: Path) -> None:
     p = build(tmp_path, "{rule: trimmed_mean, trim_fraction: 0.2}")
-    run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": -100.0})
-    # cut int(0.2 x 5) = 1 each end (-100 and 1.1): (0.9 + 1 + 1.05) / 3
+    run_round(p, 1, {**HONEST, "evil": 10**12}, {**HONEST_STEPS, "evil": -10.0})
+    # cut int(0.2 x 5) = 1 each end (-10 and 1.1): (0.9 + 1 + 1.05) / 3
     assert p.global_arrays["b"] == pytest.approx(np.full(3, 2.95 / 3))
 
 
 def test_multi_krum_leaves_the_outlier_out_and_says_so(tmp_path: Path) -> None:
     p = build(tmp_path, "{rule: multi_krum, byzantine: 1, weights: equal}")
-    figures = run_round(p, 1, {**HONEST, "evil": 1000}, {**HONEST_STEPS, "evil": 100.0})
+    figures = run_round(p, 1, {**HONEST, "evil": 1000}, {**HONEST_STEPS, "evil": 10.0})
     # the four honest updates are kept, their equal-weight mean: (1 + 1.1 + 0.9 + 1.05) / 4
     assert p.global_arrays["w"] == pytest.approx(np.full((2, 3), 4.05 / 4), rel=1e-6)
     robust = figures["robust"]
@@ -153,8 +153,8 @@ def test_multi_krum_with_too_few_replies_takes_the_median(
     p2 = build(tmp_path, "{rule: multi_krum, byzantine: 1}")
     # 4 replies (a site dropped out): Multi-Krum with f = 1 needs more than 2 x 1 + 2 = 4
     four = {k: HONEST[k] for k in ("bank-a", "bank-b", "bank-c")} | {"evil": 1000}
-    figures = run_round(p2, 1, four, {"bank-a": 1.0, "bank-b": 2.0, "bank-c": 3.0, "evil": 100.0})
-    # median(1, 2, 3, 100) = 2.5
+    figures = run_round(p2, 1, four, {"bank-a": 1.0, "bank-b": 2.0, "bank-c": 3.0, "evil": 10.0})
+    # median(1, 2, 3, 10) = 2.5
     assert p2.global_arrays["w"] == pytest.approx(np.full((2, 3), 2.5))
     assert figures["robust"]["rule"] == "median (multi_krum fallback)"
     assert "needs more than 4 updates, got 4; taking the coordinate-wise median" in caplog.text
@@ -164,9 +164,9 @@ def test_norm_bound_clips_the_scaled_update_and_keeps_its_history(tmp_path: Path
     p = build(tmp_path, "{norm_bound: {factor: 3.0, window: 5}, weights: equal}")
     assert isinstance(p, RobustAggregation)
     one_vec = np.ones(1, np.float32)  # a step of s moves 9 values by s: norm 3 s
-    steps = {**{k: v * one_vec for k, v in HONEST_STEPS.items()}, "evil": 100.0 * one_vec}
+    steps = {**{k: v * one_vec for k, v in HONEST_STEPS.items()}, "evil": 10.0 * one_vec}
     figures = run_round(p, 1, {**HONEST, "evil": 1000}, steps)
-    # norms 3 x (1, 1.1, 0.9, 1.05, 100); median 3 x 1.05 = 3.15 -> bound 9.45, evil cut to
+    # norms 3 x (1, 1.1, 0.9, 1.05, 10); median 3 x 1.05 = 3.15 -> bound 9.45, evil cut to
     # 9.45 (a step of 3.15): mean step (1 + 1.1 + 0.9 + 1.05 + 3.15) / 5 = 1.44
     assert figures["robust"]["norm_bound"] == pytest.approx(9.45)
     assert figures["robust"]["clipped"] == ["evil"]
@@ -176,7 +176,7 @@ def test_norm_bound_clips_the_scaled_update_and_keeps_its_history(tmp_path: Path
     resumed = build(tmp_path, "{norm_bound: {factor: 3.0, window: 5}, weights: equal}")
     resumed.load_state_dict(p.state_dict(), p.global_arrays)
     figures = run_round(
-        resumed, 2, {**HONEST, "evil": 1000}, {k: 1000.0 * one_vec for k in [*HONEST, "evil"]}
+        resumed, 2, {**HONEST, "evil": 1000}, {k: 20.0 * one_vec for k in [*HONEST, "evil"]}
     )
     assert figures["robust"]["norm_bound"] == pytest.approx(9.45)
     assert figures["robust"]["clipped"] == sorted([*HONEST, "evil"])

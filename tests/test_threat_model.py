@@ -718,3 +718,33 @@ def test_site_refuses_an_unapproved_app_bundle(tmp_path: Path) -> None:
     )
 
     check_approval(tmp_path)
+
+
+def test_secagg_replayed_reply_corrupts_the_mean() -> None:
+    # SecAgg+'s protocol replies carry no fedcore signature: a site that answers round 2's
+    # masked-vector stage with its round-1 vector is summed, and its old masks, which no
+    # longer cancel, make the mean garbage (site_clip would refuse such a round as too long)
+    from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+    kept: dict[str, Any] = {}
+
+    def keep(cfg: Any, content: Any) -> None:
+        kept.update(dict(cfg.items()))
+
+    def replay(cfg: Any, content: Any) -> None:
+        for key in list(cfg.keys()):
+            del cfg[key]
+        cfg.update(kept)
+
+    grid = secagg_unit.make_grid(secagg_unit.Sites())
+    where = (secagg_unit.node(3), Stage.COLLECT_MASKED_VECTORS)
+    grid.tamper[where] = keep
+    secagg_unit.assert_mean_of(secagg_unit.run(grid), range(5))  # round 1 is exact
+    grid.tamper[where] = replay
+    replayed = secagg_unit.run(grid)
+    assert not replayed.dropouts  # nothing refused it
+    exact = secagg_unit.exact_mean(range(5))
+    error = max(
+        float(np.abs(got - want).max()) for got, want in zip(replayed.arrays, exact, strict=True)
+    )
+    assert error > 1000 * replayed.error_bound, (error, replayed.error_bound)

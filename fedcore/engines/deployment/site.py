@@ -284,7 +284,7 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
 
     # imported here: `python -m ...flower_runtime` loads this package first, and must not
     # find that module imported already (it would run as a second copy)
-    from fedcore.engines.deployment.flower_runtime import internals_problems
+    from fedcore.engines.deployment.flower_runtime import AppApproval, internals_problems
 
     problems = internals_problems()
     if problems:
@@ -298,8 +298,11 @@ def serve_site(opts: SiteOptions, *, on_event: OnEvent | None = None) -> NoRetur
         )
     worker_log = log_file.parent / f"clientapp-worker-{site.id}.log"
     emit(Event(f"  worker log   {worker_log}"))
-    if site.approved_apps is not None:
-        emit(Event(f"  approved     app bundles {', '.join(site.approved_apps)} (approved_apps)"))
+    approval = AppApproval.for_site(site.approved_apps)
+    if approval.configured:
+        emit(Event(f"  approved     app bundles (approved_apps) {approval.describe()}"))
+    else:
+        emit(Event(f"  approved     app bundle sha256 {approval.own} (this site's fedcore)"))
 
     procs: list[ManagedProcess] = []
     first_refusal: float | None = None

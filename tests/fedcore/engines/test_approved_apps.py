@@ -339,6 +339,7 @@ def test_the_control_api_is_served_on_loopback_only(federation: Federation) -> N
     assert found is not None and found.group(2) == own, log[-3000:]
     run_id = int(found.group(1))
     assert f"connected to {fed.fleet}" in _text(fed.site_log)  # the Fleet API serves sites
+    assert f"approved     app bundle sha256 {own} (this site's fedcore)" in _text(fed.site_log)
     control = fed.control_address()
     assert control.startswith("127.0.0.1:") and control != fed.fleet
     assert f"control  {control}" in log
@@ -518,3 +519,30 @@ def test_tampered_and_foreign_bundles_are_refused_by_the_site(federation: Federa
     assert f"sha256 {tampered})" in worker and f"sha256 {foreign})" in worker
     assert "answered" in worker  # the coordinator's own run was served
     assert not marker.exists()  # no code of the foreign bundle ran at the site
+
+
+def test_a_sites_approved_apps_reach_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedcore.engines.deployment import site
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(
+        site.ManagedProcess, "start", staticmethod(lambda name, argv, **kw: started.append(argv))
+    )
+    pinned = ["ab" * 32, "cd" * 32]
+    for approved in (pinned, None):
+        site.WorkerSupervisor(
+            "bank-a",
+            "127.0.0.1:1",
+            tmp_path / "w.log",
+            {},
+            [],
+            lambda e: None,
+            approved_apps=approved,
+        ).start()
+    with_list, without = started
+    assert [a for a in with_list if a.startswith("--approved-app")] == [
+        f"--approved-app={h}" for h in pinned
+    ]
+    assert not any(a.startswith("--approved-app") for a in without)

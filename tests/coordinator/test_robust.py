@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.robust import (
     NormBound,
@@ -215,3 +217,54 @@ def test_one_byzantine_update_of_norm_1e6_among_four_honest_ones() -> None:
     # the evil update is cut to 3 x the median norm: it moves the mean by at most 3/5 of it
     assert off(weighted_mean_of(clipped, [1.0] * 5)) < bound
     assert bound < 3.5 * float(np.linalg.norm(target))
+
+
+# --------------------------------------------------------------------------- properties
+
+_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=4).flatmap(
+        lambda d: st.lists(st.lists(_values, min_size=d, max_size=d), min_size=1, max_size=7)
+    ),
+    st.floats(min_value=0.0, max_value=0.49),
+)
+def test_median_and_trimmed_mean_stay_within_each_coordinates_range(
+    rows: list[list[float]], fraction: float
+) -> None:
+    updates = [{"w": np.array(r)} for r in rows]
+    lo, hi = np.min(rows, axis=0), np.max(rows, axis=0)
+    for out in (coordinate_median(updates)["w"], trimmed_mean(updates, fraction)["w"]):
+        assert np.all(out >= lo - 1e-9 * (1 + np.abs(lo))) and np.all(
+            out <= hi + 1e-9 * (1 + np.abs(hi))
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_values, min_size=1, max_size=8), st.floats(min_value=1e-3, max_value=1e6))
+def test_clipping_never_exceeds_the_bound_and_keeps_short_updates(
+    values: list[float], bound: float
+) -> None:
+    update = {"w": np.array(values)}
+    out, norm = clip_to_norm(update, bound)
+    assert update_norm(out) <= bound * (1 + 1e-12)
+    if norm <= bound:
+        assert np.array_equal(out["w"], update["w"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=10),
+    st.floats(min_value=1.0, max_value=10.0),
+)
+def test_capped_examples_never_exceed_the_cap_nor_the_report(
+    examples: list[int], cap: float
+) -> None:
+    out = capped_examples(examples, cap)
+    positive = [x for x in examples if x > 0]
+    for got, reported in zip(out, examples, strict=True):
+        assert got <= reported
+        if positive:
+            assert got <= cap * float(np.median(positive)) * (1 + 1e-12)

@@ -267,12 +267,17 @@ def parse_yaml_text(path: Path, text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        size = _expanded_size(node, {})
+        memo: dict[int, int] = {}
+        size = _expanded_size(node, memo)
         if size > MAX_YAML_NODES:
+            where = ""
+            if isinstance(node, yaml.MappingNode) and node.value:
+                key, _ = max(node.value, key=lambda kv: memo[id(kv[1])])
+                where = f" (most under {key.value!r} at line {key.start_mark.line + 1})"
             raise ConfigError(
                 path,
                 f"its aliases (*name) expand to {size} values, more than the {MAX_YAML_NODES} "
-                "allowed; write the values out, or reuse fewer anchors",
+                f"allowed{where}; write the values out, or reuse fewer anchors",
             )
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
@@ -312,8 +317,17 @@ def read_yaml(path: Path) -> Any:
             "is this the right file?",
         )
     data = parse_yaml_text(path, _decode(path, raw))
+    if data is None:
+        raise ConfigError(path, "line 1: the file holds no YAML document (it is empty)")
     if not isinstance(data, dict):
-        raise ConfigError(path, f"expected a mapping at the top level, found {type(data).__name__}")
+        found = {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+            type(data), type(data).__name__
+        )
+        raise ConfigError(
+            path,
+            f"line 1: expected a mapping of fields (name: ..., sites: ...) at the top level, "
+            f"found {found}",
+        )
     return data
 
 

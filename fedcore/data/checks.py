@@ -62,13 +62,16 @@ def train_rows(timestamp: np.ndarray, test_fraction: float) -> np.ndarray:
     return train
 
 
-def label_problem(tx: Transactions, test_fraction: float, path: Path | str) -> str | None:
+def label_problem(
+    tx: Transactions, test_fraction: float, path: Path | str, column: str = "label"
+) -> str | None:
     """Why a site cannot train on ``tx``: its training rows lack fraud or legitimate examples.
 
     Args:
         tx: The site's transactions, sorted by time.
         test_fraction: ``task.test_fraction``: the latest share held out for testing.
         path: The data file, for the message.
+        column: The file's label column, for the message.
 
     Returns:
         The message, or ``None`` when the training rows hold both labels.
@@ -85,7 +88,7 @@ def label_problem(tx: Transactions, test_fraction: float, path: Path | str) -> s
     one = classes[0]
     kind = "fraud" if one == 1 else "legitimate"
     return (
-        f"{path}, column label: all {len(labels)} training transactions (the earliest "
+        f"{path}, column {column!r}: all {len(labels)} training transactions (the earliest "
         f"{1 - test_fraction:.0%} by time) are labelled {one} ({kind}); a site needs both fraud "
         "(1) and legitimate (0) examples to train, so it cannot take part: fix the label "
         "column, or remove the site from the scenario"
@@ -129,7 +132,7 @@ def site_data_problems(
         except DataError as exc:
             problems.extend(_listed(exc))
         else:
-            why = label_problem(tx, fraction, data.path)
+            why = label_problem(tx, fraction, data.path, data.columns.label)
             if why is not None:
                 problems.append(why)
     if isinstance(data, DicomData):

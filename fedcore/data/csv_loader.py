@@ -211,6 +211,7 @@ def load_transactions_csv(src: CsvData, feature_names: Sequence[str]) -> Transac
     """
     path = Path(src.path)
     mapping = src.columns
+    feature_names = list(dict.fromkeys(feature_names))  # a feature named twice is read once
     unmapped = [f for f in feature_names if f not in mapping.features]
     if unmapped:
         raise DataError(

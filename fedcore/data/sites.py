@@ -47,7 +47,7 @@ def load_site_transactions(cfg: SiteConfig, task: TaskSpec) -> Transactions:
         return generate_transactions(cfg.data, data_seed(cfg))
     if isinstance(cfg.data, CsvData):
         tx = load_transactions_csv(cfg.data, task.features)
-        why = label_problem(tx, task.test_fraction, cfg.data.path)
+        why = label_problem(tx, task.test_fraction, cfg.data.path, cfg.data.columns.label)
         if why is not None:
             raise DataError(why)
         return tx

@@ -242,3 +242,8 @@ def test_the_graph_cache_is_private(good: CsvData, tmp_path: Path) -> None:
     assert stat.S_IMODE(cached[0].stat().st_mode) == 0o600
     assert stat.S_IMODE((state / "cache").stat().st_mode) == 0o700
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_a_feature_named_twice_is_read_once(good: CsvData) -> None:
+    tx = load_transactions_csv(good, [*FEATURES, FEATURES[0]])
+    assert list(tx.features) == FEATURES and len(tx.features[FEATURES[0]]) == 300

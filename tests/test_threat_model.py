@@ -748,3 +748,40 @@ def test_secagg_replayed_reply_corrupts_the_mean() -> None:
         float(np.abs(got - want).max()) for got, want in zip(replayed.arrays, exact, strict=True)
     )
     assert error > 1000 * replayed.error_bound, (error, replayed.error_bound)
+
+
+# --------------------------------------------------------------------------- row: inference without dp
+
+
+def test_plaintext_final_model_reveals_a_change_in_one_sites_data(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    # without dp the final model is a deterministic function of every site's data: the
+    # same data gives the same model bit for bit, and changing one site's data changes it
+    scenario = make_scenario("{mode: plaintext}")
+    sites = list(scenario.sites)
+    last = sites[-1]
+    changed = last.model_copy(
+        update={"data": last.data.model_copy(update={"transactions": last.data.transactions + 1})}
+    )
+    other = scenario.model_copy(update={"sites": [*sites[:-1], changed]})
+    models = []
+    for name, sc in (("a", scenario), ("b", scenario), ("c", other)):
+        run_driver(sc, tmp_path / name, kits=None)
+        models.append(dict(load_file(str(tmp_path / name / "model.safetensors"))))
+    assert max_diff(models[0], models[1]) == 0.0
+    assert max_diff(models[0], models[2]) > 1e-6
+
+
+def test_ckks_final_model_is_the_plaintext_one(ckks_run: dict[str, Any]) -> None:
+    # what the sites decrypt is plaintext FedAvg's model within the codec's bound, so it
+    # reveals what the plaintext model does
+    from tests.test_privacy_modes import test_ckks_aggregate_equals_plaintext_within_bound
+
+    test_ckks_aggregate_equals_plaintext_within_bound(ckks_run)
+
+
+def test_secagg_final_model_is_the_plaintext_one(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    check_secagg_mean_in_clear(tmp_path, make_scenario)

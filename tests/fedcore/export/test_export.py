@@ -487,3 +487,42 @@ def test_quantizing_drops_only_ort_preprocessing_advice(
         "Please consider pre-processing before quantization. See ...",  # outside: not dropped
     ]
     assert root.filters == filters
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+@pytest.mark.parametrize("onnx_ok", [True, False])
+def test_exported_files_are_private(
+    model: FraudGNN,
+    graph: FraudGraph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    onnx_ok: bool,
+) -> None:
+    import os
+    import stat
+
+    from fedcore.data.csv_loader import write_transactions_csv
+    from fedcore.export.serve import score_csv, write_scores
+
+    scoring = tmp_path / "new.csv"
+    write_transactions_csv(generate_transactions(GeneratedData(transactions=200), 9), scoring)
+    if not onnx_ok:
+
+        def fail(*args: object, **kwargs: object) -> Path:
+            raise ExportError("could not export FraudGNN to ONNX opset 17: test")
+
+        monkeypatch.setattr(site_module, "export_onnx", fail)
+    out = tmp_path / "state" / "export"
+    umask = os.umask(0o022)  # what most machines have: new files 0644 unless told otherwise
+    try:
+        m = export_for_site(model, graph, out, task=TASK, providers=[CPU_PROVIDER], latency_runs=1)
+        if onnx_ok:  # predict serves ONNX models
+            write_scores(score_csv(out, scoring), tmp_path / "scores.csv")
+    finally:
+        os.umask(umask)
+    files = sorted(p for p in out.iterdir() if p.is_file())
+    assert m.file in {p.name for p in files} and "manifest.json" in {p.name for p in files}
+    for p in [*files, *([tmp_path / "scores.csv"] if onnx_ok else [])]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    for folder in (out, out.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

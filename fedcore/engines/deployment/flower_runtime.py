@@ -1,4 +1,4 @@
-"""The Flower internals fedcore leans on to make a site's rounds fast: one long-lived ClientApp worker, and a SuperNode that waits less.
+"""The Flower internals fedcore leans on: a long-lived ClientApp worker that serves approved app bundles only, a SuperNode that waits less, a SuperLink whose Control API stays on loopback.
 
 Flower 1.42's SuperNode starts a fresh ``flwr-clientapp`` process for every message (its
 SuperExec launches one per task), so every message re-imports torch and reloads the site's

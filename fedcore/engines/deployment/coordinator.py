@@ -411,7 +411,10 @@ def _control_port(opts: CoordinatorOptions, emit: OnEvent) -> int | None:
         )
         return None
     if opts.control_port is None:
-        return free_port(CONTROL_HOST)
+        port = free_port(CONTROL_HOST)
+        while port == opts.port:  # free now, but the sites' port is about to be taken
+            port = free_port(CONTROL_HOST)
+        return port
     if not port_is_free(CONTROL_HOST, opts.control_port):
         raise AddressInUseError(
             f"{format_address(CONTROL_HOST, opts.control_port)} (the SuperLink's Control API) "

@@ -546,3 +546,33 @@ def test_a_sites_approved_apps_reach_its_worker(
         f"--approved-app={h}" for h in pinned
     ]
     assert not any(a.startswith("--approved-app") for a in without)
+
+
+def test_the_control_api_needs_its_own_port_and_a_certificate_naming_loopback(
+    tmp_path: Path,
+) -> None:
+    from fedcore.cli.coordinator_cmd import coordinator_security
+    from fedcore.engines.deployment import CoordinatorOptions, DeploymentError
+    from fedcore.engines.deployment.coordinator import _check_options
+    from secure.kit import load_kit
+    from secure.provision import ConsortiumSpec, CoordinatorSpec, provision
+
+    hosts = CoordinatorSpec(hosts=["coordinator.example.org"])
+    provision(ConsortiumSpec(name="named", sites=["bank-a"], coordinator=hosts), tmp_path / "k")
+    security = coordinator_security(load_kit(tmp_path / "k" / "coordinator", role="coordinator"))
+    with pytest.raises(DeploymentError, match="does not name 127.0.0.1: it names coordinator"):
+        security.check("coordinator.example.org", control_host="127.0.0.1")
+    assert security.check("coordinator.example.org") == []
+
+    scenario, _ = write_scenario(tmp_path, sites=1, rounds=1, min_sites=1)
+    options = CoordinatorOptions(
+        scenario_path=scenario,
+        state_dir=tmp_path / "s",
+        out_dir=tmp_path / "o",
+        log_dir=tmp_path / "l",
+        insecure=True,
+        port=9092,
+        control_port=9092,
+    )
+    with pytest.raises(DeploymentError, match=r"Control API port \(9092\) must differ"):
+        _check_options(options)

@@ -40,26 +40,44 @@ def unflatten(vector: np.ndarray, template: Mapping[str, np.ndarray]) -> dict[st
 
 
 def check_aggregate_norm(
-    round_: int, mean_update: np.ndarray, site_clip: float, per_value: float
+    round_: int,
+    mean_update: np.ndarray,
+    site_clip: float,
+    per_value: float,
+    rounding: float = 0.0,
 ) -> None:
     """Refuse a decrypted aggregate whose mean update is longer than ``site_clip`` allows.
 
     Every site clips its update to ``site_clip``, so their weighted mean is no longer than
     that; ``per_value`` bounds the decryption error of one value of the mean, which over
-    ``d`` values adds at most ``sqrt(d) * per_value`` to the norm.
+    ``d`` values adds at most ``sqrt(d) * per_value`` to the norm; ``rounding`` bounds what
+    the float rounding of the sites' clipped models adds.
 
     Raises:
         ValueError: naming the round, the norm and the bound.
     """
     norm = float(np.linalg.norm(mean_update))
-    limit = site_clip * (1 + 1e-4) + math.sqrt(mean_update.size) * per_value
+    limit = site_clip * (1 + 1e-4) + math.sqrt(mean_update.size) * per_value + rounding
     if not norm <= limit:
         raise ValueError(
             f"the encrypted aggregate of round {round_} decrypts to a mean update of L2 norm "
             f"{norm:.6g}, over aggregation.site_clip {site_clip:g} (limit {limit:.6g} with the "
             "CKKS error): a site did not clip its update. This site refuses to apply it and "
-            "keeps the model of the round before"
+            "keeps its model"
         )
+
+
+def rounding_slack(arrays: Mapping[str, np.ndarray], norm: float, site_clip: float) -> float:
+    """How far float rounding may lengthen a clipped update: ``eps * (2 ||model|| + site_clip)``.
+
+    Each site adds its clipped update to the model in the model's dtype; a value moves by
+    at most half an ulp of the larger of its two ends, ``eps`` times the two models' norms
+    over all values (the trained model is at most ``site_clip`` longer than the global).
+    """
+    eps = max(
+        (float(np.finfo(a.dtype).eps) for a in arrays.values() if a.dtype.kind == "f"), default=0.0
+    )
+    return eps * (2 * norm + site_clip)
 
 
 def bring_up_to_date(
@@ -72,7 +90,7 @@ def bring_up_to_date(
     Each aggregate is applied to the model in its own dtypes, round by round, so a site that
     missed rounds ends with the bit-identical model of the sites that did not. With
     ``site_clip`` (> 0) each aggregate's mean update must be within it
-    (:func:`check_aggregate_norm`); rounds applied before a refused one are kept.
+    (:func:`check_aggregate_norm`); an instruction with a refused aggregate changes nothing.
     """
     held = store.load()
     aggregates = R.CkksAggregates.from_content(content)
@@ -102,17 +120,13 @@ def bring_up_to_date(
             )
         total = codec.decrypt(agg.chunks, aggregates.length, agg.count)
         if site_clip > 0:
-            try:
-                check_aggregate_norm(
-                    agg.round,
-                    total / agg.weight,
-                    site_clip,
-                    codec.error_bound(agg.count) / agg.weight,
-                )
-            except ValueError:
-                if changed:
-                    store.save(current, arrays)
-                raise
+            check_aggregate_norm(
+                agg.round,
+                total / agg.weight,
+                site_clip,
+                codec.error_bound(agg.count) / agg.weight,
+                rounding_slack(arrays, float(np.linalg.norm(vec)), site_clip),
+            )
         # back to the model's dtypes after every round, as a site that took part in each
         # round did: a site catching up holds the bit-identical model
         arrays = unflatten(vec + total / agg.weight, arrays)

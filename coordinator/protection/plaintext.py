@@ -23,7 +23,21 @@ from secure.modes import warn_if_plaintext
 log = logging.getLogger(__name__)
 
 SITE_CLIP_SLACK = 1e-4
-"""Relative slack on ``site_clip`` for a clear update (the site's float32 rounding)."""
+"""Relative slack on ``site_clip`` for a clear update."""
+
+
+def rounding_slack(*arrays: Mapping[str, np.ndarray]) -> float:
+    """How far float rounding may lengthen an update between these models: ``eps * sum ||m||``.
+
+    A site clips its update in float and adds it back to the model in the model's dtype;
+    each value then moves by at most half an ulp of the larger of its two ends, which over
+    all values is at most ``eps`` times the sum of the two models' L2 norms.
+    """
+    eps = max(
+        (float(np.finfo(a.dtype).eps) for m in arrays for a in m.values() if a.dtype.kind == "f"),
+        default=0.0,
+    )
+    return eps * sum(update_norm(m) for m in arrays)
 
 
 class Plaintext(ClearModelProtection):
@@ -53,7 +67,8 @@ class Plaintext(ClearModelProtection):
         norm = update_norm(
             {k: np.asarray(v, np.float64) - self._arrays[k] for k, v in reply.arrays.items()}
         )
-        if norm > self.site_clip * (1 + SITE_CLIP_SLACK):
+        limit = self.site_clip * (1 + SITE_CLIP_SLACK) + rounding_slack(self._arrays, reply.arrays)
+        if norm > limit:
             reasons.append(
                 f"update has L2 norm {norm:.6g}, over aggregation.site_clip {self.site_clip:g}: "
                 "the site did not clip its update"

@@ -13,6 +13,7 @@ import numpy as np
 
 from coordinator.errors import FederationError
 from coordinator.protection.base import ClearModelProtection, Collected, Noise, TrainRound
+from coordinator.protection.plaintext import rounding_slack
 from coordinator.robust import update_norm
 from coordinator.validation import check_train_reply
 from fedcore import records as R
@@ -110,7 +111,8 @@ class SecAggPlus(ClearModelProtection):
         """Refuse the round when the mean update is longer than ``site_clip`` allows.
 
         ``per_value`` bounds the quantization error of one value of the mean; over ``d``
-        values the error's L2 norm is at most ``sqrt(d) * per_value``.
+        values the error's L2 norm is at most ``sqrt(d) * per_value``. Float rounding of
+        the sites' clipped models adds at most :func:`rounding_slack`.
 
         Raises:
             FederationError: the mean update is over the bound (some site did not clip).
@@ -120,7 +122,11 @@ class SecAggPlus(ClearModelProtection):
         update = {k: np.asarray(v, np.float64) - self._arrays[k] for k, v in mean.items()}
         norm = update_norm(update)
         size = sum(int(np.asarray(v).size) for v in mean.values())
-        limit = self.site_clip * (1 + 1e-4) + math.sqrt(size) * per_value
+        limit = (
+            self.site_clip * (1 + 1e-4)
+            + math.sqrt(size) * per_value
+            + rounding_slack(self._arrays, mean)
+        )
         if not norm <= limit:
             raise FederationError(
                 f"round {round_}: the SecAgg+ mean update has L2 norm {norm:.6g}, over "

@@ -18,7 +18,7 @@ from fedcore.devices.environment import SiteEnvironment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["local_seed", "make_client_app", "signed_telemetry"]
+__all__ = ["local_seed", "make_client_app", "signed_evaluation", "signed_telemetry"]
 
 EnvironmentFor = Callable[[Context], SiteEnvironment | None]
 """Gives a site's environment (its readings and clock); ``None``: the real host."""
@@ -57,9 +57,11 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         protection = site_protection(cfg.privacy)
         base = protection.global_model(rt, msg.content, cfg)
         evaluation = None
-        if carry.read_evaluation_request(msg.content) is not None:
+        evaluated = carry.read_evaluation_request(msg.content)  # the round of the model it brings
+        if evaluated is not None:
             try:
-                evaluation = rt.evaluate(base, cfg, digest_hex(base)).to_content()
+                ev = rt.evaluate(base, cfg, digest_hex(base))
+                evaluation = signed_evaluation(rt, ev, evaluated, cfg.run_key)
             except Exception as exc:  # the update still counts; the coordinator asks again
                 log.warning("evaluation of the incoming model failed, training on: %s", exc)
         trained = rt.train(base, cfg)
@@ -75,7 +77,8 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         rt = runtime(context)
         cfg = read_round(msg.content)
         arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
-        content = rt.evaluate(arrays, cfg, digest_hex(arrays)).to_content()
+        ev = rt.evaluate(arrays, cfg, digest_hex(arrays))
+        content = signed_evaluation(rt, ev, cfg.round, cfg.run_key)
         _add_telemetry(rt, msg.content, content, cfg)
         return Message(content, reply_to=msg)
 
@@ -120,6 +123,23 @@ def _add_telemetry(
         carry.attach_telemetry(content, signed_telemetry(rt, next_round, cfg.run_key, cfg.task))
     except Exception as exc:
         log.warning("telemetry for round %d not attached: %s", next_round, exc)
+
+
+def signed_evaluation(
+    rt: SiteRuntime, evaluation: R.EvalReply, round_: int, run_key: str
+) -> RecordDict:
+    """An evaluate reply's content, signed when the site has a kit.
+
+    Signed like a train reply: over the kind, the site, the round whose model was
+    evaluated (``round_``), the run key and the evaluation's digest
+    (:meth:`~fedcore.records.EvalReply.digest`), so the coordinator can refuse an
+    evaluation from another site's node, for another round (a replay) or altered on the way.
+    A train reply carries it as it is (:func:`fedcore.carry.attach_evaluation`).
+    """
+    payload = R.signing_payload(
+        R.EVALUATE, evaluation.site_id, round_, run_key, evaluation.digest()
+    )
+    return rt.sign(evaluation.site_id, evaluation.to_content(), payload)
 
 
 def signed_telemetry(rt: SiteRuntime, round_: int, run_key: str, task: TaskSpec) -> RecordDict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,15 +14,21 @@ from fedcore.records import EvalReply
 
 def weighted_average(
     updates: Sequence[tuple[Mapping[str, np.ndarray], float]],
+    order: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """FedAvg: the weighted mean of each named array (weights: examples, or FedNova's examples / epochs).
 
     ``result[k] = sum_i n_i * w_i[k] / sum_i n_i``, computed in float64 and
-    cast back to each array's dtype. Inputs are never modified.
+    cast back to each array's dtype. Arrays are matched by name, not by order. Inputs are
+    never modified. Whatever
+    :func:`coordinator.validation.check_train_reply` accepted averages without an error:
+    finite values stay finite (a weighted mean lies between its inputs).
 
     Args:
         updates: ``(arrays, weight)`` per site; every site must send the same names
             and shapes and a positive, finite weight.
+        order: The names in the order the result lists them (the global model's; default:
+            the first update's). Must be the updates' names.
 
     Returns:
         The averaged arrays (new objects).
@@ -32,14 +38,18 @@ def weighted_average(
     """
     if not updates:
         raise ValueError("weighted_average needs at least one update, got none")
-    names = list(updates[0][0])
+    names = list(updates[0][0]) if order is None else list(order)
+    if order is not None and sorted(names) != sorted(updates[0][0]):
+        raise ValueError(f"order lists {sorted(names)}; the updates hold {sorted(updates[0][0])}")
     total = 0.0
     for i, (arrays, n) in enumerate(updates):
+        if isinstance(n, bool) or not isinstance(n, (int, float, np.number)):
+            raise ValueError(f"update {i} has weight {n!r:.60}; expected a positive, finite number")
         if not (n > 0 and np.isfinite(n)):
             raise ValueError(f"update {i} has weight {n}; expected a positive, finite number")
-        if list(arrays) != names:
+        if set(arrays) != set(names):
             raise ValueError(f"update {i} has arrays {sorted(arrays)}; expected {sorted(names)}")
-        total += n
+        total += float(n)
     out: dict[str, np.ndarray] = {}
     for name in names:
         ref = np.asarray(updates[0][0][name])
@@ -50,7 +60,7 @@ def weighted_average(
                 raise ValueError(
                     f"update {i}: array {name!r} has shape {a.shape}; expected {ref.shape}"
                 )
-            acc += a.astype(np.float64) * (n / total)
+            acc += a.astype(np.float64) * (float(n) / total)
         out[name] = (
             acc.astype(ref.dtype)
             if np.issubdtype(ref.dtype, np.floating)
@@ -90,25 +100,47 @@ def pool_evaluations(parsed: Sequence[EvalReply], threshold: float) -> dict[str,
     return pooled
 
 
+EvalCheck = Callable[[EvalReply, RecordDict], str | None]
+"""The reason to refuse a parsed evaluation and its content (its signature), or ``None``."""
+
+
 def pool_replies(
     replies: Sequence[tuple[int, RecordDict]],
     errors: Mapping[int, str],
     site_of: Mapping[int, str],
     threshold: float,
+    verify: EvalCheck | None = None,
 ) -> tuple[dict[str, Any], list[EvalReply], dict[str, list[str]]]:
     """Parse evaluate-reply contents by node and pool them (:func:`pool_evaluations`).
 
-    ``errors`` say why a node gave none; ``site_of`` names each node's site. Returns the
-    pooled metrics (NaN when nothing parsed; ``per_site``: each site's own metrics), the
-    parsed replies and the problems by site.
+    ``errors`` say why a node gave none; ``site_of`` names each node's site. An evaluation
+    is left out, with its reason, when it does not parse, names a site other than its
+    node's (or comes from a node that answers for no site) or ``verify`` refuses it (its
+    signature). Returns the pooled metrics (NaN when nothing parsed; ``per_site``: each
+    site's own metrics), the accepted replies and the problems by site.
     """
     problems = {site_of[n]: [e] for n, e in errors.items() if n in site_of}
     parsed: list[EvalReply] = []
     for nid, content in replies:
+        who = site_of.get(nid, f"node {nid}")
         try:
-            parsed.append(EvalReply.from_content(content))
-        except (ValueError, KeyError, TypeError) as exc:
-            problems[site_of.get(nid, f"node {nid}")] = [f"malformed evaluation: {exc}"]
+            reply = EvalReply.from_content(content)
+        except ValueError as exc:
+            problems[who] = [f"malformed evaluation: {exc}"]
+            continue
+        if nid not in site_of:
+            problems[who] = [f"evaluation from node {nid}, which answers for no site this round"]
+            continue
+        if reply.site_id != site_of[nid]:
+            problems[who] = [
+                f"evaluation names site {reply.site_id!r:.80}, but came from the node of {who!r}"
+            ]
+            continue
+        refusal = verify(reply, content) if verify is not None else None
+        if refusal is not None:
+            problems[who] = [f"evaluation refused: {refusal}"]
+            continue
+        parsed.append(reply)
     if not parsed:
         nan = float("nan")
         return {"loss": nan, "pr_auc": nan, "roc_auc": nan}, parsed, problems

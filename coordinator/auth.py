@@ -34,13 +34,30 @@ class ReplyVerifier:
     def check(
         self, kind: str, site_id: str, round_: int, run_key: str, body: bytes, content: RecordDict
     ) -> str | None:
-        """The reason to refuse a reply, or ``None`` when it is authentic (or checking is off)."""
+        """The reason to refuse a reply, or ``None`` when it is authentic (or checking is off).
+
+        The signature covers :func:`fedcore.records.signing_payload`: the reply's kind, the
+        site it names, the round the coordinator expects, the run key and ``body`` (the
+        reply's digest). A reply signed by another site's key, for another round (a replay)
+        or another run, or over other figures fails here.
+
+        Args:
+            kind: ``train``, ``evaluate`` or ``query.telemetry``.
+            site_id: The site the reply names.
+            round_: The round the coordinator asked about (never the round the reply claims).
+            run_key: This run's key.
+            body: The reply's digest, computed by the coordinator from what it parsed.
+            content: The reply's content (where the signature is).
+        """
         if self.registered is None:
             return None
         key = self.registered.get(site_id)
         if key is None:
             return f"site {site_id!r} has no registered node key in the coordinator kit"
-        signature = R.read_signature(content)
+        try:
+            signature = R.read_signature(content)
+        except ValueError as exc:
+            return f"malformed signature: {exc}"
         if signature is None:
             return "reply is not signed (the site must run with its kit)"
         from secure.kit import verify_signature

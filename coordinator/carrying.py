@@ -61,6 +61,8 @@ class Carrier:
     """Node -> why it gave no evaluation."""
     telemetry: dict[int, RecordDict] = field(default_factory=dict)
     """Node -> the telemetry content its reply carried (unchecked: the driver checks it)."""
+    telemetry_errors: dict[int, str] = field(default_factory=dict)
+    """Node -> why the telemetry its reply carried was left out (malformed; it is asked again)."""
 
     def __call__(
         self, targets: Iterable[tuple[int, RecordDict]], message_type: str, round_: int
@@ -125,9 +127,11 @@ class Carrier:
             tel = carry.carried_telemetry(content)
         except ValueError as exc:
             log.warning("node %d: %s; it is asked for telemetry next round", nid, exc)
+            self.telemetry_errors[nid] = str(exc)
             return
         if tel is not None:
             self.telemetry[nid] = tel
+            self.telemetry_errors.pop(nid, None)
 
     def _ask(self, content: RecordDict, *, evaluate: bool = False) -> RecordDict:
         if evaluate and self.evaluate_round is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,7 +57,7 @@ PENDING_KEY = "pending_round"
 
 RoundObserver = Callable[[R.RoundRecord], None]
 
-__all__ = ["FederationError", "RoundDriver", "RoundObserver"]
+__all__ = ["FederationError", "RoundDriver", "RoundObserver", "read_telemetry"]
 
 
 class RoundDriver:
@@ -126,6 +126,10 @@ class RoundDriver:
         self._site_of_node: dict[int, str] = {}
         # telemetry the last replies carried: (the round it is for, node id -> content)
         self._carried: tuple[int, dict[int, RecordDict]] = (0, {})
+        # carried telemetry refused as malformed: (the round it was for, node id -> why)
+        self._carried_refused: tuple[int, dict[int, str]] = (0, {})
+        # telemetry refused while gathering the round's candidates, by site or node (for the record)
+        self._telemetry_refused: dict[str, list[str]] = {}
         # the record of the last round trained, until its model's evaluation comes in
         self._pending: dict[str, Any] | None = None
         # finished records not yet written to the round logs and observer (after the checkpoint)
@@ -189,8 +193,15 @@ class RoundDriver:
             Candidates (sorted by site), problems by site or node, bytes sent down and up.
         """
         carried_round, carried = self._carried
+        refused_round, refused = self._carried_refused
         self._carried = (0, {})
+        self._carried_refused = (0, {})
         held = {n: carried[n] for n in nodes if n in carried} if carried_round == round_ else {}
+        # telemetry that came along malformed was left out (the node is asked again): noted
+        notes = {
+            self._who(n): [f"carried telemetry refused, asked again: {why}"]
+            for n, why in (refused.items() if refused_round == round_ else ())
+        }
         ask = [n for n in nodes if n not in held]
         content = R.telemetry_instruction(round_, self.run_key, self.scenario.task)
         replies, errors, down, up = self.exchange(((n, content) for n in ask), R.TELEMETRY, round_)
@@ -198,21 +209,9 @@ class RoundDriver:
         cands: dict[str, Candidate] = {}
         answers = [*held.items(), *((nid, rep.content) for nid, rep in replies)]
         for nid, answer in answers:
-            try:
-                tel = R.Telemetry.from_content(answer)
-            except (ValueError, KeyError, TypeError) as exc:
-                problems[self._who(nid)] = [f"malformed telemetry: {exc}"]
-                continue
-            if tel.site_id not in self.members:
-                problems[self._who(nid)] = [
-                    f"site id {tel.site_id!r} is not a member of this scenario"
-                ]
-                continue
-            refusal = self.verifier.check(
-                R.TELEMETRY, tel.site_id, round_, self.run_key, tel.digest(), answer
-            )
-            if refusal is not None:
-                problems[self._who(nid)] = [f"claims site {tel.site_id!r}: {refusal}"]
+            tel = read_telemetry(answer, self.members, self.verifier, round_, self.run_key)
+            if isinstance(tel, str):
+                problems[self._who(nid)] = [tel]
                 continue
             if tel.site_id in cands:
                 problems[tel.site_id] = [f"two nodes claim site {tel.site_id!r}; keeping the first"]
@@ -222,6 +221,9 @@ class RoundDriver:
             cands[tel.site_id] = Candidate(
                 tel.site_id, nid, tel.num_train_examples, dict(tel.readings)
             )
+        self._telemetry_refused = {
+            who: [*notes.get(who, []), *problems.get(who, [])] for who in {*notes, *problems}
+        }
         return sorted(cands.values(), key=lambda c: c.site_id), problems, down, up
 
     def _count_exchange(self) -> None:
@@ -329,8 +331,18 @@ class RoundDriver:
             ((c.node_id, instruction(c)) for c in sites), R.EVALUATE, round_
         )
         if telemetry_for is not None:  # a node whose reply carried none (or garbage) is asked
-            carried = ((nid, carry.telemetry_or_none(rep.content)) for nid, rep in replies)
-            self._carried = (telemetry_for, {n: t for n, t in carried if t is not None})
+            held: dict[int, RecordDict] = {}
+            refused: dict[int, str] = {}
+            for nid, rep in replies:
+                try:
+                    tel = carry.carried_telemetry(rep.content)
+                except ValueError as exc:
+                    refused[nid] = str(exc)
+                    continue
+                if tel is not None:
+                    held[nid] = tel
+            self._carried = (telemetry_for, held)
+            self._carried_refused = (telemetry_for, refused)
         pooled, problems = self._pool(round_, sites, [(n, r.content) for n, r in replies], errors)
         return pooled, problems, down, up
 
@@ -343,8 +355,15 @@ class RoundDriver:
     ) -> tuple[dict[str, Any], dict[str, list[str]]]:
         """Round ``round_``'s evaluations pooled (see :func:`~coordinator.aggregation.pool_replies`)."""
         site_of = {c.node_id: c.site_id for c in sites}
+
+        def verify(reply: R.EvalReply, content: RecordDict) -> str | None:
+            # signed over the round whose model was evaluated: a replay of another round fails
+            return self.verifier.check(
+                R.EVALUATE, reply.site_id, round_, self.run_key, reply.digest(), content
+            )
+
         pooled, parsed, problems = pool_replies(
-            replies, errors, site_of, self.scenario.task.threshold
+            replies, errors, site_of, self.scenario.task.threshold, verify
         )
         model_problems = self.protection.check_evaluations(round_, parsed)
         if model_problems:
@@ -502,6 +521,7 @@ class RoundDriver:
         """
         if carrier is not None and carrier.used:
             self._carried = (rnd + 1, carrier.telemetry)  # the carrier serves this round only
+            self._carried_refused = (rnd + 1, carrier.telemetry_errors)
         if self._pending is None:
             return 0, 0
         pending, self._pending = self._pending, None
@@ -523,6 +543,7 @@ class RoundDriver:
         record["eval_loss"] = ev.get("loss", float("nan"))
         record["pr_auc"] = ev.get("pr_auc", float("nan"))
         record["roc_auc"] = ev.get("roc_auc", float("nan"))
+        record["eval_problems"] = problems  # evaluations left out, and why
         for entry in reversed(self.schedule):
             if entry.get("round") == record["round"]:
                 entry["eval_problems"] = problems
@@ -670,6 +691,7 @@ class RoundDriver:
             "bytes_down": tdown + collected.bytes_down + edown,
             "exchanges": self._exchanges - exchanges,
             "rejected": collected.rejected,
+            "telemetry_problems": self._telemetry_refused,
             "per_site": {},
             **figures,
             "schedule": schedule_digest(self.selector.name, selection, results, len(candidates)),
@@ -684,7 +706,7 @@ class RoundDriver:
                 "measured_s": {
                     k: round(r.seconds, 3) for k, r in results.items() if r.seconds is not None
                 },
-                "telemetry_problems": problems,
+                "telemetry_problems": self._telemetry_refused,
                 "eval_problems": {},
             }
         )
@@ -694,6 +716,31 @@ class RoundDriver:
             self._finish(record, *evaluated)
         self._save(rnd)
         self._publish()
+
+
+def read_telemetry(
+    content: RecordDict,
+    members: Collection[str],
+    verifier: ReplyVerifier,
+    round_: int,
+    run_key: str,
+) -> R.Telemetry | str:
+    """A telemetry answer for ``round_``, or the reason to refuse it.
+
+    Refused: content that does not parse (:meth:`~fedcore.records.Telemetry.from_content`:
+    types, data size, readings in their physical ranges), a site outside the scenario, a
+    signature that does not verify (another site's key, another round or run).
+    """
+    try:
+        tel = R.Telemetry.from_content(content)
+    except ValueError as exc:
+        return f"malformed telemetry: {exc}"
+    if tel.site_id not in members:
+        return f"site id {tel.site_id!r:.80} is not a member of this scenario"
+    refusal = verifier.check(R.TELEMETRY, tel.site_id, round_, run_key, tel.digest(), content)
+    if refusal is not None:
+        return f"claims site {tel.site_id!r}: {refusal}"
+    return tel
 
 
 def _fmt(problems: Mapping[str, list[str]]) -> str:

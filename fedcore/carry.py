@@ -111,6 +111,8 @@ def _unpack(content: RecordDict, parts: Any) -> RecordDict | None:
     Raises:
         ValueError: a carried value does not fit the record it came from.
     """
+    if not isinstance(content, RecordDict):
+        raise ValueError(f"expected a reply's RecordDict, found {type(content).__name__}")
     carried = content.config_records.get(CONFIG)
     if carried is None or f"{CARRIED}.{parts[0][0]}" not in carried:
         return None
@@ -122,8 +124,8 @@ def _unpack(content: RecordDict, parts: Any) -> RecordDict | None:
         values = {k[len(start) :]: v for k, v in carried.items() if k.startswith(start)}
         try:
             out[key] = kind(values)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed carried {prefix}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a hostile value may fail in any way
+            raise ValueError(f"malformed carried {prefix}: {exc}") from None
     return out
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import BaseModel
 
 from fedcore.config import ExportSpec, PrivacySpec, TaskSpec, TrainingSpec
-from fedcore.packing import pack_arrays, unpack_arrays
+from fedcore.npy import MAX_ELEMENTS, read_npy
+from fedcore.packing import PACKED_KEY, pack_arrays, unpack_arrays
 from fedcore.round_record import RoundRecord as RoundRecord  # re-exported: R.RoundRecord
 
 # message types
@@ -90,10 +92,48 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     """Named numpy arrays of an ``ArrayRecord``, packed or one ``Array`` per name (copies,
     owned by the caller, in the order they were packed).
 
+    The record may come from a hostile peer: every ``Array``'s ``.npy`` header is checked
+    before anything is allocated (:func:`fedcore.npy.read_npy`: dtype allow-list, at most
+    :data:`~fedcore.npy.MAX_ELEMENTS` elements, data length exact, no pickle), and so is
+    every unpacked array's dtype.
+
     Raises:
-        ValueError: a packed record that does not unpack (see :func:`fedcore.packing.unpack_arrays`).
+        ValueError: anything malformed (the message names the array, what was expected
+            and what was found); never another exception, whatever the record holds.
     """
-    return unpack_arrays(record)
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"expected an ArrayRecord, found {type(record).__name__}")
+    decoded: dict[str, np.ndarray] = {}
+    for name, array in record.items():
+        stype = getattr(array, "stype", None)
+        if stype != "numpy.ndarray":
+            raise ValueError(
+                f"array {name!r}: expected serialization 'numpy.ndarray', found {stype!r:.60}"
+            )
+        decoded[name] = read_npy(getattr(array, "data", None), f"array {name!r}")
+    if list(decoded) != [PACKED_KEY]:
+        return decoded
+    blob = decoded[PACKED_KEY]
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError(
+            f"packed arrays: expected one row of bytes (uint8), found {blob.dtype} of shape "
+            f"{blob.shape}"
+        )
+    try:  # the .npy header was checked: np.load reads exactly what was checked
+        arrays = unpack_arrays(record)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError from a deeply nested header
+        raise ValueError(f"packed arrays: not readable ({type(exc).__name__}: {exc})") from None
+    for name, a in arrays.items():
+        dt = a.dtype
+        if dt.fields is not None or dt.kind not in "biuf" or dt.itemsize > 8:
+            raise ValueError(
+                f"array {name!r}: expected a boolean, integer or floating dtype, found {dt}"
+            )
+        if a.size > MAX_ELEMENTS:
+            raise ValueError(f"array {name!r}: {a.size} elements; expected at most {MAX_ELEMENTS}")
+    return arrays
 
 
 # --------------------------------------------------------------------------- instructions
@@ -242,17 +282,24 @@ def export_reply(site_id: str, manifest: Mapping[str, Any] | None, error: str = 
 
 
 def read_export_reply(content: RecordDict) -> tuple[str, dict[str, Any], str]:
-    """(site id, manifest, error) of an export reply; ``ValueError`` when malformed."""
+    """(site id, manifest, error) of an export reply.
+
+    Raises:
+        ValueError: a malformed reply, whatever it holds (never another exception).
+    """
+    content = _records(content, "export reply")
     rec = content.config_records.get(CONFIG)
     if rec is None:
         raise ValueError("export reply has no 'config' record")
+    text = _str(rec.get("manifest", "{}"), "export reply manifest", limit=10**7)
     try:
-        manifest = json.loads(str(rec.get("manifest", "{}")))
-    except ValueError as exc:
-        raise ValueError(f"export reply manifest is not JSON: {exc}") from exc
+        manifest = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"export reply manifest is not JSON: {exc}") from None
     if not isinstance(manifest, dict):
         raise ValueError("export reply manifest must be a JSON object")
-    return str(rec.get("site_id", "?")), manifest, str(rec.get("error", ""))
+    site = _str(rec.get("site_id", "?"), "export reply site_id", empty=False)
+    return site, manifest, _str(rec.get("error", ""), "export reply error", limit=10**5)
 
 
 def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, TaskSpec]:
@@ -402,15 +449,129 @@ def attach_signature(content: RecordDict, signature: bytes) -> RecordDict:
     return content
 
 
+MAX_SIGNATURE_BYTES = 1024
+"""Longest signature a reply may carry (a DER ECDSA signature is under 150 bytes)."""
+
+
 def read_signature(content: RecordDict) -> bytes | None:
-    """The signature of a reply, or ``None`` when it carries none."""
+    """The signature of a reply, or ``None`` when it carries none.
+
+    Raises:
+        ValueError: the reply carries a signature that is not bytes, or is empty or too long.
+    """
     config = content.config_records.get(CONFIG)
     if config is not None and SIGNATURE in config:
-        return bytes(config[SIGNATURE])  # type: ignore[arg-type]
-    rec = content.config_records.get(AUTH)
-    if rec is None or "signature" not in rec:
-        return None
-    return bytes(rec["signature"])  # type: ignore[arg-type]
+        value: object = config[SIGNATURE]
+    else:
+        rec = content.config_records.get(AUTH)
+        if rec is None or "signature" not in rec:
+            return None
+        value = rec["signature"]
+    if type(value) is not bytes or not 0 < len(value) <= MAX_SIGNATURE_BYTES:
+        found = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        raise ValueError(f"reply signature: expected 1..{MAX_SIGNATURE_BYTES} bytes, found {found}")
+    return value
+
+
+# --------------------------------------------------------------------------- reply fields
+#
+# Everything a site reports is read through these: a hostile reply may hold any type
+# in any field, and decoding must end in a ValueError that says which field, what was
+# expected and what was found, never in another exception.
+
+MAX_EXAMPLES = 10**10
+"""Most examples a site may report (training or evaluation)."""
+
+MAX_SECONDS = 10.0**7
+"""Longest a site may say its round took, seconds (about 4 months)."""
+
+
+def _field(m: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in m:
+        raise ValueError(f"{where} lacks {key!r}")
+    return m[key]
+
+
+def _int(value: object, name: str, lo: int, hi: int) -> int:
+    """``value`` as an int in ``lo..hi`` (bools and floats refused)."""
+    if type(value) is not int:
+        raise ValueError(
+            f"{name}: expected an integer in {lo}..{hi}, found {type(value).__name__} {value!r:.60}"
+        )
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: expected an integer in {lo}..{hi}, found {value}")
+    return value
+
+
+def _float(
+    value: object, name: str, lo: float = -math.inf, hi: float = math.inf, *, nan: bool = False
+) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (NaN only where ``nan``)."""
+    if type(value) not in (int, float):
+        raise ValueError(
+            f"{name}: expected a finite number in [{lo:g}, {hi:g}], found "
+            f"{type(value).__name__} {value!r:.60}"
+        )
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        x = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    if math.isnan(x) and nan:
+        return x
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise ValueError(f"{name}: expected a finite number in [{lo:g}, {hi:g}], found {x!r}")
+    return x
+
+
+def _str(value: object, name: str, *, empty: bool = True, limit: int = 256) -> str:
+    if type(value) is not str or len(value) > limit or (not empty and not value):
+        what = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        size = f"0..{limit}" if empty else f"1..{limit}"
+        raise ValueError(f"{name}: expected a string of {size} characters, found {what}")
+    return value
+
+
+def _counts(value: object, name: str, length: int) -> list[int]:
+    """A histogram: ``length`` non-negative integers."""
+    if not isinstance(value, list) or len(value) != length:
+        found = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"{name}: expected {length} counts, found {found}")
+    bad = next((v for v in value if type(v) is not int or not 0 <= v <= MAX_EXAMPLES), None)
+    if bad is not None:
+        raise ValueError(
+            f"{name}: expected non-negative integer counts, found {type(bad).__name__} {bad!r:.60}"
+        )
+    return list(value)
+
+
+def _records(content: object, where: str) -> RecordDict:
+    if not isinstance(content, RecordDict):
+        raise ValueError(f"{where}: expected a RecordDict, found {type(content).__name__}")
+    return content
+
+
+# Physical range of a telemetry reading by the unit its name ends with (names carry units:
+# ``cpu_util_percent``, ``device_temperature_c``...); any other reading: finite, |x| <= 1e15.
+READING_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("_percent", 0.0, 100.0),
+    ("_c", -273.15, 1000.0),
+    ("_mib", 0.0, 2.0**40),
+    ("_w", 0.0, 10.0**7),
+    ("_seconds", 0.0, MAX_SECONDS),
+    ("_s", 0.0, MAX_SECONDS),
+    ("_bytes", 0.0, 2.0**63),
+    ("_count", 0.0, 10.0**9),
+    ("num_devices", 0.0, 10.0**6),
+)
+_ANY_READING = 10.0**15
+
+
+def reading_range(name: str) -> tuple[float, float]:
+    """The range a telemetry reading called ``name`` must lie in (see :data:`READING_RANGES`)."""
+    for suffix, lo, hi in READING_RANGES:
+        if name.endswith(suffix):
+            return lo, hi
+    return -_ANY_READING, _ANY_READING
 
 
 # --------------------------------------------------------------------------- replies
@@ -465,33 +626,45 @@ class TrainReply:
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReply:
-        """Parse a train reply; raises ``ValueError`` saying what is missing or malformed."""
+        """Parse a train reply, whatever it holds.
+
+        The figures are checked for type and range: ``num_examples`` an integer in
+        1..:data:`MAX_EXAMPLES`, ``loss`` finite and >= 0, ``seconds`` in 0..:data:`MAX_SECONDS`,
+        ``round`` >= 0; arrays as :func:`record_to_arrays` checks them.
+
+        Raises:
+            ValueError: saying which field is missing or malformed, what was expected and
+                what was found (never another exception).
+        """
+        content = _records(content, "train reply")
         encrypted: list[bytes] | None = None
         length = 0
         if CKKS_UPDATE in content.config_records:
             rec = content.config_records[CKKS_UPDATE]
-            try:
-                encrypted = _bytes_list(rec["chunks"], "ckks.update chunks")
-                length = int(rec["length"])  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"malformed 'ckks.update' record: {exc}") from exc
-        elif ARRAYS not in content.array_records:
+            encrypted = _bytes_list(_field(rec, "chunks", "'ckks.update'"), "ckks.update chunks")
+            length = _int(
+                _field(rec, "length", "'ckks.update'"), "ckks.update length", 1, MAX_ELEMENTS
+            )
+            arrays: dict[str, np.ndarray] = {}
+        elif ARRAYS in content.array_records:
+            arrays = record_to_arrays(content.array_records[ARRAYS])
+        else:
             raise ValueError("train reply has neither an 'arrays' nor a 'ckks.update' record")
         info = content.config_records.get(CONFIG, ConfigRecord())
         # the figures are in the config record (a 'metrics' record in earlier versions)
         m: Mapping[str, Any] = content.metric_records.get(METRICS) or info
-        for key in ("num_examples", "loss", "seconds"):
-            if key not in m:
-                raise ValueError(f"train reply lacks {key!r} (expected in its 'config' record)")
+        where = "train reply (its 'config' record)"
         return cls(
-            arrays={} if encrypted is not None else record_to_arrays(content.array_records[ARRAYS]),
-            num_examples=int(m["num_examples"]),
-            loss=float(m["loss"]),
-            seconds=float(m["seconds"]),
-            site_id=str(info.get("site_id", "?")),
+            arrays=arrays,
+            num_examples=_int(
+                _field(m, "num_examples", where), "train reply num_examples", 1, MAX_EXAMPLES
+            ),
+            loss=_float(_field(m, "loss", where), "train reply loss", 0.0),
+            seconds=_float(_field(m, "seconds", where), "train reply seconds", 0.0, MAX_SECONDS),
+            site_id=_str(info.get("site_id", "?"), "train reply site_id", empty=False),
             encrypted=encrypted,
             length=length,
-            round=int(info.get("round", 0)),  # type: ignore[arg-type]
+            round=_int(info.get("round", 0), "train reply round", 0, 2**31),
         )
 
 
@@ -532,44 +705,98 @@ class EvalReply:
             }
         )
 
+    def digest(self) -> bytes:
+        """What the site signs: identity, counts, loss, metrics, histograms and model digest.
+
+        Numbers are normalized as they travel (ints, and floats by their exact ``repr``),
+        so the site's object and the coordinator's parsed copy give the same digest.
+        """
+        flagged = (
+            None
+            if self.flagged_pos is None or self.flagged_neg is None
+            else [int(self.flagged_pos), int(self.flagged_neg)]
+        )
+        blob = json.dumps(
+            [
+                self.site_id,
+                int(self.num_examples),
+                int(self.num_positive),
+                repr(float(self.loss)),
+                sorted((str(k), repr(float(v))) for k, v in self.metrics.items()),
+                [int(x) for x in self.hist_pos],
+                [int(x) for x in self.hist_neg],
+                self.model_digest,
+                flagged,
+            ]
+        )
+        return hashlib.sha256(blob.encode()).digest()
+
     @classmethod
     def from_content(cls, content: RecordDict) -> EvalReply:
+        """Parse an evaluate reply, whatever it holds.
+
+        ``num_examples`` in 1..:data:`MAX_EXAMPLES`, ``num_positive`` in 0..``num_examples``,
+        ``loss`` finite and >= 0, two histograms of :data:`HIST_BINS` non-negative counts that
+        sum to the positives and the negatives, flag counts within them, metrics finite (or
+        NaN: a metric a site cannot compute, e.g. PR-AUC without positives).
+
+        Raises:
+            ValueError: saying which field is missing or malformed, what was expected and
+                what was found (never another exception).
+        """
+        content = _records(content, "evaluate reply")
         if METRICS not in content.metric_records:
             raise ValueError("evaluate reply has no 'metrics' record")
         m = content.metric_records[METRICS]
-        for key in ("num_examples", "num_positive", "loss", "hist_pos", "hist_neg"):
-            if key not in m:
-                raise ValueError(f"evaluate reply metrics lack {key!r}")
-        site = content.config_records.get(CONFIG, ConfigRecord()).get("site_id", "?")
-        hist_pos = [int(x) for x in m["hist_pos"]]  # type: ignore[union-attr]
-        hist_neg = [int(x) for x in m["hist_neg"]]  # type: ignore[union-attr]
-        if len(hist_pos) != HIST_BINS or len(hist_neg) != HIST_BINS:
-            raise ValueError(f"evaluate reply histograms must have {HIST_BINS} bins")
-        num_examples = int(m["num_examples"])  # type: ignore[arg-type]
-        num_positive = int(m["num_positive"])  # type: ignore[arg-type]
+        where = "evaluate reply metrics"
+        config = content.config_records.get(CONFIG, ConfigRecord())
+        num_examples = _int(
+            _field(m, "num_examples", where), "evaluate reply num_examples", 1, MAX_EXAMPLES
+        )
+        num_positive = _int(
+            _field(m, "num_positive", where), "evaluate reply num_positive", 0, num_examples
+        )
+        loss = _float(_field(m, "loss", where), "evaluate reply loss", 0.0)
+        hist_pos = _counts(
+            _field(m, "hist_pos", where), "evaluate reply histograms (hist_pos)", HIST_BINS
+        )
+        hist_neg = _counts(
+            _field(m, "hist_neg", where), "evaluate reply histograms (hist_neg)", HIST_BINS
+        )
+        num_negative = num_examples - num_positive
+        if sum(hist_pos) != num_positive or sum(hist_neg) != num_negative:
+            raise ValueError(
+                f"evaluate reply histograms: expected {num_positive} positive and {num_negative} "
+                f"negative score(s) (num_positive, num_examples), found {sum(hist_pos)} and "
+                f"{sum(hist_neg)}"
+            )
         flagged_pos: int | None = None
         flagged_neg: int | None = None
         if "flagged_pos" in m or "flagged_neg" in m:
             if "flagged_pos" not in m or "flagged_neg" not in m:
                 raise ValueError("evaluate reply has only one of flagged_pos and flagged_neg")
-            tp, fp = int(m["flagged_pos"]), int(m["flagged_neg"])  # type: ignore[arg-type]
-            if not (0 <= tp <= num_positive and 0 <= fp <= num_examples - num_positive):
+            tp = _int(m["flagged_pos"], "evaluate reply flagged_pos", 0, MAX_EXAMPLES)
+            fp = _int(m["flagged_neg"], "evaluate reply flagged_neg", 0, MAX_EXAMPLES)
+            if not (tp <= num_positive and fp <= num_negative):
                 raise ValueError(
                     f"evaluate reply flags {tp} positive(s) and {fp} negative(s) of "
-                    f"{num_positive} and {num_examples - num_positive}: impossible counts"
+                    f"{num_positive} and {num_negative}: impossible counts"
                 )
             flagged_pos, flagged_neg = tp, fp
+        metrics = {
+            k[2:]: _float(v, f"evaluate reply metric {k[2:]!r:.60}", -1e15, 1e15, nan=True)
+            for k, v in m.items()
+            if k.startswith("m.")
+        }
         return cls(
-            site_id=str(site),
+            site_id=_str(config.get("site_id", "?"), "evaluate reply site_id", empty=False),
             num_examples=num_examples,
             num_positive=num_positive,
-            loss=float(m["loss"]),  # type: ignore[arg-type]
-            metrics={k[2:]: float(v) for k, v in m.items() if k.startswith("m.")},  # type: ignore[arg-type]
+            loss=loss,
+            metrics=metrics,
             hist_pos=hist_pos,
             hist_neg=hist_neg,
-            model_digest=str(
-                content.config_records.get(CONFIG, ConfigRecord()).get("model_digest", "")
-            ),
+            model_digest=_str(config.get("model_digest", ""), "evaluate reply model_digest"),
             flagged_pos=flagged_pos,
             flagged_neg=flagged_neg,
         )
@@ -623,6 +850,17 @@ class Telemetry:
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Telemetry:
+        """Parse a telemetry reply, whatever it holds.
+
+        ``num_train_examples`` (the data size the coordinator weights the site by) must be
+        an integer in 1..:data:`MAX_EXAMPLES`; every reading finite and within the physical
+        range of its unit (:func:`reading_range`); ``model_round`` >= 0.
+
+        Raises:
+            ValueError: saying which field is missing or malformed, what was expected and
+                what was found (never another exception).
+        """
+        content = _records(content, "telemetry reply")
         if (
             TELEMETRY_INFO not in content.config_records
             or TELEMETRY_METRICS not in content.metric_records
@@ -630,14 +868,25 @@ class Telemetry:
             raise ValueError("telemetry reply lacks its info or metrics record")
         info = content.config_records[TELEMETRY_INFO]
         m = dict(content.metric_records[TELEMETRY_METRICS])
-        n = int(m.pop("num_train_examples", 0))  # type: ignore[arg-type]
+        n = m.pop("num_train_examples", None)
+        if n is None:
+            raise ValueError("telemetry reply lacks 'num_train_examples' (its data size)")
+        if n == 0 and type(n) is int:
+            raise ValueError(
+                "telemetry num_train_examples: expected at least 1 training example, found 0 "
+                "(the site's data may not load: its log says why)"
+            )
+        readings: dict[str, float] = {}
+        for k, v in m.items():
+            lo, hi = reading_range(k)
+            readings[k] = _float(v, f"telemetry reading {k!r:.60}", lo, hi)
         return cls(
-            site_id=str(info.get("site_id", "?")),
-            num_train_examples=n,
-            device=str(info.get("device", "?")),
-            vendor=str(info.get("vendor", "?")),
-            readings={k: float(v) for k, v in m.items()},  # type: ignore[arg-type]
-            model_round=int(info.get("model_round", 0)),  # type: ignore[arg-type]
+            site_id=_str(info.get("site_id", "?"), "telemetry site_id", empty=False),
+            num_train_examples=_int(n, "telemetry num_train_examples", 1, MAX_EXAMPLES),
+            device=_str(info.get("device", "?"), "telemetry device"),
+            vendor=_str(info.get("vendor", "?"), "telemetry vendor"),
+            readings=readings,
+            model_round=_int(info.get("model_round", 0), "telemetry model_round", 0, 2**31),
         )
 
 

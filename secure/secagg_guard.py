@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
@@ -24,6 +23,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from fedcore.engines.polling import GridWrapper
+from fedcore.npy import read_npy
 from fedcore.records import message_nbytes
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,9 @@ def check_masked_reply(
 
     The masked vector must be one ``.npy`` int64 array per expected shape (the
     weight factor ``(1,)`` first, then one per model array), every value in
-    ``[0, mod_range)``; the legacy fit records must be present, scalar and OK.
+    ``[0, mod_range)``; the legacy fit records must be present, scalar and OK. Each
+    array's ``.npy`` header is checked (dtype, shape, data length) before anything is
+    allocated (:func:`fedcore.npy.read_npy`).
 
     Raises:
         InvalidReply: naming the array or record that is wrong, and how.
@@ -237,17 +239,9 @@ def check_masked_reply(
         )
     for i, (blob, shape) in enumerate(zip(blobs, shapes, strict=True)):
         try:
-            arr = bytes_to_ndarray(blob)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - truncated or garbage .npy bytes
-            raise InvalidReply(f"masked array {i} is not a readable .npy array: {exc}") from None
-        if not isinstance(arr, np.ndarray):
-            raise InvalidReply(f"masked array {i}: expected an ndarray, found {type(arr).__name__}")
-        if arr.dtype != np.int64:
-            raise InvalidReply(f"masked array {i}: expected dtype int64, found {arr.dtype}")
-        if arr.shape != tuple(shape):
-            raise InvalidReply(
-                f"masked array {i}: expected shape {tuple(shape)}, found {arr.shape}"
-            )
+            arr = read_npy(blob, f"masked array {i}", dtypes=[np.dtype("<i8")], shape=tuple(shape))
+        except ValueError as exc:  # truncated, oversized or garbage .npy bytes
+            raise InvalidReply(str(exc)) from None
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= mod_range):
             raise InvalidReply(
                 f"masked array {i}: expected values in [0, {mod_range}), found "
@@ -569,8 +563,10 @@ class GuardedGrid(GridWrapper):
     def _site_timing(self, node: int, stage: str, content: RecordDict) -> None:
         rec = content.metric_records.get(SITE_TIMING)
         value = rec.get("seconds") if rec is not None else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.ledger.site_seconds.setdefault(node, {})[stage] = float(value)
+        if type(value) in (int, float) and 0 <= float(value) < 1e7:  # type: ignore[arg-type]
+            self.ledger.site_seconds.setdefault(node, {})[stage] = float(value)  # type: ignore[arg-type]
+        elif value is not None:
+            log.warning("SecAgg+ %s: node %d reported seconds %r; ignored", stage, node, value)
 
     def _unique_keys(self, accepted: list[Message]) -> list[Message]:
         """Drop every site whose public key another site also sent (a copied key breaks its neighbours)."""

@@ -55,3 +55,16 @@ def test_mean_of_identical_models_is_the_model(pairs: list[tuple[float, int]]) -
 
 def test_weighted_mean_empty_is_nan() -> None:
     assert np.isnan(weighted_mean([]))
+
+
+def test_arrays_are_averaged_by_name_whatever_their_order() -> None:
+    a = {"w": np.full(2, 1.0, np.float32), "b": np.full(3, 10.0, np.float32)}
+    b = {"b": np.full(3, 30.0, np.float32), "w": np.full(2, 3.0, np.float32)}  # other order
+    # weights 1 and 3: w = (1*1 + 3*3) / 4 = 2.5, b = (1*10 + 3*30) / 4 = 25
+    out = weighted_average([(a, 1.0), (b, 3.0)])
+    np.testing.assert_allclose(out["w"], 2.5)
+    np.testing.assert_allclose(out["b"], 25.0)
+    assert list(out) == ["w", "b"]  # the first update's order
+    assert list(weighted_average([(b, 1.0), (a, 1.0)], order=["w", "b"])) == ["w", "b"]
+    with pytest.raises(ValueError, match="order lists"):
+        weighted_average([(a, 1.0)], order=["w"])

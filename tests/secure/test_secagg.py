@@ -361,7 +361,7 @@ def _flip_share_bit(cfg: ConfigRecord, content: RecordDict) -> None:
         (
             Stage.COLLECT_MASKED_VECTORS,
             lambda cfg, _: _masked(cfg).__setitem__(1, _masked(cfg)[1][:-9]),
-            "masked array 1 is not a readable .npy array",
+            "masked array 1: header claims 96 byte(s) of data ((3, 4) of int64), found 87",
             [0, 1, 2, 4],
         ),
         (

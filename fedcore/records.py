@@ -44,9 +44,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -139,6 +140,131 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- instructions
 
 
+MAX_ROUND = 10_000
+"""Largest round an instruction may name (a scenario runs at most 10,000 rounds)."""
+MAX_WEIGHT = 1e9
+"""Largest aggregation weight a site may be given (sums of weights: times :data:`MAX_SITES`)."""
+MAX_SITES = 10_000
+"""Most sites one round may sum."""
+MAX_DEVICE = 1_023
+"""Largest device index a schedule may name in a site's pool."""
+MAX_EPOCHS = 1_000
+"""Most local epochs a schedule may ask for (``training.local_epochs`` has the same bound)."""
+MAX_DEADLINE_S = 1e7
+"""Longest round deadline, seconds (about 4 months)."""
+MAX_SPEC_CHARS = 65_536
+"""Longest JSON text of one scenario section in an instruction."""
+MAX_CKKS_LENGTH = 2**31 - 1
+"""Most values one encrypted aggregate may hold."""
+RUN_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A run key names a folder in the site's state directory: no separators, no ``..``."""
+
+
+def _shown(value: object) -> str:
+    """A value from a peer, short enough for a message: its type and a clipped repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+_Spec = TypeVar("_Spec", bound=BaseModel)
+
+
+class _Fields:
+    """Reads the fields of an instruction's record, refusing what a coordinator must not send.
+
+    Each reader names the field, what was expected and what was found; an absent field
+    takes its default (``None``: required).
+    """
+
+    def __init__(self, rec: Mapping[str, Any], where: str) -> None:
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"{where}: expected a record of fields, found {type(rec).__name__}")
+        self.rec = rec
+        self.where = where
+
+    def _get(self, key: str, default: object) -> object:
+        if key in self.rec:
+            return self.rec[key]
+        if default is None:
+            raise ValueError(f"{self.where} lacks {key!r}: expected it in every instruction")
+        return default
+
+    def _bad(self, key: str, expected: str, value: object) -> ValueError:
+        return ValueError(
+            f"malformed {self.where}: field {key!r}: expected {expected}, found {_shown(value)}; "
+            "the coordinator sent a malformed instruction"
+        )
+
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
+        value = self._get(key, default)
+        if type(value) is not int or not lo <= value <= hi:
+            raise self._bad(key, f"an integer in {lo}..{hi}", value)
+        return value
+
+    def number(self, key: str, default: float | None, lo: float, hi: float) -> float:
+        value = self._get(key, default)
+        expected = f"a finite number in [{lo:g}, {hi:g}]"
+        if type(value) not in (int, float):
+            raise self._bad(key, expected, value)
+        x = float(value) if abs(value) < 2**1023 else math.inf  # type: ignore[arg-type]
+        if not (math.isfinite(x) and lo <= x <= hi):
+            raise self._bad(key, expected, value)
+        return x
+
+    def run_key(self) -> str:
+        value = self._get("run_key", "")
+        if type(value) is not str or (value and not RUN_KEY_PATTERN.fullmatch(value)):
+            raise self._bad(
+                "run_key", "'' or up to 128 letters, digits, '.', '_' or '-' (a folder name)", value
+            )
+        return value
+
+    def spec(self, key: str, model: type[_Spec], default: str | None = "{}") -> _Spec:
+        """A scenario section sent as JSON text: it must validate and hold finite numbers only."""
+        value = self._get(key, default)
+        if type(value) is not str or len(value) > MAX_SPEC_CHARS:
+            raise self._bad(key, f"the JSON text of a {model.__name__} section", value)
+        try:
+            spec = model.model_validate_json(value)
+        except ValueError as exc:  # pydantic's ValidationError, with every reason
+            raise ValueError(
+                f"malformed {self.where}: field {key!r}: expected a valid {model.__name__} "
+                "section, found "
+                f"one that does not validate: {_first_lines(str(exc))}"
+            ) from None
+        bad = _non_finite(spec.model_dump())
+        if bad:
+            raise ValueError(
+                f"malformed {self.where}: field {key!r}: expected finite numbers, found "
+                f"{bad[1]!r} at "
+                f"{key}.{bad[0]}"
+            )
+        return spec
+
+
+def _first_lines(text: str, lines: int = 4) -> str:
+    """The first ``lines`` lines of ``text`` on one line (a validation error can be long)."""
+    head = text.splitlines()[:lines]
+    return "; ".join(line.strip() for line in head)[:400]
+
+
+def _non_finite(value: object, path: str = "") -> tuple[str, float] | None:
+    """The first (path, value) in a nested structure whose float is NaN or infinite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path.lstrip("."), value)
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}")
+        if found is not None:
+            return found
+    return None
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """Settings that travel with a train, evaluate or export instruction, typed once.
@@ -200,31 +326,44 @@ class RoundConfig:
     def from_record(cls, rec: Mapping[str, Any]) -> RoundConfig:
         """Parse a round config record (or the same keys in a SecAgg+ fit config).
 
+        The record may come from a hostile or broken coordinator: every field is checked for
+        type and range before anything uses it (``round`` in 0..:data:`MAX_ROUND`,
+        ``epochs`` in 0..:data:`MAX_EPOCHS`, ``weight`` finite in [0, :data:`MAX_WEIGHT`],
+        ``headroom`` in [0, 1], ``run_key`` a folder name, ...), and each scenario section
+        must validate and hold finite numbers only. Absent optional fields take their defaults.
+
         Raises:
-            ValueError: a key is missing or a section does not validate (the message says which).
+            ValueError: naming the field, what was expected and what was found (never
+                another exception, whatever the record holds).
         """
+        f = _Fields(rec, "round config")
         try:
-            return cls(
-                round=int(rec["round"]),
-                seed=int(rec["seed"]),
-                task=TaskSpec.model_validate_json(str(rec["task"])),
-                training=TrainingSpec.model_validate_json(str(rec.get("training", "{}"))),
-                privacy=PrivacySpec.model_validate_json(str(rec.get("privacy", "{}"))),
-                run_key=str(rec.get("run_key", "")),
-                weight=float(rec.get("weight", 1.0)),
-                max_sites=int(rec.get("max_sites", 0)),
-                export=ExportSpec.model_validate_json(str(rec.get("export", "{}"))),
-                device=int(rec.get("device", -1)),
-                epochs=int(rec.get("epochs", 0)),
-                deadline_s=float(rec.get("deadline_s", 0.0)),
-                headroom=float(rec.get("headroom", 0.0)),
-                site_clip=float(rec.get("site_clip", 0.0)),
-                max_weight=float(rec.get("max_weight", 0.0)),
+            cfg = cls(
+                round=f.integer("round", None, 0, MAX_ROUND),
+                seed=f.integer("seed", None, -(2**63), 2**63 - 1),
+                task=f.spec("task", TaskSpec, None),
+                training=f.spec("training", TrainingSpec),
+                privacy=f.spec("privacy", PrivacySpec),
+                run_key=f.run_key(),
+                weight=f.number("weight", 1.0, 0.0, MAX_WEIGHT),
+                max_sites=f.integer("max_sites", 0, 0, MAX_SITES),
+                export=f.spec("export", ExportSpec),
+                device=f.integer("device", -1, -1, MAX_DEVICE),
+                epochs=f.integer("epochs", 0, 0, MAX_EPOCHS),
+                deadline_s=f.number("deadline_s", 0.0, 0.0, MAX_DEADLINE_S),
+                headroom=f.number("headroom", 0.0, 0.0, 1.0),
+                site_clip=f.number("site_clip", 0.0, 0.0, MAX_WEIGHT),
+                max_weight=f.number("max_weight", 0.0, 0.0, MAX_WEIGHT * MAX_SITES),
             )
-        except KeyError as exc:
-            raise ValueError(f"round config lacks {exc.args[0]!r}") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, OverflowError) as exc:  # a field read without its checker
             raise ValueError(f"malformed round config: {exc}") from exc
+        bad = _non_finite({k.name: getattr(cfg, k.name) for k in fields(cfg)})
+        if bad:
+            raise ValueError(
+                f"malformed round config: field {bad[0]!r}: expected a finite number, "
+                f"found {bad[1]}"
+            )
+        return cfg
 
     @property
     def mode(self) -> str:
@@ -303,13 +442,25 @@ def read_export_reply(content: RecordDict) -> tuple[str, dict[str, Any], str]:
 
 
 def read_telemetry_instruction(content: RecordDict) -> tuple[int, str, TaskSpec]:
-    """(round, run key, task) of a ``query.telemetry`` instruction; ``ValueError`` when malformed."""
-    rec = content.config_records.get(CONFIG, ConfigRecord())
-    try:
-        task = TaskSpec.model_validate_json(str(rec.get("task", "{}")))
-        return int(rec.get("round", 0)), str(rec.get("run_key", "")), task  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"malformed telemetry instruction: {exc}") from exc
+    """(round, run key, task) of a ``query.telemetry`` instruction.
+
+    ``round`` an integer in 0..:data:`MAX_ROUND`, ``run_key`` a folder name (see
+    :data:`RUN_KEY_PATTERN`), ``task`` a valid task section with finite numbers.
+
+    Raises:
+        ValueError: the instruction has no ``config`` record, or a field is malformed (the
+            message names it, what was expected and what was found).
+    """
+    rec = content.config_records.get(CONFIG) if isinstance(content, RecordDict) else None
+    if rec is None:
+        found = sorted(content.keys()) if isinstance(content, RecordDict) else type(content)
+        raise ValueError(
+            f"telemetry instruction: expected a {CONFIG!r} record (round, run key, task), "
+            f"found {found}"
+        )
+    f = _Fields(rec, "telemetry instruction")
+    task = f.spec("task", TaskSpec)
+    return f.integer("round", 0, 0, MAX_ROUND), f.run_key(), task
 
 
 def ckks_instruction(
@@ -333,7 +484,18 @@ def ckks_instruction(
 def read_instruction(
     content: RecordDict,
 ) -> tuple[dict[str, np.ndarray] | None, RoundConfig | None]:
-    """Read the model arrays and round config of a train/evaluate instruction."""
+    """Read the model arrays and round config of a train/evaluate/export instruction.
+
+    Either is ``None`` when its record is absent. The arrays are decoded as
+    :func:`record_to_arrays` does (``.npy`` headers checked before anything is allocated);
+    the config as :meth:`RoundConfig.from_record` reads it.
+
+    Raises:
+        ValueError: a malformed record (the message names the field, what was expected and
+            what was found), never another exception.
+    """
+    if not isinstance(content, RecordDict):
+        raise ValueError(f"instruction: expected a RecordDict, found {type(content).__name__}")
     arrays = (
         record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
     )
@@ -377,30 +539,82 @@ class CkksAggregates:
         )
 
     @classmethod
-    def from_content(cls, content: RecordDict) -> CkksAggregates:
-        """Parse ``ckks.aggregates``; ``ValueError`` when it is missing or inconsistent."""
-        if CKKS_AGGREGATES not in content.config_records:
-            raise ValueError("ckks instruction has no 'ckks.aggregates' record")
-        rec = content.config_records[CKKS_AGGREGATES]
-        try:
-            rounds = [int(x) for x in rec.get("rounds", [])]  # type: ignore[union-attr]
-            weights = [float(x) for x in rec.get("weights", [])]  # type: ignore[union-attr]
-            counts = [int(x) for x in rec.get("counts", [])]  # type: ignore[union-attr]
-            sizes = [int(x) for x in rec.get("chunk_counts", [])]  # type: ignore[union-attr]
-            chunks = _bytes_list(rec.get("chunks", []), "ckks.aggregates chunks")
-            length = int(rec["length"])  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed 'ckks.aggregates' record: {exc}") from exc
-        if not len(rounds) == len(weights) == len(counts) == len(sizes) or sum(sizes) != len(
-            chunks
-        ):
-            raise ValueError("malformed 'ckks.aggregates' record: list lengths disagree")
+    def from_content(
+        cls, content: RecordDict, *, latest_round: int | None = None
+    ) -> CkksAggregates:
+        """Parse ``ckks.aggregates``, refusing anything a site must not apply.
+
+        ``length`` in 0..:data:`MAX_CKKS_LENGTH`; per aggregate a round in
+        1..:data:`MAX_ROUND` (strictly increasing, and at most ``latest_round``: no aggregate
+        from the future), a finite positive weight, a count of sites in 1..:data:`MAX_SITES`
+        and at least one chunk (the chunk counts add up to the chunks sent).
+
+        Args:
+            content: The instruction's content.
+            latest_round: The instruction's round; an aggregate of a later round is refused.
+
+        Raises:
+            ValueError: the record is missing or malformed (the message names the field,
+                what was expected and what was found).
+        """
+        where = f"{CKKS_AGGREGATES!r} record"
+        rec = (
+            content.config_records.get(CKKS_AGGREGATES) if isinstance(content, RecordDict) else None
+        )
+        if rec is None:
+            raise ValueError(f"ckks instruction: expected a {where}, found none")
+        f = _Fields(rec, where)
+        length = f.integer("length", None, 0, MAX_CKKS_LENGTH)  # 0: no aggregate yet
+
+        def items(key: str, ok: Any, expected: str) -> list[Any]:
+            values = rec.get(key, [])
+            if not isinstance(values, list):
+                raise f._bad(key, f"a list of {expected}", values)
+            bad = next((v for v in values if not ok(v)), _NONE)
+            if bad is not _NONE:
+                raise f._bad(key, f"a list of {expected}", bad)
+            return list(values)
+
+        def is_int(lo: int, hi: int) -> Any:
+            return lambda v: type(v) is int and lo <= v <= hi
+
+        top = MAX_ROUND if latest_round is None else min(MAX_ROUND, latest_round)
+        rounds = items(
+            "rounds", is_int(1, top), f"rounds in 1..{top} (none after this instruction's)"
+        )
+        weights = items(
+            "weights",
+            lambda v: type(v) in (int, float) and 0 < v <= MAX_WEIGHT * MAX_SITES,
+            f"finite weights in (0, {MAX_WEIGHT * MAX_SITES:g}]",
+        )
+        counts = items("counts", is_int(1, MAX_SITES), f"site counts in 1..{MAX_SITES}")
+        sizes = items("chunk_counts", is_int(1, length), f"chunk counts in 1..{length}")
+        chunks = items("chunks", lambda v: type(v) is bytes, "ciphertext chunks (bytes)")
+        if not len(rounds) == len(weights) == len(counts) == len(sizes):
+            raise ValueError(
+                f"malformed {where}: expected as many weights, counts and chunk counts as rounds "
+                f"({len(rounds)}), found {len(weights)}, {len(counts)} and {len(sizes)}"
+            )
+        if sum(sizes) != len(chunks):
+            raise ValueError(
+                f"malformed {where}: expected {sum(sizes)} chunks (the sum of chunk_counts), found "
+                f"{len(chunks)}"
+            )
+        if any(b <= a for a, b in zip(rounds, rounds[1:], strict=False)):
+            raise ValueError(
+                f"malformed {where}: field 'rounds': expected strictly increasing rounds, "
+                f"found {rounds[:20]}"
+            )
         out: list[CkksRound] = []
         pos = 0
         for r, w, c, n in zip(rounds, weights, counts, sizes, strict=True):
-            out.append(CkksRound(r, chunks[pos : pos + n], w, c))
+            out.append(CkksRound(r, chunks[pos : pos + n], float(w), c))
             pos += n
         return cls(length=length, rounds=out)
+
+
+_NONE = object()
+"""Stands for "no such value" where ``None`` could be one."""
 
 
 def _bytes_list(value: object, what: str) -> list[bytes]:

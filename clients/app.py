@@ -54,6 +54,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         """Train from the incoming global model; when asked, evaluate it first and add telemetry."""
         rt = runtime(context)
         cfg = read_round(msg.content)
+        _check_requests(msg.content, cfg)  # refused before any work or write
         protection = site_protection(cfg.privacy)
         base = protection.global_model(rt, msg.content, cfg)
         evaluation = None
@@ -76,6 +77,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         """Evaluate the global model; when asked, add the next round's telemetry to the reply."""
         rt = runtime(context)
         cfg = read_round(msg.content)
+        _check_requests(msg.content, cfg)  # refused before any work or write
         arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
         ev = rt.evaluate(arrays, cfg, digest_hex(arrays))
         content = signed_evaluation(rt, ev, cfg.round, cfg.run_key)
@@ -106,6 +108,29 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         return Message(signed_telemetry(rt, round_, run_key, task), reply_to=msg)
 
     return app
+
+
+def _check_requests(instruction: RecordDict, cfg: R.RoundConfig) -> None:
+    """Refuse an instruction whose carry requests are malformed, before the site does any work.
+
+    The evaluation a train instruction asks for is of the model it brings: a round in
+    0..``cfg.round``; the telemetry it asks for is of a round in 0..``MAX_ROUND + 1``.
+
+    Raises:
+        ValueError: naming the request, what was expected and what was found.
+    """
+    evaluated = carry.read_evaluation_request(instruction)
+    if evaluated is not None and not 0 <= evaluated <= cfg.round:
+        raise ValueError(
+            f"malformed {carry.EVALUATION_REQUEST!r}: expected the round of the model the "
+            f"instruction brings, in 0..{cfg.round}, found {evaluated}"
+        )
+    telemetry = carry.read_telemetry_request(instruction)
+    if telemetry is not None and not 0 <= telemetry <= R.MAX_ROUND + 1:
+        raise ValueError(
+            f"malformed {carry.TELEMETRY_REQUEST!r}: expected a round in 0..{R.MAX_ROUND + 1}, "
+            f"found {telemetry}"
+        )
 
 
 def _add_telemetry(

@@ -6,8 +6,12 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,61 @@ def local_seed(seed: int, site_id: str, round_: int) -> int:
     """The seed of one site's local training in one round (stable across processes)."""
     digest = hashlib.sha256(f"{seed}:{site_id}:{round_}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A fresh folder beside ``final`` that replaces ``final`` once the block succeeds.
+
+    When the block raises, the folder is removed and ``final`` is left as it was. The swap
+    is two renames (the old folder aside, the new one in), then the old folder is removed:
+    a crash between them leaves the old folder beside ``final``, named ``.NAME.old-*``.
+    """
+    from fedcore.storage import private_dir
+
+    private_dir(final.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{secrets.token_hex(6)}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_mismatch(
+    arrays: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+) -> str:
+    """Why ``arrays`` are not a model of ``layout`` (names, shapes, dtypes, NaN), or ``""``.
+
+    Args:
+        arrays: The arrays a coordinator sent.
+        layout: Name -> (shape, dtype) of the site's own model.
+    """
+    missing = sorted(set(layout) - set(arrays))
+    extra = sorted(set(arrays) - set(layout))
+    if missing or extra:
+        return (
+            f"expected the arrays {sorted(layout)[:8]}..., found {len(missing)} missing "
+            f"({missing[:3]}) and {len(extra)} extra ({[k[:40] for k in extra[:3]]})"
+        )
+    for name, (shape, dtype) in layout.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):
+            return f"array {name!r}: expected a numpy array, found {type(a).__name__}"
+        if a.shape != shape or a.dtype != dtype:
+            return (
+                f"array {name!r}: expected {dtype} of shape {shape}, found {a.dtype} of "
+                f"shape {a.shape}"
+            )
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            return f"array {name!r}: expected finite values, found {bad} NaN or infinite"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +126,7 @@ class SiteRuntime:
         self._kit: tuple[Any] | None = None
         self._secret: Any = None
         self._codecs: dict[tuple[str, int], Any] = {}
+        self._layouts: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
 
     # ------------------------------------------------------------------ config and paths
 
@@ -269,6 +329,37 @@ class SiteRuntime:
             self._codecs[key] = make_codec(privacy, self.secret_context(site_id), max_sites or 1)
         return self._codecs[key]
 
+    # ------------------------------------------------------------------ the incoming model
+
+    def model_layout(self, task: TaskSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Name -> (shape, dtype) of every array of ``task``'s model, as this site builds it."""
+        key = task.model_dump_json()
+        if key not in self._layouts:
+            import torch
+
+            from fedcore import tasks
+
+            with torch.random.fork_rng(devices=[]):  # building draws initial weights
+                state = tasks.build(task).state_dict()
+            self._layouts[key] = {
+                name: (tuple(t.shape), np.dtype(str(t.dtype).removeprefix("torch.")))
+                for name, t in state.items()
+            }
+        return self._layouts[key]
+
+    def check_model(self, arrays: Mapping[str, np.ndarray], task: TaskSpec) -> None:
+        """Refuse a global model that is not ``task``'s model (see :func:`model_mismatch`).
+
+        Raises:
+            ValueError: naming the array, what was expected and what was found.
+        """
+        problem = model_mismatch(arrays, self.model_layout(task))
+        if problem:
+            raise ValueError(
+                f"the global model does not fit this site's {task.model} model: {problem}; the "
+                "coordinator sent a model of other settings or a damaged one"
+            )
+
     # ------------------------------------------------------------------ work
 
     def train(self, arrays: Mapping[str, np.ndarray], cfg: R.RoundConfig) -> LocalTraining:
@@ -323,7 +414,9 @@ class SiteRuntime:
     def export(self, arrays: Mapping[str, np.ndarray], cfg: R.RoundConfig) -> dict[str, Any]:
         """Quantize the global model for this site's device and check it on the site's test data.
 
-        Files go to ``STATE/export/<run key>/`` (the model, its FP32 fallback, ``manifest.json``).
+        Files go to ``STATE/export/<run key>/`` (the model, its FP32 fallback, ``manifest.json``),
+        written in a folder beside it that replaces it once the export succeeded: a failed
+        export leaves the previous one as it was.
         """
         from fedcore.data.graph import feature_dim
         from fedcore.export import export_for_site
@@ -336,14 +429,15 @@ class SiteRuntime:
         model = build_model(cfg.task, feature_dim(cfg.task))
         load_arrays(model, arrays)
         out_dir = self.state_dir / "export" / (cfg.run_key or "default")
-        manifest = export_for_site(
-            model,
-            graph,
-            out_dir,
-            task=cfg.task,
-            providers=self.device().adapter.onnx_providers(),
-            tolerance=cfg.export.tolerance,
-        )
+        with staged_directory(out_dir) as staging:
+            manifest = export_for_site(
+                model,
+                graph,
+                staging,
+                task=cfg.task,
+                providers=self.device().adapter.onnx_providers(),
+                tolerance=cfg.export.tolerance,
+            )
         info = manifest.to_dict()
         info["directory"] = str(out_dir)
         return info

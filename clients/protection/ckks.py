@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,22 @@ def check_aggregate_norm(
         )
 
 
+def decrypted(codec: Any, agg: R.CkksRound, length: int) -> np.ndarray:
+    """The decrypted sum of one aggregate: ``length`` finite float64 values, or ``ValueError``."""
+    total = np.asarray(codec.decrypt(agg.chunks, length, agg.count), dtype=np.float64)
+    if total.shape != (length,):
+        raise ValueError(
+            f"the encrypted aggregate of round {agg.round} decrypts to {total.size} values; "
+            f"expected {length}"
+        )
+    if not np.all(np.isfinite(total)):
+        raise ValueError(
+            f"the encrypted aggregate of round {agg.round} decrypts to non-finite values; "
+            "expected finite sums"
+        )
+    return total
+
+
 def rounding_slack(arrays: Mapping[str, np.ndarray], norm: float, site_clip: float) -> float:
     """How far float rounding may lengthen a clipped update: ``eps * (2 ||model|| + site_clip)``.
 
@@ -81,7 +97,13 @@ def rounding_slack(arrays: Mapping[str, np.ndarray], norm: float, site_clip: flo
 
 
 def bring_up_to_date(
-    store: GlobalModelStore, content: RecordDict, codec: Any, site_clip: float = 0.0
+    store: GlobalModelStore,
+    content: RecordDict,
+    codec: Any,
+    site_clip: float = 0.0,
+    *,
+    latest_round: int | None = None,
+    check: Callable[[dict[str, np.ndarray]], None] | None = None,
 ) -> tuple[int, dict[str, np.ndarray]]:
     """Apply the encrypted aggregates the site lacks; returns (round, global model).
 
@@ -91,18 +113,38 @@ def bring_up_to_date(
     missed rounds ends with the bit-identical model of the sites that did not. With
     ``site_clip`` (> 0) each aggregate's mean update must be within it
     (:func:`check_aggregate_norm`); an instruction with a refused aggregate changes nothing.
+
+    Nothing is written unless the instruction reads whole: the aggregates record (no round
+    after ``latest_round``), the base model and the held one must pass ``check`` (the site's
+    model: names, shapes, dtypes, finite values), every aggregate must decrypt to ``length``
+    finite values that keep the model finite. A refused instruction leaves the store as it was.
+
+    Raises:
+        ValueError: the instruction cannot be applied (the message says why).
     """
+    aggregates = R.CkksAggregates.from_content(content, latest_round=latest_round)
+    record = content.array_records.get(R.ARRAYS)
+    base = None if record is None else R.record_to_arrays(record)
+    if base is not None and check is not None:
+        check(base)  # read and checked even when the site holds a model: all or nothing
     held = store.load()
-    aggregates = R.CkksAggregates.from_content(content)
     if held is None:
-        if R.ARRAYS not in content.array_records:
+        if base is None:
             raise ValueError(
                 "this site holds no global model for the run and the instruction carries no base "
                 "model; the coordinator must resend round 0"
             )
-        current, arrays = 0, R.record_to_arrays(content.array_records[R.ARRAYS])
+        current, arrays = 0, base
     else:
         current, arrays = held
+        if check is not None:
+            check(arrays)
+    size = sum(np.asarray(a).size for a in arrays.values())
+    if aggregates.rounds and aggregates.length != size:
+        raise ValueError(
+            f"the encrypted aggregates hold {aggregates.length} values each; expected {size}, "
+            "the values of this site's model"
+        )
     changed = held is None
     for agg in aggregates.rounds:
         if agg.round <= current:
@@ -118,7 +160,7 @@ def bring_up_to_date(
                 f"aggregate of round {agg.round} has {aggregates.length} values; the model has "
                 f"{vec.size}"
             )
-        total = codec.decrypt(agg.chunks, aggregates.length, agg.count)
+        total = decrypted(codec, agg, aggregates.length)
         if site_clip > 0:
             check_aggregate_norm(
                 agg.round,
@@ -129,7 +171,15 @@ def bring_up_to_date(
             )
         # back to the model's dtypes after every round, as a site that took part in each
         # round did: a site catching up holds the bit-identical model
-        arrays = unflatten(vec + total / agg.weight, arrays)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below if not finite
+            updated = unflatten(vec + total / agg.weight, arrays)
+        if not all(np.all(np.isfinite(a)) for a in updated.values() if a.dtype.kind in "fc"):
+            raise ValueError(
+                f"the encrypted aggregate of round {agg.round} would make the model non-finite "
+                f"(weight {agg.weight:g}); expected a mean update the model's dtypes can hold. "
+                "This site refuses it and keeps its model"
+            )
+        arrays = updated
         current = agg.round
         changed = True
     if changed:
@@ -148,7 +198,14 @@ class CkksSite(SiteProtection):
         site = runtime.site()
         codec = runtime.codec(site.id, cfg.privacy, cfg.max_sites)
         store = GlobalModelStore.for_run(runtime.state_dir, cfg.run_key)
-        _, arrays = bring_up_to_date(store, content, codec, cfg.site_clip)
+        _, arrays = bring_up_to_date(
+            store,
+            content,
+            codec,
+            cfg.site_clip,
+            latest_round=cfg.round,
+            check=lambda model: runtime.check_model(model, cfg.task),
+        )
         return arrays
 
     def reply(

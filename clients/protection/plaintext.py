@@ -20,7 +20,11 @@ class PlaintextSite(SiteProtection):
     ) -> dict[str, np.ndarray]:
         arrays, _ = R.read_instruction(content)
         if arrays is None:
-            raise ValueError("instruction lacks its 'arrays' record (the global model)")
+            raise ValueError(
+                f"instruction: expected an 'arrays' record (the global model), found records "
+                f"{sorted(content.keys())[:10]}"
+            )
+        runtime.check_model(arrays, cfg.task)  # before anything reads or writes with it
         return arrays
 
     def reply(

@@ -28,16 +28,43 @@ def read_fit(content: RecordDict) -> tuple[R.RoundConfig, dict[str, np.ndarray]]
     """The round config and global model of a SecAgg+ legacy fit instruction.
 
     The fit config carries the same round config record as any other instruction, plus
-    the array names.
-    """
-    from secure.secagg import read_fit_instruction
+    the array names (a JSON list of distinct names, one per array). The arrays are decoded
+    as :func:`fedcore.records.record_to_arrays` does: each ``.npy`` header is checked
+    before anything is allocated.
 
-    params, fit_config = read_fit_instruction(content)
-    config: dict[str, Any] = dict(fit_config)
-    names = json.loads(str(config.pop(NAMES_KEY, "[]")))
+    Raises:
+        ValueError: the instruction is not a legacy fit or is malformed (the message names
+            the field, what was expected and what was found).
+    """
+    from secure.secagg_client import FITINS_CONFIG, FITINS_PARAMETERS
+
+    if not is_secagg_fit(content):
+        raise ValueError(
+            f"expected a legacy fit instruction with records {FITINS_PARAMETERS!r} and "
+            f"{FITINS_CONFIG!r}, found {sorted(content.keys())[:10]}"
+        )
+    config: dict[str, Any] = dict(content.config_records[FITINS_CONFIG])
+    raw = config.pop(NAMES_KEY, "[]")
+    try:
+        names = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        names = None
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            f"fit config {NAMES_KEY!r}: expected a JSON list of distinct array names, found "
+            f"{type(raw).__name__} {str(raw)[:60]!r}"
+        )
+    cfg = R.RoundConfig.from_record(config)
+    params = list(R.record_to_arrays(content.array_records[FITINS_PARAMETERS]).values())
     if len(names) != len(params):
-        raise ValueError(f"fit instruction holds {len(params)} arrays for {len(names)} names")
-    return R.RoundConfig.from_record(config), dict(zip(names, params, strict=True))
+        raise ValueError(
+            f"fit instruction: expected one array per name ({len(names)}), found {len(params)}"
+        )
+    return cfg, dict(zip(names, params, strict=True))
 
 
 class SecAggSite(PlaintextSite):
@@ -49,7 +76,9 @@ class SecAggSite(PlaintextSite):
         self, runtime: SiteRuntime, content: RecordDict, cfg: R.RoundConfig
     ) -> dict[str, np.ndarray]:
         if is_secagg_fit(content):
-            return read_fit(content)[1]
+            arrays = read_fit(content)[1]
+            runtime.check_model(arrays, cfg.task)  # before anything reads or writes with it
+            return arrays
         return super().global_model(runtime, content, cfg)
 
     def reply(

@@ -785,3 +785,48 @@ def test_secagg_final_model_is_the_plaintext_one(
     tmp_path: Path, make_scenario: Callable[..., Scenario]
 ) -> None:
     check_secagg_mean_in_clear(tmp_path, make_scenario)
+
+
+def evaluate_reply_of(grid: SpyGrid, site: str) -> Message:
+    """``site``'s evaluate reply among those the coordinator pulled."""
+    for msg in grid.replies:
+        if msg.metadata.message_type == R.EVALUATE and not msg.has_error():
+            if R.EvalReply.from_content(msg.content).site_id == site:
+                return msg
+    raise AssertionError(f"no evaluate reply from {site}")
+
+
+def test_replayed_or_forged_evaluation_is_left_out(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    # evaluations are signed over kind, site, evaluated round, run and digest: bank-d's
+    # evaluation of another run, replayed, and bank-c's evaluation signed with bank-a's
+    # key are both left out of the pooled metrics, with the reason in the round's record
+    from secure.kit import load_kit, sign
+
+    scenario = make_scenario("{mode: plaintext}")
+    kits = provision_run_kits(scenario, tmp_path / "a")
+    _, grid_a, _ = run_driver(scenario, tmp_path / "a", kits=kits)
+    old = evaluate_reply_of(grid_a, "bank-d").content
+    kit_a = load_kit(kits.sites["bank-a"], role="site")
+
+    def hostile(site: str, msg: Message, reply: Message) -> Message:
+        if reply.metadata.message_type != R.EVALUATE or reply.has_error():
+            return reply
+        if site == "bank-d":
+            return Message(old, reply_to=reply_stub(reply))
+        if site == HOSTILE:
+            ev = R.EvalReply.from_content(reply.content)
+            _, cfg = R.read_instruction(msg.content)
+            assert cfg is not None
+            payload = R.signing_payload(R.EVALUATE, site, cfg.round, cfg.run_key, ev.digest())
+            R.attach_signature(reply.content, sign(kit_a, payload))
+        return reply
+
+    result, _, _ = run_driver(
+        scenario, tmp_path / "b", kits=kits, app=tampering(_client_app(), hostile)
+    )
+    problems = result["rounds"][-1]["eval_problems"]
+    assert set(problems) >= {"bank-d", HOSTILE}, problems
+    assert "does not verify" in " ".join(problems["bank-d"]), problems
+    assert "does not verify" in " ".join(problems[HOSTILE]), problems

@@ -325,7 +325,7 @@ def read_yaml(path: Path) -> Any:
         )
         raise ConfigError(
             path,
-            f"line 1: expected a mapping of fields (name: ..., sites: ...) at the top level, "
+            f"line 1: expected a mapping at the top level (fields such as name: and sites:), "
             f"found {found}",
         )
     return data

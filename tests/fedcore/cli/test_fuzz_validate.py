@@ -1,7 +1,8 @@
 """``fedcore validate`` on mutated scenario files and site CSVs: exit 0 or 2, a message naming the file, never a crash.
 
-Every example goes through the command in-process (typer's ``CliRunner``) and a few
-through a real ``fedcore validate`` process. An example *crashes* when it raises, exits
+Every example goes through the command in-process (typer's ``CliRunner``), the first
+refused ones of each kind through ``fedcore run`` too (it must refuse them the same way,
+before writing anything), and a few through a real ``fedcore validate`` process. An example *crashes* when it raises, exits
 with another code than 0 or 2, prints a traceback, refuses without naming the file (and
 a line, column or field), takes longer than :data:`TIME_BOUND_S`, or (the subprocesses)
 peaks above :data:`MEMORY_BOUND_MB` resident. Each test prints its counts (accepted /
@@ -168,6 +169,25 @@ def _validate_in_process(path: Path, names: list[str]) -> Outcome:
     res = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "200"})
     seconds = time.perf_counter() - start
     return _judge(path.name, res.exit_code, res.output, res.exception, names, seconds)
+
+
+RUN_EXAMPLES = 15
+"""How many refused files of each kind also go through ``fedcore run`` (it must refuse them too)."""
+
+
+def _run_in_process(path: Path, names: list[str], out: Path) -> Outcome:
+    """``fedcore run`` on a file that validate refused: exit 2 naming the file, nothing run."""
+    from fedcore.cli.main import app
+
+    start = time.perf_counter()
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(out)], env={"COLUMNS": "200"})
+    seconds = time.perf_counter() - start
+    outcome = _judge(f"run {path.name}", res.exit_code, res.output, res.exception, names, seconds)
+    if outcome.kind == "accepted":
+        return Outcome(outcome.name, "crashed", "fedcore run accepted what validate refused")
+    if out.exists():
+        return Outcome(outcome.name, "crashed", f"fedcore run wrote {out} for a refused file")
+    return outcome
 
 
 def _peak_mb() -> float:
@@ -418,6 +438,7 @@ def test_mutated_scenarios(
     bases = [p.read_bytes() for p in SHIPPED] + [_csv_scenario(str(csv), columns).encode()]
     rng = random.Random(SEED)
     tally = Tally("mutated scenario files")
+    runs: Counter[str] = Counter()
     before = _peak_mb()
     for i in range(EXAMPLES):
         what, raw = _scenario_mutation(rng.choice(bases), rng)
@@ -426,11 +447,18 @@ def test_mutated_scenarios(
         outcome = _validate_in_process(path, [path.name])
         outcome.name = f"{path.name} ({what})"
         tally.add(outcome)
+        if outcome.kind == "refused" and runs.total() < RUN_EXAMPLES:
+            ran = _run_in_process(path, [path.name], tmp_path / "out")
+            runs[ran.kind] += 1
+            if ran.kind == "crashed":
+                tally.add(ran)
         path.unlink()
     counts = tally.report()
+    print(f"  fedcore run on {runs.total()} of the refused files: refused {runs['refused']}")
     growth = _peak_mb() - before
     print(f"  peak resident memory grew by {growth:.0f} MB")
     assert counts["crashed"] == 0
+    assert runs["refused"] == runs.total() == min(RUN_EXAMPLES, counts["refused"])
     assert counts["refused"] > EXAMPLES // 2  # the mutations do break most files
     assert growth < GROWTH_BOUND_MB
 
@@ -441,6 +469,7 @@ def test_mutated_site_csvs(
     _, columns, lines = bank_csv
     rng = random.Random(SEED + 1)
     tally = Tally("mutated site CSVs")
+    runs: Counter[str] = Counter()
     before = _peak_mb()
     for i in range(EXAMPLES):
         what, raw = _csv_mutation(lines, rng)
@@ -459,12 +488,20 @@ def test_mutated_site_csvs(
         outcome = _validate_in_process(config, [csv.name])
         outcome.name = f"{csv.name} ({what})"
         tally.add(outcome)
+        scenario = not i % 2  # fedcore run takes scenarios only
+        if scenario and outcome.kind == "refused" and runs.total() < RUN_EXAMPLES:
+            ran = _run_in_process(config, [csv.name], tmp_path / "out")
+            runs[ran.kind] += 1
+            if ran.kind == "crashed":
+                tally.add(ran)
         csv.unlink()
         config.unlink()
     counts = tally.report()
+    print(f"  fedcore run on {runs.total()} of the refused files: refused {runs['refused']}")
     growth = _peak_mb() - before
     print(f"  peak resident memory grew by {growth:.0f} MB")
     assert counts["crashed"] == 0
+    assert runs["refused"] == runs.total() == min(RUN_EXAMPLES, counts["refused"])
     assert counts["refused"] > EXAMPLES // 2
     assert growth < GROWTH_BOUND_MB
 

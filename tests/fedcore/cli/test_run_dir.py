@@ -223,3 +223,19 @@ def test_site_whose_training_labels_are_all_fraud_is_refused(
     flat = " ".join(res.stderr.split())
     assert "training transactions" in flat and "are labelled 1 (fraud)" in flat
     assert "site 'bank-c'" in flat and "round" not in res.stdout
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/x", ".."])
+def test_a_name_that_would_leave_runs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = tmp_path / "s.yaml"
+    path.write_text(TINY.replace("name: NAME", f"name: {json.dumps(name)}"))
+    res = cli(monkeypatch, "run", str(path))
+    assert res.exit_code == 2, res.output
+    assert "name: name must be 1 to 64 characters" in " ".join(res.stderr.split())
+    assert sorted(tmp_path.iterdir()) == sorted([work, path])  # nothing written beside them
+    assert list(work.iterdir()) == []  # not even runs/

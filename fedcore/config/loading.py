@@ -432,6 +432,8 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
 
 
 def dump_site_config(cfg: SiteConfig, path: Path) -> None:
-    """Write a site config as YAML (used by ``fedcore run --engine deployment``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    """Write a site config as YAML (used by ``fedcore run --engine deployment``), owner-only (0600)."""
+    from fedcore.storage import atomic_write_text
+
+    text = yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    atomic_write_text(path, text)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedcore.config import ConfigError, load_scenario, load_site_config
 from fedcore.config.loading import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
@@ -153,3 +154,20 @@ def test_site_files_get_the_same_loader(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=expected):
             load_site_config(path)
+
+
+def test_a_dumped_site_file_is_private_and_reads_back(tmp_path: Path) -> None:
+    import stat
+
+    from fedcore.config import SiteConfig, dump_site_config
+
+    path = tmp_path / "sites" / "bank-a.yaml"
+    dump_site_config(load_site_config(_site_file(tmp_path)), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_site_config(path) == SiteConfig.model_validate(yaml.safe_load(SITE))
+
+
+def _site_file(tmp_path: Path) -> Path:
+    path = tmp_path / "in.yaml"
+    path.write_text(SITE)
+    return path

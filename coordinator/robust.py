@@ -167,7 +167,7 @@ def multi_krum(updates: Sequence[Update], byzantine: int, keep: int | None = Non
 
 
 def weighted_mean_of(updates: Sequence[Update], weights: Sequence[float]) -> dict[str, np.ndarray]:
-    """``sum_i w_i u_i / sum_i w_i`` per value, in float64 (FedAvg of updates).
+    """``sum_i w_i u_i / sum_i w_i`` per value, in float64 (FedAvg of updates, McMahan et al. 2017).
 
     Raises:
         ValueError: a weight that is not positive and finite, or mismatched updates.
@@ -211,6 +211,9 @@ def capped_examples(examples: Sequence[float], cap: float) -> list[float]:
 class NormBound:
     """The norm bound learned from recent rounds: ``factor`` x the median accepted L2 norm.
 
+    Norm bounding against boosted (model-replacement) updates, Sun et al., "Can You Really
+    Backdoor Federated Learning?", 2019, with the bound taken from the updates themselves
+    instead of fixed in advance.
     The median is taken over the norms of every update accepted in the last ``window``
     rounds; in a round with no history yet, over that round's own norms. Norms are
     recorded after clipping, so a site that keeps sending huge updates cannot raise the

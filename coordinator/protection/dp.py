@@ -156,8 +156,9 @@ class DifferentialPrivacy(Protection):
         self.inner.aggregate(round_, collected, self.noise)
         self._epsilon = self.accountant.step(collected.chosen)
 
-    def round_figures(self) -> dict[str, float]:
-        return {} if self._epsilon is None else {"epsilon": round(self._epsilon, 4)}
+    def round_figures(self) -> dict[str, Any]:
+        inner = self.inner.round_figures()
+        return inner if self._epsilon is None else {**inner, "epsilon": round(self._epsilon, 4)}
 
     def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
         return self.inner.instruction(cfg, site)

@@ -102,3 +102,19 @@ def test_plaintext_has_no_quantization_term_and_unseeded_noise() -> None:
 def test_noise_grid_must_be_a_positive_step() -> None:
     with pytest.raises(ValueError, match="grid step"):
         GaussianNoise(DpSpec(noise_multiplier=1.0, clip_norm=0.05), grid=0.0)
+
+
+def test_the_round_record_keeps_the_inner_protections_figures_beside_epsilon() -> None:
+    """DP over a norm bound: the sites the bound clipped still reach the round record."""
+
+    class Inner(Plaintext):
+        def round_figures(self) -> dict[str, object]:
+            return {"robust": {"rule": "fedavg", "clipped": ["bank-b"]}}
+
+    dp = DifferentialPrivacy(Inner(MODEL), DpSpec(noise_multiplier=1.0, clip_norm=0.05), 3)
+    assert dp.round_figures() == {"robust": {"rule": "fedavg", "clipped": ["bank-b"]}}
+    dp._epsilon = 1.23456
+    assert dp.round_figures() == {
+        "robust": {"rule": "fedavg", "clipped": ["bank-b"]},
+        "epsilon": 1.2346,
+    }

@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 
 from clients.model_store import GlobalModelStore, digest_hex
 from clients.protection import read_round, site_protection
+from clients.protection.secagg import refuse_malformed_stages
 from clients.runtime import SiteRuntime, local_seed
 from fedcore import carry
 from fedcore import records as R
@@ -38,7 +39,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
     """
     from secure.secagg import secagg_mod
 
-    app = ClientApp(mods=[secagg_mod])
+    app = ClientApp(mods=[refuse_malformed_stages, secagg_mod])
     runtimes: dict[int, tuple[Context, SiteRuntime]] = {}
 
     def runtime(context: Context) -> SiteRuntime:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 
 from clients.protection.base import clipped_for_round
 from clients.protection.plaintext import PlaintextSite
@@ -65,6 +66,83 @@ def read_fit(content: RecordDict) -> tuple[R.RoundConfig, dict[str, np.ndarray]]
             f"fit instruction: expected one array per name ({len(names)}), found {len(params)}"
         )
     return cfg, dict(zip(names, params, strict=True))
+
+
+_SETUP_BOUNDS: dict[str, tuple[type, float, float]] = {
+    # key: (type, lowest, highest); share_num and threshold are bounded by the sample below
+    "sample_num": (int, 1, R.MAX_SITES),
+    "share_num": (int, 1, R.MAX_SITES),
+    "threshold": (int, 1, R.MAX_SITES),
+    "clipping_range": (float, 1e-12, 1e12),
+    "target_range": (int, 1, 2**62),
+    "mod_range": (int, 2, 2**62),
+    "max_weight": (float, 1e-12, R.MAX_WEIGHT * R.MAX_SITES),
+}
+"""What a SecAgg+ setup may ask of a site (Flower checks the types, not the sizes)."""
+
+
+def check_stage_record(content: RecordDict, state: RecordDict) -> None:
+    """Refuse a SecAgg+ stage record that Flower's ``secaggplus_mod`` would choke on.
+
+    Flower's own checks run first on a copy (the stage that may follow the site's current
+    one, the keys and types each stage needs); their ``KeyError``/``TypeError`` become the
+    site's ``ValueError``. A setup must also ask for sizes a site can honour: at most
+    :data:`~fedcore.records.MAX_SITES` sites, ``threshold <= share_num <= sample_num``,
+    finite positive ranges and weight (a share count of a billion would keep the site busy
+    for hours).
+
+    Args:
+        content: A train message's content carrying a SecAgg+ stage record.
+        state: The site's Flower context state (where SecAgg+ keeps its stage).
+
+    Raises:
+        ValueError: naming the key, what was expected and what was found.
+    """
+    from flwr.client.mod.secure_aggregation.secaggplus_mod import check_configs, check_stage
+    from flwr.common.secure_aggregation.secaggplus_constants import (
+        RECORD_KEY_CONFIGS,
+        RECORD_KEY_STATE,
+        Key,
+        Stage,
+    )
+
+    configs = ConfigRecord(dict(content.config_records[RECORD_KEY_CONFIGS]))
+    held = state.config_records.get(RECORD_KEY_STATE)
+    current = str(held.get("current_stage", Stage.UNMASK)) if held is not None else Stage.UNMASK
+    try:
+        check_stage(current, configs)
+        stage = str(configs.pop(Key.STAGE))
+        check_configs(stage, configs)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"malformed SecAgg+ stage record: {exc.args[0] if exc.args else exc}"
+        ) from None
+    if stage != Stage.SETUP:
+        return
+    for key, (kind, lo, hi) in _SETUP_BOUNDS.items():
+        value = configs.get(key)
+        if type(value) is not kind or not lo <= value <= hi:  # type: ignore[operator]
+            raise ValueError(
+                f"malformed SecAgg+ setup: {key!r}: expected {kind.__name__} in [{lo:g}, "
+                f"{hi:g}], found {type(value).__name__} {value!r:.40}"
+            )
+    threshold, shares, sample = (
+        cast(int, configs[k]) for k in ("threshold", "share_num", "sample_num")
+    )
+    if not threshold <= shares <= sample:
+        raise ValueError(
+            "malformed SecAgg+ setup: expected threshold <= share_num <= sample_num, found "
+            f"{threshold}, {shares} and {sample}"
+        )
+
+
+def refuse_malformed_stages(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: a SecAgg+ stage message is checked (:func:`check_stage_record`) first."""
+    from secure.secagg import carries_secagg_stage
+
+    if carries_secagg_stage(msg):
+        check_stage_record(msg.content, ctxt.state)
+    return call_next(msg, ctxt)
 
 
 class SecAggSite(PlaintextSite):

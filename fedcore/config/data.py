@@ -33,6 +33,10 @@ class ColumnMapping(_Model):
     )
 
 
+GENERATED_FEATURES = ("channel_online", "card_present", "hour_of_day", "account_age_days")
+"""Extra numeric features every generated table carries (``task.features`` may name these)."""
+
+
 class GeneratedData(_Model):
     """Synthetic bank transactions from fedcore's seeded generator."""
 

@@ -17,7 +17,14 @@ from pydantic import (
 
 from fedcore.config.aggregation import AggregationSpec
 from fedcore.config.base import SITE_ID_PATTERN, _Model
-from fedcore.config.data import IMAGING_DATA, CsvData, DataSource, SiteSpec
+from fedcore.config.data import (
+    GENERATED_FEATURES,
+    IMAGING_DATA,
+    CsvData,
+    DataSource,
+    GeneratedData,
+    SiteSpec,
+)
 from fedcore.config.privacy import PrivacySpec
 from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
 from fedcore.config.task import TaskSpec, TrainingSpec
@@ -125,6 +132,14 @@ class Scenario(_Model):
                     "export.int8 is not available for task model nodule-net yet; "
                     "set export: {int8: false} (the global weights are still exported)"
                 )
+            if isinstance(site.data, GeneratedData):
+                unknown = sorted(set(self.task.features) - set(GENERATED_FEATURES))
+                if unknown:
+                    raise ValueError(
+                        f"site {site.id!r}: generated data carry no feature(s) "
+                        f"{', '.join(unknown)}; task.features may name "
+                        f"{', '.join(GENERATED_FEATURES)} (or give the site its own csv data)"
+                    )
             if isinstance(site.data, CsvData):
                 missing = sorted(set(self.task.features) - set(site.data.columns.features))
                 if missing:

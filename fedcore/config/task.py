@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
 from fedcore.config.base import _Model
+
+FEATURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""A task feature's name: an identifier (sites map it to a column of their own)."""
 
 
 class ImagingSpec(_Model):
@@ -81,6 +87,20 @@ class TaskSpec(_Model):
     imaging: ImagingSpec = Field(
         default_factory=ImagingSpec, description="nodule-net: patch geometry and model size"
     )
+
+    @field_validator("features")
+    @classmethod
+    def _feature_names(cls, features: list[str]) -> list[str]:
+        bad = [f for f in features if not FEATURE_NAME.fullmatch(f)]
+        if bad:
+            raise ValueError(
+                f"feature name(s) {', '.join(map(repr, bad))} are not identifiers; expected "
+                "letters, digits and _ (not starting with a digit), at most 64 characters"
+            )
+        twice = sorted(f for f, n in Counter(features).items() if n > 1)
+        if twice:
+            raise ValueError(f"feature(s) listed more than once: {', '.join(twice)}")
+        return features
 
     @model_validator(mode="before")
     @classmethod

@@ -78,6 +78,18 @@ def test_good_scenario_loads(tmp_path: Path) -> None:
             GOOD.replace("id: bank-a", "id: Bank A"),
             "sites[0] (id 'Bank A').id: String should match pattern",
         ),
+        (
+            GOOD + "task: {features: [hour_of_day, hour_of_day]}\n",
+            "feature(s) listed more than once: hour_of_day",
+        ),
+        (
+            GOOD + "task: {features: ['../../etc/passwd']}\n",
+            "feature name(s) '../../etc/passwd' are not identifiers",
+        ),
+        (
+            GOOD + "task: {features: [hour_of_day, balance]}\n",
+            "site 'bank-a': generated data carry no feature(s) balance",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_field(tmp_path: Path, text: str, expected: str) -> None:

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 
 from fedcore.config import GeneratedData
+from fedcore.config.data import GENERATED_FEATURES
 from fedcore.data.generator.fraud import _FRAUD, _PATTERNS, FRAUD_PATTERNS
 from fedcore.data.generator.legitimate import (
     _collections,
@@ -39,8 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATED_FEATURES = ("channel_online", "card_present", "hour_of_day", "account_age_days")
-"""Extra numeric features every generated table carries."""
 
 _GOLDEN = 0.6180339887498949
 

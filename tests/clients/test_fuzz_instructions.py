@@ -1,7 +1,7 @@
 """A hostile or broken coordinator cannot crash or corrupt a site: property-based fuzzing.
 
-Malformed train, evaluate, export, telemetry and SecAgg+ fit instructions are thrown at
-the real site ClientApp (:func:`clients.app.make_client_app`) of a real site (its YAML,
+Malformed train, evaluate, export and telemetry instructions, SecAgg+ fits and SecAgg+
+stage messages are thrown at the real site ClientApp (:func:`clients.app.make_client_app`) of a real site (its YAML,
 a small generated bank, its state directory in a temporary folder), in plaintext and in
 CKKS with a provisioned kit. Each instruction is a valid one with one to three mutations
 (wrong types, absurd numbers, hostile run keys, scenario sections that do not validate,
@@ -18,7 +18,8 @@ coordinator's decoders read; and a valid instruction still works after the fuzzi
 
 Size: ``FEDCORE_FUZZ_EXAMPLES`` (shared with the coordinator's reply fuzzing) is the
 number of instructions this module throws in all, split over the suites below (default
-3,200, under two minutes on two cores). For a longer local run::
+3,200: about 30 seconds on two cores, under two minutes on a loaded machine). For a longer
+local run::
 
     FEDCORE_FUZZ_EXAMPLES=50000 python -m pytest -q -s tests/clients/test_fuzz_instructions.py
 

@@ -162,7 +162,10 @@ RUN_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def _shown(value: object) -> str:
     """A value from a peer, short enough for a message: its type and a clipped repr."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print (Python's digit limit)
+        text = f"of {value.bit_length()} bits" if isinstance(value, int) else "(unprintable)"
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
@@ -206,7 +209,10 @@ class _Fields:
         expected = f"a finite number in [{lo:g}, {hi:g}]"
         if type(value) not in (int, float):
             raise self._bad(key, expected, value)
-        x = float(value) if abs(value) < 2**1023 else math.inf  # type: ignore[arg-type]
+        try:
+            x = float(value)  # type: ignore[arg-type]
+        except OverflowError:  # an integer beyond any float
+            x = math.inf
         if not (math.isfinite(x) and lo <= x <= hi):
             raise self._bad(key, expected, value)
         return x
@@ -229,15 +235,13 @@ class _Fields:
         except ValueError as exc:  # pydantic's ValidationError, with every reason
             raise ValueError(
                 f"malformed {self.where}: field {key!r}: expected a valid {model.__name__} "
-                "section, found "
-                f"one that does not validate: {_first_lines(str(exc))}"
+                f"section, found one that does not validate: {_first_lines(str(exc))}"
             ) from None
         bad = _non_finite(spec.model_dump())
         if bad:
             raise ValueError(
                 f"malformed {self.where}: field {key!r}: expected finite numbers, found "
-                f"{bad[1]!r} at "
-                f"{key}.{bad[0]}"
+                f"{bad[1]!r} at {key}.{bad[0]}"
             )
         return spec
 

@@ -209,10 +209,11 @@ class RoundDriver:
         cands: dict[str, Candidate] = {}
         answers = [*held.items(), *((nid, rep.content) for nid, rep in replies)]
         for nid, answer in answers:
-            tel = read_telemetry(answer, self.members, self.verifier, round_, self.run_key)
-            if isinstance(tel, str):
-                problems[self._who(nid)] = [tel]
+            tel, refusal = read_telemetry(answer, self.members, self.verifier, round_, self.run_key)
+            if refusal is not None:  # named by its site once the reply is known to be the site's
+                problems[tel.site_id if tel is not None else self._who(nid)] = [refusal]
                 continue
+            assert tel is not None
             if tel.site_id in cands:
                 problems[tel.site_id] = [f"two nodes claim site {tel.site_id!r}; keeping the first"]
                 continue
@@ -724,23 +725,31 @@ def read_telemetry(
     verifier: ReplyVerifier,
     round_: int,
     run_key: str,
-) -> R.Telemetry | str:
-    """A telemetry answer for ``round_``, or the reason to refuse it.
+) -> tuple[R.Telemetry | None, str | None]:
+    """A telemetry answer for ``round_`` and the reason to refuse it (``None``: accepted).
 
-    Refused: content that does not parse (:meth:`~fedcore.records.Telemetry.from_content`:
-    types, data size, readings in their physical ranges), a site outside the scenario, a
-    signature that does not verify (another site's key, another round or run).
+    Refused, with no telemetry: content that does not parse
+    (:meth:`~fedcore.records.Telemetry.from_content`: types, ranges, readings in their
+    physical ranges), a site outside the scenario, a signature that does not verify
+    (another site's key, another round or run). Refused with its telemetry (it is the
+    site's own, so the reason can name the site): a data size of 0, which no aggregation
+    weight can come from.
     """
     try:
         tel = R.Telemetry.from_content(content)
     except ValueError as exc:
-        return f"malformed telemetry: {exc}"
+        return None, f"malformed telemetry: {exc}"
     if tel.site_id not in members:
-        return f"site id {tel.site_id!r:.80} is not a member of this scenario"
+        return None, f"site id {tel.site_id!r:.80} is not a member of this scenario"
     refusal = verifier.check(R.TELEMETRY, tel.site_id, round_, run_key, tel.digest(), content)
     if refusal is not None:
-        return f"claims site {tel.site_id!r}: {refusal}"
-    return tel
+        return None, f"claims site {tel.site_id!r}: {refusal}"
+    if tel.num_train_examples < 1:
+        return tel, (
+            "reports 0 training examples: its data do not load (the site's log says why; "
+            "`fedcore validate` checks a site's data files); expected at least 1"
+        )
+    return tel, None
 
 
 def _fmt(problems: Mapping[str, list[str]]) -> str:

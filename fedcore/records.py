@@ -1071,8 +1071,10 @@ class Telemetry:
         """Parse a telemetry reply, whatever it holds.
 
         ``num_train_examples`` (the data size the coordinator weights the site by) must be
-        an integer in 1..:data:`MAX_EXAMPLES`; every reading finite and within the physical
-        range of its unit (:func:`reading_range`); ``model_round`` >= 0.
+        an integer in 0..:data:`MAX_EXAMPLES` (0: the site's data do not load; the
+        coordinator leaves such a site out, naming it, see
+        ``coordinator.driver.read_telemetry``); every reading finite and within the
+        physical range of its unit (:func:`reading_range`); ``model_round`` >= 0.
 
         Raises:
             ValueError: saying which field is missing or malformed, what was expected and
@@ -1089,18 +1091,13 @@ class Telemetry:
         n = m.pop("num_train_examples", None)
         if n is None:
             raise ValueError("telemetry reply lacks 'num_train_examples' (its data size)")
-        if n == 0 and type(n) is int:
-            raise ValueError(
-                "telemetry num_train_examples: expected at least 1 training example, found 0 "
-                "(the site's data may not load: its log says why)"
-            )
         readings: dict[str, float] = {}
         for k, v in m.items():
             lo, hi = reading_range(k)
             readings[k] = _float(v, f"telemetry reading {k!r:.60}", lo, hi)
         return cls(
             site_id=_str(info.get("site_id", "?"), "telemetry site_id", empty=False),
-            num_train_examples=_int(n, "telemetry num_train_examples", 1, MAX_EXAMPLES),
+            num_train_examples=_int(n, "telemetry num_train_examples", 0, MAX_EXAMPLES),
             device=_str(info.get("device", "?"), "telemetry device"),
             vendor=_str(info.get("vendor", "?"), "telemetry vendor"),
             readings=readings,

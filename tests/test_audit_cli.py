@@ -183,7 +183,7 @@ def test_a_run_writes_a_valid_audit_log_and_a_rerun_continues_it(tmp_path: Path)
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
         assert r["sites"] == ["bank-a", "bank-b"]
-        assert "file not found" in " ".join(r["rejected"]["bank-c"])
+        assert "reports 0 training examples" in " ".join(r["rejected"]["bank-c"])
     rounds_jsonl = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     for r, rec in zip(rounds, rounds_jsonl, strict=True):
         assert r["sites"] == rec["sites"] and r["rejected"] == rec["rejected"]

@@ -555,17 +555,16 @@ def test_telemetry_replies(case: Case) -> None:
                     if content is None:
                         reasons = ["carried no telemetry: the node is asked again"]
             if content is not None:
-                tel = read_telemetry(content, SITES, verifier, ROUND, RUN_KEY)
-                if isinstance(tel, str):
-                    reasons = [tel]
+                tel, refusal = read_telemetry(content, SITES, verifier, ROUND, RUN_KEY)
+                reasons = [refusal] if refusal is not None else []
         except AssertionError:
             raise
         except Exception as exc:  # noqa: BLE001
             escaped("telemetry", case, exc)
-        accepted = isinstance(tel, R.Telemetry)
+        accepted = isinstance(tel, R.Telemetry) and not reasons
         judge("telemetry", case, accepted, reasons, kit=verifier is KIT)
-        if isinstance(tel, R.Telemetry):
-            assert tel.num_train_examples >= 1
+        if accepted:
+            assert isinstance(tel, R.Telemetry) and tel.num_train_examples >= 1
             assert all(math.isfinite(v) for v in tel.readings.values())
 
 

@@ -359,11 +359,15 @@ def final_model_path(
     """Where the final global model is: the coordinator's, or (``ckks``) a site's own copy.
 
     Under CKKS the coordinator never holds the model in clear; every site decrypts the
-    same aggregates, so all copies must be identical: checked here.
+    same aggregates, so all copies must hold identical arrays: checked here on the arrays
+    (names, dtypes, shapes, bytes), not on the files, whose header metadata a site may
+    write in any order.
     """
     if plan.scenario.privacy.mode != "ckks":
         return plan.out / "model.safetensors"
-    import hashlib
+    from safetensors.numpy import load_file
+
+    from fedcore.records import arrays_digest
 
     if not run_key:
         result = json.loads((plan.out / "federation.json").read_text())
@@ -375,7 +379,7 @@ def final_model_path(
     present = {sid: p for sid, p in copies.items() if p.exists()}
     if not present:
         raise RunFailed("no site holds the final model (ckks mode keeps it at the sites)")
-    digests = {sid: hashlib.sha256(p.read_bytes()).hexdigest() for sid, p in present.items()}
+    digests = {sid: arrays_digest(load_file(str(p))).hex()[:16] for sid, p in present.items()}
     if len(set(digests.values())) != 1:
         raise RunFailed(f"sites hold different final models: {digests}")
     return next(iter(present.values()))

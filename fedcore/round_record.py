@@ -48,3 +48,12 @@ class RoundRecord(_RoundRecordRequired, total=False):
     """Exchanges with the sites the round took (each SecAgg+ stage counts once): train and
     evaluate, plus a telemetry query where a connected node had no telemetry from the last
     evaluation (every node in a run's first round)."""
+    eval_problems: dict[str, list[str]]
+    """Sites whose evaluation of this round's model was left out of the pooled metrics
+    (malformed, unsigned, signed for another site or round), with every reason."""
+    telemetry_problems: dict[str, list[str]]
+    """Sites whose telemetry was refused this round (out-of-range readings, a bad
+    signature), with every reason; a refused carried telemetry is asked for again."""
+    robust: dict[str, Any]
+    """Robust aggregation's account of the round: ``rule`` applied, ``norm_bound`` (or
+    ``None``), sites ``clipped`` to it and sites ``left_out`` by the rule with the reason."""

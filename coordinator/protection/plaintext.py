@@ -79,5 +79,8 @@ class Plaintext(ClearModelProtection):
         return send_train(self, rnd, self.check)
 
     def aggregate(self, round_: int, collected: Collected, noise: Noise | None = None) -> None:
-        mean = weighted_average([(r.arrays, collected.weights[s]) for s, r in collected.accepted])
+        mean = weighted_average(
+            [(r.arrays, collected.weights[s]) for s, r in collected.accepted],
+            order=list(self._arrays),
+        )
         self._arrays = mean if noise is None else noise.on_mean(mean, len(collected.accepted))

@@ -216,7 +216,9 @@ def test_a_failed_run_ends_its_audit_log_with_the_reason(tmp_path: Path) -> None
 
 def test_fedcore_run_refuses_an_out_dir_whose_audit_log_is_broken(tmp_path: Path) -> None:
     path, _ = tiny_scenario(tmp_path)
-    (tmp_path / "c.csv").write_text("")  # validated again by `fedcore run`: any file will do
+    # `fedcore run` checks every site's data first: give bank-c its file back.
+    tx = generate_transactions(GeneratedData(transactions=400, fraud_rate=0.03), seed=11)
+    write_transactions_csv(tx, tmp_path / "c.csv")
     out = tmp_path / "out"
     out.mkdir()
     (out / "audit.jsonl").write_text("[bold]garbage[/bold]\n")

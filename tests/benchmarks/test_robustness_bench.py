@@ -148,15 +148,21 @@ def test_best_rule_is_chosen_once_by_its_worst_gap() -> None:
         _row(five, "A", "none", 0.76),
         _row(ten, "A", "none", 0.61, 22.0),
         _row(five, "A", "scaled-x100", 0.75),
+        _row(ten, "A", "scaled-x100", 0.62),
         _row(ten, "A", "sign-flip", 0.52),
         # rule B: never more than 0.015 below clean FedAvg; label flip at 10 banks excluded
         _row(five, "B", "none", 0.74),
         _row(ten, "B", "none", 0.615, 30.0),
         _row(five, "B", "scaled-x100", 0.735),
+        _row(ten, "B", "scaled-x100", 0.612),
         _row(ten, "B", "sign-flip", 0.61),
         _row(ten, "B", "label-flip", 0.40),
+        # rule C: better than both where it ran, but it did not run sign-flip: not comparable
+        _row(five, "C", "scaled-x100", 0.757),
+        _row(ten, "C", "scaled-x100", 0.625),
     ]
-    t = bench.build_targets(rows, ["A", "B"])
+    assert bench.worst_gap(rows, "C") is None
+    t = bench.build_targets(rows, ["A", "B", "C"])
     a = t["best_rule_gap"]
     assert a["rule"] == "B"
     assert a["value"] == pytest.approx(0.015)  # 0.75 - 0.735
@@ -316,3 +322,14 @@ def test_median_keeps_the_model_close_to_clean(runs: dict[str, dict[str, Any]]) 
     clean = runs["clean"]["summary"]["final"]["pr_auc"]
     robust = runs["median-x100"]["summary"]["final"]["pr_auc"]
     assert abs(clean - robust) <= 0.05, (clean, robust)
+
+
+def test_a_reply_hook_needs_the_inprocess_engine(tmp_path: Path) -> None:
+    from fedcore.cli.runner import RunPlan, run_federation
+    from fedcore.config import load_scenario
+
+    path = _tiny(tmp_path, "deployed", None)
+    plan = RunPlan(path, load_scenario(path), tmp_path / "out", "deployment", 1)
+    with pytest.raises(ValueError, match="needs the inprocess engine"):
+        run_federation(plan, {}, None, None, reply_hook=lambda batch: [d.reply for d in batch])
+    assert not (tmp_path / "out").exists()  # refused before anything started

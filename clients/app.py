@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from clients.model_store import GlobalModelStore, digest_hex
-from clients.protection import read_round, site_protection
+from clients.protection import SiteProtection, read_round, site_protection
+from clients.protection.registry import check_privacy
 from clients.protection.secagg import refuse_malformed_stages
 from clients.runtime import SiteRuntime, local_seed
 from fedcore import carry
@@ -31,7 +33,10 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
     The node config names the site YAML (``site-config``), optionally the site's kit
     (``kit``: CKKS secret context, node key for signing replies) and its state directory
     (``state-dir``). Each site ``Context`` gets one :class:`~clients.runtime.SiteRuntime`,
-    kept for as long as this app serves that context.
+    kept for as long as this app serves that context. Every instruction is held to the
+    privacy the site file accepts (its ``privacy`` section) before any work: a SecAgg+
+    stage message needs ``secagg+`` among its modes, a train, evaluate or export
+    instruction its round's mode (and DP, where the site requires it).
 
     Args:
         environment_for: Gives each site's environment; a simulated consortium passes
@@ -39,7 +44,6 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
     """
     from secure.secagg import secagg_mod
 
-    app = ClientApp(mods=[refuse_malformed_stages, secagg_mod])
     runtimes: dict[int, tuple[Context, SiteRuntime]] = {}
 
     def runtime(context: Context) -> SiteRuntime:
@@ -50,13 +54,26 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
             runtimes[id(context)] = held
         return held[1]
 
+    def refuse_unaccepted_secagg(
+        msg: Message, context: Context, call_next: ClientAppCallable
+    ) -> Message:
+        """ClientApp mod: a SecAgg+ stage message needs ``secagg+`` among the site's modes."""
+        from secure.secagg import carries_secagg_stage
+
+        if carries_secagg_stage(msg):
+            rt = runtime(context)
+            check_privacy(None, rt.site().privacy, rt.config_path)
+        return call_next(msg, context)
+
+    app = ClientApp(mods=[refuse_unaccepted_secagg, refuse_malformed_stages, secagg_mod])
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         """Train from the incoming global model; when asked, evaluate it first and add telemetry."""
         rt = runtime(context)
         cfg = read_round(msg.content)
         _check_requests(msg.content, cfg)  # refused before any work or write
-        protection = site_protection(cfg.privacy)
+        protection = _protection(rt, cfg)  # refused unless the site accepts its privacy
         base = protection.global_model(rt, msg.content, cfg)
         evaluation = None
         evaluated = carry.read_evaluation_request(msg.content)  # the round of the model it brings
@@ -79,7 +96,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         rt = runtime(context)
         cfg = read_round(msg.content)
         _check_requests(msg.content, cfg)  # refused before any work or write
-        arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
+        arrays = _protection(rt, cfg).global_model(rt, msg.content, cfg)
         ev = rt.evaluate(arrays, cfg, digest_hex(arrays))
         content = signed_evaluation(rt, ev, cfg.round, cfg.run_key)
         _add_telemetry(rt, msg.content, content, cfg)
@@ -92,7 +109,7 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         cfg = read_round(msg.content)
         site = rt.site()
         # under ckks the model exists in clear only here, after decryption
-        arrays = site_protection(cfg.privacy).global_model(rt, msg.content, cfg)
+        arrays = _protection(rt, cfg).global_model(rt, msg.content, cfg)
         try:
             manifest = rt.export(arrays, cfg)
         except Exception as exc:  # the run completed: a failed export is reported, not raised
@@ -109,6 +126,11 @@ def make_client_app(environment_for: EnvironmentFor | None = None) -> ClientApp:
         return Message(signed_telemetry(rt, round_, run_key, task), reply_to=msg)
 
     return app
+
+
+def _protection(rt: SiteRuntime, cfg: R.RoundConfig) -> SiteProtection:
+    """The site's protection for ``cfg``'s privacy, refused unless the site file accepts it."""
+    return site_protection(cfg.privacy, rt.site().privacy, rt.config_path)
 
 
 def _check_requests(instruction: RecordDict, cfg: R.RoundConfig) -> None:

@@ -61,6 +61,7 @@ from fedcore.config.scenario import (
     ExportSpec,
     Scenario,
     SiteConfig,
+    SitePrivacy,
 )
 from fedcore.config.scheduler import (
     SCHEDULER_POLICIES,
@@ -107,6 +108,7 @@ __all__ = [
     "SecAggSpec",
     "SimulatorSpec",
     "SiteConfig",
+    "SitePrivacy",
     "SiteSpec",
     "SyntheticCtData",
     "TaskSpec",

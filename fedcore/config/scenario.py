@@ -188,6 +188,81 @@ class Scenario(_Model):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+PrivacyMode = Literal["plaintext", "ckks", "secagg+"]
+"""A privacy mode's name (``privacy.mode`` of a scenario)."""
+
+SITE_PRIVACY_MODES: tuple[PrivacyMode, ...] = ("ckks", "secagg+")
+"""The privacy modes a site file without a ``privacy`` section accepts (plaintext is for tests)."""
+
+
+class SitePrivacy(_Model):
+    """The privacy a site accepts, whatever a coordinator's round asks for.
+
+    The coordinator's round config names the round's privacy mode and DP settings; a
+    site checks them against this policy before it trains, evaluates, exports or takes
+    part in SecAgg+, so a hostile coordinator cannot have a CKKS site send its update in
+    clear. Default: ``ckks`` and ``secagg+``, DP not required. ``fedcore run`` pins each
+    simulated site to the scenario's own mode (:meth:`SiteConfig.from_scenario`).
+    """
+
+    modes: list[PrivacyMode] = Field(
+        default_factory=lambda: list(SITE_PRIVACY_MODES),
+        description="the privacy modes this site trains, evaluates and exports in; "
+        "plaintext (the update leaves the site in clear) only for tests and benchmarks",
+    )
+    require_dp: bool = Field(
+        False,
+        description="refuse rounds without privacy.dp (this site's update is then always "
+        "clipped to the clip norm, and counts once in the aggregate)",
+    )
+
+    @field_validator("modes")
+    @classmethod
+    def _some_modes(cls, modes: list[str]) -> list[str]:
+        if not modes:
+            raise ValueError(
+                "an empty list accepts no privacy mode, so the site would refuse every round; "
+                f"list the modes it accepts (e.g. [{', '.join(SITE_PRIVACY_MODES)}]), or leave "
+                "privacy out for that default"
+            )
+        return list(dict.fromkeys(modes))
+
+    def mode_refusal(self, mode: str, site_config: str = "") -> str:
+        """Why this site refuses a round in privacy ``mode``, or ``""`` when it accepts it.
+
+        Args:
+            mode: The privacy mode the coordinator asks for.
+            site_config: The site file's path, for the message.
+        """
+        if mode in self.modes:
+            return ""
+        where = f"the site config {site_config}" if site_config else "the site config"
+        return (
+            f"refused a round in privacy mode {mode!r}: this site accepts only "
+            f"{', '.join(self.modes)} (privacy.modes in {where}). If the consortium agreed on "
+            f"{mode!r} for this site, add it there; otherwise ask the coordinator's operator "
+            "why its scenario asks for it"
+        )
+
+    def refusal(self, privacy: PrivacySpec, site_config: str = "") -> str:
+        """Why this site refuses a round with ``privacy`` (mode, then DP), or ``""``.
+
+        Args:
+            privacy: The round's privacy settings, as the coordinator sent them.
+            site_config: The site file's path, for the message.
+        """
+        reasons = [self.mode_refusal(privacy.mode, site_config)]
+        if self.require_dp and privacy.dp is None:
+            where = f"the site config {site_config}" if site_config else "the site config"
+            reasons.append(
+                f"refused a round in privacy mode {privacy.mode!r} without differential "
+                f"privacy: this site requires it (privacy.require_dp in {where}). The "
+                "coordinator's scenario must set privacy.dp; if the consortium agreed to "
+                "train without it, set require_dp: false there"
+            )
+        return "; ".join(r for r in reasons if r)
+
+
 class SiteConfig(_Model):
     """What a site's ``fed-client`` reads. Stays at the site; never sent anywhere."""
 
@@ -203,6 +278,11 @@ class SiteConfig(_Model):
         None,
         description="sha256 of the Flower app bundles this site runs; unset: the bundle of "
         "the site's own installed fedcore",
+    )
+    privacy: SitePrivacy = Field(
+        default_factory=SitePrivacy,
+        description="the privacy modes this site accepts and whether it requires DP; a "
+        "round asking for anything else is refused before any work",
     )
 
     @field_validator("approved_apps")
@@ -228,7 +308,11 @@ class SiteConfig(_Model):
     def from_scenario(
         cls, scenario: Scenario, site_id: str, state_dir: Path | None = None
     ) -> SiteConfig:
-        """Build the site config that ``fedcore run`` hands to one simulated site."""
+        """Build the site config that ``fedcore run`` hands to one simulated site.
+
+        The site accepts the scenario's own privacy mode only, and requires DP when the
+        scenario sets it.
+        """
         s = scenario.site(site_id)
         return cls(
             id=s.id,
@@ -237,4 +321,7 @@ class SiteConfig(_Model):
             device=s.device,
             seed=scenario.seed,
             state_dir=state_dir,
+            privacy=SitePrivacy(
+                modes=[scenario.privacy.mode], require_dp=scenario.privacy.dp is not None
+            ),
         )

@@ -1,10 +1,11 @@
-"""Load one site's data (generated or the bank's CSV) and build its graph, with an optional on-disk cache."""
+"""Load one site's data (generated or the bank's CSV) and build its graph, with a bounded on-disk cache."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +23,14 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = "fraud-graph-v1"
 """Bump when the generator or the graph features change, so stale caches are ignored."""
+
+MAX_GRAPH_CACHES = 4
+"""Most graphs a site keeps cached (one per task spec, the most recently used ones).
+
+Every distinct task spec a coordinator names builds another graph; without a bound a
+coordinator could fill the site's disk with them. One run's task spec gives one graph,
+so 4 leave room for a few runs side by side.
+"""
 
 _TENSORS = ("x", "edge_index", "y", "train_mask", "test_mask")
 _ROW_TENSORS = ("row_x", "row_y", "row_train_mask", "row_test_mask")
@@ -96,11 +105,58 @@ def _load(path: Path) -> FraudGraph:
     )
 
 
+def prune_caches(
+    folder: Path, pattern: str, keep: int, *, current: Path | None = None, site: str = ""
+) -> list[Path]:
+    """Remove all but the ``keep`` most recently used files of ``folder`` matching ``pattern``.
+
+    Use is the file's modification time (a cache hit touches its file); ties go by name,
+    so the outcome does not depend on the order the folder lists its files in.
+
+    Args:
+        folder: The cache folder (a missing one holds nothing).
+        pattern: Glob of the cache files, e.g. ``"graph-*.pt"``.
+        keep: How many to keep (at least 0).
+        current: The file just used, kept whatever its time says (counts among ``keep``).
+        site: The site's id, for the log.
+
+    Returns:
+        The files removed, oldest last.
+    """
+    entries: list[tuple[bool, int, str, Path]] = []
+    for path in folder.glob(pattern):
+        try:
+            entries.append((path == current, path.stat().st_mtime_ns, path.name, path))
+        except OSError:  # removed meanwhile
+            continue
+    entries.sort(reverse=True)
+    removed = []
+    for *_, path in entries[max(keep, 0) :]:
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("site %s: could not remove the old cache %s (%s)", site, path, exc)
+            continue
+        log.debug("site %s: removed the least recently used cache %s", site, path)
+        removed.append(path)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file as just used (its modification time), for :func:`prune_caches`."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only state directory: the order is only a preference
+        pass
+
+
 def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:
     """The site's graph for ``task``, cached under ``cfg.state_dir/cache`` when a state dir is set.
 
     The cache key hashes the data spec (and the CSV's path, size and modification time),
-    the data seed, the task and :data:`CACHE_VERSION`; an unreadable cache is rebuilt.
+    the data seed, the task and :data:`CACHE_VERSION`; an unreadable cache is rebuilt. At
+    most :data:`MAX_GRAPH_CACHES` graphs stay cached: writing another removes the least
+    recently used, so no sequence of task specs fills the site's disk.
 
     Raises:
         DataError: for an unusable CSV or a task feature the data lacks.
@@ -112,6 +168,7 @@ def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:
             try:
                 graph = _load(path)
                 log.debug("site %s: graph loaded from cache %s", cfg.id, path)
+                _touch(path)
                 return graph
             except Exception as exc:  # a corrupt or foreign file: rebuild it
                 log.warning("site %s: ignoring unreadable cache %s (%s)", cfg.id, path, exc)
@@ -122,4 +179,5 @@ def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:
             _save(graph, path)
         except OSError as exc:
             log.warning("site %s: could not write cache %s (%s)", cfg.id, path, exc)
+        prune_caches(path.parent, "graph-*.pt", MAX_GRAPH_CACHES, current=path, site=cfg.id)
     return graph

@@ -13,7 +13,15 @@ from clients.app import local_seed, make_client_app
 from coordinator.app import initial_arrays
 from fedcore import carry
 from fedcore import records as R
-from fedcore.config import CsvData, GeneratedData, Scenario, SiteConfig, SiteSpec, dump_site_config
+from fedcore.config import (
+    CsvData,
+    GeneratedData,
+    Scenario,
+    SiteConfig,
+    SitePrivacy,
+    SiteSpec,
+    dump_site_config,
+)
 from fedcore.data.csv_loader import write_transactions_csv
 from fedcore.data.generator import generate_transactions
 from fedcore.engines.inprocess import InProcessGrid, node_id_for
@@ -191,7 +199,12 @@ def test_missing_and_malformed_csv_become_error_replies(
     broken.write_text("\n".join(lines[:3] + ["garbage,row"] + lines[3:]) + "\n")
     sites = {}
     for sid, path in (("bank-a", tmp_path / "gone.csv"), ("bank-b", broken)):
-        cfg_ = SiteConfig(id=sid, data=CsvData(path=path, columns=mapping), seed=1)
+        cfg_ = SiteConfig(
+            id=sid,
+            data=CsvData(path=path, columns=mapping),
+            seed=1,
+            privacy=SitePrivacy(modes=["plaintext"]),  # the scenario's mode
+        )
         p = tmp_path / f"{sid}.yaml"
         dump_site_config(cfg_, p)
         sites[sid] = p

@@ -51,7 +51,14 @@ from clients.model_store import GlobalModelStore
 from coordinator.app import initial_arrays
 from fedcore import carry
 from fedcore import records as R
-from fedcore.config import GeneratedData, Scenario, SiteConfig, SiteSpec, dump_site_config
+from fedcore.config import (
+    GeneratedData,
+    Scenario,
+    SiteConfig,
+    SitePrivacy,
+    SiteSpec,
+    dump_site_config,
+)
 from fedcore.engines.inprocess import node_id_for, wire_copy
 from fedcore.packing import PACKED_KEY
 from fedcore.site_paths import STATE_DIR_KEY
@@ -147,7 +154,10 @@ def make_site(base_dir: Path, privacy: str) -> Site:
         }
     )
     site_file = base_dir / f"{SITE}.yaml"
-    dump_site_config(SiteConfig.from_scenario(scenario, SITE), site_file)
+    site = SiteConfig.from_scenario(scenario, SITE)
+    if scenario.privacy.mode == "plaintext":  # the SecAgg+ suites run at the plaintext site
+        site = site.model_copy(update={"privacy": SitePrivacy(modes=["plaintext", "secagg+"])})
+    dump_site_config(site, site_file)
     kit = ""
     if scenario.privacy.mode == "ckks":
         from fedcore.cli.runner import provision_run_kits

@@ -16,20 +16,21 @@ from clients.protection.plaintext import PlaintextSite
 from clients.protection.secagg import SecAggSite
 from clients.runtime import LocalTraining
 from fedcore import records as R
-from fedcore.config import DpSpec, PrivacySpec, SiteConfig, TaskSpec
+from fedcore.config import DpSpec, PrivacySpec, SiteConfig, SitePrivacy, TaskSpec
 
 DP = DpSpec(noise_multiplier=1.0, clip_norm=0.5)
 BASE = {"w": np.zeros((2, 3), np.float32), "b": np.ones(3, np.float32)}
+ANY_MODE = SitePrivacy(modes=["plaintext", "ckks", "secagg+"])
 
 
 def test_registry_builds_each_mode_and_wraps_dp() -> None:
-    assert isinstance(site_protection(PrivacySpec()), PlaintextSite)
-    assert isinstance(site_protection(PrivacySpec(mode="ckks")), CkksSite)
-    wrapped = site_protection(PrivacySpec(mode="secagg+", dp=DP))
+    assert isinstance(site_protection(PrivacySpec(), ANY_MODE), PlaintextSite)
+    assert isinstance(site_protection(PrivacySpec(mode="ckks"), ANY_MODE), CkksSite)
+    wrapped = site_protection(PrivacySpec(mode="secagg+", dp=DP), ANY_MODE)
     assert isinstance(wrapped, ClippedUpdates) and isinstance(wrapped.inner, SecAggSite)
     assert wrapped.inner.uniform_weights and wrapped.name == "secagg+"
     with pytest.raises(ValueError, match=r"unknown privacy mode 'rot13'; valid: ckks, plaintext"):
-        site_protection(PrivacySpec.model_construct(mode="rot13"))
+        site_protection(PrivacySpec.model_construct(mode="rot13"), ANY_MODE)
 
 
 def test_clipping_bounds_the_update_not_the_model() -> None:
@@ -46,7 +47,7 @@ def test_clipping_bounds_the_update_not_the_model() -> None:
 
 @pytest.mark.parametrize(("dp", "weight"), [(None, 40), (DP, 1)])
 def test_secagg_reply_weighs_examples_or_once_under_dp(dp: DpSpec | None, weight: int) -> None:
-    protection = site_protection(PrivacySpec(mode="secagg+", dp=dp))
+    protection = site_protection(PrivacySpec(mode="secagg+", dp=dp), ANY_MODE)
     site = SiteConfig.model_validate({"id": "bank-a", "data": {"kind": "generated"}})
     trained = LocalTraining(site, {k: v + 0.1 for k, v in BASE.items()}, 40, 0.3, 1.5)
     cfg = R.RoundConfig(1, 7, TaskSpec())

@@ -104,6 +104,25 @@ class LocalTraining:
     seconds: float
 
 
+def data_problem_kind(exc: BaseException) -> str:
+    """The kind of a data-loading failure that telemetry may tell the coordinator.
+
+    A kind from :data:`fedcore.records.DATA_PROBLEMS`, never the error's text: a data check's
+    message may quote a value of the site's data.
+    """
+    from fedcore.config import ConfigError
+    from fedcore.config.base import MissingDataFiles
+    from fedcore.data.transactions import DataError, DataFileMissing
+
+    if isinstance(exc, DataFileMissing | MissingDataFiles | FileNotFoundError):
+        return "missing"
+    if isinstance(exc, DataError):
+        return "invalid"
+    if isinstance(exc, ConfigError):
+        return "config"
+    return "unloadable"
+
+
 class SiteRuntime:
     """Everything a site keeps across messages, loaded on first use.
 
@@ -127,6 +146,8 @@ class SiteRuntime:
         self._secret: Any = None
         self._codecs: dict[tuple[str, int], Any] = {}
         self._layouts: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
+        self.data_problem = ""
+        """Why the data did not load, for telemetry (:func:`data_problem_kind`; "": it did)."""
 
     # ------------------------------------------------------------------ config and paths
 
@@ -207,9 +228,11 @@ class SiteRuntime:
             pass
         try:  # first contact: load the data once so the coordinator can weight this site
             _, data = self.data(task)
+            self.data_problem = ""
             return int(data.num_train)
-        except Exception as exc:  # broken data: report 0, training will say why
+        except Exception as exc:  # broken data: report 0 and its kind, training will say why
             log.warning("site data not loadable for telemetry: %s", exc)
+            self.data_problem = data_problem_kind(exc)
             return 0
 
     # ------------------------------------------------------------------ devices
@@ -446,11 +469,13 @@ class SiteRuntime:
         """The site's telemetry: data size, device, readings, the round of its model copy."""
         site = self.site()  # a site with broken data is alive: training says why
         dev = self.device()
+        size = self.data_size(task)
         return R.Telemetry(
             site_id=site.id,
-            num_train_examples=self.data_size(task),
+            num_train_examples=size,
             device=dev.torch_device,
             vendor=dev.vendor,
             readings=self.environment.readings(dev),
             model_round=model_round,
+            data_problem=self.data_problem if size == 0 else "",
         )

@@ -745,10 +745,8 @@ def read_telemetry(
     if refusal is not None:
         return None, f"claims site {tel.site_id!r}: {refusal}"
     if tel.num_train_examples < 1:
-        return tel, (
-            "reports 0 training examples: its data do not load (the site's log says why; "
-            "`fedcore validate` checks a site's data files); expected at least 1"
-        )
+        why = R.DATA_PROBLEMS.get(tel.data_problem, R.DATA_PROBLEMS["unloadable"])
+        return tel, f"reports 0 training examples: {why}; expected at least 1"
     return tel, None
 
 

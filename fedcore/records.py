@@ -1031,18 +1031,23 @@ class Telemetry:
     readings: dict[str, float] = field(default_factory=dict)
     model_round: int = 0
     """``ckks``: the last round whose aggregate the site has applied (0: none)."""
+    data_problem: str = ""
+    """With ``num_train_examples`` 0: why the data do not load, as one of
+    :data:`DATA_PROBLEMS` (a category, never the error's text, which may quote a value of
+    the site's data)."""
 
     def to_content(self) -> RecordDict:
+        info: dict[str, Any] = {
+            "site_id": self.site_id,
+            "device": self.device,
+            "vendor": self.vendor,
+            "model_round": self.model_round,
+        }
+        if self.data_problem:
+            info["data_problem"] = self.data_problem
         return RecordDict(
             {
-                TELEMETRY_INFO: ConfigRecord(
-                    {
-                        "site_id": self.site_id,
-                        "device": self.device,
-                        "vendor": self.vendor,
-                        "model_round": self.model_round,
-                    }
-                ),
+                TELEMETRY_INFO: ConfigRecord(info),
                 TELEMETRY_METRICS: MetricRecord(
                     {
                         "num_train_examples": self.num_train_examples,
@@ -1062,6 +1067,7 @@ class Telemetry:
                 self.vendor,
                 self.model_round,
                 sorted(self.readings.items()),
+                *([self.data_problem] if self.data_problem else []),
             ]
         )
         return hashlib.sha256(blob.encode()).digest()
@@ -1102,7 +1108,26 @@ class Telemetry:
             vendor=_str(info.get("vendor", "?"), "telemetry vendor"),
             readings=readings,
             model_round=_int(info.get("model_round", 0), "telemetry model_round", 0, 2**31),
+            data_problem=_data_problem(info.get("data_problem", "")),
         )
+
+
+DATA_PROBLEMS: dict[str, str] = {
+    "missing": "its data file is missing",
+    "invalid": "its data fail the data checks (`fedcore validate` on the site's file lists them)",
+    "config": "its site file is not valid (`fedcore validate` on it says why)",
+    "unloadable": "its data do not load (the site's log says why)",
+}
+"""Why a site's data do not load, as its telemetry may say it -> what the coordinator reports."""
+
+
+def _data_problem(value: object) -> str:
+    if value == "" or (type(value) is str and value in DATA_PROBLEMS):
+        return str(value)
+    raise ValueError(
+        f"telemetry data_problem: expected one of {', '.join(sorted(DATA_PROBLEMS))} or "
+        f"nothing, found {value!r:.60}"
+    )
 
 
 def message_nbytes(msg: Any) -> int:

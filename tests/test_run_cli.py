@@ -105,7 +105,10 @@ def test_site_with_missing_data_is_left_out(tmp_path: Path) -> None:
     (tmp_path / "c.csv").unlink()
     summary = run_scenario(RunPlan(scenario, sc, out, "inprocess", 2), on_round=None)
     assert all(r["sites"] == ["bank-a", "bank-b"] for r in summary["rounds"])
-    assert "file not found" in " ".join(summary["rounds"][0]["rejected"]["bank-c"])
+    # the site tells the coordinator the kind of problem only, never the error's text
+    assert summary["rounds"][0]["rejected"]["bank-c"] == [
+        "telemetry: reports 0 training examples: its data file is missing; expected at least 1"
+    ]
 
 
 def test_too_few_sites_exits_1_and_keeps_state(tmp_path: Path) -> None:
@@ -121,8 +124,9 @@ def test_too_few_sites_exits_1_and_keeps_state(tmp_path: Path) -> None:
     try:
         run_scenario(RunPlan(scenario, sc, out, "inprocess", 2))
     except RunFailed as exc:
-        assert "only 2 valid update(s), need scheduler.min_sites=3" in str(exc)
-        assert "bank-c" in str(exc)
+        # bank-c's telemetry already says its data fail the checks: round 1 cannot start
+        assert "only 2 site(s) answered telemetry, need scheduler.min_sites=3" in str(exc)
+        assert "bank-c: reports 0 training examples: its data fail the data checks" in str(exc)
     else:
         raise AssertionError("the run should have failed")
     assert json.loads((out / "federation.json").read_text())["status"] == "failed"

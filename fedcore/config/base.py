@@ -21,5 +21,9 @@ class ConfigError(Exception):
         super().__init__(f"{self.path}: {message}")
 
 
+class MissingDataFiles(ConfigError):
+    """A scenario or site file whose data files (or folders) are not there."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

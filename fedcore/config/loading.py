@@ -13,7 +13,7 @@ from pydantic import (
     ValidationError,
 )
 
-from fedcore.config.base import ConfigError
+from fedcore.config.base import ConfigError, MissingDataFiles
 from fedcore.config.data import CsvData, DataSource, DicomData, PacsData
 from fedcore.config.scenario import Scenario, SiteConfig
 
@@ -375,7 +375,7 @@ def _check_files(path: Path, sites: list[tuple[str, DataSource]]) -> None:
             problems.append(f"  {label}.data.candidates: file not found: {src.candidates}")
     if problems:
         n = len(problems)
-        raise ConfigError(path, f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(problems))
+        raise MissingDataFiles(path, f"{n} problem{'s' if n > 1 else ''}:\n" + "\n".join(problems))
 
 
 def load_scenario(path: Path | str, *, check_files: bool = True) -> Scenario:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from fedcore.config import ColumnMapping, CsvData
-from fedcore.data.transactions import DataError, Transactions
+from fedcore.data.transactions import DataError, DataFileMissing, Transactions
 
 if TYPE_CHECKING:
     from _csv import Reader as _reader
@@ -220,7 +220,7 @@ def load_transactions_csv(src: CsvData, feature_names: Sequence[str]) -> Transac
             f"'{unmapped[0]}: <csv column>' there"
         )
     if not path.exists():
-        raise DataError(f"{path}: file not found; check data.path in the site config")
+        raise DataFileMissing(f"{path}: file not found; check data.path in the site config")
     if not path.is_file():
         raise DataError(f"{path}: is not a regular file; data.path must name a CSV file")
     problems = _Problems(path)

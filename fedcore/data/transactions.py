@@ -25,6 +25,10 @@ class DataError(Exception):
         self.total = max(total, len(self.problems))
 
 
+class DataFileMissing(DataError):
+    """The site's data file (or folder) is not there."""
+
+
 @dataclass(frozen=True)
 class Transactions:
     """``n`` transactions of one site, sorted by timestamp ascending (stable).

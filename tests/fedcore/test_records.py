@@ -167,3 +167,17 @@ def test_round_log_columns_are_round_record_keys() -> None:
     keys = set(R.RoundRecord.__required_keys__) | set(R.RoundRecord.__optional_keys__)
     assert set(ROUND_FIELDS) <= keys, set(ROUND_FIELDS) - keys
     assert {"round", "sites", "loss", "pr_auc", "rejected"} <= set(R.RoundRecord.__required_keys__)
+
+
+def test_telemetry_says_the_kind_of_data_problem_and_nothing_more() -> None:
+    tel = R.Telemetry("bank-a", 0, "cpu", "cpu", data_problem="missing")
+    back = R.Telemetry.from_content(tel.to_content())
+    assert back.data_problem == "missing" and back.digest() == tel.digest()
+    # a healthy site's telemetry (no problem) signs the same digest as before the field existed
+    assert (
+        "data_problem" not in R.Telemetry("bank-a", 5, "cpu", "cpu").to_content()[R.TELEMETRY_INFO]
+    )
+    content = tel.to_content()
+    content.config_records[R.TELEMETRY_INFO]["data_problem"] = "line 50, column amount: 'abc'"
+    with pytest.raises(ValueError, match="telemetry data_problem: expected one of"):
+        R.Telemetry.from_content(content)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedcore.config import DicomData, PacsData, SiteConfig, SyntheticCtData, TaskSpec
+from fedcore.data.sites import MAX_GRAPH_CACHES, prune_caches, touch_cache
 from fedcore.models.nodule_net import PatchSet
 from fedcore.storage import atomic_path, atomic_write_text, private_dir
 
@@ -290,6 +291,10 @@ def _cache_key(cfg: SiteConfig, task: TaskSpec) -> str:
 def load_site_patches(cfg: SiteConfig, task: TaskSpec) -> SitePatches:
     """The site's patches for ``task``, cached as ``STATE/cache/patches-<key>.pt``; built on a miss.
 
+    At most :data:`~fedcore.data.sites.MAX_GRAPH_CACHES` patch sets stay cached (the task's
+    settings come from the coordinator, which must not be able to fill the site's disk):
+    writing another removes the least recently used.
+
     Raises:
         ImagingDataError: when nothing usable comes out of the site's data.
     """
@@ -298,6 +303,7 @@ def load_site_patches(cfg: SiteConfig, task: TaskSpec) -> SitePatches:
     if path.is_file():
         try:
             p = torch.load(path, weights_only=True)
+            touch_cache(path)
             return SitePatches(
                 train=PatchSet(p["train_x"], p["train_y"], list(p["train_ids"])),
                 test=PatchSet(p["test_x"], p["test_y"], list(p["test_ids"])),
@@ -322,4 +328,5 @@ def load_site_patches(cfg: SiteConfig, task: TaskSpec) -> SitePatches:
             torch.save(payload, tmp)
     except OSError as exc:
         log.warning("site %s: could not write cache %s (%s)", cfg.id, path, exc)
+    prune_caches(path.parent, "patches-*.pt", MAX_GRAPH_CACHES, current=path, site=cfg.id)
     return data

@@ -142,7 +142,7 @@ def prune_caches(
     return removed
 
 
-def _touch(path: Path) -> None:
+def touch_cache(path: Path) -> None:
     """Mark a cache file as just used (its modification time), for :func:`prune_caches`."""
     try:
         os.utime(path)
@@ -168,7 +168,7 @@ def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:
             try:
                 graph = _load(path)
                 log.debug("site %s: graph loaded from cache %s", cfg.id, path)
-                _touch(path)
+                touch_cache(path)
                 return graph
             except Exception as exc:  # a corrupt or foreign file: rebuild it
                 log.warning("site %s: ignoring unreadable cache %s (%s)", cfg.id, path, exc)

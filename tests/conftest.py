@@ -104,3 +104,33 @@ def write_scenario(scenario_file: Callable[..., Path]) -> Callable[..., Scenario
         return load_scenario(scenario_file(text, name=name, folder=folder))
 
     return write
+
+
+# --------------------------------------------------------------------------- fuzz counts
+
+_FUZZ_OUTPUT: list[str] = []
+"""What the fuzz suites (test modules named ``*fuzz*``) printed, for the terminal summary."""
+_FUZZ_SEEN: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep what a fuzz suite printed (its counts), also when pytest captured it."""
+    module = report.nodeid.split("::", 1)[0]
+    if "fuzz" not in Path(module).name:
+        return
+    # a later phase's report repeats what the earlier phases printed: keep only what is new
+    seen = _FUZZ_SEEN.get(report.nodeid, "")
+    printed = report.capstdout
+    new = printed[len(seen) :] if printed.startswith(seen) else printed
+    _FUZZ_SEEN[report.nodeid] = printed
+    if new.strip():
+        _FUZZ_OUTPUT.append(f"{report.nodeid}:")
+        _FUZZ_OUTPUT.extend(f"  {line}" for line in new.strip().splitlines())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fuzz suites' counts after the run, so CI logs show them."""
+    if _FUZZ_OUTPUT:
+        terminalreporter.section("fuzz counts")
+        for line in _FUZZ_OUTPUT:
+            terminalreporter.write_line(line)

@@ -16,14 +16,13 @@ malformed is refused; the state directory (cached graph, data size, CKKS model c
 exports) is byte-identical after every refusal; an accepted instruction gets a reply the
 coordinator's decoders read; and a valid instruction still works after the fuzzing.
 
-Size: ``FEDCORE_FUZZ_EXAMPLES`` (shared with the coordinator's reply fuzzing) is the
-number of instructions this module throws in all, split over the suites below (default
-3,200: about 30 seconds on two cores, under two minutes on a loaded machine). For a longer
-local run::
+Size: 3,200 instructions in all, split over the suites below (about 30 seconds on two
+cores, under two minutes on a loaded machine), times ``FEDCORE_FUZZ_SCALE`` (shared by
+every fuzz suite). For a longer local run::
 
-    FEDCORE_FUZZ_EXAMPLES=50000 python -m pytest -q -s tests/clients/test_fuzz_instructions.py
+    FEDCORE_FUZZ_SCALE=15 python -m pytest -q tests/clients/test_fuzz_instructions.py
 
-(``-s`` shows the counts each suite prints.)
+(the counts each suite prints appear in the run's "fuzz counts" section.)
 """
 
 from __future__ import annotations
@@ -63,8 +62,8 @@ from fedcore.engines.inprocess import node_id_for, wire_copy
 from fedcore.packing import PACKED_KEY
 from fedcore.site_paths import STATE_DIR_KEY
 
-TOTAL = int(os.environ.get("FEDCORE_FUZZ_EXAMPLES", "") or 3200)
-"""Instructions this module throws in all (``FEDCORE_FUZZ_EXAMPLES``)."""
+TOTAL = round(3200 * float(os.environ.get("FEDCORE_FUZZ_SCALE", "") or 1))
+"""Instructions this module throws in all (3,200 times ``FEDCORE_FUZZ_SCALE``)."""
 
 SHARES = {
     R.TRAIN: 0.2,
@@ -81,7 +80,7 @@ SITE = "bank-a"
 CONFIG_KEYS_REQUIRED = ("round", "seed", "task")
 SPEC_KEYS = ("task", "training", "privacy", "export")
 
-pytestmark = pytest.mark.usefixtures("module_task_identity")
+pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("module_task_identity")]
 
 
 def examples(share: float) -> int:

@@ -15,10 +15,10 @@ whose step exceeds the sanity ceiling = 0; every rejection has a non-empty reaso
 honest reply is accepted. A few hostile replies are then driven through a real
 ``RoundDriver`` over the in-process grid and their reasons read back from ``rounds.jsonl``.
 
-The number of fuzzed replies is ``FEDCORE_FUZZ_EXAMPLES`` in all (default 12,000: a few
-minutes on 2 cores), shared between the modes; for a longer local run::
+The module throws 12,000 fuzzed replies in all (a few minutes on 2 cores), shared between
+the modes, times ``FEDCORE_FUZZ_SCALE`` (shared by every fuzz suite); for a longer local run::
 
-    FEDCORE_FUZZ_EXAMPLES=200000 python -m pytest -q -s tests/coordinator/test_fuzz_replies.py
+    FEDCORE_FUZZ_SCALE=20 python -m pytest -q tests/coordinator/test_fuzz_replies.py
 
 Runs are derandomized (the same examples every time).
 """
@@ -90,7 +90,9 @@ from tests.coordinator.fuzz_strategies import (
     telemetry_cases,
 )
 
-TOTAL = int(os.environ.get("FEDCORE_FUZZ_EXAMPLES", "12000"))
+pytestmark = pytest.mark.fuzz
+
+TOTAL = round(12000 * float(os.environ.get("FEDCORE_FUZZ_SCALE", "1")))
 SHARE = {"plaintext": 0.34, "ckks": 0.12, "secagg+": 0.14, "evaluate": 0.22, "telemetry": 0.18}
 EXAMPLES = {mode: max(10, int(TOTAL * share)) for mode, share in SHARE.items()}
 MINIMUM = 10_000 if TOTAL >= 12_000 else 0

@@ -1,4 +1,4 @@
-"""Robust aggregation arithmetic: coordinate-wise median and trimmed mean, Multi-Krum, norm bounds. Pure, no I/O.
+"""Robust aggregation arithmetic: coordinate-wise median and trimmed mean, Multi-Krum (with a memory), norm bounds. Pure, no I/O.
 
 An *update* is one site's change to the global model (local minus global), as named
 arrays. Every function computes in float64 and returns new float64 arrays; the caller
@@ -262,3 +262,33 @@ class NormBound:
             ((int(r), [float(x) for x in n]) for r, n in state.get("rounds", [])),
             maxlen=self.window,
         )
+
+
+def remembered_scores(
+    history: Sequence[Mapping[str, float]], current: Mapping[str, float]
+) -> dict[str, float]:
+    """Each site's Krum score relative to its round's median, averaged over the rounds it was in.
+
+    Per round, every score is divided by that round's median score (rounds whose updates
+    shrink as training converges count alike); a site's remembered score is the mean of
+    its relative scores over ``history`` and ``current``, the rounds it took part in. A
+    site that was an outlier in most rounds so far stays suspect in a round where it
+    happens to look central.
+
+    Args:
+        history: Earlier rounds' scores, site -> Krum score.
+        current: This round's scores, site -> Krum score.
+
+    Returns:
+        Site -> remembered score, for the sites of ``current``.
+    """
+    sums = {s: 0.0 for s in current}
+    counts = {s: 0 for s in current}
+    for scores in (*history, current):
+        positive = [v for v in scores.values() if v > 0]
+        median = float(np.median(positive)) if positive else 0.0
+        for site, value in scores.items():
+            if site in sums:
+                sums[site] += value / median if median > 0 else 1.0
+                counts[site] += 1
+    return {s: sums[s] / counts[s] for s in current}

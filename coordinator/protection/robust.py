@@ -28,10 +28,12 @@ from coordinator.protection.base import (
     WeightPolicy,
 )
 from coordinator.robust import (
+    KrumSelection,
     NormBound,
     clip_to_norm,
     coordinate_median,
     multi_krum,
+    remembered_scores,
     trimmed_mean,
     update_norm,
     weighted_mean_of,
@@ -69,8 +71,12 @@ class RobustAggregation(Protection):
     * ``fedavg``: the weighted mean (the weight policy's weights);
     * ``median``: the coordinate-wise median (unweighted);
     * ``trimmed_mean``: the coordinate-wise trimmed mean (unweighted);
-    * ``multi_krum``: the ``n - f`` updates of lowest Krum score, then their weighted mean.
-      With ``n <= 2f + 2`` replies Multi-Krum cannot tell ``f`` outliers apart; the round
+    * ``multi_krum``: the ``n - f`` updates of lowest Krum score, then their weighted mean;
+    * ``multi_krum_memory``: as ``multi_krum``, ranked by each site's remembered score
+      (:func:`~coordinator.robust.remembered_scores`: its Krum score relative to the
+      round's median, averaged over every round so far it took part in), so a site that
+      was an outlier in most rounds stays out in a round where it looks central.
+      With ``n <= 2f + 2`` replies either Multi-Krum cannot tell ``f`` outliers apart; the round
       then takes the coordinate-wise median, which still holds while fewer than half of
       the updates are hostile, and says so in the record and the log.
 
@@ -106,6 +112,8 @@ class RobustAggregation(Protection):
             else None
         )
         self._figures: dict[str, Any] | None = None
+        # multi_krum_memory: (round, site -> Krum score) of every round so far
+        self._krum_history: list[tuple[int, dict[str, float]]] = []
 
     def __repr__(self) -> str:
         return f"RobustAggregation(rule={self.spec.rule!r}, norm_bound={self.norm_bound!r})"
@@ -188,7 +196,7 @@ class RobustAggregation(Protection):
             return coordinate_median(updates), everyone, {}, rule
         if rule == "trimmed_mean":
             return trimmed_mean(updates, self.spec.trim_fraction), everyone, {}, rule
-        if rule == "multi_krum":
+        if rule in ("multi_krum", "multi_krum_memory"):
             f = self.spec.byzantine
             if len(updates) <= 2 * f + 2:
                 log.warning(
@@ -201,11 +209,15 @@ class RobustAggregation(Protection):
                 )
                 return coordinate_median(updates), everyone, {}, "median (multi_krum fallback)"
             sel = multi_krum(updates, f)
+            what = "score"
+            if rule == "multi_krum_memory":
+                sel = self._remember(round_, sel, sites, f)
+                what = "remembered score"
             kept = sorted(sel.kept)
             worst = sorted(sel.scores[i] for i in kept)[-1]
             left_out = {
                 sites[i]: (
-                    f"multi_krum: score {sel.scores[i]:.4g} among the {f} highest "
+                    f"{rule}: {what} {sel.scores[i]:.4g} among the {f} highest "
                     f"(largest kept {worst:.4g})"
                 )
                 for i in everyone
@@ -214,6 +226,18 @@ class RobustAggregation(Protection):
             mean = weighted_mean_of([updates[i] for i in kept], [weights[sites[i]] for i in kept])
             return mean, kept, left_out, rule
         return weighted_mean_of(updates, [weights[s] for s in sites]), everyone, {}, rule
+
+    def _remember(
+        self, round_: int, sel: KrumSelection, sites: Sequence[str], f: int
+    ) -> KrumSelection:
+        """This round's Krum scores into the history; the ``n - f`` lowest remembered scores kept."""
+        current = {s: sel.scores[i] for i, s in enumerate(sites)}
+        past = [(r, h) for r, h in self._krum_history if r < round_]  # a redone round replaces
+        remembered = remembered_scores([h for _, h in past], current)
+        self._krum_history = [*past, (round_, current)]
+        scores = [remembered[s] for s in sites]
+        order = np.argsort(np.asarray(scores), kind="stable")[: len(sites) - f]
+        return KrumSelection(kept=[int(i) for i in order], scores=scores)
 
     def round_figures(self) -> dict[str, Any]:
         inner = self.inner.round_figures()
@@ -245,9 +269,15 @@ class RobustAggregation(Protection):
         state = self.inner.state_dict()
         if self.norm_bound is not None:
             state["robust"] = self.norm_bound.state_dict()
+        if self._krum_history:
+            state["krum_memory"] = [[r, dict(h)] for r, h in self._krum_history]
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         self.inner.load_state_dict(state, arrays)
         if self.norm_bound is not None and "robust" in state:
             self.norm_bound.load_state_dict(state["robust"])
+        self._krum_history = [
+            (int(r), {str(s): float(v) for s, v in h.items()})
+            for r, h in state.get("krum_memory", [])
+        ]

@@ -8,8 +8,11 @@ from pydantic import Field, model_validator
 
 from fedcore.config.base import _Model
 
-CLEAR_UPDATE_RULES = ("median", "trimmed_mean", "multi_krum")
+CLEAR_UPDATE_RULES = ("median", "trimmed_mean", "multi_krum", "multi_krum_memory")
 """Rules that read every site's update on its own, so they need the updates in clear."""
+
+KRUM_RULES = ("multi_krum", "multi_krum_memory")
+"""Rules that keep the ``n - byzantine`` updates of lowest (Krum or remembered) score."""
 
 SEALED_MODES = ("ckks", "secagg+")
 """Privacy modes in which the coordinator never sees a single site's update."""
@@ -34,10 +37,12 @@ class AggregationSpec(_Model):
     aggregate at the sites).
     """
 
-    rule: Literal["fedavg", "median", "trimmed_mean", "multi_krum"] = Field(
+    rule: Literal["fedavg", "median", "trimmed_mean", "multi_krum", "multi_krum_memory"] = Field(
         "fedavg",
         description="fedavg (weighted mean), median (coordinate-wise), trimmed_mean "
-        "(coordinate-wise) or multi_krum (keep the n - byzantine most central updates)",
+        "(coordinate-wise), multi_krum (keep the n - byzantine most central updates) or "
+        "multi_krum_memory (multi_krum ranked by each site's Krum scores over every round so "
+        "far)",
     )
     trim_fraction: float = Field(
         0.2,
@@ -46,7 +51,10 @@ class AggregationSpec(_Model):
         description="trimmed_mean: fraction of the values cut at each end, per coordinate",
     )
     byzantine: int = Field(
-        1, ge=0, description="multi_krum: how many hostile sites to tolerate (needs n > 2f + 2)"
+        1,
+        ge=0,
+        description="multi_krum, multi_krum_memory: how many hostile sites to tolerate (needs "
+        "n > 2f + 2)",
     )
     norm_bound: NormBoundSpec | None = Field(
         None,
@@ -72,9 +80,9 @@ class AggregationSpec(_Model):
 
     @model_validator(mode="after")
     def _krum_needs_byzantine(self) -> AggregationSpec:
-        if self.rule == "multi_krum" and self.byzantine < 1:
+        if self.rule in KRUM_RULES and self.byzantine < 1:
             raise ValueError(
-                "aggregation.byzantine is 0: multi_krum with f = 0 keeps every update and is "
+                f"aggregation.byzantine is 0: {self.rule} with f = 0 keeps every update and is "
                 "FedAvg. Set byzantine to the number of hostile sites to tolerate (>= 1), or "
                 "use rule fedavg"
             )
@@ -117,9 +125,9 @@ class AggregationSpec(_Model):
                 "aggregation.site_clip with privacy.dp: DP already clips every update to "
                 "privacy.dp.clip_norm. Set clip_norm to the bound you want and remove site_clip"
             )
-        if self.rule == "multi_krum" and num_sites <= 2 * self.byzantine + 2:
+        if self.rule in KRUM_RULES and num_sites <= 2 * self.byzantine + 2:
             out.append(
-                f"aggregation.rule multi_krum with byzantine {self.byzantine} needs more than "
+                f"aggregation.rule {self.rule} with byzantine {self.byzantine} needs more than "
                 f"2 x {self.byzantine} + 2 = {2 * self.byzantine + 2} sites; the scenario lists "
                 f"{num_sites}. "
                 + (

@@ -1,4 +1,4 @@
-"""Robust aggregation arithmetic: median, trimmed mean, Multi-Krum, clipping, norm bound, capped examples."""
+"""Robust aggregation arithmetic: median, trimmed mean, Multi-Krum (with a memory), clipping, norm bound, capped examples."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from coordinator.robust import (
     clip_to_norm,
     coordinate_median,
     multi_krum,
+    remembered_scores,
     trimmed_mean,
     update_norm,
     weighted_mean_of,
@@ -135,6 +136,45 @@ def test_multi_krum_distances_stay_exact_beside_a_huge_update() -> None:
     # closest 2 distances: 0 -> (1e-12 + 4e-12), 1 -> (1e-12 + 1e-12), 2 -> same, 3 -> 1e-12 + 4e-12
     assert sel.scores[:4] == pytest.approx([5e-12, 2e-12, 2e-12, 5e-12], rel=1e-3)
     assert 4 not in sel.kept
+
+
+@pytest.mark.parametrize(
+    ("history", "current", "expected"),
+    [
+        # no history: this round's scores over their median 2 -> 0.5, 1, 2
+        ([], {"a": 1.0, "b": 2.0, "c": 4.0}, {"a": 0.5, "b": 1.0, "c": 2.0}),
+        # c was the outlier (x3, median 2) in round 1, looks central now (median 4):
+        # a (0.5 + 1.5) / 2 = 1, b (1 + 0.5) / 2 = 0.75, c (3 + 1) / 2 = 2
+        (
+            [{"a": 1.0, "b": 2.0, "c": 6.0}],
+            {"a": 6.0, "b": 2.0, "c": 4.0},
+            {"a": 1.0, "b": 0.75, "c": 2.0},
+        ),
+        # rounds count alike whatever their scale: round 1 x 1000 gives the same relative scores
+        (
+            [{"a": 1000.0, "b": 2000.0, "c": 6000.0}],
+            {"a": 6.0, "b": 2.0, "c": 4.0},
+            {"a": 1.0, "b": 0.75, "c": 2.0},
+        ),
+        # d missed round 1 (its mean is over this round only: 8 / 5 = 1.6); e, gone, is not named.
+        # Round 1 median(2, 4, 8) = 4: a 0.5, b 1, e 2; this round median(2, 5, 8) = 5
+        (
+            [{"a": 2.0, "b": 4.0, "e": 8.0}],
+            {"a": 2.0, "b": 5.0, "d": 8.0},
+            {"a": (0.5 + 0.4) / 2, "b": (1.0 + 1.0) / 2, "d": 1.6},
+        ),
+        # a round whose scores are all 0 (identical updates) counts everyone as 1
+        (
+            [{"a": 0.0, "b": 0.0, "c": 0.0}],
+            {"a": 1.0, "b": 1.0, "c": 4.0},
+            {"a": 1, "b": 1, "c": 2.5},
+        ),
+    ],
+)
+def test_remembered_scores(
+    history: list[dict[str, float]], current: dict[str, float], expected: dict[str, float]
+) -> None:
+    assert remembered_scores(history, current) == pytest.approx(expected)
 
 
 def test_weighted_mean_of() -> None:

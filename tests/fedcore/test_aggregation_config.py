@@ -46,6 +46,18 @@ def test_defaults_leave_fedavg_with_capped_weights(tmp_path: Path) -> None:
         ("{mode: ckks}", "{rule: multi_krum}", 5, "aggregation.rule multi_krum needs each"),
         (
             "{mode: secagg+}",
+            "{rule: multi_krum_memory}",
+            5,
+            "aggregation.rule multi_krum_memory needs each site's update in clear",
+        ),
+        (
+            "{mode: plaintext}",
+            "{rule: multi_krum_memory, byzantine: 1}",
+            4,
+            "multi_krum_memory with byzantine 1 needs more than 2 x 1 + 2 = 4 sites",
+        ),
+        (
+            "{mode: secagg+}",
             "{norm_bound: {factor: 3.0}}",
             5,
             "aggregation.norm_bound learns from each site's update norm",

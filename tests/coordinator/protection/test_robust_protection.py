@@ -147,6 +147,32 @@ def test_multi_krum_leaves_the_outlier_out_and_says_so(tmp_path: Path) -> None:
     assert "multi_krum: score" in robust["left_out"]["evil"]
 
 
+def test_multi_krum_memory_keeps_a_past_outlier_out_when_it_looks_central(tmp_path: Path) -> None:
+    spec = "{rule: multi_krum_memory, byzantine: 1, weights: equal}"
+    p = build(tmp_path, spec)
+    five = {**HONEST, "evil": 1000}
+    # round 1: evil's step 10 is far out; it is left out like plain Multi-Krum does
+    figures = run_round(p, 1, five, {**HONEST_STEPS, "evil": 10.0})
+    assert list(figures["robust"]["left_out"]) == ["evil"]
+    # round 2: evil sends the mean step, bank-b strays (3.0): plain Multi-Krum would leave
+    # bank-b out; with the memory evil's remembered score is still the highest
+    round2 = {**HONEST_STEPS, "bank-b": 3.0, "evil": 1.0}
+    plain = build(tmp_path, "{rule: multi_krum, byzantine: 1, weights: equal}")
+    assert list(run_round(plain, 2, five, round2)["robust"]["left_out"]) == ["bank-b"]
+    figures = run_round(p, 2, five, round2)
+    robust = figures["robust"]
+    assert robust["rule"] == "multi_krum_memory" and list(robust["left_out"]) == ["evil"]
+    assert "multi_krum_memory: remembered score" in robust["left_out"]["evil"]
+    # round 1's mean 4.05 / 4, then (1 + 3 + 0.9 + 1.05) / 4
+    expected = 4.05 / 4 + 5.95 / 4
+    assert p.global_arrays["w"] == pytest.approx(np.full((2, 3), expected), rel=1e-6)
+    # a resumed run keeps the memory
+    resumed = build(tmp_path, spec)
+    resumed.load_state_dict(p.state_dict(), p.global_arrays)
+    again = run_round(resumed, 3, five, round2)
+    assert list(again["robust"]["left_out"]) == ["evil"]
+
+
 def test_multi_krum_with_too_few_replies_takes_the_median(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,13 +16,22 @@ off) after another, each in its own directory under a temporary folder:
   and signed again with their own node keys, so the coordinator checks them as usual.
 * Aggregation rules (the scenario's ``aggregation`` section): ``fedavg`` (weights by
   examples: FedAvg as it was), ``multi_krum`` (byzantine = the hostile sites),
+  ``multi_krum_memory`` (the same, ranked by each site's Krum scores over every round so far),
   ``median``, ``trimmed_mean`` (0.2 at each end), their ``+norm`` variants with
   ``norm_bound: {factor: 3, window: 5}`` (``multi_krum+norm``, ``trimmed_mean+norm``,
   ``fedavg+norm``); the robust rules weigh sites ``capped`` (the default). Without the
   ``aggregation`` section in this fedcore only ``fedavg`` runs. ``--rule`` and
   ``--attack`` run a subset.
 
-The clean runs of every rule go first, back to back, then the attacked runs rule by rule.
+Honest-only reference: per consortium, a clean FedAvg run of the scenario without its
+hostile sites (rule ``honest-only``), whose final model is evaluated on every bank's
+held-out transactions, the hostile banks' included, like every other run
+(``final_pr_auc_honest_banks``: on the honest banks only). It is what the honest banks
+reach on their own: a rule that leaves the hostile sites out can at best match it, and
+clean FedAvg, which also learns from the hostile banks' data, may lie above it.
+
+The honest-only references and the clean runs of every rule go first, back to back, then
+the attacked runs rule by rule.
 The JSON is written after every run (``complete`` says whether all planned runs are in).
 Per run (``results.runs``): the final pooled PR-AUC (the final model evaluated on every
 bank's held-out transactions, true labels everywhere), the pooled PR-AUC after every
@@ -39,14 +48,18 @@ but reported), keeps every attacked run within 0.02 of the clean FedAvg run;
 (b) ``fedavg_scaled_damage``: with plain FedAvg the x100 scaled update costs at least
 0.05 PR-AUC in both consortia (the attack does damage, so (a) means something);
 (c) ``robust_clean_cost``: the chosen rule's clean final PR-AUC and seconds against
-FedAvg's (reported; ``met`` says it was measured).
+FedAvg's (reported; ``met`` says it was measured). Beside (a), as context only (the target
+and its goal are unchanged): ``best_rule_gap.gap_vs_honest_only``, the same worst case
+taken against the honest-only reference instead of clean FedAvg, for the chosen rule and
+per rule (``worst_by_rule``).
 
-``--quick`` (34 runs; under 10 minutes on an idle 2-core machine: a run takes 12-20 s
+``--quick`` (36 runs with the two references; under 10 minutes on an idle 2-core machine: a run takes 12-20 s
 there): 25 rounds instead of the scenarios' 30 (the clean FedAvg PR-AUC after round 25 is
 within about 0.01 of round 30's on both consortia), FedAvg only on the clean and scaled
-runs its target needs, and the two robust rules of ``QUICK_RULES`` (the full run's best by
-worst-case gap and its runner-up). The full run (98 runs of 30 rounds) took 43 minutes on
-a 2-core machine shared with other work (runs of 12-84 s). Progress goes to stderr, one
+runs its target needs, and the two robust rules of ``QUICK_RULES`` (the best by worst-case
+gap and the runner-up). The full run (114 runs of 30 rounds) has not been timed since
+``multi_krum_memory`` and the references joined; its 98 runs before them took 43 minutes
+on a 2-core machine shared with other work (runs of 12-84 s). Progress goes to stderr, one
 line a run; the tables and targets to stdout.
 """
 
@@ -103,6 +116,7 @@ def rules_for(hostile: int) -> dict[str, dict[str, Any]]:
             "norm_bound": NORM_BOUND,
         },
         "multi_krum": {"rule": "multi_krum", "byzantine": hostile},
+        "multi_krum_memory": {"rule": "multi_krum_memory", "byzantine": hostile},
         "trimmed_mean": {"rule": "trimmed_mean", "trim_fraction": 0.2},
         "median": {"rule": "median"},
         "fedavg+norm": {"rule": "fedavg", "norm_bound": NORM_BOUND},
@@ -110,12 +124,15 @@ def rules_for(hostile: int) -> dict[str, dict[str, Any]]:
 
 
 RULES = tuple(rules_for(1))
-QUICK_RULES = ("fedavg", "multi_krum", "median")
-"""The full run's best rule by worst-case gap (multi_krum, 0.040; with the norm bound the same
-figures) and the runner-up (median, 0.125), with FedAvg."""
+QUICK_RULES = ("fedavg", "multi_krum_memory", "multi_krum")
+"""The best rule by worst-case gap at 25 rounds (multi_krum_memory, 0.030) and the runner-up
+(multi_krum, 0.055 at 25 rounds, 0.040 in the full run, whose next best, median, lost 0.125),
+with FedAvg."""
 QUICK_FEDAVG_ATTACKS = ("none", "scaled-x10", "scaled-x100")
 QUICK_ROUNDS = 25
 EXCLUDED_FROM_A = ("10-banks-2-hostile", "label-flip")
+HONEST_ONLY = "honest-only"
+"""The reference run's rule name: clean FedAvg of the consortium without its hostile sites."""
 GAP_GOAL = 0.02
 DAMAGE_GOAL = 0.05
 
@@ -169,8 +186,43 @@ def choose_rule(runs: Sequence[Mapping[str, Any]], candidates: Sequence[str]) ->
     return min(scored)[1] if scored else None
 
 
+def gaps_vs_honest_only(
+    runs: Sequence[Mapping[str, Any]], rule: str
+) -> dict[tuple[str, str], float | None]:
+    """Per (consortium, attack): the honest-only reference's final PR-AUC minus ``rule``'s run's.
+
+    The reference is clean FedAvg without the hostile sites, evaluated on every bank's
+    held-out transactions like the other runs: what the honest banks reach on their own.
+    ``None`` where either run is missing.
+    """
+    final = {(r["consortium"], r["rule"], r["attack"]): r["final_pr_auc"] for r in runs}
+    out_: dict[tuple[str, str], float | None] = {}
+    for (cons, rl, attack), value in final.items():
+        if rl != rule or attack == "none":
+            continue
+        ref = final.get((cons, HONEST_ONLY, "none"))
+        out_[(cons, attack)] = None if ref is None or value is None else ref - value
+    return out_
+
+
+def worst_gap_vs_honest_only(
+    runs: Sequence[Mapping[str, Any]], rule: str, excluded: tuple[str, str] = EXCLUDED_FROM_A
+) -> float | None:
+    """The largest of :func:`gaps_vs_honest_only` (``excluded`` left out); ``None``: any missing."""
+    found = {k: v for k, v in gaps_vs_honest_only(runs, rule).items() if k != excluded}
+    values = [v for v in found.values() if v is not None]
+    if not found or len(values) != len(found):
+        return None
+    return max(values)
+
+
 def build_targets(runs: Sequence[Mapping[str, Any]], robust: Sequence[str]) -> dict[str, Any]:
-    """Targets (a), (b) and (c) from the runs (``value``, ``goal``, ``met``; ``met`` null: not run)."""
+    """Targets (a), (b) and (c) from the runs (``value``, ``goal``, ``met``; ``met`` null: not run).
+
+    Beside (a), as context and not part of its goal: each rule's worst gap against the
+    honest-only reference (``gap_vs_honest_only``), which does not count the hostile
+    sites' data that a rule leaving them out loses.
+    """
     best = choose_rule(runs, robust)
     final = {(r["consortium"], r["rule"], r["attack"]): r for r in runs}
     worst = worst_gap(runs, best) if best else None
@@ -211,6 +263,24 @@ def build_targets(runs: Sequence[Mapping[str, Any]], robust: Sequence[str]) -> d
             "gaps": {f"{c}/{a}": v for (c, a), v in sorted(best_gaps.items())},
             "label_flip_2_of_10": best_gaps.get(EXCLUDED_FROM_A),
             "worst_gap_by_rule": {r: worst_gap(runs, r) for r in robust},
+            "gap_vs_honest_only": {
+                "value": worst_gap_vs_honest_only(runs, best) if best else None,
+                "about": "context, not the goal: the honest-only reference's final PR-AUC "
+                "(clean FedAvg without the hostile sites, evaluated on every bank) minus the "
+                "attacked run's, worst over attacks and consortia (label flipping at 2 of 10 "
+                "left out)",
+                "honest_only_pr_auc": {
+                    c: final[(c, HONEST_ONLY, "none")]["final_pr_auc"]
+                    for c in CONSORTIA
+                    if (c, HONEST_ONLY, "none") in final
+                },
+                "gaps": {
+                    f"{c}/{a}": v for (c, a), v in sorted(gaps_vs_honest_only(runs, best).items())
+                }
+                if best
+                else {},
+                "worst_by_rule": {r: worst_gap_vs_honest_only(runs, r) for r in robust},
+            },
         },
         "fedavg_scaled_damage": {
             "value": least_damage,
@@ -278,7 +348,12 @@ def run_one(
     rounds: int,
     tmp: Path,
 ) -> dict[str, Any]:
-    """One run of ``consortium`` under ``rule`` with its hostile sites running ``attack_name``."""
+    """One run of ``consortium`` under ``rule`` with its hostile sites running ``attack_name``.
+
+    ``rule`` :data:`HONEST_ONLY` (attack ``none``): clean FedAvg of the consortium without
+    its hostile sites; its final model is evaluated on every bank's held-out transactions,
+    the hostile banks' included, like every other run.
+    """
     import yaml
 
     from fedcore.cli.runner import RunPlan, run_scenario
@@ -286,6 +361,9 @@ def run_one(
 
     attacks = _load_attacks()
     source, hostile = CONSORTIA[consortium]
+    honest_only = rule == HONEST_ONLY
+    if honest_only and attack_name != "none":
+        raise ValueError(f"the {HONEST_ONLY} reference has no attack; got {attack_name!r}")
     attack = attacks.attack_named(attack_name)
     name = f"{consortium}-{rule}-{attack_name}".replace("+", "-")
     work = tmp / name
@@ -295,9 +373,12 @@ def run_one(
     spec["rounds"] = rounds
     spec["baselines"] = {"local_only": False, "centralized": False, "non_graph": False}
     spec["export"] = {"enabled": False}
+    full = {**spec, "sites": list(spec["sites"])}
+    if honest_only:
+        spec["sites"] = [s for s in spec["sites"] if s["id"] not in hostile]
     if aggregation_supported():
-        spec["aggregation"] = rules_for(len(hostile))[rule]
-    elif rule != "fedavg":
+        spec["aggregation"] = rules_for(len(hostile))["fedavg" if honest_only else rule]
+    elif rule not in ("fedavg", HONEST_ONLY):
         raise ValueError(f"rule {rule!r} needs the scenario's aggregation section")
     if attack.kind == "label-flip":
         poisoned = attacks.poison_site_labels(source, hostile, work)
@@ -308,11 +389,23 @@ def run_one(
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     scenario = load_scenario(path)
     plan = RunPlan(path, scenario, work / "out", "inprocess", rounds)
-    hook = attacks.HostileSites(frozenset(hostile), attack, seed=scenario.seed)
+    hook = attacks.HostileSites(
+        frozenset(() if honest_only else hostile), attack, seed=scenario.seed
+    )
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     summary = run_scenario(plan, on_round=lambda r: records.append(dict(r)), reply_hook=hook)
     seconds = time.perf_counter() - started
+    own: dict[str, Any] = {}
+    if honest_only:
+        full_path = work / "consortium.yaml"
+        full_path.write_text(yaml.safe_dump(full, sort_keys=False))
+        pooled = evaluate_on_every_bank(load_scenario(full_path), plan.out / "model.safetensors")
+        own = {
+            "final_pr_auc_honest_banks": summary["final"]["pr_auc"],
+            "sites": [s["id"] for s in spec["sites"]],
+        }
+        summary = {**summary, "final": {**summary["final"], **pooled}}
     hostile_in = sum(1 for r in records for s in r["sites"] if s in hostile)
     robust = [r.get("robust") or {} for r in records]
     return {
@@ -336,7 +429,26 @@ def run_one(
         "clipped": count_by_role(robust, "clipped", hostile),
         "left_out": count_by_role(robust, "left_out", hostile),
         "attack_log": hook.log,
+        **own,
     }
+
+
+def evaluate_on_every_bank(scenario: Any, model_path: Path) -> dict[str, float]:
+    """Pooled PR-AUC and ROC-AUC of the model at ``model_path`` on every site of ``scenario``."""
+    from safetensors.numpy import load_file
+
+    from fedcore import tasks
+    from fedcore.baselines import evaluate_per_site
+    from fedcore.cli.runner import write_site_configs
+    from fedcore.config import load_site_config
+    from fedcore.training import load_arrays
+
+    paths = write_site_configs(scenario, model_path.parent / "every-bank")
+    graphs = {sid: tasks.load_site(load_site_config(p), scenario.task) for sid, p in paths.items()}
+    model = tasks.build(scenario.task)
+    load_arrays(model, load_file(str(model_path)))
+    pooled = dict(evaluate_per_site(model, graphs, scenario.task))["pooled"]
+    return {"pr_auc": float(pooled["pr_auc"]), "roc_auc": float(pooled["roc_auc"])}
 
 
 # --------------------------------------------------------------------------- main
@@ -345,10 +457,10 @@ def run_one(
 def plan_runs(
     quick: bool, rules: Sequence[str], attacks: Sequence[str] = ATTACK_NAMES
 ) -> list[tuple[str, str, str]]:
-    """(consortium, rule, attack) of every run: the clean runs of every rule first, back to
-    back (their seconds are compared), then the attacks rule by rule, so that a run cut
-    short holds whole rules."""
-    runs = []
+    """(consortium, rule, attack) of every run: the honest-only references (with the clean
+    runs), the clean runs of every rule, back to back (their seconds are compared), then
+    the attacks rule by rule, so that a run cut short holds whole rules."""
+    runs = [(cons, HONEST_ONLY, "none") for cons in CONSORTIA if "none" in attacks]
     for attacked in (False, True):
         for rule in rules:
             for cons in CONSORTIA:
@@ -476,7 +588,7 @@ def main(
         table.add_column("rule")
         for attack in ATTACK_NAMES:
             table.add_column(attack, justify="right")
-        for rule in rules:
+        for rule in (HONEST_ONLY, *rules):
             table.add_row(
                 rule,
                 *(

@@ -179,11 +179,39 @@ def test_best_rule_is_chosen_once_by_its_worst_gap() -> None:
     assert bench.build_targets(rows, ["B"])["best_rule_gap"]["met"] is False
 
 
+def test_gap_vs_honest_only_is_reported_beside_the_target() -> None:
+    five, ten = bench.CONSORTIA
+    rows = [
+        _row(five, bench.HONEST_ONLY, "none", 0.74),
+        _row(ten, bench.HONEST_ONLY, "none", 0.60),
+        _row(five, "fedavg", "none", 0.75),
+        _row(ten, "fedavg", "none", 0.62),
+        _row(five, "B", "scaled-x100", 0.735),
+        _row(ten, "B", "scaled-x100", 0.59),
+        _row(ten, "B", "sign-flip", 0.57),
+        _row(ten, "B", "label-flip", 0.40),
+    ]
+    t = bench.build_targets(rows, ["B"])["best_rule_gap"]
+    # the target still counts against clean FedAvg: 0.62 - 0.57
+    assert t["rule"] == "B" and t["value"] == pytest.approx(0.05) and t["met"] is False
+    h = t["gap_vs_honest_only"]
+    assert h["honest_only_pr_auc"] == {five: 0.74, ten: 0.60}
+    # against the honest-only reference: 0.74 - 0.735, 0.60 - 0.59, 0.60 - 0.57
+    assert h["gaps"][f"{five}/scaled-x100"] == pytest.approx(0.005)
+    assert h["gaps"][f"{ten}/sign-flip"] == pytest.approx(0.03)
+    assert h["value"] == pytest.approx(0.03)  # label flip at 2 of 10 left out, as for (a)
+    assert h["worst_by_rule"] == {"B": pytest.approx(0.03)}
+    # no reference run: no figure
+    assert bench.worst_gap_vs_honest_only(rows[2:], "B") is None
+
+
 def test_quick_plan_keeps_fedavg_to_its_target_runs() -> None:
     plan = bench.plan_runs(True, bench.QUICK_RULES)
     fedavg = {a for c, r, a in plan if r == "fedavg"}
     assert fedavg == set(bench.QUICK_FEDAVG_ATTACKS)
-    robust = [p for p in plan if p[1] != "fedavg"]
+    # the honest-only references first, one per consortium, clean
+    assert plan[: len(bench.CONSORTIA)] == [(c, bench.HONEST_ONLY, "none") for c in bench.CONSORTIA]
+    robust = [p for p in plan if p[1] not in ("fedavg", bench.HONEST_ONLY)]
     assert len(robust) == len(bench.CONSORTIA) * (len(bench.QUICK_RULES) - 1) * len(
         bench.ATTACK_NAMES
     )

@@ -292,6 +292,69 @@ class Protection(ABC):
         """Restore from a checkpoint's extra state and arrays."""
 
 
+class WrappedProtection(Protection):
+    """A protection that wraps another, as Flower's DP strategies wrap a strategy.
+
+    Differential privacy and robust aggregation change how a round is combined; everything
+    they leave alone passes through to ``inner``, including the weight policy (setting
+    :attr:`weights` here sets the inner protection's). Subclasses override what they change.
+
+    Args:
+        inner: The protection wrapped.
+    """
+
+    def __init__(self, inner: Protection) -> None:
+        # not Protection.__init__: the weight policy stays the inner protection's
+        self.inner = inner
+        self.name = inner.name
+        self.can_skip_round = inner.can_skip_round
+        self.evaluation_rides_on_train = inner.evaluation_rides_on_train
+
+    @property
+    def weights(self) -> WeightPolicy:
+        """The inner protection's weight policy."""
+        return self.inner.weights
+
+    @weights.setter
+    def weights(self, policy: WeightPolicy) -> None:
+        self.inner.weights = policy
+
+    def collect(self, rnd: TrainRound) -> Collected:
+        return self.inner.collect(rnd)
+
+    def aggregate(self, round_: int, collected: Collected, noise: Noise | None = None) -> None:
+        self.inner.aggregate(round_, collected, noise)
+
+    def round_figures(self) -> dict[str, Any]:
+        return self.inner.round_figures()
+
+    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
+        return self.inner.instruction(cfg, site)
+
+    def observe_telemetry(self, telemetry: R.Telemetry) -> None:
+        self.inner.observe_telemetry(telemetry)
+
+    def check_evaluations(self, round_: int, replies: Sequence[R.EvalReply]) -> list[str]:
+        return self.inner.check_evaluations(round_, replies)
+
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        return self.inner.global_arrays
+
+    @property
+    def holds_global_model(self) -> bool:
+        return self.inner.holds_global_model
+
+    def summary(self) -> dict[str, Any]:
+        return self.inner.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.inner.load_state_dict(state, arrays)
+
+
 class ClearModelProtection(Protection):
     """A protection whose coordinator holds the global model in clear (plaintext, SecAgg+).
 

@@ -9,11 +9,10 @@ protection's aggregate lives: in clear, encrypted (CKKS) or unmasked (SecAgg+).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import RecordDict
 
 from coordinator.protection.base import (
     Collected,
@@ -21,12 +20,11 @@ from coordinator.protection.base import (
     Protection,
     TrainRound,
     UniformWeights,
+    WrappedProtection,
 )
 from coordinator.protection.ckks import Ckks
 from coordinator.protection.secagg import SecAggPlus
-from fedcore import records as R
 from fedcore.config import DpSpec
-from scheduling.base import Candidate
 
 if TYPE_CHECKING:
     from secure.dp import EntropySource
@@ -108,7 +106,7 @@ def quantization_of(inner: Protection) -> tuple[int, float, float | None]:
     return length, 0.0, None
 
 
-class DifferentialPrivacy(Protection):
+class DifferentialPrivacy(WrappedProtection):
     """Wraps an inner protection with central differential privacy.
 
     It owns the weight policy (every site counts once), the noise and the privacy
@@ -132,12 +130,8 @@ class DifferentialPrivacy(Protection):
     ) -> None:
         from secure.dp import DpAccountant, quantization_term
 
-        super().__init__()
-        self.inner = inner
-        self.name = inner.name
-        self.can_skip_round = inner.can_skip_round
-        self.evaluation_rides_on_train = inner.evaluation_rides_on_train
-        self.inner.weights = self.weights = UniformWeights()
+        super().__init__(inner)
+        self.weights = UniformWeights()  # the inner protection's policy: every site counts once
         self.spec = spec
         self.population_size = population_size
         length, value_error, grid = quantization_of(inner)
@@ -159,23 +153,6 @@ class DifferentialPrivacy(Protection):
     def round_figures(self) -> dict[str, Any]:
         inner = self.inner.round_figures()
         return inner if self._epsilon is None else {**inner, "epsilon": round(self._epsilon, 4)}
-
-    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
-        return self.inner.instruction(cfg, site)
-
-    def observe_telemetry(self, telemetry: R.Telemetry) -> None:
-        self.inner.observe_telemetry(telemetry)
-
-    def check_evaluations(self, round_: int, replies: Sequence[R.EvalReply]) -> list[str]:
-        return self.inner.check_evaluations(round_, replies)
-
-    @property
-    def global_arrays(self) -> dict[str, np.ndarray]:
-        return self.inner.global_arrays
-
-    @property
-    def holds_global_model(self) -> bool:
-        return self.inner.holds_global_model
 
     def summary(self) -> dict[str, Any]:
         return {**self.inner.summary(), **self.accountant.summary()}

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import RecordDict
 
 from coordinator.protection.base import (
     ClearModelProtection,
@@ -25,7 +24,7 @@ from coordinator.protection.base import (
     Noise,
     Protection,
     TrainRound,
-    WeightPolicy,
+    WrappedProtection,
 )
 from coordinator.robust import (
     KrumSelection,
@@ -38,9 +37,7 @@ from coordinator.robust import (
     update_norm,
     weighted_mean_of,
 )
-from fedcore import records as R
 from fedcore.config import AggregationSpec
-from scheduling.base import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ def _sig(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-class RobustAggregation(Protection):
+class RobustAggregation(WrappedProtection):
     """Wraps the plaintext protection with a norm bound and a robust aggregation rule.
 
     Per round: each accepted update ``u_i = local_i - global`` is clipped to the
@@ -98,13 +95,8 @@ class RobustAggregation(Protection):
                 f"{inner.name!r} does not show one to the coordinator. Use rule fedavg with "
                 "site_clip, or privacy.mode plaintext"
             )
+        super().__init__(inner)
         self.inner: ClearModelProtection = inner
-        policy = inner.weights
-        super().__init__()
-        self.weights = policy  # the inner's (the base class reset it)
-        self.name = inner.name
-        self.can_skip_round = inner.can_skip_round
-        self.evaluation_rides_on_train = inner.evaluation_rides_on_train
         self.spec = spec
         self.norm_bound = (
             NormBound(spec.norm_bound.factor, spec.norm_bound.window)
@@ -117,15 +109,6 @@ class RobustAggregation(Protection):
 
     def __repr__(self) -> str:
         return f"RobustAggregation(rule={self.spec.rule!r}, norm_bound={self.norm_bound!r})"
-
-    @property
-    def weights(self) -> WeightPolicy:
-        """The inner protection's weight policy (a DP wrapper above sets it here)."""
-        return self.inner.weights
-
-    @weights.setter
-    def weights(self, policy: WeightPolicy) -> None:
-        self.inner.weights = policy
 
     # -- the round
 
@@ -243,24 +226,7 @@ class RobustAggregation(Protection):
         inner = self.inner.round_figures()
         return inner if self._figures is None else {**inner, "robust": self._figures}
 
-    # -- everything else is the inner protection's
-
-    def instruction(self, cfg: R.RoundConfig, site: Candidate) -> RecordDict:
-        return self.inner.instruction(cfg, site)
-
-    def observe_telemetry(self, telemetry: R.Telemetry) -> None:
-        self.inner.observe_telemetry(telemetry)
-
-    def check_evaluations(self, round_: int, replies: Sequence[R.EvalReply]) -> list[str]:
-        return self.inner.check_evaluations(round_, replies)
-
-    @property
-    def global_arrays(self) -> dict[str, np.ndarray]:
-        return self.inner.global_arrays
-
-    @property
-    def holds_global_model(self) -> bool:
-        return self.inner.holds_global_model
+    # -- the checkpoint (everything else is the inner protection's)
 
     def summary(self) -> dict[str, Any]:
         return {**self.inner.summary(), "aggregation": self.spec.model_dump(mode="json")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -431,7 +432,8 @@ def test_rerun_right_after_the_serverapp_was_killed_completes(
     resumed_after = started[-1].get("resumed_after_round")
     assert done_before[-1] <= resumed_after <= done_before[-1] + 1, (started, done_before)
     rerun = _rerun_logs(logs, offsets)
-    assert "2004" not in rerun and "refused" not in rerun, rerun
+    # Flower's error code 2004 as a word: message ids are hex and may hold those digits
+    assert not re.search(r"\b2004\b", rerun) and "refused" not in rerun, rerun
     _assert_gone(second_tree, {SUPERLINK, SUPERNODE})
     assert watch.survivors() == []
 

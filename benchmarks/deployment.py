@@ -14,7 +14,7 @@ In one run, one after another on 127.0.0.1:
   directory and telemetry off, the app submitted with ``flwr run``. Each round its
   ServerApp sends every site ``--exchanges`` messages with ``grid.send_and_receive``
   and writes its round wall times to a file. The default, 3, is the Flower-alone round
-  that issue 15 defined the targets against: a telemetry query with a tiny reply,
+  that the targets are defined against: a telemetry query with a tiny reply,
   ``train`` with the bank-fraud model's arrays and a reply of the same arrays,
   ``evaluate`` with the model and a small metrics reply.
 * ``bare-flower-1x``: the same bare Flower app with 1 exchange a round (``train`` only),
@@ -41,7 +41,7 @@ before it exited; and per measured round) and, for fedcore, the final pooled PR-
 that the runs are seen to train the same model. Processes that live under 0.2 s can be
 missed.
 
-Targets (issue 15): fedcore plaintext <= 0.25x ``bare-flower``'s seconds per round, CKKS
+Targets: fedcore plaintext <= 0.25x ``bare-flower``'s seconds per round, CKKS
 <= 0.4x, SecAgg+ <= 0.5x; fedcore deployment (plaintext) <= 5x the inprocess engine.
 The JSON holds ``results`` (raw measurements per setup, the settings, and
 ``like_for_like``: fedcore plaintext's, CKKS's and SecAgg+'s seconds per round over

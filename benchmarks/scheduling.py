@@ -22,7 +22,7 @@ participation fairness (Jain's index over the sites' participation counts and th
 coefficient of variation). Then the predictor's MAPE on held-out simulator traces:
 the LSTM (as shipped in ``scenarios/models``) against EWMA and last value.
 
-Targets (issue "Scheduling"): fedcore reaches the target >= 1.5x faster than random and
+Targets: fedcore reaches the target >= 1.5x faster than random and
 >= 1.15x faster than Oort (median over seeds); queue time >= 50 % lower than random;
 LSTM MAPE <= 10 % and >= 20 % below EWMA's. A run that never reaches the target counts
 with its final virtual time (a lower bound) and is flagged.

@@ -56,8 +56,8 @@ EVALUATE = Exchange("evaluate", "evaluate", sends_model=True, reply="metrics")
 def message_pattern(exchanges: int) -> list[Exchange]:
     """The exchanges of one round.
 
-    ``3``: telemetry query, train, evaluate (the Flower-alone round that issue 15 set the
-    deployment targets against; benchmarks/deployment.py's ``bare-flower``). ``1``: train
+    ``3``: telemetry query, train, evaluate (the Flower-alone round that the
+    deployment targets are set against; benchmarks/deployment.py's ``bare-flower``). ``1``: train
     only, like fedcore's rounds after the first, whose train message carries the
     evaluation of the incoming model and the next round's telemetry (``bare-flower-1x``).
     ``2``: train, evaluate. More than 3: the three, then ``exchanges - 3`` tiny queries

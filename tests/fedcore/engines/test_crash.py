@@ -1,4 +1,4 @@
-"""Crash safety of the deployment engine, shown on loopback with TLS and node keys (issue 15).
+"""Crash safety of the deployment engine, shown on loopback with TLS and node keys.
 
 A machine that dies is a ``kill -9`` of its service: ``fed-coordinator`` or one ``fed-client``,
 or Flower's ``flwr-serverapp`` under ``fedcore run --engine deployment``. Each test kills one
@@ -376,7 +376,7 @@ def _fedcore(*args: str) -> list[str]:
 def test_rerun_right_after_the_serverapp_was_killed_completes(
     tmp_path: Path, watch: ProcessWatch
 ) -> None:
-    # issue 15 (b): the rerun found 0 sites ("Node Unavailable"; the SuperLink refused to
+    # once seen: the rerun found 0 sites ("Node Unavailable"; the SuperLink refused to
     # register the SuperNodes ten times with ApiError 2004) and only worked two minutes later
     # rounds to spare: a round is audited once the next one trained, and the ServerApp must
     # still be running when the test kills it

@@ -196,7 +196,7 @@ def ratio(setups: Mapping[str, Mapping[str, Any]], num: str, den: str) -> float 
 
 
 def build_targets(setups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's targets from the setups' ``seconds_per_round``; a missing setup gives ``met: null``."""
+    """The targets from the setups' ``seconds_per_round``; a missing setup gives ``met: null``."""
     return {
         name: target(ratio(setups, num, den), limit) | {"numerator": num, "denominator": den}
         for name, (num, den, limit) in GOALS.items()
@@ -885,7 +885,7 @@ def main(
         int,
         typer.Option(
             help=(
-                "Exchanges per round of the bare-flower setup (3: the issue's Flower-alone round "
+                "Exchanges per round of the bare-flower setup (3: the Flower-alone round "
                 "of telemetry, train, evaluate; 1: train only). bare-flower-1x always sends 1, "
                 "as fedcore's rounds after the first do."
             ),

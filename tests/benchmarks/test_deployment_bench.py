@@ -183,7 +183,7 @@ def test_targets_on_synthetic_measurements() -> None:
 def test_setups_and_targets_keep_bare_flower_as_the_issues_baseline() -> None:
     assert bench.SETUPS[:2] == ("bare-flower", "bare-flower-1x")
     assert bench.BARE_EXCHANGES == {"bare-flower": None, "bare-flower-1x": 1}
-    # the issue's targets compare against the 3-exchange bare-flower, never the 1x one
+    # the targets compare against the 3-exchange bare-flower, never the 1x one
     assert {den for _, den, _ in bench.GOALS.values()} == {"bare-flower", "fedcore-inprocess"}
     assert {k: v[2] for k, v in bench.GOALS.items()} == {
         "plaintext_vs_bare": 0.25,

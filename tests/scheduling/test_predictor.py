@@ -289,7 +289,7 @@ def test_lstm_fits_a_synthetic_trend_better_than_ewma_and_last_value(
             for f in (lstm, EwmaForecaster(), LastValueForecaster())
         }
     assert scores["lstm"]["sources"] == {"lstm": 6 * (100 - lstm.window)}  # no fallback
-    # targets of the issue: MAPE <= 10 %, and >= 20 % lower than EWMA's
+    # the forecasting targets: MAPE <= 10 %, and >= 20 % lower than EWMA's
     assert scores["lstm"]["mape"] <= 10.0
     assert scores["lstm"]["mape"] <= 0.8 * scores["ewma"]["mape"]
     assert scores["lstm"]["mape"] < scores["last-value"]["mape"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,6 +42,7 @@ from coordinator.protection import (
 )
 from coordinator.protection.base import Exchange, ExchangeResult
 from coordinator.state import Checkpoint, StateStore
+from coordinator.telemetry_checks import _fmt, read_telemetry
 from fedcore import carry
 from fedcore import records as R
 from fedcore.config import Scenario
@@ -717,38 +718,3 @@ class RoundDriver:
             self._finish(record, *evaluated)
         self._save(rnd)
         self._publish()
-
-
-def read_telemetry(
-    content: RecordDict,
-    members: Collection[str],
-    verifier: ReplyVerifier,
-    round_: int,
-    run_key: str,
-) -> tuple[R.Telemetry | None, str | None]:
-    """A telemetry answer for ``round_`` and the reason to refuse it (``None``: accepted).
-
-    Refused, with no telemetry: content that does not parse
-    (:meth:`~fedcore.records.Telemetry.from_content`: types, ranges, readings in their
-    physical ranges), a site outside the scenario, a signature that does not verify
-    (another site's key, another round or run). Refused with its telemetry (it is the
-    site's own, so the reason can name the site): a data size of 0, which no aggregation
-    weight can come from.
-    """
-    try:
-        tel = R.Telemetry.from_content(content)
-    except ValueError as exc:
-        return None, f"malformed telemetry: {exc}"
-    if tel.site_id not in members:
-        return None, f"site id {tel.site_id!r:.80} is not a member of this scenario"
-    refusal = verifier.check(R.TELEMETRY, tel.site_id, round_, run_key, tel.digest(), content)
-    if refusal is not None:
-        return None, f"claims site {tel.site_id!r}: {refusal}"
-    if tel.num_train_examples < 1:
-        why = R.DATA_PROBLEMS.get(tel.data_problem, R.DATA_PROBLEMS["unloadable"])
-        return tel, f"reports 0 training examples: {why}; expected at least 1"
-    return tel, None
-
-
-def _fmt(problems: Mapping[str, list[str]]) -> str:
-    return "; ".join(f"{k}: {', '.join(v)}" for k, v in problems.items()) or "none"

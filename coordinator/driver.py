@@ -33,6 +33,7 @@ from coordinator.auth import ReplyVerifier
 from coordinator.carrying import Carrier
 from coordinator.errors import FederationError
 from coordinator.exchange import CountingGrid, Send, exchange_batch
+from coordinator.exports import read_export_replies
 from coordinator.protection import (
     Collected,
     Protection,
@@ -427,30 +428,12 @@ class RoundDriver:
         if not cands:
             cands, *_ = self.telemetry(self.rounds, nodes)
         cfg = self.round_config(self.rounds)
-        by_node = {c.node_id: c for c in cands}
         replies, errors, _, _ = self.exchange(
             ((c.node_id, self.protection.instruction(cfg, c)) for c in cands),
             R.EXPORT,
             self.rounds,
         )
-        out: dict[str, Any] = {by_node[n].site_id: {"error": e} for n, e in errors.items()}
-        for nid, rep in replies:
-            site = by_node[nid].site_id
-            try:
-                claimed, manifest, error = R.read_export_reply(rep.content)
-            except ValueError as exc:
-                out[site] = {"error": f"malformed export reply: {exc}"}
-                continue
-            if claimed != site:
-                out[site] = {"error": f"reply names site {claimed!r}"}
-                continue
-            out[site] = manifest if not error else {"error": error, **manifest}
-        for site, m in sorted(out.items()):
-            if "error" in m:
-                log.warning("export at %s failed: %s", site, m["error"])
-            else:
-                log.info("export at %s: %s via %s", site, m.get("path_taken"), m.get("provider"))
-        return dict(sorted(out.items()))
+        return read_export_replies(replies, errors, {c.node_id: c.site_id for c in cands})
 
     def privacy_summary(self) -> dict[str, Any]:
         """What protected this run's updates (parameters and running figures, never keys)."""
@@ -468,30 +451,21 @@ class RoundDriver:
         }
 
     def _result(self, status: str, error: str | None) -> dict[str, Any]:
-        return (
-            {
-                "status": status,
-                "error": error,
-                "scenario": self.scenario.name,
-                "fingerprint": self.scenario.fingerprint(),
-                "run_key": self.run_key,
-                "rounds": self.history,
-                "schedule": self.schedule,
-                "privacy": self.privacy_summary(),
-                "model": None,
-            }
-            | self._simulation()
-            | self._recovery()
-        )
-
-    def _recovery(self) -> dict[str, Any]:
-        """Why the run resumed from an older round than the newest stored one, if it did."""
-        return {"state_recovered": self.state_recovered} if self.state_recovered else {}
-
-    def _simulation(self) -> dict[str, Any]:
-        """A simulated consortium's figures (virtual time, waits, dropouts), if the grid has them."""
-        stats = getattr(self.grid, "stats", None)
-        return {"simulation": stats()} if callable(stats) else {}
+        stats = getattr(self.grid, "stats", None)  # a simulated consortium's figures, if any
+        return {
+            "status": status,
+            "error": error,
+            "scenario": self.scenario.name,
+            "fingerprint": self.scenario.fingerprint(),
+            "run_key": self.run_key,
+            "rounds": self.history,
+            "schedule": self.schedule,
+            "privacy": self.privacy_summary(),
+            "model": None,
+            **({"simulation": stats()} if callable(stats) else {}),
+            # why the run resumed from an older round than the newest stored one, if it did
+            **({"state_recovered": self.state_recovered} if self.state_recovered else {}),
+        }
 
     def _carrier(self, rnd: int, candidates: Sequence[Candidate]) -> Carrier | None:
         """The exchange round ``rnd`` trains through, when the protection lets the batch carry."""

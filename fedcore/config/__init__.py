@@ -72,13 +72,35 @@ from fedcore.config.scheduler import (
     SchedulerSpec,
     SimulatorSpec,
 )
+from fedcore.config.table import (
+    ENTITY_TYPES,
+    CleaningSpec,
+    EntityColumn,
+    LabelColumn,
+    QualitySpec,
+    TableColumns,
+    TableData,
+    TimestampColumn,
+)
 from fedcore.config.task import (
+    TABLE_MODELS,
     ImagingSpec,
+    KnnSpec,
     TaskSpec,
     TrainingSpec,
 )
 
 __all__ = [
+    "KnnSpec",
+    "TABLE_MODELS",
+    "TimestampColumn",
+    "TableData",
+    "TableColumns",
+    "QualitySpec",
+    "LabelColumn",
+    "EntityColumn",
+    "CleaningSpec",
+    "ENTITY_TYPES",
     "AggregationSpec",
     "AllocatorSpec",
     "BaselineSpec",

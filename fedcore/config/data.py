@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from fedcore.config.base import SITE_ID_PATTERN, _Model
+from fedcore.config.table import TableData
 
 
 class ColumnMapping(_Model):
@@ -208,7 +209,7 @@ class PacsData(_Model):
 
 
 DataSource = Annotated[
-    GeneratedData | CsvData | SyntheticCtData | DicomData | PacsData,
+    GeneratedData | CsvData | TableData | SyntheticCtData | DicomData | PacsData,
     Field(discriminator="kind"),
 ]
 IMAGING_DATA = (SyntheticCtData, DicomData, PacsData)

@@ -27,6 +27,7 @@ from fedcore.config.data import (
 )
 from fedcore.config.privacy import PrivacySpec
 from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
+from fedcore.config.table import QualitySpec, TableData
 from fedcore.config.task import TaskSpec, TrainingSpec
 
 SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -92,6 +93,11 @@ class Scenario(_Model):
     )
     baselines: BaselineSpec = BaselineSpec()
     aggregation: AggregationSpec = AggregationSpec()
+    data_quality: QualitySpec = Field(
+        default_factory=QualitySpec,
+        description="dataset table: thresholds on each site's data-quality report; a site "
+        "failing one is left out of training, with the reason",
+    )
 
     @field_validator("name")
     @classmethod
@@ -126,6 +132,29 @@ class Scenario(_Model):
                     f"site {site.id!r}: data kind {site.data.kind} does not fit task model "
                     f"{self.task.model} (fraud-gnn takes generated or csv transactions; "
                     "nodule-net takes synthetic-ct, dicom or pacs)"
+                )
+            if isinstance(site.data, TableData) != self.task.is_table:
+                raise ValueError(
+                    f"site {site.id!r}: data kind {site.data.kind} does not fit task dataset "
+                    f"{self.task.dataset} (dataset table takes data kind table; a table in "
+                    "any schema needs task.dataset: table)"
+                )
+            if isinstance(site.data, TableData):
+                cols = site.data.columns
+                for what, roles, mapped in (
+                    ("features", self.task.features, cols.features),
+                    ("categorical", self.task.categorical, cols.categorical),
+                ):
+                    missing = sorted(set(roles) - set(mapped))
+                    if missing:
+                        raise ValueError(
+                            f"site {site.id!r}: data.columns.{what} lacks task role(s) "
+                            f"{', '.join(missing)}; map each to a column of the site's table"
+                        )
+            if self.task.is_table and self.export.enabled and self.export.int8:
+                raise ValueError(
+                    "export.int8 is not available for dataset table yet; set export: "
+                    "{int8: false} (the global weights are still exported)"
                 )
             if self.task.is_imaging and self.export.enabled and self.export.int8:
                 raise ValueError(

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from fedcore.config.base import _Model
+from fedcore.config.table import CleaningSpec
 
 FEATURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 """A task feature's name: an identifier (sites map it to a column of their own)."""
@@ -56,15 +57,60 @@ class ImagingSpec(_Model):
         return self
 
 
+class KnnSpec(_Model):
+    """The similarity graph of a table without entity ids (``task.graph: knn``)."""
+
+    k: int = Field(10, ge=1, le=100, description="neighbours per row")
+    window: int = Field(
+        20_000,
+        ge=10,
+        le=1_000_000,
+        description="a row looks for neighbours among at most this many rows just before it",
+    )
+
+
+TABLE_MODELS = ("relational-gnn", "fraud-gnn", "row-mlp")
+"""Models that train on a table in any schema (``dataset: table``)."""
+
+
 class TaskSpec(_Model):
     """What is trained: model family and its hyper-parameters."""
 
-    model: Literal["fraud-gnn", "nodule-net"] = Field(
+    model: Literal["fraud-gnn", "relational-gnn", "row-mlp", "nodule-net"] = Field(
         "fraud-gnn",
-        description="fraud-gnn (transaction graphs) or nodule-net (3D CNN + Transformer on CT)",
+        description="fraud-gnn (GraphSAGE), relational-gnn (separate weights per relation, "
+        "for heterophilous fraud graphs), row-mlp (features only, no graph), or nodule-net "
+        "(3D CNN + Transformer on CT); dataset table defaults to relational-gnn",
     )
-    dataset: Literal["transactions", "ct-candidates"] = Field(
-        "transactions", description="follows the model: transactions or ct-candidates"
+    dataset: Literal["transactions", "ct-candidates", "table"] = Field(
+        "transactions",
+        description="transactions (payer/payee bank graph), table (any schema, mapped per "
+        "site) or ct-candidates; follows the model when left out",
+    )
+    entities: list[str] = Field(
+        default_factory=list,
+        description="table: entity roles (e.g. card, device, user); each becomes a node type",
+    )
+    categorical: dict[str, int] = Field(
+        default_factory=dict,
+        description="table: categorical feature role -> hash buckets (2..1024)",
+    )
+    graph: Literal["entities", "knn", "none"] | None = Field(
+        None,
+        description="table: entities (rows linked through shared ids), knn (rows linked "
+        "to similar earlier rows) or none; default: entities when task.entities is set, "
+        "else knn (none for row-mlp)",
+    )
+    knn: KnnSpec = Field(default_factory=KnnSpec, description="table, graph knn")
+    cleaning: CleaningSpec = Field(
+        default_factory=CleaningSpec,
+        description="table: what each site does with missing, non-finite, out-of-range "
+        "and repeated rows before training (every action counted in its quality report)",
+    )
+    structural: bool = Field(
+        True,
+        description="table: add label-free structural inputs per row (counts, gaps and "
+        "amounts per entity, computed at the site from earlier rows only)",
     )
     hidden: int = Field(64, ge=4, le=1024)
     layers: int = Field(2, ge=1, le=4)
@@ -102,21 +148,85 @@ class TaskSpec(_Model):
             raise ValueError(f"feature(s) listed more than once: {', '.join(twice)}")
         return features
 
+    @field_validator("entities", "categorical")
+    @classmethod
+    def _role_names(cls, roles: Any) -> Any:
+        bad = [r for r in roles if not FEATURE_NAME.fullmatch(r)]
+        if bad:
+            raise ValueError(
+                f"role name(s) {', '.join(map(repr, bad))} are not identifiers; expected "
+                "letters, digits and _ (not starting with a digit), at most 64 characters"
+            )
+        if isinstance(roles, list):
+            twice = sorted(r for r, n in Counter(roles).items() if n > 1)
+            if twice:
+                raise ValueError(f"role(s) listed more than once: {', '.join(twice)}")
+        else:
+            odd = {k: v for k, v in roles.items() if not 2 <= v <= 1024}
+            if odd:
+                raise ValueError(f"hash buckets must be within 2..1024; found {odd}")
+        return roles
+
     @model_validator(mode="before")
     @classmethod
     def _dataset_follows_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("model") == "nodule-net" and "dataset" not in data:
-            return {**data, "dataset": "ct-candidates"}
+        if isinstance(data, dict) and "dataset" not in data:
+            if data.get("model") == "nodule-net":
+                return {**data, "dataset": "ct-candidates"}
+            if data.get("model") in ("relational-gnn", "row-mlp"):
+                return {**data, "dataset": "table"}
+        if isinstance(data, dict) and data.get("dataset") == "table" and "model" not in data:
+            return {**data, "model": "relational-gnn"}
         return data
 
     @model_validator(mode="after")
     def _model_fits_dataset(self) -> TaskSpec:
+        if self.dataset == "table":
+            if self.model not in TABLE_MODELS:
+                raise ValueError(
+                    f"dataset table trains {', '.join(TABLE_MODELS)}; found model {self.model}"
+                )
+            if self.model == "row-mlp" and self.graph not in (None, "none"):
+                raise ValueError(
+                    f"model row-mlp uses no graph; found graph {self.graph}: remove task.graph "
+                    "or choose relational-gnn"
+                )
+            if self.graph == "entities" and not self.entities:
+                raise ValueError(
+                    "graph entities needs task.entities (the id roles rows are linked by); "
+                    "list them, or use graph knn for a table without ids"
+                )
+            if self.model != "row-mlp" and self.table_graph == "none":
+                raise ValueError(
+                    f"model {self.model} needs a graph; found graph none: use row-mlp for a "
+                    "model on the features alone"
+                )
+            return self
+        if self.entities or self.categorical or self.graph is not None:
+            raise ValueError(
+                "task.entities, task.categorical and task.graph apply to dataset table; "
+                f"found dataset {self.dataset}"
+            )
         expected = "ct-candidates" if self.model == "nodule-net" else "transactions"
         if self.dataset != expected:
             raise ValueError(
                 f"model {self.model} trains on dataset {expected}; found dataset {self.dataset}"
             )
         return self
+
+    @property
+    def is_table(self) -> bool:
+        """Whether this task trains on a table in any schema (``dataset: table``)."""
+        return self.dataset == "table"
+
+    @property
+    def table_graph(self) -> str:
+        """The graph a table task builds: ``entities``, ``knn`` or ``none`` (defaults resolved)."""
+        if self.graph is not None:
+            return self.graph
+        if self.model == "row-mlp":
+            return "none"
+        return "entities" if self.entities else "knn"
 
     @property
     def is_imaging(self) -> bool:

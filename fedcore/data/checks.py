@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcore.config import CsvData, DataSource, DicomData, PacsData, TaskSpec
+from fedcore.config import CsvData, DataSource, DicomData, PacsData, TableData, TaskSpec
+from fedcore.data.table import Table
 from fedcore.data.transactions import DataError, Transactions
 
 
@@ -95,6 +96,46 @@ def label_problem(
     )
 
 
+def table_label_problem(
+    table: Table, test_fraction: float, path: Path | str, column: str
+) -> str | None:
+    """Why a site cannot train on ``table``: its training rows lack fraud or legitimate rows.
+
+    The training rows are all but the latest ``test_fraction`` by time (rows without a time
+    sort last); every row when the table has no time column.
+
+    Args:
+        table: The site's rows, in any order.
+        test_fraction: ``task.test_fraction``.
+        path: The data file, for the message.
+        column: The file's label column, for the message.
+
+    Returns:
+        The message, or ``None`` when the training rows hold both labels.
+    """
+    if table.timestamp is None:
+        labels, which = table.label, "rows"
+    else:
+        key = np.where(np.isnan(table.timestamp), np.inf, table.timestamp)
+        order = np.argsort(key, kind="stable")
+        labels = table.label[order][train_rows(key[order], test_fraction)]
+        which = f"rows (the earliest {1 - test_fraction:.0%} by time)"
+        if len(labels) == 0:
+            return (
+                f"{path}: no training rows: all {len(table)} fall in the latest "
+                f"{test_fraction:.0%} held out for testing; add earlier rows"
+            )
+    classes = sorted({int(v) for v in np.unique(labels)})
+    if classes == [0, 1] or not classes:
+        return None
+    kind = "fraud" if classes[0] == 1 else "legitimate"
+    return (
+        f"{path}, column {column!r}: all {len(labels)} training {which} are {kind}; a site "
+        "needs both fraud and legitimate examples to train, so it cannot take part: fix the "
+        "label column or its positive/negative values, or remove the site from the scenario"
+    )
+
+
 def _listed(exc: DataError) -> list[str]:
     """The problems of a :class:`DataError`, and a last line counting those not listed."""
     more = exc.total - len(exc.problems)
@@ -103,7 +144,10 @@ def _listed(exc: DataError) -> list[str]:
 
 
 def site_data_problems(
-    data: DataSource, features: Sequence[str] | None = None, test_fraction: float | None = None
+    data: DataSource,
+    features: Sequence[str] | None = None,
+    test_fraction: float | None = None,
+    task: TaskSpec | None = None,
 ) -> list[str]:
     """What keeps a run from reading this data source, one message per problem (``[]``: none).
 
@@ -113,13 +157,17 @@ def site_data_problems(
     :data:`~fedcore.data.csv_loader.MAX_PROBLEMS`, then a count). A CSV that loads must also
     hold both labels among its training rows (:func:`label_problem`). DICOM sources get a
     cheap check (the folder or DICOMDIR is readable and not empty) and their candidates CSV
-    is read in full. Generated and synthetic data need no files.
+    is read in full. A table in the site's own schema is read in full by
+    :func:`fedcore.data.table_loader.load_table` and must hold both labels among its
+    training rows (:func:`table_label_problem`). Generated and synthetic data need no files.
 
     Args:
         data: The site's data source (paths already resolved).
         features: The task's extra features to read from a CSV; ``None``: every feature
             mapped in ``data.columns.features`` (a site file does not name the task).
         test_fraction: ``task.test_fraction``; ``None``: the default of :class:`TaskSpec`.
+        task: The scenario's task: the roles a table must provide; ``None`` (a site file):
+            every column the table maps.
     """
     problems: list[str] = []
     if isinstance(data, CsvData):
@@ -133,6 +181,18 @@ def site_data_problems(
             problems.extend(_listed(exc))
         else:
             why = label_problem(tx, fraction, data.path, data.columns.label)
+            if why is not None:
+                problems.append(why)
+    if isinstance(data, TableData):
+        from fedcore.data.table_loader import load_table
+
+        fraction = TaskSpec().test_fraction if test_fraction is None else test_fraction
+        try:
+            table = load_table(data, task if task is not None and task.is_table else None)
+        except DataError as exc:
+            problems.extend(_listed(exc))
+        else:
+            why = table_label_problem(table, fraction, data.path, data.columns.label.column)
             if why is not None:
                 problems.append(why)
     if isinstance(data, DicomData):

@@ -478,4 +478,18 @@ class SiteRuntime:
             readings=self.environment.readings(dev),
             model_round=model_round,
             data_problem=self.data_problem if size == 0 else "",
+            quality=self.data_quality(task) if size > 0 else {},
         )
+
+    def data_quality(self, task: TaskSpec) -> dict[str, float]:
+        """The quality summary of the site's table data (counts, shares, rates: never a
+        row); empty for other data or data that do not load."""
+        if not task.is_table:
+            return {}
+        try:
+            _, data = self.data(task)
+        except Exception as exc:  # broken data: telemetry already reports 0 examples
+            log.debug("no quality summary for telemetry: %s", exc)
+            return {}
+        quality = getattr(data, "quality", None)
+        return {str(k): float(v) for k, v in quality.items()} if quality else {}

@@ -211,7 +211,10 @@ class RoundDriver:
         cands: dict[str, Candidate] = {}
         answers = [*held.items(), *((nid, rep.content) for nid, rep in replies)]
         for nid, answer in answers:
-            tel, refusal = read_telemetry(answer, self.members, self.verifier, round_, self.run_key)
+            gate = self.scenario.data_quality
+            tel, refusal = read_telemetry(
+                answer, self.members, self.verifier, round_, self.run_key, gate
+            )
             if refusal is not None:  # named by its site once the reply is known to be the site's
                 problems[tel.site_id if tel is not None else self._who(nid)] = [refusal]
                 continue

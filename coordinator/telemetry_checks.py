@@ -8,6 +8,7 @@ from flwr.app import RecordDict
 
 from coordinator.auth import ReplyVerifier
 from fedcore import records as R
+from fedcore.config.table import QualitySpec
 
 __all__ = ["read_telemetry"]
 
@@ -18,6 +19,7 @@ def read_telemetry(
     verifier: ReplyVerifier,
     round_: int,
     run_key: str,
+    quality: QualitySpec | None = None,
 ) -> tuple[R.Telemetry | None, str | None]:
     """A telemetry answer for ``round_`` and the reason to refuse it (``None``: accepted).
 
@@ -26,7 +28,8 @@ def read_telemetry(
     physical ranges), a site outside the scenario, a signature that does not verify
     (another site's key, another round or run). Refused with its telemetry (it is the
     site's own, so the reason can name the site): a data size of 0, which no aggregation
-    weight can come from.
+    weight can come from; a data-quality summary failing the ``quality`` gate (the
+    scenario's ``data_quality``; ``None``: no gate), with every threshold it fails.
     """
     try:
         tel = R.Telemetry.from_content(content)
@@ -40,6 +43,12 @@ def read_telemetry(
     if tel.num_train_examples < 1:
         why = R.DATA_PROBLEMS.get(tel.data_problem, R.DATA_PROBLEMS["unloadable"])
         return tel, f"reports 0 training examples: {why}; expected at least 1"
+    if quality is not None and tel.quality:
+        from fedcore.data.quality import gate_reasons
+
+        reasons = gate_reasons(tel.quality, quality)
+        if reasons:
+            return tel, f"data quality: {'; '.join(reasons)}"
     return tel, None
 
 

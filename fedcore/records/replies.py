@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -278,6 +279,9 @@ class Telemetry:
     """With ``num_train_examples`` 0: why the data do not load, as one of
     :data:`DATA_PROBLEMS` (a category, never the error's text, which may quote a value of
     the site's data)."""
+    quality: dict[str, float] = field(default_factory=dict)
+    """Table data: the site's data-quality summary (counts, shares, rates, drift; never a
+    value of a row), as ``fedcore.data.quality.QualityReport.summary`` gives it."""
 
     def to_content(self) -> RecordDict:
         info: dict[str, Any] = {
@@ -288,7 +292,7 @@ class Telemetry:
         }
         if self.data_problem:
             info["data_problem"] = self.data_problem
-        return RecordDict(
+        content = RecordDict(
             {
                 TELEMETRY_INFO: ConfigRecord(info),
                 TELEMETRY_METRICS: MetricRecord(
@@ -299,9 +303,15 @@ class Telemetry:
                 ),
             }
         )
+        if self.quality:
+            content[TELEMETRY_QUALITY] = MetricRecord(
+                {k: float(v) for k, v in self.quality.items()}
+            )
+        return content
 
     def digest(self) -> bytes:
-        """What the site signs: identity, data size, model round and readings."""
+        """What the site signs: identity, data size, model round, readings (and the data
+        problem and quality summary, when there are)."""
         blob = json.dumps(
             [
                 self.site_id,
@@ -311,6 +321,11 @@ class Telemetry:
                 self.model_round,
                 sorted(self.readings.items()),
                 *([self.data_problem] if self.data_problem else []),
+                *(
+                    [["quality", sorted((k, repr(float(v))) for k, v in self.quality.items())]]
+                    if self.quality
+                    else []
+                ),
             ]
         )
         return hashlib.sha256(blob.encode()).digest()
@@ -323,7 +338,8 @@ class Telemetry:
         an integer in 0..:data:`MAX_EXAMPLES` (0: the site's data do not load; the
         coordinator leaves such a site out, naming it, see
         ``coordinator.driver.read_telemetry``); every reading finite and within the
-        physical range of its unit (:func:`reading_range`); ``model_round`` >= 0.
+        physical range of its unit (:func:`reading_range`); ``model_round`` >= 0; the
+        quality summary, when present, as :func:`_quality` checks it.
 
         Raises:
             ValueError: saying which field is missing or malformed, what was expected and
@@ -352,7 +368,39 @@ class Telemetry:
             readings=readings,
             model_round=_int(info.get("model_round", 0), "telemetry model_round", 0, 2**31),
             data_problem=_data_problem(info.get("data_problem", "")),
+            quality=_quality(content.metric_records.get(TELEMETRY_QUALITY)),
         )
+
+
+TELEMETRY_QUALITY = "telemetry.quality"
+"""Record key of a telemetry reply's data-quality summary (absent when there is none)."""
+MAX_QUALITY_ENTRIES = 512
+"""Most numbers a quality summary may hold."""
+_QUALITY_KEY = re.compile(r"[a-z_]{1,32}(?::[A-Za-z_][A-Za-z0-9_]{0,63})?")
+_QUALITY_MAX = 1e15
+
+
+def _quality(record: Mapping[str, Any] | None) -> dict[str, float]:
+    """A telemetry quality summary, checked: at most :data:`MAX_QUALITY_ENTRIES` keys, each
+    ``measure`` or ``measure:role`` (lower-case measure, identifier role), every value a
+    finite number >= 0, shares and rates (``*_share``, ``*_rate``) within [0, 1]."""
+    if record is None:
+        return {}
+    if len(record) > MAX_QUALITY_ENTRIES:
+        raise ValueError(
+            f"telemetry quality: expected at most {MAX_QUALITY_ENTRIES} entries, found "
+            f"{len(record)}"
+        )
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        if type(k) is not str or not _QUALITY_KEY.fullmatch(k):
+            raise ValueError(
+                f"telemetry quality: expected keys like 'missing_share' or 'psi:amount' "
+                f"(a lower-case measure, then optionally ':' and a role name), found {k!r:.60}"
+            )
+        hi = 1.0 if k.endswith(("_share", "_rate")) else _QUALITY_MAX
+        out[k] = _float(v, f"telemetry quality {k!r}", 0.0, hi)
+    return out
 
 
 DATA_PROBLEMS: dict[str, str] = {

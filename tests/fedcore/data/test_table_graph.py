@@ -169,7 +169,7 @@ def test_structural_counts_with_timestamps() -> None:
     np.testing.assert_allclose(card[[0, 2, 4], 1], np.log1p([0, 30, 130]))
     np.testing.assert_allclose(card[[0, 2, 4], 2], [1, 0, 0])
     np.testing.assert_allclose(card[[0, 2, 4], 3], np.log1p([1, 2, 2]))
-    # mean log1p amount so far: 1, (1 + 0 + 3) / 2... row 2 averages rows 0 and 2 = (1 + 3) / 2
+    # mean log1p amount so far (log1p amounts of rows 0 and 2 are 1 and 3): 1, (1 + 3) / 2
     np.testing.assert_allclose(card[[0, 2], 4], [1.0, 2.0])
     assert (card[3] == 0).all()  # no card id
     # device x at rows 0, 1, 3, 4: count 1..4, gaps 0, 10, 90, 60; cards a; a,b; a,b; a,b

@@ -14,6 +14,7 @@ from fedcore.config import (
     ConfigError,
     DataSource,
     Scenario,
+    TaskSpec,
     is_site_file,
     load_site_config,
     read_yaml,
@@ -52,9 +53,13 @@ def _fail(console: Console, what: str, exc: ConfigError, note: str = "") -> NoRe
 
 
 def data_problem_lines(
-    sites: list[tuple[str, DataSource, list[str] | None]], test_fraction: float | None = None
+    sites: list[tuple[str, DataSource, list[str] | None]],
+    test_fraction: float | None = None,
+    task: TaskSpec | None = None,
 ) -> list[str]:
     """Read every site's data files as a run would: a heading and each bad site's problems.
+
+    ``task`` (a scenario's) names the roles a table must provide; ``None``: every mapped one.
 
     Returns:
         ``[]`` when every site's data can be read; else the lines to print (each problem
@@ -65,7 +70,7 @@ def data_problem_lines(
     bad = [
         (label, problems)
         for label, src, feats in sites
-        if (problems := site_data_problems(src, feats, test_fraction))
+        if (problems := site_data_problems(src, feats, test_fraction, task))
     ]
     if not bad:
         return []
@@ -81,6 +86,7 @@ def scenario_data_lines(s: Scenario) -> list[str]:
     return data_problem_lines(
         [(f"site {x.id!r} (data kind {x.data.kind})", x.data, s.task.features) for x in s.sites],
         s.task.test_fraction,
+        s.task,
     )
 
 

@@ -345,7 +345,12 @@ def _resolve_csv_paths(data: dict[str, Any], sites: list[Any], base: Path) -> No
         src = site.get("data") if isinstance(site, dict) else None
         if not isinstance(src, dict):
             continue
-        keys = {"csv": ("path",), "dicom": ("path", "candidates"), "pacs": ("candidates",)}
+        keys = {
+            "csv": ("path",),
+            "table": ("path",),
+            "dicom": ("path", "candidates"),
+            "pacs": ("candidates",),
+        }
         for key in keys.get(str(src.get("kind")), ()):
             if isinstance(src.get(key), str):
                 p = Path(src[key]).expanduser()

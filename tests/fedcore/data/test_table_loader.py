@@ -342,3 +342,57 @@ def test_site_data_problems_checks_labels_of_training_rows(tmp_path: Path) -> No
     )
     (msg,) = site_data_problems(data, test_fraction=0.2)
     assert msg.startswith(f"{timed}, column 'y': all 8 training rows")
+
+
+def invoke_validate(path: Path) -> tuple[int, str]:
+    import typer
+    from typer.testing import CliRunner
+
+    from fedcore.cli.validate_cmd import validate
+
+    app = typer.Typer()
+    app.command()(validate)
+    res = CliRunner().invoke(app, [str(path)], env={"COLUMNS": "1000"})  # rich: no wrapping
+    return res.exit_code, " ".join(res.output.split())
+
+
+TABLE_SITE = "data: {kind: table, path: t.csv, columns: {label: {column: is_fraud, positive: ['yes'], negative: ['no']}, amount: amt, features: {income: income}}}"
+
+
+def test_validate_site_file_prints_the_table_problems(tmp_path: Path) -> None:
+    data = write(tmp_path, CSV.replace(",100,", ',"12,5$",').replace(",no\n", ",maybe\n", 1))
+    site = tmp_path / "bank-t.yaml"
+    site.write_text(f"id: bank-t\n{TABLE_SITE}\n")
+    code, out = invoke_validate(site)
+    assert code == 2
+    assert "invalid site data" in out and "site 'bank-t' (data kind table)" in out
+    assert f"{data}, line 2, column 'income': feature income '12,5$' cannot be read" in out
+    assert f"{data}, line 3, column 'is_fraud': label 'maybe' is unknown" in out
+    data.write_text(CSV)
+    code, out = invoke_validate(site)
+    assert code == 0, out
+    assert "ok" in out and "data table" in out
+
+
+def test_validate_scenario_prints_the_table_problems(tmp_path: Path) -> None:
+    data = write(tmp_path, CSV.replace("t2,2024-03-01T01:00:00Z,,", "t2,2024-03-01T01:00:00Z,12$,"))
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        textwrap.dedent(
+            """
+            name: tables
+            rounds: 1
+            task: {dataset: table, model: row-mlp, features: [income]}
+            scheduler: {min_sites: 2}
+            export: {int8: false}
+            sites:
+            """
+        )
+        + "".join(f"  - id: {site}\n    {TABLE_SITE}\n" for site in ("bank-t", "bank-u"))
+    )
+    code, out = invoke_validate(scenario)
+    assert code == 2, out
+    assert "2 of 2 site(s) have data a run cannot use" in out
+    assert "site 'bank-t' (data kind table)" in out and "site 'bank-u' (data kind table)" in out
+    bad = f"{data}, line 3, column 'amt': amount '12$' cannot be read; expected a plain number"
+    assert out.count(bad) == 2

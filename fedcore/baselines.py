@@ -16,7 +16,6 @@ from torch import nn
 
 from fedcore import tasks
 from fedcore.config import Scenario, TaskSpec
-from fedcore.data.graph import row_feature_dim
 from fedcore.fraud_training import train_local
 from fedcore.metrics import METRIC_KEYS, binary_metrics, metrics_from_counts
 from fedcore.models.baseline import build_row_model
@@ -327,7 +326,7 @@ def run_baselines(
         start = time.perf_counter()
         with report.step("train"):
             seed_everything(derive_seed(scenario.seed, "init-rows"))
-            row_model = build_row_model(row_feature_dim(task))
+            row_model = build_row_model(tasks.row_model_dim(task))
             train_local(
                 row_model,
                 pooled,

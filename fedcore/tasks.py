@@ -33,10 +33,53 @@ def build(task: TaskSpec) -> nn.Module:
         from fedcore.models.nodule_net import build_nodule_net
 
         return build_nodule_net(task)
+    if task.is_table:
+        return build_table_model(task)
     from fedcore.data.graph import feature_dim
     from fedcore.models.fraud_gnn import build_model
 
     return build_model(task, feature_dim(task))
+
+
+def build_table_model(task: TaskSpec) -> nn.Module:
+    """The model ``task.model`` names for a table in any schema, sized by the task's layout.
+
+    ``relational-gnn``: :class:`~fedcore.models.relational_gnn.RelationalGNN`;
+    ``fraud-gnn``: GraphSAGE (:class:`~fedcore.models.fraud_gnn.FraudGNN`); ``row-mlp``:
+    :class:`~fedcore.models.baseline.RowMLP` on the row features alone (``task.hidden`` wide).
+    """
+    from fedcore.data.table_graph import table_feature_dim, table_num_types, table_row_dim
+
+    if task.model == "row-mlp":
+        from fedcore.models.baseline import RowMLP
+
+        return RowMLP(table_row_dim(task), hidden=task.hidden, dropout=task.dropout)
+    if task.model == "relational-gnn":
+        from fedcore.models.relational_gnn import RelationalGNN
+
+        return RelationalGNN(
+            table_feature_dim(task),
+            table_num_types(task),
+            hidden=task.hidden,
+            layers=task.layers,
+            dropout=task.dropout,
+        )
+    from fedcore.models.fraud_gnn import FraudGNN
+
+    return FraudGNN(
+        table_feature_dim(task), hidden=task.hidden, layers=task.layers, dropout=task.dropout
+    )
+
+
+def row_model_dim(task: TaskSpec) -> int:
+    """Width of the row features a non-graph model reads for ``task``."""
+    if task.is_table:
+        from fedcore.data.table_graph import table_row_dim
+
+        return table_row_dim(task)
+    from fedcore.data.graph import row_feature_dim
+
+    return row_feature_dim(task)
 
 
 def num_train(data: Any) -> int:

@@ -136,6 +136,12 @@ def validation_message(
                     msg += f"; did you mean {best!r}?"
         elif e["type"] == "missing":
             msg = "required field is missing"
+            if e["loc"][-2:-1] == ("columns",) and e["loc"][-1] in ("payer", "payee"):
+                msg += (
+                    "; data kind csv is the bank graph of payers and payees: for a table "
+                    "without account ids (or in another schema) use data kind table with "
+                    "task.dataset: table (see docs/data.md)"
+                )
         found = e.get("input")
         if e["type"] not in ("missing", "extra_forbidden") and not isinstance(found, dict | list):
             msg += f" (found {found!r})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,6 +81,22 @@ class LabelColumn(_Model):
         min_length=1,
         description="values meaning legitimate; any other value is a problem",
     )
+
+    @field_validator("positive", "negative", mode="before")
+    @classmethod
+    def _as_text(cls, values: Any) -> Any:
+        """YAML reads ``yes``, ``1`` or ``-1`` as a boolean or a number: take them as written."""
+        if not isinstance(values, list):
+            values = [values]
+        out: list[Any] = []
+        for v in values:
+            if isinstance(v, bool):  # YAML 1.1: yes/no/on/off/true/false
+                out.extend(["true", "yes", "on", "y"] if v else ["false", "no", "off", "n"])
+            elif isinstance(v, int | float):
+                out.append(str(v))
+            else:
+                out.append(v)
+        return out
 
     @model_validator(mode="after")
     def _disjoint(self) -> LabelColumn:
@@ -209,5 +225,3 @@ class QualitySpec(_Model):
         description="largest population stability index of a column between the site's "
         "earlier and latest rows; null: reported, never enforced",
     )
-
-

@@ -163,6 +163,8 @@ class FraudGraph:
     num_test: int
     num_train_pos: int
     num_test_pos: int
+    quality: dict[str, float] | None = None
+    """A table's data-quality summary (counts, shares, rates: never a row), or ``None``."""
 
     @property
     def num_tx(self) -> int:
@@ -479,4 +481,5 @@ def merge_graphs(graphs: Sequence[FraudGraph]) -> FraudGraph:
         num_test=sum(g.num_test for g in graphs),
         num_train_pos=sum(g.num_train_pos for g in graphs),
         num_test_pos=sum(g.num_test_pos for g in graphs),
+        quality=None,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from fedcore.config import CsvData, GeneratedData, SiteConfig, TaskSpec
+from fedcore.config import CsvData, GeneratedData, SiteConfig, TableData, TaskSpec
 from fedcore.data.checks import label_problem
 from fedcore.data.csv_loader import load_transactions_csv
 from fedcore.data.generator import generate_transactions
@@ -60,6 +60,11 @@ def load_site_transactions(cfg: SiteConfig, task: TaskSpec) -> Transactions:
         if why is not None:
             raise DataError(why)
         return tx
+    if isinstance(cfg.data, TableData):
+        raise ValueError(
+            f"site {cfg.id}: data kind table is read with task.dataset table "
+            "(fedcore.data.table_site), not as payer/payee transactions"
+        )
     raise ValueError(
         f"site {cfg.id}: data kind {cfg.data.kind} holds CT images, not transactions; "
         "use it with task model nodule-net"
@@ -68,7 +73,7 @@ def load_site_transactions(cfg: SiteConfig, task: TaskSpec) -> Transactions:
 
 def _cache_key(cfg: SiteConfig, task: TaskSpec) -> str:
     spec = cfg.data.model_dump(mode="json")
-    if isinstance(cfg.data, CsvData):
+    if isinstance(cfg.data, CsvData | TableData):
         st = cfg.data.path.stat()
         spec["_file"] = [str(cfg.data.path.resolve()), st.st_size, st.st_mtime_ns]
     else:
@@ -84,6 +89,8 @@ def _save(graph: FraudGraph, path: Path) -> None:
     payload.update({k: getattr(graph, k) for k in _ROW_TENSORS})
     payload.update({k: getattr(graph, k) for k in _COUNTS})
     payload["num_nodes"] = int(graph.data.num_nodes)
+    if graph.quality is not None:
+        payload["quality"] = dict(graph.quality)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -102,6 +109,7 @@ def _load(path: Path) -> FraudGraph:
         num_test=int(p["num_test"]),
         num_train_pos=int(p["num_train_pos"]),
         num_test_pos=int(p["num_test_pos"]),
+        quality=p.get("quality"),
     )
 
 
@@ -172,7 +180,12 @@ def load_site_data(cfg: SiteConfig, task: TaskSpec) -> FraudGraph:
                 return graph
             except Exception as exc:  # a corrupt or foreign file: rebuild it
                 log.warning("site %s: ignoring unreadable cache %s (%s)", cfg.id, path, exc)
-    graph = build_graph(load_site_transactions(cfg, task), task)
+    if isinstance(cfg.data, TableData):
+        from fedcore.data.table_site import build_site_table_graph
+
+        graph = build_site_table_graph(cfg, cfg.data, task, seed=data_seed(cfg))
+    else:
+        graph = build_graph(load_site_transactions(cfg, task), task)
     log.info("site %s: %r", cfg.id, graph)
     if path is not None:
         try:

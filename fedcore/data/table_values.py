@@ -35,7 +35,8 @@ _NUMBER_FORM = (
     "a plain number such as 12.5 (digits, an optional sign, decimal point and exponent; "
     "no currency symbols, thousands separators or units); an empty cell or NA means missing"
 )
-_COLUMN = re.compile(rf"(?:[ \t]*{_NUMBER.pattern}[ \t]*\n)*[ \t]*{_NUMBER.pattern}[ \t]*")
+_NOT_PLAIN = re.compile(r"[^0-9eE.+\- \t\n]")
+"""A character no plain number holds: its absence lets a column be parsed at once."""
 
 Problem = tuple[int, str]
 """``(index of the cell in the column, message)``; the caller adds file, line and column."""
@@ -44,7 +45,9 @@ Problem = tuple[int, str]
 def parse_numbers(cells: Sequence[str], what: str) -> tuple[np.ndarray, list[Problem]]:
     """A column of numbers: missing markers give ``nan``, ``inf``/``-inf`` give infinities.
 
-    A column of plain numbers only is parsed at once; otherwise cell by cell.
+    A column whose cells hold only digits, signs, points, exponents and blanks is parsed
+    at once (a text of those characters that ``float`` reads is a plain number); any
+    other column, or one that does not convert, cell by cell.
 
     Args:
         cells: ``[n]`` cell texts.
@@ -53,7 +56,7 @@ def parse_numbers(cells: Sequence[str], what: str) -> tuple[np.ndarray, list[Pro
     Returns:
         ``float64 [n]`` values (``nan`` where missing or unreadable) and the problems.
     """
-    if cells and _COLUMN.fullmatch("\n".join(cells)):
+    if cells and _NOT_PLAIN.search("\n".join(cells)) is None:
         try:
             values = np.array(cells, dtype=np.float64)
         except ValueError:

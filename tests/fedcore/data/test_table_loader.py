@@ -396,3 +396,14 @@ def test_validate_scenario_prints_the_table_problems(tmp_path: Path) -> None:
     assert "site 'bank-t' (data kind table)" in out and "site 'bank-u' (data kind table)" in out
     bad = f"{data}, line 3, column 'amt': amount '12$' cannot be read; expected a plain number"
     assert out.count(bad) == 2
+
+
+def test_parse_numbers_takes_plain_numbers_only() -> None:
+    from fedcore.data.table_values import parse_numbers
+
+    values, found = parse_numbers(["5.", " .5", "+1e+5", "-3"], "feature x")
+    assert values.tolist() == [5.0, 0.5, 100000.0, -3.0] and found == []  # parsed at once
+    values, found = parse_numbers(["1_000", "0x10", "NA", "-Infinity", "1e400", "7"], "amount")
+    assert [i for i, _ in found] == [0, 1, 4]
+    assert found[2][1].startswith("amount '1e400' overflows to infinity")
+    assert np.isnan(values[:3]).all() and values[3] == -math.inf and values[5] == 7.0

@@ -81,6 +81,13 @@ def selected_columns(
     return keep, unmapped_entities
 
 
+def _text(value: object) -> str:
+    """A Parquet value as the text a CSV would hold: a whole float without ``.0`` (``1.0`` -> ``1``)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def load_table(src: TableData, task: TaskSpec | None = None) -> Table:
     """Read a site's table (CSV or Parquet) into a :class:`Table`, rows in file order.
 
@@ -415,7 +422,7 @@ def _read_parquet(
                     else:
                         batches.add(key, values, [], at)
                 else:
-                    texts = [None if v is None else str(v) for v in array.to_pylist()]
+                    texts = [None if v is None else _text(v) for v in array.to_pylist()]
                     if key == "label":
                         label = src.columns.label
                         values, found = parse_labels(texts, label.positive, label.negative)

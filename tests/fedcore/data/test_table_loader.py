@@ -407,3 +407,12 @@ def test_parse_numbers_takes_plain_numbers_only() -> None:
     assert [i for i, _ in found] == [0, 1, 4]
     assert found[2][1].startswith("amount '1e400' overflows to infinity")
     assert np.isnan(values[:3]).all() and values[3] == -math.inf and values[5] == 7.0
+
+
+def test_parquet_float_labels_and_categories_read_as_a_csv_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"y": [1.0, 0.0, 1.0], "g": [3.0, 2.5, None]}), path)
+    src = TableData(path=path, columns={"label": {"column": "y"}, "categorical": {"g": "g"}})
+    table = load_table(src)
+    assert table.label.tolist() == [1, 0, 1]  # 1.0 is the label "1"
+    assert table.categorical["g"].tolist() == ["3", "2.5", ""]

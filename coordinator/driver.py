@@ -42,6 +42,7 @@ from coordinator.protection import (
     build_protection,
 )
 from coordinator.protection.base import Exchange, ExchangeResult
+from coordinator.round_notes import log_round, quality_note
 from coordinator.state import Checkpoint, StateStore
 from coordinator.telemetry_checks import _fmt, read_telemetry
 from fedcore import carry
@@ -132,6 +133,8 @@ class RoundDriver:
         self._carried_refused: tuple[int, dict[int, str]] = (0, {})
         # telemetry refused while gathering the round's candidates, by site or node (for the record)
         self._telemetry_refused: dict[str, list[str]] = {}
+        self._quality: dict[str, dict[str, float]] = {}  # site -> its data-quality summary
+        self._quality_shown: dict[str, dict[str, float]] = {}
         # the record of the last round trained, until its model's evaluation comes in
         self._pending: dict[str, Any] | None = None
         # finished records not yet written to the round logs and observer (after the checkpoint)
@@ -215,6 +218,8 @@ class RoundDriver:
             tel, refusal = read_telemetry(
                 answer, self.members, self.verifier, round_, self.run_key, gate
             )
+            if tel is not None and tel.quality:  # verified: shown in the round record
+                self._quality[tel.site_id] = dict(tel.quality)
             if refusal is not None:  # named by its site once the reply is known to be the site's
                 problems[tel.site_id if tel is not None else self._who(nid)] = [refusal]
                 continue
@@ -536,15 +541,7 @@ class RoundDriver:
         while self._unpublished:
             done = self._unpublished.pop(0)
             self.store.append_round(done)
-            log.info(
-                "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs%s",
-                done["round"],
-                done["sites"],
-                done["loss"],
-                done["pr_auc"],
-                done["seconds"],
-                f" epsilon={done['epsilon']:.3f}" if "epsilon" in done else "",
-            )
+            log_round(done)
             if self.observer is not None:
                 self.observer(done)
 
@@ -671,6 +668,7 @@ class RoundDriver:
             "exchanges": self._exchanges - exchanges,
             "rejected": collected.rejected,
             "telemetry_problems": self._telemetry_refused,
+            **quality_note(self._quality, self._quality_shown),
             "per_site": {},
             **figures,
             "schedule": schedule_digest(self.selector.name, selection, results, len(candidates)),

@@ -141,3 +141,9 @@ def test_site_failing_the_quality_gate_is_left_out_with_the_reason(tmp_path: Pat
     assert "missing_share" in why and "data_quality.max_missing_share" in why
     assert all("bank-c" not in r["sites"] for r in rounds)
     assert all(set(r["sites"]) == {"bank-a", "bank-b"} for r in rounds)
+    # the coordinator shows every site's summary once, in the first round it arrives
+    shown = rounds[0]["data_quality"]
+    assert set(shown) == {"bank-a", "bank-b", "bank-c"}
+    assert shown["bank-c"]["rows"] == 1500 and shown["bank-c"]["missing:v0"] == 750
+    assert shown["bank-a"]["missing_share"] == 0.0
+    assert all("data_quality" not in r for r in rounds[1:])  # unchanged: not repeated

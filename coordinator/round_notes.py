@@ -1,0 +1,43 @@
+"""What a finished round adds to the coordinator's log and round records besides its figures: the log line, the sites' data-quality summaries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("coordinator.driver")
+
+
+def log_round(done: Mapping[str, Any]) -> None:
+    """One log line for a finished round record."""
+    log.info(
+        "round %d: sites=%s loss=%.4f pr_auc=%.4f %.1fs%s",
+        done["round"],
+        done["sites"],
+        done["loss"],
+        done["pr_auc"],
+        done["seconds"],
+        f" epsilon={done['epsilon']:.3f}" if "epsilon" in done else "",
+    )
+
+
+def quality_note(
+    current: Mapping[str, Mapping[str, float]], shown: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The ``data_quality`` entry of a round record: the summaries that are new or changed.
+
+    Each site's data-quality summary (counts, shares, rates, drift: never a row) is
+    recorded in the first round it arrives and again only when it changes, so
+    ``rounds.jsonl`` shows every summary the coordinator judged without repeating it.
+
+    Args:
+        current: Site -> the summary its latest telemetry carried.
+        shown: Site -> the summary last recorded; updated in place.
+
+    Returns:
+        ``{"data_quality": {site: summary}}``, or ``{}`` when nothing is new.
+    """
+    new = {site: dict(q) for site, q in current.items() if shown.get(site) != dict(q)}
+    shown.update(new)
+    return {"data_quality": new} if new else {}

@@ -182,9 +182,10 @@ def summary_tables(summary: dict[str, Any]) -> list[Table | Text]:
             "PR-AUC": "pr_auc",
         }
     else:
+        model = str(summary.get("task", "fraud-gnn"))
         title, name, unit, positives = (
             "test metrics (each site's latest transactions)",
-            "GNN",
+            "GNN" if model == "fraud-gnn" else model,
             "test tx",
             "frauds",
         )

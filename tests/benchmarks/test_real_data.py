@@ -290,3 +290,43 @@ def test_shipped_scenarios_map_the_documented_columns() -> None:
         }
         assert Path(site.data.path).name == f"site-{k}.csv"
         assert "data/real/review" in Path(site.data.path).as_posix()
+
+
+# --------------------------------------------------------------------------- the run path
+
+
+def test_one_choice_runs_through_fedcore_run_and_the_references_get_its_rows(
+    tmp_path: Path,
+) -> None:
+    """A tiny review graph (3 x ~300 reviews), row-mlp for 1 round, as ``run`` does it."""
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(300 * 30, size=900, replace=False)  # distinct (user, business) pairs
+    users, prods = 1000 + pairs // 30, pairs % 30
+    labels = np.where(rng.random(900) < 0.2, -1, 1)
+    src = tmp_path / "metadata.gz"
+    with gzip.open(src, "wt", encoding="ascii") as fh:
+        fh.write(
+            "".join(
+                f"{u} {p} None {lab} None\n" for u, p, lab in zip(users, prods, labels, strict=True)
+            )
+        )
+    done = rds.prepare("review", src, tmp_path / "real")
+    files = [rds.site_file(tmp_path / "real", "review", k) for k in range(3)]
+    entries, scenario = bench.run_choice("review", "row-mlp", files, 1, tmp_path / "work")
+    assert [(e["name"], e["rounds"]) for e in entries] == [
+        ("federated/row-mlp", 1),
+        ("local_only/row-mlp", 1),
+        ("centralized/row-mlp", 1),
+    ]
+    for e in entries:
+        assert 0.0 < e["pr_auc"] <= 1.0 and 0.0 <= e["roc_auc"] <= 1.0
+    local = entries[1]
+    assert local["mean_pr_auc"] == pytest.approx(np.mean(list(local["per_site_pr_auc"].values())))
+    rows = bench.row_inputs(scenario, scenario.parent / "out" / "sites")
+    # every review is a row: 900 in all, each site holding out round(30%) of its own
+    site_rows = [done["sites"][f"site-{k}"]["rows"] for k in range(3)]
+    assert len(rows["train_y"]) + len(rows["test_y"]) == 900
+    assert len(rows["test_y"]) == sum(round(0.3 * n) for n in site_rows)
+    assert int(rows["train_y"].sum() + rows["test_y"].sum()) == int((labels == -1).sum())
+    # row-mlp's inputs: log_amount, has_amount, then 5 structural inputs per entity role
+    assert rows["train_x"].shape[1] == 2 + 2 * 5

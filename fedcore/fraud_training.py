@@ -13,6 +13,7 @@ from torch import nn
 
 from fedcore.config import TaskSpec, TrainingSpec
 from fedcore.data.graph import FraudGraph
+from fedcore.label_inputs import split_known, two_fold_logits, with_known_labels
 from fedcore.metrics import binary_metrics
 from fedcore.models.baseline import RowMLP
 from fedcore.training import EvalStats, TrainStats, class_weight, seed_everything
@@ -41,6 +42,28 @@ def _inputs(
 def _forward(model: nn.Module, x: torch.Tensor, edge_index: torch.Tensor | None) -> torch.Tensor:
     out: torch.Tensor = model(x) if edge_index is None else model(x, edge_index)
     return out
+
+
+def _scored(
+    model: nn.Module,
+    graph: FraudGraph,
+    inputs: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor],
+    split: str,
+) -> torch.Tensor:
+    """Logits of the rows of ``split``; with label inputs, filled as :mod:`fedcore.label_inputs` says.
+
+    Test rows are scored with every training label known; training rows in two folds,
+    each with only the other fold's labels known, so no row's score sees its own label.
+    """
+    x, edge_index, y, mask = inputs
+    cols = None if edge_index is None else graph.label_cols
+    if cols is None:
+        return _forward(model, x, edge_index)[mask]
+    train_rows = torch.nonzero(graph.data.train_mask.to(x.device), as_tuple=False).view(-1)
+    if split == "test":
+        return _forward(model, with_known_labels(x, y, train_rows, cols), edge_index)[mask]
+    rows = torch.nonzero(mask, as_tuple=False).view(-1)
+    return two_fold_logits(lambda xs: _forward(model, xs, edge_index), x, y, rows, cols)
 
 
 def positive_weight(graph: FraudGraph, training: TrainingSpec) -> float:
@@ -95,13 +118,18 @@ def train_local(
     target = y[idx].float()
     opt = torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    label_cols = None if edge_index is None else graph.label_cols
     model.train()
     last = float("nan")
     for _ in range(n_epochs):
-        if training.batch_size is None or training.batch_size >= idx.numel():
-            batches = [torch.arange(idx.numel(), device=device)]
+        x_step, pool = x, torch.arange(idx.numel(), device=device)
+        if label_cols is not None:  # half the training labels are inputs, the loss on the rest
+            known, pool = split_known(pool, gen)
+            x_step = with_known_labels(x, y, idx[known], label_cols)
+        if training.batch_size is None or training.batch_size >= pool.numel():
+            batches = [pool]
         else:
-            perm = torch.randperm(idx.numel(), generator=gen).to(device)
+            perm = pool[torch.randperm(pool.numel(), generator=gen).to(device)]
             batches = list(torch.split(perm, training.batch_size))
         total = 0.0
         for b in batches:
@@ -109,12 +137,12 @@ def train_local(
             if edge_index is None:  # row model: score only the rows of this batch
                 logits = _forward(model, x[idx[b]], None)
             else:  # graph model: full-graph message passing, loss on the batch
-                logits = _forward(model, x, edge_index)[idx[b]]
+                logits = _forward(model, x_step, edge_index)[idx[b]]
             loss = F.binary_cross_entropy_with_logits(logits, target[b], pos_weight=pos_weight)
             torch.autograd.backward(loss)
             opt.step()
             total += float(loss.detach()) * b.numel()
-        last = total / idx.numel()
+        last = total / pool.numel()
         if not math.isfinite(last):
             raise FloatingPointError(
                 f"training loss became {last}; lower training.lr (now {training.lr})"
@@ -137,9 +165,11 @@ def predict(
     """Fraud probabilities and labels of the transactions of one split (``train`` or ``test``)."""
     model.to(device)
     model.eval()
-    x, edge_index, y, mask = _inputs(model, graph, split, device)
-    logits = _forward(model, x, edge_index)[mask]
-    return torch.sigmoid(logits).cpu().numpy().astype(np.float64), y[mask].cpu().numpy()
+    inputs = _inputs(model, graph, split, device)
+    logits = _scored(model, graph, inputs, split)
+    return torch.sigmoid(logits).cpu().numpy().astype(np.float64), inputs[2][
+        inputs[3]
+    ].cpu().numpy()
 
 
 @torch.no_grad()
@@ -169,9 +199,9 @@ def evaluate(
     threshold = task.threshold if threshold is None else threshold
     model.to(device)
     model.eval()
-    x, edge_index, y, mask = _inputs(model, graph, split, device)
-    logits = _forward(model, x, edge_index)[mask]
-    labels = y[mask]
+    inputs = _inputs(model, graph, split, device)
+    logits = _scored(model, graph, inputs, split)
+    labels = inputs[2][inputs[3]]
     loss = (
         float(F.binary_cross_entropy_with_logits(logits, labels.float()))
         if labels.numel()

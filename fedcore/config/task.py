@@ -107,6 +107,11 @@ class TaskSpec(_Model):
         description="table: what each site does with missing, non-finite, out-of-range "
         "and repeated rows before training (every action counted in its quality report)",
     )
+    label_inputs: bool = Field(
+        True,
+        description="table graph models: the known labels of *other* training rows enter "
+        "as inputs (masked label prediction), never a row's own; test labels never",
+    )
     structural: bool = Field(
         True,
         description="table: add label-free structural inputs per row (counts, gaps and "

@@ -165,6 +165,9 @@ class FraudGraph:
     num_test_pos: int
     quality: dict[str, float] | None = None
     """A table's data-quality summary (counts, shares, rates: never a row), or ``None``."""
+    label_cols: int | None = None
+    """First of the two label-input columns of ``data.x`` (a table graph with
+    ``task.label_inputs``; see :mod:`fedcore.label_inputs`), or ``None``."""
 
     @property
     def num_tx(self) -> int:
@@ -482,4 +485,15 @@ def merge_graphs(graphs: Sequence[FraudGraph]) -> FraudGraph:
         num_train_pos=sum(g.num_train_pos for g in graphs),
         num_test_pos=sum(g.num_test_pos for g in graphs),
         quality=None,
+        label_cols=_same_label_cols(graphs),
     )
+
+
+def _same_label_cols(graphs: Sequence[FraudGraph]) -> int | None:
+    """The label-input columns every graph shares (``ValueError`` if they differ)."""
+    cols = {g.label_cols for g in graphs}
+    if len(cols) != 1:
+        raise ValueError(
+            f"graphs built for different tasks: label-input columns {sorted(map(str, cols))}"
+        )
+    return cols.pop()

@@ -91,6 +91,8 @@ def _save(graph: FraudGraph, path: Path) -> None:
     payload["num_nodes"] = int(graph.data.num_nodes)
     if graph.quality is not None:
         payload["quality"] = dict(graph.quality)
+    if graph.label_cols is not None:
+        payload["label_cols"] = int(graph.label_cols)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -110,6 +112,7 @@ def _load(path: Path) -> FraudGraph:
         num_train_pos=int(p["num_train_pos"]),
         num_test_pos=int(p["num_test_pos"]),
         quality=p.get("quality"),
+        label_cols=p.get("label_cols"),
     )
 
 

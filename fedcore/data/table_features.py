@@ -61,12 +61,28 @@ def table_entity_dim(task: TaskSpec) -> int:
     return len(task.entities) * len(ENTITY_NODE_FEATURES)
 
 
+LABEL_INPUTS = ("label_known", "label_fraud")
+"""The label block of a row node: whether its label is an input, and the label (0/1).
+
+Zeros in the stored graph; the trainer fills them for the rows whose labels a step may
+see (:mod:`fedcore.label_inputs`), never for a row whose score is being learnt or judged.
+"""
+
+
+def table_label_dim(task: TaskSpec) -> int:
+    """Width of the label block: 2 with ``task.label_inputs`` for a graph model, else 0."""
+    uses_graph = task.model != "row-mlp" and task.table_graph != "none"
+    return len(LABEL_INPUTS) if task.label_inputs and uses_graph else 0
+
+
 def table_feature_dim(task: TaskSpec) -> int:
-    """Width of every node's features: node-type one-hot, row block, entity block.
+    """Width of every node's features: node-type one-hot, row block, label block, entity block.
 
     The same at every site for the same task, so averaged weights mean the same thing.
     """
-    return table_num_types(task) + table_row_dim(task) + table_entity_dim(task)
+    return (
+        table_num_types(task) + table_row_dim(task) + table_label_dim(task) + table_entity_dim(task)
+    )
 
 
 def hash_buckets(values: np.ndarray, buckets: int) -> np.ndarray:

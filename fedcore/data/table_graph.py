@@ -19,6 +19,7 @@ from fedcore.data.table_features import (
     standardize,
     table_entity_dim,
     table_feature_dim,
+    table_label_dim,
     table_num_types,
     table_row_block,
     table_row_dim,
@@ -31,6 +32,7 @@ __all__ = [
     "split_rows",
     "table_entity_dim",
     "table_feature_dim",
+    "table_label_dim",
     "table_num_types",
     "table_row_dim",
     "table_row_names",
@@ -98,7 +100,9 @@ def build_table_graph(table: Table, task: TaskSpec, *, seed: int) -> FraudGraph:
     rows = table_row_block(table, task, train)
 
     num_types = table_num_types(task)
-    r0, e0 = num_types, num_types + table_row_dim(task)
+    r0 = num_types
+    l0 = r0 + table_row_dim(task)  # the label block (zeros here; see fedcore.label_inputs)
+    e0 = l0 + table_label_dim(task)
     width = len(ENTITY_NODE_FEATURES)
     codes: list[np.ndarray] = []
     offsets = [t]
@@ -115,7 +119,7 @@ def build_table_graph(table: Table, task: TaskSpec, *, seed: int) -> FraudGraph:
 
     x = np.zeros((n_nodes, table_feature_dim(task)), dtype=np.float32)
     x[:t, 0] = 1.0
-    x[:t, r0:e0] = rows
+    x[:t, r0:l0] = rows
     for k, block in enumerate(stats):
         x[offsets[k] : offsets[k + 1], 1 + k] = 1.0
         x[offsets[k] : offsets[k + 1], e0 + k * width : e0 + (k + 1) * width] = block
@@ -168,6 +172,7 @@ def build_table_graph(table: Table, task: TaskSpec, *, seed: int) -> FraudGraph:
         num_test=int(test.sum()),
         num_train_pos=int(label[train].sum()),
         num_test_pos=int(label[test].sum()),
+        label_cols=l0 if table_label_dim(task) else None,
     )
     log.info("table graph (%s): %r", kind, graph)
     return graph

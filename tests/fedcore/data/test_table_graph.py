@@ -56,8 +56,10 @@ def test_layout_widths() -> None:
     # row block: 2 numeric + log_amount + has_amount + 4 buckets + 2 roles x 5 structural = 18
     assert table_row_dim(TASK) == 2 + 2 + 4 + 2 * len(STRUCTURAL_FEATURES) == 18
     assert table_num_types(TASK) == 3
-    # 3 types + 18 row + 2 roles x 3 entity stats
-    assert table_feature_dim(TASK) == 3 + 18 + 6 == 27
+    # 3 types + 18 row + 2 label inputs + 2 roles x 3 entity stats
+    assert table_feature_dim(TASK) == 3 + 18 + 2 + 6 == 29
+    no_labels = TASK.model_copy(update={"label_inputs": False})
+    assert table_feature_dim(no_labels) == 3 + 18 + 6 == 27
     plain = TaskSpec(dataset="table", model="row-mlp", structural=False)
     assert table_row_names(plain) == ["log_amount", "has_amount"]
     assert table_feature_dim(plain) == 1 + 2
@@ -77,7 +79,7 @@ def test_graph_shapes_types_and_blocks() -> None:
     n_card = len(set(table.entities["card"]))
     n_dev = len(set(table.entities["device"]))
     x = g.data.x
-    assert x.shape == (40 + n_card + n_dev, 27)
+    assert x.shape == (40 + n_card + n_dev, 29)
     assert g.row_x.shape == (40, 18) and torch.isfinite(x).all()
     types = x[:, :3]
     assert torch.equal(types.sum(1), torch.ones(len(x)))
@@ -86,7 +88,8 @@ def test_graph_shapes_types_and_blocks() -> None:
         int((types.argmax(1) == 1).sum()) == n_card and int((types.argmax(1) == 2).sum()) == n_dev
     )
     assert torch.equal(x[:40, 3:21], g.row_x)
-    assert bool((x[:40, 21:] == 0).all()) and bool((x[40:, 3:21] == 0).all())
+    assert bool((x[:40, 21:] == 0).all()) and bool((x[40:, 3:23] == 0).all())
+    assert g.label_cols == 21  # the label block (columns 21, 22) stays zero as built
     assert bool((g.data.y[40:] == -1).all())
     # two roles, every row has both ids: 2 x 40 edges, both directions
     assert g.data.edge_index.shape == (2, 160)

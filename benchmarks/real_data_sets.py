@@ -279,7 +279,7 @@ def sklearn_references(
     test_x: np.ndarray,
     test_y: np.ndarray,
     seed: int,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Logistic regression and gradient boosting trained on pooled rows, judged on pooled test rows.
 
     Args:
@@ -290,11 +290,16 @@ def sklearn_references(
         seed: The gradient-boosting seed.
 
     Returns:
-        ``{"central_lr": {...}, "central_gbm": {...}}``, each with ``pr_auc`` (average
-        precision), ``roc_auc`` and ``seconds`` (training and scoring).
-        ``central_lr``: standardized inputs, ``LogisticRegression(max_iter=1000,
-        class_weight="balanced")``; ``central_gbm``: ``HistGradientBoostingClassifier``
-        with default settings and ``random_state=seed``.
+        Each variant (``lr_balanced``, ``lr_plain``, ``gbm_default``, ``gbm_regularized``)
+        with ``pr_auc`` (average precision), ``roc_auc`` and ``seconds`` (training and
+        scoring), and ``central_lr`` / ``central_gbm``: the better variant of each family by
+        PR-AUC (``variant`` names it), the reference the targets hold fedcore to.
+        Logistic regression: standardized inputs, ``LogisticRegression(max_iter=1000)``
+        with ``class_weight="balanced"`` or without. Gradient boosting:
+        ``HistGradientBoostingClassifier(random_state=seed)`` with default settings (its
+        early stopping ends it after about ten iterations on the card table), and a
+        regularized one without early stopping (300 iterations, learning rate 0.05,
+        ``l2_regularization=1.0``, ``min_samples_leaf=50``).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -302,12 +307,21 @@ def sklearn_references(
     from sklearn.preprocessing import StandardScaler
 
     models: dict[str, Any] = {
-        "central_lr": make_pipeline(
+        "lr_balanced": make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=1000, class_weight="balanced")
         ),
-        "central_gbm": HistGradientBoostingClassifier(random_state=seed),
+        "lr_plain": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+        "gbm_default": HistGradientBoostingClassifier(random_state=seed),
+        "gbm_regularized": HistGradientBoostingClassifier(
+            max_iter=300,
+            learning_rate=0.05,
+            early_stopping=False,
+            l2_regularization=1.0,
+            min_samples_leaf=50,
+            random_state=seed,
+        ),
     }
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         started = time.perf_counter()
         model.fit(train_x, train_y)
@@ -316,6 +330,13 @@ def sklearn_references(
             **auc_pair(test_y, scores),
             "seconds": round(time.perf_counter() - started, 2),
         }
+    for family, variants in (
+        ("central_lr", ("lr_balanced", "lr_plain")),
+        ("central_gbm", ("gbm_default", "gbm_regularized")),
+    ):
+        ranked = [v for v in variants if _finite(out[v]["pr_auc"])]
+        best = max(ranked, key=lambda v: out[v]["pr_auc"]) if ranked else variants[0]
+        out[family] = {**out[best], "variant": best}
     return out
 
 

@@ -372,6 +372,29 @@ def _read(
         return None
 
 
+def width_problem(path: Path, line: int, width: int, found: int) -> str:
+    """The message for a line with ``found`` fields where the header has ``width``."""
+    fix = (
+        "check for a missing delimiter or an unquoted value"
+        if found < width
+        else "a delimiter inside a value? quote the value, or drop the extra field"
+    )
+    return f"{path}, line {line}: expected {width} fields as in the header, found {found}; {fix}"
+
+
+def read_header(
+    reader: _reader, path: Path, problems: _Problems, rows: str
+) -> tuple[list[str], int] | None:
+    """The first non-blank line's cells (trimmed) and its line number; ``None`` (a problem
+    noted) when the file has none. ``rows`` names what the file holds, for the message."""
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            return [c.strip() for c in row], reader.line_num
+    if not problems.total:
+        problems.add(f"{path}: file is empty; expected a header line and {rows}")
+    return None
+
+
 def _read_rows(
     reader: _reader,
     path: Path,
@@ -380,17 +403,10 @@ def _read_rows(
     feature_names: Sequence[str],
     problems: _Problems,
 ) -> Transactions | None:
-    header: list[str] | None = None
-    header_line = 0
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            header = [c.strip() for c in row]
-            header_line = reader.line_num
-            break
-    if header is None:
-        if not problems.total:
-            problems.add(f"{path}: file is empty; expected a header line and transactions")
+    found = read_header(reader, path, problems, "transactions")
+    if found is None:
         return None
+    header, header_line = found
     why = _header_problem(path, header_line, header, cols, delimiter)
     if why is not None:
         problems.add(why)
@@ -414,15 +430,7 @@ def _read_rows(
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != width:
-            fix = (
-                "check for a missing delimiter or an unquoted value"
-                if len(row) < width
-                else "a delimiter inside a value? quote the value, or drop the extra field"
-            )
-            problems.add(
-                f"{path}, line {line}: expected {width} fields as in the header, found "
-                f"{len(row)}; {fix}"
-            )
+            problems.add(width_problem(path, line, width, len(row)))
             continue
         bad = False
 

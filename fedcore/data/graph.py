@@ -417,14 +417,38 @@ def build_graph(tx: Transactions, task: TaskSpec) -> FraudGraph:
 
     test = time_split(ts, task.test_fraction)
     train = ~test
-    label = tx.label.astype(np.int64)
+    graph = assemble_graph(x, edge_index, tx.label, train, rows)
+    log.debug("built %r", graph)
+    return graph
+
+
+def assemble_graph(
+    x: np.ndarray,
+    edge_index: torch.Tensor,
+    label: np.ndarray,
+    train: np.ndarray,
+    rows: np.ndarray,
+    label_cols: int | None = None,
+) -> FraudGraph:
+    """The :class:`FraudGraph` of node features and edges whose first ``len(label)`` nodes are rows.
+
+    Args:
+        x: ``float32 [N, F]`` node features.
+        edge_index: ``long [2, E]``.
+        label: ``[T]`` labels of the row nodes (the other nodes get ``y = -1``).
+        train: ``bool [T]``, the training rows; the others are the test rows.
+        rows: ``float32 [T, R]`` row features (``row_x``).
+        label_cols: See :attr:`FraudGraph.label_cols`.
+    """
+    n_nodes, t = len(x), len(label)
+    label = np.asarray(label, np.int64)
+    test = ~train
     y = np.full(n_nodes, -1, dtype=np.int64)
     y[:t] = label
     train_mask = np.zeros(n_nodes, bool)
     test_mask = np.zeros(n_nodes, bool)
     train_mask[:t] = train
     test_mask[:t] = test
-
     data = Data(
         x=torch.from_numpy(x),
         edge_index=edge_index,
@@ -433,7 +457,7 @@ def build_graph(tx: Transactions, task: TaskSpec) -> FraudGraph:
         test_mask=torch.from_numpy(test_mask),
     )
     data.num_nodes = n_nodes
-    graph = FraudGraph(
+    return FraudGraph(
         data=data,
         row_x=torch.from_numpy(rows),
         row_y=torch.from_numpy(label.copy()),
@@ -443,9 +467,8 @@ def build_graph(tx: Transactions, task: TaskSpec) -> FraudGraph:
         num_test=int(test.sum()),
         num_train_pos=int(label[train].sum()),
         num_test_pos=int(label[test].sum()),
+        label_cols=label_cols,
     )
-    log.debug("built %r", graph)
-    return graph
 
 
 def merge_graphs(graphs: Sequence[FraudGraph]) -> FraudGraph:

@@ -6,10 +6,9 @@ import logging
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
 
 from fedcore.config import TaskSpec
-from fedcore.data.graph import FraudGraph, time_split
+from fedcore.data.graph import FraudGraph, assemble_graph, time_split
 from fedcore.data.knn_graph import knn_edges
 from fedcore.data.table import Table
 from fedcore.data.table_features import (
@@ -147,32 +146,8 @@ def build_table_graph(table: Table, task: TaskSpec, *, seed: int) -> FraudGraph:
     else:
         edge_index = torch.zeros((2, 0), dtype=torch.long)
 
-    label = np.asarray(table.label, np.int64)
-    y = np.full(n_nodes, -1, dtype=np.int64)
-    y[:t] = label
-    train_mask = np.zeros(n_nodes, bool)
-    test_mask = np.zeros(n_nodes, bool)
-    train_mask[:t] = train
-    test_mask[:t] = test
-    data = Data(
-        x=torch.from_numpy(x),
-        edge_index=edge_index,
-        y=torch.from_numpy(y),
-        train_mask=torch.from_numpy(train_mask),
-        test_mask=torch.from_numpy(test_mask),
-    )
-    data.num_nodes = n_nodes
-    graph = FraudGraph(
-        data=data,
-        row_x=torch.from_numpy(rows.copy()),
-        row_y=torch.from_numpy(label.copy()),
-        row_train_mask=torch.from_numpy(train.copy()),
-        row_test_mask=torch.from_numpy(test.copy()),
-        num_train=int(train.sum()),
-        num_test=int(test.sum()),
-        num_train_pos=int(label[train].sum()),
-        num_test_pos=int(label[test].sum()),
-        label_cols=l0 if table_label_dim(task) else None,
+    graph = assemble_graph(
+        x, edge_index, table.label, train, rows.copy(), l0 if table_label_dim(task) else None
     )
     log.info("table graph (%s): %r", kind, graph)
     return graph

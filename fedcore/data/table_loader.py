@@ -19,6 +19,8 @@ from fedcore.data.csv_loader import (
     _lines,
     _Problems,
     _shown,
+    read_header,
+    width_problem,
 )
 from fedcore.data.table import Table
 from fedcore.data.table_values import (
@@ -253,17 +255,10 @@ def _read_csv_file(
 def _read_csv_rows(
     reader: Any, path: Path, src: TableData, cols: dict[str, str], problems: _Problems
 ) -> tuple[np.ndarray, Columns] | None:
-    header: list[str] | None = None
-    header_line = 0
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            header = [c.strip() for c in row]
-            header_line = reader.line_num
-            break
-    if header is None:
-        if not problems.total:
-            problems.add(f"{path}: file is empty; expected a header line and rows")
+    found = read_header(reader, path, problems, "rows")
+    if found is None:
         return None
+    header, header_line = found
     why = _header_problem(path, header_line, header, cols, src.delimiter)
     if why is not None:
         problems.add(why)
@@ -289,16 +284,7 @@ def _read_csv_rows(
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != width:
-            fix = (
-                "check for a missing delimiter or an unquoted value"
-                if len(row) < width
-                else "a delimiter inside a value? quote the value, or drop the extra field"
-            )
-            batches.note(
-                reader.line_num,
-                f"{path}, line {reader.line_num}: expected {width} fields as in the header, "
-                f"found {len(row)}; {fix}",
-            )
+            batches.note(reader.line_num, width_problem(path, reader.line_num, width, len(row)))
             continue
         rows.append(pick(row))
         lines.append(reader.line_num)

@@ -181,7 +181,15 @@ def test_sklearn_references_rank_a_separable_signal_first() -> None:
     x = rng.normal(size=(600, 3))
     y = (x[:, 0] + 0.1 * rng.normal(size=600) > 1.0).astype(np.int64)
     refs = rds.sklearn_references(x[:400], y[:400], x[400:], y[400:], seed=0)
-    assert set(refs) == {"central_lr", "central_gbm"}
+    variants = {"lr_balanced", "lr_plain", "gbm_default", "gbm_regularized"}
+    assert set(refs) == {"central_lr", "central_gbm", *variants}
+    # the reference of each family is its better variant
+    for family, pair in (
+        ("central_lr", ("lr_balanced", "lr_plain")),
+        ("central_gbm", ("gbm_default", "gbm_regularized")),
+    ):
+        assert refs[family]["variant"] in pair
+        assert refs[family]["pr_auc"] == max(refs[v]["pr_auc"] for v in pair)
     assert refs["central_lr"]["pr_auc"] > 0.95
     assert refs["central_gbm"]["pr_auc"] > 0.85
     assert 0.5 < refs["central_lr"]["roc_auc"] <= 1.0

@@ -239,3 +239,18 @@ def test_the_shipped_hospital_scenario_validates() -> None:
     sc = load_scenario(Path(__file__).parents[2] / "scenarios" / "hospital-nodules.yaml")
     assert len(sc.sites) == 3 and sc.privacy.mode in ("secagg+", "ckks")
     assert len({s.data.scanner for s in sc.sites}) == 3  # type: ignore[union-attr]
+
+
+def test_table_task_defaults_follow_ids_and_graph() -> None:
+    from fedcore.config import TaskSpec
+
+    assert TaskSpec(dataset="table").model == "row-mlp"  # no ids, no graph: features alone
+    assert TaskSpec(dataset="table").table_graph == "none"
+    with_ids = TaskSpec(dataset="table", entities=["card"])
+    assert (with_ids.model, with_ids.table_graph) == ("relational-gnn", "entities")
+    knn = TaskSpec(dataset="table", graph="knn")
+    assert (knn.model, knn.table_graph) == ("relational-gnn", "knn")
+    with pytest.raises(ValueError, match="row-mlp uses no graph"):
+        TaskSpec(dataset="table", model="row-mlp", graph="knn")
+    with pytest.raises(ValueError, match="apply to dataset table"):
+        TaskSpec(entities=["card"])

@@ -87,7 +87,7 @@ def _table(n: int, timestamps: bool) -> Table:
 
 
 def test_graph_knn_leaks_no_future_and_no_test_row() -> None:
-    task = TaskSpec(dataset="table", features=["f"], knn={"k": 3, "window": 50})
+    task = TaskSpec(dataset="table", features=["f"], graph="knn", knn={"k": 3, "window": 50})
     assert task.table_graph == "knn"
     table = _table(150, timestamps=True)
     g = build_table_graph(table, task, seed=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,19 @@ def _listed(exc: DataError) -> list[str]:
     return [*exc.problems, *tail]
 
 
+def _cleaning_problems(table: Any, data: TableData, task: TaskSpec | None) -> list[str]:
+    """What the task's cleaning step refuses in ``table`` (a rule set to ``fail`` that meets
+    a value out of range, missing, non-finite or repeated), as a run would refuse it."""
+    from fedcore.data.cleaning import clean
+
+    cleaning = task.cleaning if task is not None and task.is_table else TaskSpec().cleaning
+    try:
+        clean(table, cleaning, data.columns.ranges)
+    except DataError as exc:
+        return [f"{data.path}, {m}" for m in _listed(exc)]
+    return []
+
+
 def site_data_problems(
     data: DataSource,
     features: Sequence[str] | None = None,
@@ -195,6 +209,7 @@ def site_data_problems(
             why = table_label_problem(table, fraction, data.path, data.columns.label.column)
             if why is not None:
                 problems.append(why)
+            problems.extend(_cleaning_problems(table, data, task))
     if isinstance(data, DicomData):
         why = _readable(Path(data.path))
         if why is not None:

@@ -204,11 +204,19 @@ def clean(
         table = _with_numbers(table, numbers)
 
     oor = np.zeros(len(table), dtype=bool)
+    where: list[str] = []  # the roles with values out of range, and their ranges
     for role, x in number_columns(table).items():
-        oor |= out_of_range_mask(x, range_of(role, ranges))
+        bounds = range_of(role, ranges)
+        bad = out_of_range_mask(x, bounds)
+        if bounds is not None and bad.any():
+            where.append(f"{role} outside [{bounds[0]:g}, {bounds[1]:g}]")
+        oor |= bad
     if oor.any() and cleaning.out_of_range == "fail":
         raise _fail(
-            "a number out of its range", oor, table, "fix them or set cleaning.out_of_range"
+            f"a number out of its range ({'; '.join(where)})",
+            oor,
+            table,
+            "fix them or set cleaning.out_of_range",
         )
     if cleaning.out_of_range == "drop":
         counts["dropped_out_of_range"] = int(oor.sum())

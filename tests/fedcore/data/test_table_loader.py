@@ -416,3 +416,16 @@ def test_parquet_float_labels_and_categories_read_as_a_csv_writes_them(tmp_path:
     table = load_table(src)
     assert table.label.tolist() == [1, 0, 1]  # 1.0 is the label "1"
     assert table.categorical["g"].tolist() == ["3", "2.5", ""]
+
+
+def test_validate_refuses_what_the_cleaning_step_would_fail(tmp_path: Path) -> None:
+    path = write(tmp_path, "amt,y\n10,0\n999999,1\n20,0\n30,1\n")
+    src = TableData(
+        path=path,
+        columns={"label": {"column": "y"}, "amount": "amt", "ranges": {"amount": [0, 1000]}},
+    )
+    strict = TaskSpec(dataset="table", cleaning={"out_of_range": "fail"})
+    problems = site_data_problems(src, task=strict, test_fraction=0.25)
+    assert problems == [f"{path}, line 3: a number out of its range (amount outside [0, 1000])"]
+    clip = TaskSpec(dataset="table")  # the default clips, and says so in its report
+    assert site_data_problems(src, task=clip, test_fraction=0.25) == []

@@ -359,8 +359,9 @@ GOALS: dict[str, tuple[float, str]] = {
     "fed_vs_central_gbm": (0.95, "best federated pooled PR-AUC / centralized gradient boosting's"),
     "fed_vs_local_mean": (
         1.0,
-        "best federated model's mean PR-AUC over sites / the mean PR-AUC of the same model "
-        "trained at each site alone",
+        "best federated pooled PR-AUC / the mean PR-AUC of the same model trained at each "
+        "site alone (federated pooled against local-only mean, as the review graph's "
+        "shortfall was first measured: 0.214 against 0.225)",
     ),
 }
 """Target name -> (goal: the ratio must be at least this, what the ratio is)."""
@@ -392,8 +393,10 @@ def build_targets(by_dataset: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
     Each entry has ``kind`` (``federated``, ``local_only``, ``centralized``, ``sklearn``),
     ``name`` and ``pr_auc``; a ``local_only`` entry and a ``federated`` entry of the same
     ``model`` carry ``mean_pr_auc`` (mean over sites of each site's own PR-AUC).
-    ``fed_vs_local_mean`` also gives ``pooled_ratio`` as context: the same two models'
-    pooled PR-AUCs (the local-only models' scores concatenated over the sites).
+    ``fed_vs_local_mean`` is the best federated pooled PR-AUC over the local-only mean (as
+    fedcore's review-graph shortfall was first measured); it also gives, as context,
+    ``mean_ratio`` (mean over sites on both sides) and ``pooled_ratio`` (both pooled: the
+    local-only models' scores concatenated over the sites).
     """
     out: dict[str, Any] = {}
     for dataset, entries in by_dataset.items():
@@ -417,10 +420,14 @@ def build_targets(by_dataset: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
                 {"reference": "central_gbm"},
             ),
             "fed_vs_local_mean": (
-                _ratio(best and best.get("mean_pr_auc"), local and local.get("mean_pr_auc")),
+                _ratio(best and best["pr_auc"], local and local.get("mean_pr_auc")),
                 {
                     "reference": local["name"] if local else None,
-                    # context, not the goal: the same models judged on the pooled test rows
+                    # context, not the goal: like against like, mean over sites on both
+                    # sides, and both judged on the pooled test rows
+                    "mean_ratio": _round(
+                        _ratio(best and best.get("mean_pr_auc"), local and local.get("mean_pr_auc"))
+                    ),
                     "pooled_ratio": _round(
                         _ratio(best and best["pr_auc"], local and local.get("pr_auc"))
                     ),

@@ -118,7 +118,10 @@ def test_a_run_keeps_one_context_and_the_supernodes_state() -> None:
 def test_a_killed_worker_is_restarted_and_serves_again(tmp_path: Path, watch: ProcessWatch) -> None:
     from fedcore.engines.deployment import run_deployment
 
-    scenario, sites = write_scenario(tmp_path, rounds=3, min_sites=1, round_timeout=90)
+    # round 1's record is published once its evaluation, riding on round 2's batch, is in:
+    # the kill may land as late as round 3, so a fourth round leaves the restarted worker
+    # (a fresh process that loads torch and the site's data) a whole round to rejoin
+    scenario, sites = write_scenario(tmp_path, rounds=4, min_sites=1, round_timeout=90)
     kits = provision_kits(tmp_path / "kits", list(sites))
     out = tmp_path / "out"
     worker_log = out / "logs" / "clientapp-worker-bank-b.log"

@@ -388,6 +388,8 @@ class Trees:
                 key = (proc.pid, proc.create_time())
                 known = self.seen.get(key)
                 if known is not None and now - known.created > FRESH_S:
+                    if self.superlink is None and flower_role(known.cmdline) == "flower-superlink":
+                        self.superlink = known.proc  # first seen young, and no tick since
                     continue
                 cmdline = proc.cmdline()
                 name = command_name(cmdline, proc.name())

@@ -363,13 +363,18 @@ def _read(
     try:
         return _read_rows(reader, path, delimiter, cols, feature_names, problems)
     except csv.Error as exc:
-        hint = (
-            "; a quoted value runs on (an unclosed quote?): close the quote"
-            if "field larger" in str(exc)
-            else ""
-        )
-        problems.add(f"{path}, line {reader.line_num}: malformed CSV ({exc}){hint}")
+        problems.add(malformed_csv(path, reader.line_num, exc))
         return None
+
+
+def malformed_csv(path: Path, line: int, exc: csv.Error) -> str:
+    """The message for a line the ``csv`` module cannot parse (an unclosed quote, mostly)."""
+    hint = (
+        "; a quoted value runs on (an unclosed quote?): close the quote"
+        if "field larger" in str(exc)
+        else ""
+    )
+    return f"{path}, line {line}: malformed CSV ({exc}){hint}"
 
 
 def width_problem(path: Path, line: int, width: int, found: int) -> str:

@@ -19,6 +19,7 @@ from fedcore.data.csv_loader import (
     _lines,
     _Problems,
     _shown,
+    malformed_csv,
     read_header,
     width_problem,
 )
@@ -239,12 +240,7 @@ def _read_csv_file(
             try:
                 return _read_csv_rows(reader, path, src, cols, problems)
             except csv.Error as exc:
-                hint = (
-                    "; a quoted value runs on (an unclosed quote?): close the quote"
-                    if "field larger" in str(exc)
-                    else ""
-                )
-                problems.add(f"{path}, line {reader.line_num}: malformed CSV ({exc}){hint}")
+                problems.add(malformed_csv(path, reader.line_num, exc))
                 return None
     except UnicodeDecodeError:
         raise DataError(f"{path}: {_bad_utf8(path)}") from None

@@ -8,6 +8,7 @@ import typer
 
 from fedcore.cli.audit_cmd import app as audit_app
 from fedcore.cli.provision_cmd import provision
+from fedcore.cli.report_cmd import report
 from fedcore.cli.run_cmd import run
 from fedcore.cli.validate_cmd import validate
 from fedcore.cli.version import version_text
@@ -42,6 +43,7 @@ def _main(
 app.command("run")(run)
 app.command("validate")(validate)
 app.command("provision")(provision)
+app.command("report")(report)
 app.add_typer(audit_app, name="audit")
 
 

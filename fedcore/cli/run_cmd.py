@@ -415,6 +415,9 @@ def run(
     finally:
         for handler in handlers:
             handler.removeFilter(repeats)
+    from fedcore.report import try_write_report
+
+    report_path = try_write_report(out_dir)  # a failure logs why; the run's results stand
     if repeats.hidden:
         err.print(
             f"{repeats.hidden} repeated warning(s) not shown (--verbose shows them)",
@@ -439,3 +442,5 @@ def run(
         ),
         highlight=False,
     )
+    if report_path is not None:
+        console.print(escape(f"report: {report_path}"), highlight=False)

@@ -38,6 +38,7 @@ from fedcore.config.data import (
     SyntheticCtData,
     check_query_keys,
 )
+from fedcore.config.history import HistorySpec
 from fedcore.config.loading import (
     closest_choice,
     dump_site_config,
@@ -114,6 +115,7 @@ __all__ = [
     "EngineSpec",
     "ExportSpec",
     "GeneratedData",
+    "HistorySpec",
     "IMAGING_DATA",
     "ImagingSpec",
     "NormBoundSpec",

@@ -431,6 +431,10 @@ def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfi
     if isinstance(data.get("state_dir"), str):
         sd = Path(data["state_dir"]).expanduser()
         data["state_dir"] = str(sd if sd.is_absolute() else (base / sd).resolve())
+    history = data.get("history")
+    if isinstance(history, dict) and isinstance(history.get("database"), str):
+        db = Path(history["database"]).expanduser()
+        history["database"] = str(db if db.is_absolute() else (base / db).resolve())
     try:
         cfg = SiteConfig.model_validate(data)
     except ValidationError as exc:

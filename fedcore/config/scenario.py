@@ -25,6 +25,7 @@ from fedcore.config.data import (
     GeneratedData,
     SiteSpec,
 )
+from fedcore.config.history import HistorySpec
 from fedcore.config.privacy import PrivacySpec
 from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
 from fedcore.config.table import QualitySpec, TableData
@@ -312,6 +313,11 @@ class SiteConfig(_Model):
         default_factory=SitePrivacy,
         description="the privacy modes this site accepts and whether it requires DP; a "
         "round asking for anything else is refused before any work",
+    )
+    history: HistorySpec = Field(
+        default_factory=HistorySpec,
+        description="the window of the site's recent transactions kept after export, in "
+        "whose context new ones are scored (fed-client predict, fed-client serve)",
     )
 
     @field_validator("approved_apps")

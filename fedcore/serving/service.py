@@ -1,0 +1,563 @@
+"""A site's real-time scoring service (``fed-client serve``): the scorer, its drift monitor and counters, driven from one thread.
+
+:class:`ScoringService` wraps one :class:`~fedcore.serving.context.ContextScorer` (the
+exported model plus the site's transaction history) and its drift monitor;
+:func:`fedcore.serving.api.build_app` puts it behind HTTP. The scorer is not thread-safe:
+every call that touches it (scoring, labels, status, the model swap of a reload, closing)
+runs on one worker thread, in arrival order, off the event loop. A reload verifies the new
+export (manifest, size, sha256) on another thread first and swaps it in on the worker
+thread, so requests wait for the swap only, and a model whose hash does not match its
+manifest never replaces the one being served. The monitor's status is read at most every
+:attr:`ServiceOptions.refresh_every_s` seconds after new observations: an alarm that starts
+is logged (warning) and set in the metrics, and the status is written to
+``STATE/serving/monitor.json`` at most every :attr:`ServiceOptions.status_every_s` seconds,
+where the site's telemetry picks it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from fedcore.export.manifest import (
+    MANIFEST_NAME,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    ExportManifest,
+)
+from fedcore.export.serve import FP32_PATH
+from fedcore.serving.context import ScoredBatch, ServingInputError
+from fedcore.serving.metrics import ServiceMetrics, set_gauge
+
+__all__ = [
+    "STATUS_FILE",
+    "ModelInfo",
+    "RequestError",
+    "ScoringService",
+    "ServiceOptions",
+    "model_info",
+    "newest_export",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STATUS_FILE = Path("serving") / "monitor.json"
+"""Where the monitor status is written under the site's state directory."""
+
+
+class Scorer(Protocol):
+    """What the service needs of a scorer (:class:`fedcore.serving.context.ContextScorer`)."""
+
+    manifest: ExportManifest
+    threshold: float
+    history_size: int
+
+    def score(self, rows: Sequence[Mapping[str, Any]], *, append: bool = True) -> ScoredBatch: ...
+
+    def reload(self, export_dir: Path) -> None: ...
+
+    def record_label(self, tx_id: str, label: int) -> float | None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MonitorLike(Protocol):
+    """What the service needs of a drift monitor (:class:`fedcore.serving.monitor.Monitor`)."""
+
+    def observe_scores(self, scores: np.ndarray) -> Any: ...
+
+    def observe_labels(self, scores: np.ndarray, labels: np.ndarray) -> Any: ...
+
+    def status(self) -> Any: ...
+
+
+class RequestError(Exception):
+    """A request the service refuses: its HTTP status and the message the client reads."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How the service bounds requests and reports.
+
+    Attributes:
+        max_batch: Most transactions (or labels) in one request; more gets 413.
+        max_body_bytes: Largest request body read; more gets 413.
+        status_every_s: Least seconds between two writes of the monitor status file.
+        refresh_every_s: Least seconds between two looks at the monitor's alarms.
+        reload_poll_s: Seconds between two looks for a newer export (0: never look).
+        flush_every_s: Seconds between two writes of the appended rows and labels to the
+            history database (they are also written when the service stops).
+        status_path: File the monitor status is written to (``None``: not written).
+    """
+
+    max_batch: int = 1000
+    max_body_bytes: int = 2 * 1024 * 1024
+    status_every_s: float = 5.0
+    refresh_every_s: float = 1.0
+    reload_poll_s: float = 0.0
+    flush_every_s: float = 5.0
+    status_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1; found {self.max_batch}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024; found {self.max_body_bytes}")
+        for name in ("reload_poll_s", "status_every_s", "refresh_every_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; found {getattr(self, name)}")
+        if self.flush_every_s <= 0:
+            raise ValueError(f"flush_every_s must be > 0; found {self.flush_every_s}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model as clients and operators see it."""
+
+    export_dir: Path
+    run: str
+    file: str
+    sha256: str
+    path_taken: str
+    provider: str
+    threshold: float
+
+    @property
+    def short_sha(self) -> str:
+        """The sha256 prefix shown in answers and metrics (12 hex digits)."""
+        return self.sha256[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for ``/v1/status``."""
+        return {
+            "export_dir": str(self.export_dir),
+            "run": self.run,
+            "file": self.file,
+            "sha256": self.sha256,
+            "path_taken": self.path_taken,
+            "provider": self.provider,
+            "threshold": self.threshold,
+        }
+
+
+def model_info(scorer: Scorer, export_dir: Path) -> ModelInfo:
+    """:class:`ModelInfo` of what ``scorer`` serves from ``export_dir``.
+
+    A :class:`~fedcore.serving.context.ContextScorer` says which file it loaded and on which
+    provider (``scorer.model``): the FP32 file kept beside an INT8 one is shown with its own
+    sha256 and path ``fp32``. Without that, the manifest's served file is assumed.
+    """
+    manifest = scorer.manifest
+    loaded = getattr(scorer, "model", None)
+    file = Path(getattr(loaded, "file", manifest.file)).name
+    sha256, path_taken = manifest.sha256, str(manifest.path_taken)
+    if file != manifest.file and file == manifest.fp32_file:
+        sha256, path_taken = manifest.fp32_sha256 or "", FP32_PATH
+    return ModelInfo(
+        export_dir=Path(export_dir),
+        run=Path(export_dir).name,
+        file=file,
+        sha256=sha256,
+        path_taken=path_taken,
+        provider=str(getattr(loaded, "provider", manifest.provider)),
+        threshold=float(scorer.threshold),
+    )
+
+
+def newest_export(state_dir: Path) -> Path | None:
+    """The newest export under ``STATE/export/*/`` holding a manifest (by its time), or ``None``."""
+    root = Path(state_dir) / "export"
+    if not root.is_dir():
+        return None
+    found: list[tuple[float, str, Path]] = []
+    for child in root.iterdir():
+        manifest = child / MANIFEST_NAME
+        try:
+            found.append((manifest.stat().st_mtime, child.name, child))
+        except OSError:  # no manifest (an export being written), or gone meanwhile
+            continue
+    return max(found)[2].resolve() if found else None
+
+
+def _verified_manifest(export_dir: Path) -> ExportManifest:
+    """Read an export's manifest and check its model's size and sha256 (raises if they differ)."""
+    manifest = ExportManifest.read(export_dir)
+    manifest.verify(export_dir)
+    return manifest
+
+
+# -- the service -------------------------------------------------------------------------
+
+
+@dataclass
+class _MonitorView:
+    """What the service last read from the monitor: the alarms raised and the status object."""
+
+    raised: set[str] = field(default_factory=set)
+    known: set[str] = field(default_factory=set)
+    status: Any = None
+    looked: float = 0.0
+    written: float = -math.inf
+    dirty: bool = False
+
+
+class ScoringService:
+    """The scorer, its monitor and the service's counters, driven from one worker thread.
+
+    Args:
+        scorer: The site's in-context scorer, opened on ``export_dir``.
+        export_dir: The export folder being served.
+        monitor_factory: Builds the drift monitor for a served manifest (called again after
+            each reload, so the reference follows the model); ``None``: no monitor.
+        state_dir: The site's state directory (where reloads look for newer exports).
+        options: Request bounds and reporting intervals.
+        metrics: Where to count (a new :class:`ServiceMetrics` by default).
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        export_dir: Path,
+        *,
+        monitor_factory: Callable[[ExportManifest], MonitorLike] | None = None,
+        state_dir: Path | None = None,
+        options: ServiceOptions | None = None,
+        metrics: ServiceMetrics | None = None,
+        status_writer: Callable[[Path, Any], None] | None = None,
+        status_dict: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.options = options or ServiceOptions()
+        self.metrics = metrics or ServiceMetrics()
+        self.state_dir = state_dir
+        self.model = model_info(scorer, Path(export_dir))
+        self._monitor_factory = monitor_factory
+        self.monitor = monitor_factory(scorer.manifest) if monitor_factory else None
+        self._status_writer = status_writer
+        self._status_dict = status_dict or _status_as_dict
+        self._view = _MonitorView()
+        self._fields = _known_fields(scorer.manifest)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedcore-scorer")
+        self._refused: dict[Path, float] = {}
+        self._reload_lock = threading.Lock()
+        self._closed = False
+        self.started = time.time()
+        self.scored = 0
+        self.flagged = 0
+        self._unflushed = False
+        self._flushed_at = time.monotonic()
+        self._publish_model()
+        self._refresh(force=True)
+
+    # -- calls on the worker thread ------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread (the only one touching the scorer)."""
+        if self._closed:
+            raise RequestError(503, "the service is shutting down; retry against another replica")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def score(self, rows: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+        """Score ``rows`` in context, append them to the history; the answer's JSON body."""
+        ignored = sorted({k for row in rows for k in row if k not in self._fields})
+        try:
+            scored = self.scorer.score(rows)
+        except ServingInputError as exc:
+            raise RequestError(422, str(exc)) from None
+        flagged = np.asarray(scored.flagged, dtype=bool)
+        scores = np.asarray(scored.score, dtype=np.float64)
+        self._unflushed = True
+        n_flagged = int(flagged.sum())
+        self.scored += len(scores)
+        self.flagged += n_flagged
+        self.metrics.observe_scored(len(scores), n_flagged)
+        self.metrics.history_rows.set(self.scorer.history_size)
+        if self.monitor is not None:
+            self.monitor.observe_scores(scores)
+            self._view.dirty = True
+            self._refresh()
+        model = self.model
+        results = [
+            {"tx_id": t, "score": float(s), "flagged": bool(f)}
+            for t, s, f in zip(scored.tx_id, scores.tolist(), flagged.tolist(), strict=True)
+        ]
+        head: dict[str, Any] = {
+            "model": model.short_sha,
+            "run": model.run,
+            "threshold": model.threshold,
+        }
+        if ignored:
+            head["ignored_fields"] = ignored[:20]
+        return head | {"results": results} if batch else results[0] | head
+
+    def feedback(self, ids: list[str], labels: list[int]) -> dict[str, Any]:
+        """Store labels, feed the monitor with the scores they were served; the answer's body."""
+        known_scores: list[float] = []
+        known_labels: list[int] = []
+        unknown: list[str] = []
+        self._unflushed = True
+        for tx_id, label in zip(ids, labels, strict=True):
+            served = self.scorer.record_label(tx_id, label)
+            if served is None:
+                unknown.append(tx_id)
+            else:
+                known_scores.append(served)
+                known_labels.append(label)
+                self.metrics.labels.labels(label=str(label)).inc()
+        if unknown:
+            self.metrics.unknown_labels.inc(len(unknown))
+        if self.monitor is not None and known_scores:
+            self.monitor.observe_labels(np.asarray(known_scores), np.asarray(known_labels))
+            self._view.dirty = True
+            self._refresh()
+        out: dict[str, Any] = {"recorded": len(known_scores), "unknown": len(unknown)}
+        if unknown:
+            out["unknown_tx_ids"] = unknown[:20]
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """``/v1/status``: the model, history, counts and the monitor's status."""
+        self._refresh(force=True)
+        view = self._view
+        monitor = self._status_dict(view.status) if view.status is not None else None
+        return {
+            "model": self.model.to_dict(),
+            "history_rows": self.scorer.history_size,
+            "uptime_s": round(time.time() - self.started, 3),
+            "scored": self.scored,
+            "flagged": self.flagged,
+            "alarms": sorted(view.raised),
+            "monitor": monitor,
+        }
+
+    def swap(self, export_dir: Path) -> ModelInfo:
+        """Make the scorer serve ``export_dir`` (verified already) and follow it with the monitor."""
+        self.scorer.reload(export_dir)
+        manifest = self.scorer.manifest
+        self.model = model_info(self.scorer, export_dir)
+        self._fields = _known_fields(manifest)
+        if self._monitor_factory is not None:
+            self.monitor = self._monitor_factory(manifest)
+            self._view = _MonitorView()
+        self._publish_model()
+        self._refresh(force=True)
+        return self.model
+
+    def tick(self) -> None:
+        """Housekeeping: write appended rows and labels when due, and the monitor's status."""
+        now = time.monotonic()
+        if self._unflushed and now - self._flushed_at >= self.options.flush_every_s:
+            self._unflushed = False
+            self._flushed_at = now
+            self.scorer.flush()
+        self._refresh()
+
+    def close(self) -> None:
+        """Flush the history, write the monitor status a last time, close the scorer (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.metrics.up.set(0)
+        try:
+            self._refresh(force=True, write=True)
+        finally:
+            self.scorer.close()  # flushes the appended rows and labels
+
+    def _publish_model(self) -> None:
+        m = self.model
+        self.metrics.set_model(
+            sha256=m.short_sha,
+            run=m.run,
+            path_taken=m.path_taken,
+            provider=m.provider,
+            threshold=m.threshold,
+        )
+        self.metrics.history_rows.set(self.scorer.history_size)
+
+    def _refresh(self, *, force: bool = False, write: bool = False) -> None:
+        """Read the monitor's status (at most every ``refresh_every_s``), log new alarms, write it."""
+        view, now = self._view, time.monotonic()
+        if self.monitor is None or not (
+            force or (view.dirty and now - view.looked >= self.options.refresh_every_s)
+        ):
+            return
+        status = self.monitor.status()
+        view.status, view.looked, view.dirty = status, now, False
+        raised = {str(getattr(a, "name", a)) for a in getattr(status, "alarms", ())}
+        for alarm in getattr(status, "alarms", ()):
+            name = str(getattr(alarm, "name", alarm))
+            if name not in view.raised:
+                logger.warning(
+                    "alarm raised: %s (model %s)", _alarm_text(alarm), self.model.short_sha
+                )
+        for name in view.raised - raised:
+            logger.warning("alarm cleared: %s (model %s)", name, self.model.short_sha)
+        view.known |= raised
+        view.raised = raised
+        self.metrics.set_alarms(raised, view.known)
+        summary = self._status_dict(status)
+        set_gauge(self.metrics.psi, _number(summary.get("psi")))
+        set_gauge(self.metrics.pr_auc, _number(summary.get("pr_auc")))
+        self.metrics.retrain.set(1 if summary.get("retrain") else 0)
+        path = self.options.status_path
+        if (
+            path is not None
+            and self._status_writer is not None
+            and (write or now - view.written >= self.options.status_every_s)
+        ):
+            try:
+                self._status_writer(path, status)
+                view.written = now
+            except OSError as exc:
+                logger.warning("cannot write the monitor status to %s: %s", path, exc)
+
+    # -- reloads -------------------------------------------------------------------------
+
+    async def reload(self, export_dir: Path) -> ModelInfo:
+        """Verify ``export_dir`` off the worker thread, then swap it in on it.
+
+        Raises:
+            RequestError: 409 when the export is refused (missing or bad manifest, a model
+                whose size or sha256 differs from it); the old model keeps serving.
+        """
+        export_dir = Path(export_dir).resolve()
+        try:
+            await asyncio.to_thread(_verified_manifest, export_dir)
+            info = await self.call(self.swap, export_dir)
+        except RequestError:
+            raise
+        except Exception as exc:  # ExportError, ValueError, OSError, the scorer's own refusals
+            self.metrics.reloads.labels(result="refused").inc()
+            try:
+                self._refused[export_dir] = (export_dir / MANIFEST_NAME).stat().st_mtime
+            except OSError:
+                self._refused[export_dir] = math.inf
+            logger.warning(
+                "refused to serve the export %s: %s; still serving %s (sha256 %s)",
+                export_dir,
+                exc,
+                self.model.export_dir,
+                self.model.short_sha,
+            )
+            raise RequestError(
+                409,
+                f"refused the export {export_dir}: {exc}; still serving run {self.model.run} "
+                f"(sha256 {self.model.short_sha})",
+            ) from None
+        self.metrics.reloads.labels(result="ok").inc()
+        logger.warning(
+            "now serving %s (sha256 %s, %s, threshold %.4g)",
+            info.export_dir,
+            info.short_sha,
+            info.path_taken,
+            info.threshold,
+        )
+        return info
+
+    async def reload_newest(self) -> ModelInfo | None:
+        """Reload the newest export under ``STATE/export`` if it is not the one served.
+
+        An export refused before is tried again only once its manifest changes. Returns the
+        new model, or ``None`` when there was nothing newer.
+
+        Raises:
+            RequestError: as :meth:`reload`; 404 without a state directory or an export.
+        """
+        if self.state_dir is None:
+            raise RequestError(404, "no state directory to look for exports in")
+        newest = await asyncio.to_thread(newest_export, self.state_dir)
+        if newest is None:
+            raise RequestError(
+                404, f"no export with a {MANIFEST_NAME} under {self.state_dir / 'export'}"
+            )
+        if newest == self.model.export_dir.resolve():
+            return None
+        refused_at = self._refused.get(newest)
+        if refused_at is not None:
+            try:
+                if (newest / MANIFEST_NAME).stat().st_mtime == refused_at:
+                    return None
+            except OSError:
+                return None
+        return await self.reload(newest)
+
+    async def poll(self) -> None:
+        """Look for a newer export every ``reload_poll_s`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.options.reload_poll_s)
+            try:
+                await self.reload_newest()
+            except RequestError as exc:
+                if exc.status != 409:
+                    logger.debug("reload poll: %s", exc.message)
+            except Exception:  # never let the poll die: log and look again later
+                logger.exception("reload poll failed")
+
+    async def housekeeping(self) -> None:
+        """:meth:`tick` on the worker thread every second until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.call(self.tick)
+            except RequestError:  # shutting down
+                return
+            except Exception:  # a full disk must not stop the service: log and try again later
+                logger.exception("writing the history or the monitor status failed")
+
+    async def aclose(self) -> None:
+        """:meth:`close` on the worker thread, then stop the worker."""
+        if not self._closed:
+            await asyncio.get_running_loop().run_in_executor(self._worker, self.close)
+        self._worker.shutdown(wait=True)
+
+    def close_now(self) -> None:
+        """:meth:`close` from a thread outside the event loop (the command, after serving)."""
+        if not self._closed:
+            self._worker.submit(self.close).result()
+        self._worker.shutdown(wait=True)
+
+
+def _known_fields(manifest: ExportManifest) -> frozenset[str]:
+    """Transaction fields the model reads: the base ones, the optional ones, the task features."""
+    features = {c.split(".", 1)[1] for c in manifest.input_columns if c.startswith("features.")}
+    return frozenset({*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *features})
+
+
+def _status_as_dict(status: Any) -> dict[str, Any]:
+    """A monitor status as a JSON-ready dict (its ``to_dict()``, else its ``summary()``)."""
+    for name in ("to_dict", "summary"):
+        fn = getattr(status, name, None)
+        if callable(fn):
+            value = fn()
+            if isinstance(value, dict):
+                return value
+    return {"summary": str(status)}
+
+
+def _alarm_text(alarm: Any) -> str:
+    message = getattr(alarm, "message", None)
+    name = str(getattr(alarm, "name", alarm))
+    return f"{name}: {message}" if message else name
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcore.config import ColumnMapping, CsvData, TaskSpec
-from fedcore.data.transactions import DataError
+from fedcore.config import ColumnMapping, CsvData, HistorySpec, TaskSpec
+from fedcore.data.transactions import DataError, Transactions
 from fedcore.export.manifest import (
     MANIFEST_NAME,
     OPTIONAL_COLUMNS,
@@ -58,6 +58,12 @@ class Scores:
     model_path: Path
     path_taken: str
     notes: tuple[str, ...] = ()
+
+    @property
+    def threshold(self) -> float:
+        """The site's operating point from the manifest (0.5 for an export without one)."""
+        value = getattr(self.manifest, "threshold", None)
+        return 0.5 if value is None else float(value)
 
 
 def _resolve(model: Path) -> tuple[Path, ExportManifest, str]:
@@ -169,7 +175,7 @@ def _numbered_copy(src: Path, dest: Path, add_label: bool) -> None:
                 n += 1
 
 
-def score_csv(model: Path, csv_path: Path) -> Scores:
+def score_csv(model: Path, csv_path: Path, history: HistoryContext | None = None) -> Scores:
     """Score every transaction of ``csv_path`` with the exported model at ``model``.
 
     The CSV uses fedcore's column names (``payer``, ``payee``, ``amount``, ``timestamp``,
@@ -177,11 +183,14 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
     as written by :func:`fedcore.data.csv_loader.write_transactions_csv`; a
     ``transaction_id`` column is read as ``tx_id`` when there is none.
 
-    A score depends on the other rows of the file: the fraud GNN scores each transaction
-    in the graph that the file's rows make (its payer's and payee's other transactions,
-    shared merchants and devices, their counts over the last hour and day), so score a
-    batch together with its accounts' recent history. Scores come back in the file's row
-    order.
+    A score depends on the transaction's neighbourhood: the fraud GNN scores each
+    transaction in the graph of its payer's and payee's other transactions, shared
+    merchants and devices, and their counts over the last hour and day. With ``history``
+    the file's rows join the site's history window (rows whose ``tx_id`` is already there
+    are scored as stored) and each is scored in that context, exactly as in the graph of
+    the window and the file together; without it, in the graph of the file's rows alone,
+    so the file must then carry the accounts' recent history. Scores come back in the
+    file's row order; the history is not changed.
 
     Raises:
         InputError: the CSV's columns do not match the model's manifest.
@@ -219,6 +228,11 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
         label="label",
         features={**{f: f for f in features}, ROW_COLUMN: ROW_COLUMN},
     )
+    if history is not None and id_column is None:
+        notes.append(
+            "the file has no tx_id column: its rows are scored as new transactions, none "
+            "matched with the history"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / csv_path.name
         _numbered_copy(csv_path, src, add_label="label" not in header)
@@ -228,6 +242,15 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
             raise DataError(str(exc).replace(str(src), str(csv_path))) from None
     row = tx.features[ROW_COLUMN].astype(np.int64)  # file position of each time-ordered row
     tx = dataclasses.replace(tx, features={f: tx.features[f] for f in features})
+    ids = [""] * len(row)
+    for i, tid in zip(row.tolist(), tx.tx_id, strict=True):
+        ids[i] = str(tid)
+    if history is not None:
+        by_time, note = history.score(served, manifest, tx, matched=id_column is not None)
+        notes.append(note)
+        scores = np.empty_like(by_time)
+        scores[row] = by_time
+        return Scores(ids, scores, manifest, served, path_taken, tuple(notes))
     graph = build_graph(tx, TaskSpec(features=features))
     width = int(graph.data.x.shape[1])
     if width != len(manifest.feature_names):
@@ -245,10 +268,77 @@ def score_csv(model: Path, csv_path: Path) -> Scores:
     by_time = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64).reshape(-1)))
     scores = np.empty_like(by_time)
     scores[row] = by_time
-    ids = [""] * len(row)
-    for i, tid in zip(row.tolist(), tx.tx_id, strict=True):
-        ids[i] = str(tid)
     return Scores(ids, scores, manifest, served, path_taken, tuple(notes))
+
+
+@dataclass(frozen=True)
+class HistoryContext:
+    """The site's history that ``fed-client predict`` scores a file in the context of.
+
+    Attributes:
+        path: The history database (:class:`fedcore.serving.history.HistoryStore`).
+        spec: Its window.
+    """
+
+    path: Path
+    spec: HistorySpec
+
+    def score(
+        self, served: Path, manifest: ExportManifest, tx: Transactions, *, matched: bool
+    ) -> tuple[np.ndarray, str]:
+        """Scores of ``tx``'s rows (in its order) in the context of the history, and a note saying so.
+
+        Args:
+            served: The ONNX model file.
+            manifest: Its manifest.
+            tx: The file's rows, time-sorted.
+            matched: Whether ``tx_id`` names rows that may already be in the history.
+        """
+        import uuid
+
+        from fedcore.export.layered import layers_of
+        from fedcore.export.onnx_export import ort_session
+        from fedcore.serving.context import ServedModel, score_in_window
+        from fedcore.serving.history import HistoryStore
+        from fedcore.serving.window import Window
+
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"no transaction history at {self.path}: a site writes it after export. "
+                "Pass --history with its path (or --site with the site file that names it), "
+                "or --no-history to score the file alone"
+            )
+        features = tuple(
+            c.removeprefix("features.") for c in manifest.input_columns if c.startswith("features.")
+        )
+        with HistoryStore.open(self.path, features, self.spec) as store:
+            window = Window.from_transactions(store.load(), features, self.spec)
+        held = window.alive_count
+        if not matched:  # line numbers are no ids: never match a stored row by them
+            prefix = f"predict-{uuid.uuid4().hex}-"
+            tx = dataclasses.replace(
+                tx, tx_id=np.array([prefix + str(t) for t in tx.tx_id], dtype=object)
+            )
+        known = sum(1 for t in tx.tx_id.tolist() if str(t) in window.row_of)
+        positions = window.add(tx)
+        model = ServedModel(
+            served.parent,
+            served,
+            manifest,
+            ort_session(served),
+            layers_of(manifest.input_names),
+            "",
+        )
+        scores = score_in_window(model, window, positions)
+        note = (
+            f"scored in the context of the site's history: {held} transactions in {self.path}"
+            + (
+                f"; {known} rows of the file were already there (same tx_id) and were scored as stored"
+                if known
+                else ""
+            )
+        )
+        return scores, note
 
 
 def write_scores(scores: Scores, out: Path, threshold: float = 0.5) -> None:
@@ -263,6 +353,7 @@ def write_scores(scores: Scores, out: Path, threshold: float = 0.5) -> None:
 
 
 __all__ = [
+    "HistoryContext",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "InputError",

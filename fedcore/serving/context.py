@@ -308,7 +308,7 @@ class ContextScorer:
             raise
         if append:
             fresh = np.array([tid not in known for tid in tx.tx_id.tolist()], dtype=bool)
-            first = {}
+            first: dict[str, int] = {}
             for i, tid in enumerate(tx.tx_id.tolist()):
                 first.setdefault(tid, i)
             fresh &= np.array([first[t] == i for i, t in enumerate(tx.tx_id.tolist())])

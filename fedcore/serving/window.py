@@ -85,7 +85,7 @@ class Window:
         def grow(
             old: np.ndarray | None, shape: tuple[int, ...], dtype: type, fill: float
         ) -> np.ndarray:
-            new = np.full(shape, fill, dtype=dtype)
+            new: np.ndarray = np.full(shape, fill, dtype=dtype)
             if old is not None:
                 new[: len(old)] = old
             return new

@@ -80,7 +80,8 @@ def shuffled(in_time_order: Path) -> Path:
 
 
 def _predict(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(client_app, ["predict", *args], env=ENV)
+    """``fed-client predict`` on the file alone (this export has no history beside it)."""
+    res = CliRunner().invoke(client_app, ["predict", "--no-history", *args], env=ENV)
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception
     return res.exit_code, res.stdout, res.stderr
@@ -162,9 +163,24 @@ def test_manifest_and_cli_name_the_id_column_tx_id(
     assert [r[0] for r in _rows(dest)[1]] == [r[header.index("tx_id")] for r in rows]
 
 
-def test_help_says_scores_depend_on_the_files_history() -> None:
+def test_help_says_scores_depend_on_the_sites_history() -> None:
     res = CliRunner().invoke(client_app, ["predict", "--help"], env={"COLUMNS": "200"})
     text = " ".join(res.output.replace("│", " ").split())
     assert "OUT/sites/SITE/export/RUN/" in text
-    assert "Scores depend on the other rows of the file" in text
+    assert "scored in the context of the site's history" in text
+    assert "--no-history" in text and "Score the file alone" in text
     assert "written in the file's row order" in text
+
+
+def test_without_a_history_predict_says_where_it_looked_and_what_to_do(
+    export_dir: Path, in_time_order: Path
+) -> None:
+    res = CliRunner().invoke(
+        client_app, ["predict", "--model", str(export_dir), "--input", str(in_time_order)], env=ENV
+    )
+    text = " ".join(res.stderr.split())
+    assert res.exit_code == 2, res.output
+    assert "no transaction history at" in text and "--no-history" in text
+    assert str(export_dir.parent / "history" / "history.sqlite") in text.replace(" ", "") or (
+        "history.sqlite" in text
+    )

@@ -403,8 +403,8 @@ def grid_chart(
     states: dict[str, str],
     *,
     x_label: str,
-    cell_w: int = 28,
-    cell_h: int = 20,
+    cell_w: int = 32,
+    cell_h: int = 22,
 ) -> str:
     """An SVG grid of coloured cells (e.g. sites x rounds: chosen, left out), one row label each.
 
@@ -418,7 +418,7 @@ def grid_chart(
         cell_h: Cell height in pixels.
     """
     label_w = min(160, 12 + 7 * max((len(r) for r in rows), default=4))
-    width = label_w + cell_w * max(len(columns), 1) + 16
+    width = max(label_w + cell_w * max(len(columns), 1) + 16, label_w + 7 * len(x_label))
     height = 24 + cell_h * max(len(rows), 1) + 36
     body = ['<g class="axes" font-size="11" fill="#444">']
     for ci, col in enumerate(columns):
@@ -430,8 +430,8 @@ def grid_chart(
             f'<text x="{label_w - 6}" y="{_num(y)}" text-anchor="end" dy="0.32em">{esc(row)}</text>'
         )
     body.append(
-        f'<text class="x-label" x="{label_w + cell_w * len(columns) / 2:.1f}" y="{height - 8}" '
-        f'text-anchor="middle">{esc(x_label)}</text></g>'
+        f'<text class="x-label" x="{label_w}" y="{height - 8}" text-anchor="start">'
+        f"{esc(x_label)}</text></g>"
     )
     for (ri, ci), cell in sorted(cells.items()):
         color = states.get(cell.state, "#cccccc")

@@ -173,7 +173,7 @@ class HistoryStore:
         return found
 
     def append(self, tx: Transactions, labels: np.ndarray | None = None) -> int:
-        """Add the rows of ``tx`` whose ``tx_id`` is new, then drop rows that left the window.
+        """Add the rows of ``tx`` whose ``tx_id`` is new and that are inside the window, then drop rows that left it.
 
         Args:
             tx: Rows to add.
@@ -183,6 +183,13 @@ class HistoryStore:
             How many rows were added.
         """
         labels = tx.label if labels is None else labels
+        seconds = self.spec.window_seconds
+        if seconds is not None and len(tx):  # rows already older than the window stay out
+            top = self._conn.execute("SELECT MAX(timestamp) FROM transactions").fetchone()[0]
+            newest = max(float(tx.timestamp.max()), -np.inf if top is None else float(top))
+            recent = tx.timestamp >= newest - seconds
+            if not recent.all():
+                tx, labels = tx.take(recent), labels[recent]
         cols = ["tx_id", "timestamp", "payer", "payee", "merchant", "device", "amount", "label"]
         cols += [_column(f) for f in self.features]
         rows = zip(

@@ -61,6 +61,9 @@ class Window:
         spec: The window's bounds.
     """
 
+    COMPACT_AT = 65_536
+    """Positions used above which the arrays are rebuilt once fewer than half are alive."""
+
     def __init__(self, features: Sequence[str], spec: HistorySpec) -> None:
         self.features = tuple(features)
         self.spec = spec
@@ -297,7 +300,7 @@ class Window:
                 dropped += 1
             else:
                 break
-        if self.size > 4096 and self.alive_count < self.size // 2:
+        if self.size > self.COMPACT_AT and self.alive_count < self.size // 2:
             self._compact()
         return dropped
 

@@ -100,6 +100,11 @@ class LinearScale:
         return r0 + (value - d0) * (r1 - r0) / (d1 - d0)
 
 
+def short(name: str, limit: int = 16) -> str:
+    """``name`` cut to ``limit`` characters with an ellipsis (slanted axis labels)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def fmt_tick(value: float) -> str:
     """A tick label: short, without float noise (``0.30000000000000004`` -> ``0.3``)."""
     if value == 0:
@@ -149,6 +154,8 @@ class Frame:
     y: LinearScale
     x_ticks: list[float] = field(default_factory=list)
     y_ticks: list[float] = field(default_factory=list)
+    margin: tuple[int, int, int, int] = MARGIN
+    slanted: bool = False
 
     @classmethod
     def fit(
@@ -159,14 +166,15 @@ class Frame:
         y_bounds: tuple[float, float],
         *,
         x_ticks: list[float] | None = None,
+        margin: tuple[int, int, int, int] = MARGIN,
     ) -> Frame:
-        """Scales over nice ticks covering the bounds, inside :data:`MARGIN`."""
-        top, right, bottom, left = MARGIN
+        """Scales over nice ticks covering the bounds, inside ``margin`` (top, right, bottom, left)."""
+        top, right, bottom, left = margin
         xt = x_ticks if x_ticks is not None else nice_ticks(*x_bounds)
         yt = nice_ticks(*y_bounds)
         x = LinearScale((xt[0], xt[-1]), (left, width - right))
         y = LinearScale((yt[0], yt[-1]), (height - bottom, top))
-        return cls(width, height, x, y, xt, yt)
+        return cls(width, height, x, y, xt, yt, margin)
 
 
 def _num(v: float) -> str:
@@ -174,8 +182,8 @@ def _num(v: float) -> str:
 
 
 def _axes(frame: Frame, x_label: str, y_label: str, x_names: Sequence[str] = ()) -> list[str]:
-    """Axis lines, grid lines, tick labels and axis titles."""
-    top, right, bottom, left = MARGIN
+    """Axis lines, grid lines, tick labels and axis titles (category names slanted if asked)."""
+    top, right, bottom, left = frame.margin
     w, h = frame.width, frame.height
     out = ['<g class="axes" font-size="11" fill="#444">']
     for t in frame.y_ticks:
@@ -190,9 +198,15 @@ def _axes(frame: Frame, x_label: str, y_label: str, x_names: Sequence[str] = ())
     if x_names:
         for t, name in zip(frame.x_ticks, x_names, strict=False):
             px = _num(frame.x(t))
-            out.append(
-                f'<text x="{px}" y="{h - bottom + 16}" text-anchor="middle">{esc(name)}</text>'
-            )
+            if frame.slanted:
+                out.append(
+                    f'<text transform="translate({px} {h - bottom + 12}) rotate(-40)" '
+                    f'text-anchor="end">{esc(short(name))}<title>{esc(name)}</title></text>'
+                )
+            else:
+                out.append(
+                    f'<text x="{px}" y="{h - bottom + 16}" text-anchor="middle">{esc(name)}</text>'
+                )
     else:
         for t in frame.x_ticks:
             px = _num(frame.x(t))
@@ -355,12 +369,18 @@ def bar_chart(
     if yb[0] == yb[1]:
         yb = (0.0, 1.0)
     top, right, bottom, left = MARGIN
-    fitted = Frame.fit(width, height, (0.0, float(n)), yb)
+    slot = (width - right - left) / n
+    slanted = any(len(c) * 6.5 > slot for c in categories)
+    if slanted:  # names too long for their slot: slanted below the axis, in a taller chart
+        extra = int(max(len(short(c)) for c in categories) * 4.5)
+        height, bottom = height + extra, bottom + extra
+    margin = (top, right, bottom, left)
+    fitted = Frame.fit(width, height, (0.0, float(n)), yb, margin=margin)
     x = LinearScale((0.0, float(n)), (left, width - right))
-    frame = Frame(width, height, x, fitted.y, [i + 0.5 for i in range(n)], fitted.y_ticks)
+    ticks = [i + 0.5 for i in range(n)]
+    frame = Frame(width, height, x, fitted.y, ticks, fitted.y_ticks, margin, slanted)
     body = _axes(frame, x_label, y_label, x_names=list(categories))
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(groups))]
-    slot = (width - right - left) / n
     bar_w = slot * 0.8 / max(len(groups), 1)
     zero = frame.y(0.0)
     for gi, (g, color) in enumerate(zip(groups, colors, strict=True)):

@@ -118,3 +118,15 @@ def test_formatting_helpers() -> None:
     assert C.fmt_bytes(1536) == "1.5 KB"
     assert C.fmt_bytes(12) == "12 B"
     assert C.finite(True) is None and C.finite(math.inf) is None and C.finite(2) == 2.0
+
+
+def test_many_long_category_names_are_slanted_and_shortened() -> None:
+    names = [f"regional-savings-bank-{k:02d}" for k in range(12)]  # 24 characters each
+    svg = C.bar_chart(names, [C.BarGroup("fed", [0.5] * 12)], y_label="PR-AUC")
+    assert svg.count("rotate(-40)") == 12
+    # cut to 16 characters with an ellipsis; the full name stays in the label's tooltip
+    assert "regional-saving…<title>regional-savings-bank-00</title>" in svg
+    height = int(re.search(r'height="(\d+)" role="img"', svg).group(1))  # type: ignore[union-attr]
+    assert height == 300 + int(16 * 4.5)  # taller by the slanted labels' room
+    short = C.bar_chart(["a", "b"], [C.BarGroup("fed", [0.5, 0.6])], y_label="PR-AUC")
+    assert "rotate(-40)" not in short

@@ -439,11 +439,14 @@ class SiteRuntime:
 
         Files go to ``STATE/export/<run key>/`` (the model, its FP32 fallback, ``manifest.json``),
         written in a folder beside it that replaces it once the export succeeded: a failed
-        export leaves the previous one as it was.
+        export leaves the previous one as it was. The manifest records the site's operating
+        threshold for this model (:func:`fedcore.tasks.operating_threshold`) and the served
+        model's score reference, which the scoring service's drift monitor compares with.
         """
         from fedcore.data.graph import feature_dim
         from fedcore.export import export_for_site
         from fedcore.models.fraud_gnn import build_model
+        from fedcore.tasks import operating_threshold
         from fedcore.training import load_arrays
 
         if cfg.task.is_imaging:
@@ -451,6 +454,7 @@ class SiteRuntime:
         _, graph = self.data(cfg.task)
         model = build_model(cfg.task, feature_dim(cfg.task))
         load_arrays(model, arrays)
+        threshold = operating_threshold(model, graph, cfg.task)
         out_dir = self.state_dir / "export" / (cfg.run_key or "default")
         with staged_directory(out_dir) as staging:
             manifest = export_for_site(
@@ -460,6 +464,7 @@ class SiteRuntime:
                 task=cfg.task,
                 providers=self.device().adapter.onnx_providers(),
                 tolerance=cfg.export.tolerance,
+                threshold=threshold,
             )
         info = manifest.to_dict()
         info["directory"] = str(out_dir)

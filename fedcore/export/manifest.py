@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, cast
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from fedcore.config import TaskSpec
 from fedcore.data.graph import (
@@ -19,6 +23,8 @@ from fedcore.data.graph import (
 )
 from fedcore.export.onnx_export import ExportError
 from fedcore.export.quantize import PATHS_TAKEN, PathTaken
+from fedcore.metrics import METRIC_KEYS, binary_metrics
+from fedcore.serving.monitor import bin_shares, quantile_edges
 from fedcore.storage import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
@@ -70,6 +76,115 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+REFERENCE_BINS = 10
+"""Bins of a score reference: deciles of the served model's scores on the held-out test split."""
+
+DEFAULT_THRESHOLD = 0.5
+"""Operating threshold assumed for a manifest written before the manifest carried one
+(``task.threshold``'s default)."""
+
+
+@dataclass(frozen=True)
+class ScoreReference:
+    """The served model's scores on the site's held-out test split at export: what drift is
+    measured against.
+
+    Attributes:
+        edges: Bin edges (``0.0``, the inner edges, ``1.0``; see
+            :func:`fedcore.serving.monitor.quantile_edges`):
+            the deciles of these scores, the usual bins of the population stability index.
+        shares: Share of the test scores in each bin (sums to 1).
+        scores: Test transactions scored.
+        metric: Name of ``value`` (a key of ``fedcore.metrics.METRIC_KEYS``, ``pr_auc``).
+        value: The served model's ``metric`` on the test split (``None``: undefined, e.g.
+            PR-AUC without fraud among them).
+        flagged_rate: Share of test scores at or above the manifest's threshold.
+    """
+
+    edges: tuple[float, ...]
+    shares: tuple[float, ...]
+    scores: int
+    metric: str
+    value: float | None
+    flagged_rate: float
+
+    def __post_init__(self) -> None:
+        e, sh = self.edges, self.shares
+        if len(e) < 2 or len(sh) != len(e) - 1:
+            raise ValueError(
+                f"score reference: expected k + 1 edges and k shares (k >= 1), found {len(e)} "
+                f"edges and {len(sh)} shares; re-run the export"
+            )
+        if not all(math.isfinite(x) for x in (*e, *sh)) or any(
+            b <= a for a, b in zip(e[:-1], e[1:], strict=True)
+        ):
+            raise ValueError(
+                f"score reference: expected finite increasing edges and finite shares, found "
+                f"edges {list(e)[:12]}; re-run the export"
+            )
+        if any(x < 0 for x in sh) or abs(sum(sh) - 1.0) > 1e-6:
+            raise ValueError(
+                f"score reference: expected shares >= 0 summing to 1, found sum {sum(sh)!r}; "
+                "re-run the export"
+            )
+        if self.metric not in METRIC_KEYS:
+            raise ValueError(
+                f"score reference: metric must be one of {', '.join(METRIC_KEYS)}; found "
+                f"{self.metric!r}"
+            )
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: ArrayLike,
+        labels: ArrayLike,
+        threshold: float,
+        *,
+        metric: str = "pr_auc",
+        bins: int = REFERENCE_BINS,
+    ) -> ScoreReference:
+        """The reference of a served model from its test scores (probabilities) and labels."""
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        edges = quantile_edges(s, bins)
+        value = binary_metrics(labels, s, threshold)[metric]
+        return cls(
+            edges=edges,
+            shares=tuple(float(x) for x in bin_shares(edges, s)),
+            scores=len(s),
+            metric=metric,
+            value=_finite_or_none(value),
+            flagged_rate=float(np.mean(s >= threshold)),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreReference:
+        """Parse :func:`dataclasses.asdict` output (lists for tuples).
+
+        Raises:
+            ValueError: a key is missing or unknown, or a value is malformed.
+        """
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, Mapping) or set(data) != names:
+            found = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(
+                f"score reference: expected the keys {sorted(names)}, found {found}; re-run "
+                "the export"
+            )
+        try:
+            return cls(
+                edges=tuple(float(x) for x in data["edges"]),
+                shares=tuple(float(x) for x in data["shares"]),
+                scores=int(data["scores"]),
+                metric=str(data["metric"]),
+                value=None if data["value"] is None else float(data["value"]),
+                flagged_rate=float(data["flagged_rate"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"score reference: malformed value ({exc}); re-run the export"
+            ) from None
+
+
 @dataclass(frozen=True)
 class ExportManifest:
     """What a site serves after export, and the evidence that it is good enough.
@@ -105,6 +220,12 @@ class ExportManifest:
         created: ISO-8601 UTC time of the export.
         fedcore_version: ``fedcore.__version__`` that made it.
         manifest_version: Layout version (:data:`MANIFEST_VERSION`).
+        threshold: The site's operating threshold: a score at or above it is flagged
+            (``fedcore.tasks.operating_threshold`` of the model at export;
+            :data:`DEFAULT_THRESHOLD` in manifests written before it was recorded).
+        reference: The served model's score distribution and metric on the test split, what
+            the scoring service's drift monitor compares with (``None`` in manifests written
+            before it was recorded: no drift monitoring until the next export).
     """
 
     file: str
@@ -131,12 +252,16 @@ class ExportManifest:
     created: str
     fedcore_version: str
     manifest_version: int = MANIFEST_VERSION
+    threshold: float = DEFAULT_THRESHOLD
+    reference: ScoreReference | None = None
 
     def __post_init__(self) -> None:
         if self.path_taken not in PATHS_TAKEN:
             raise ValueError(
                 f"path_taken must be one of {', '.join(PATHS_TAKEN)}; found {self.path_taken!r}"
             )
+        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"threshold must be a score in [0, 1]; found {self.threshold!r}")
 
     @property
     def served_int8(self) -> bool:
@@ -151,6 +276,10 @@ class ExportManifest:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        if self.reference is not None:
+            out["reference"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in out["reference"].items()
+            }
         return out
 
     def to_json(self) -> str:
@@ -168,7 +297,9 @@ class ExportManifest:
         if not isinstance(data, dict):
             raise ValueError(f"an export manifest is a JSON object; found {type(data).__name__}")
         names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.name != "manifest_version"}
+        required = {  # fields with a default may be absent: a manifest of an earlier fedcore
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
         missing, extra = sorted(required - set(data)), sorted(set(data) - names)
         if missing or extra:
             raise ValueError(
@@ -188,6 +319,13 @@ class ExportManifest:
             )
         for key in ("input_names", "input_columns", "optional_columns", "feature_names"):
             data[key] = tuple(data[key])
+        if data.get("reference") is not None:
+            data["reference"] = ScoreReference.from_dict(data["reference"])
+        if "threshold" in data:
+            threshold = data["threshold"]
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+                raise ValueError(f"threshold: expected a score in [0, 1], found {threshold!r:.40}")
+            data["threshold"] = float(threshold)
         return cls(**cast(dict[str, Any], data))
 
     def write(self, directory: Path | str) -> Path:

@@ -22,6 +22,7 @@ from fedcore.export.layered import layers_of, scoring_batch
 from fedcore.export.manifest import (
     OPTIONAL_COLUMNS,
     ExportManifest,
+    ScoreReference,
     input_columns,
     node_feature_names,
     sha256_file,
@@ -127,6 +128,9 @@ def _manifest(
     fp32_file: str | None,
     opset: int | None,
     inputs: tuple[str, ...],
+    threshold: float,
+    served_logits: np.ndarray,
+    labels: np.ndarray,
 ) -> ExportManifest:
     path = out / served
     manifest = ExportManifest(
@@ -153,6 +157,8 @@ def _manifest(
         opset=opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         fedcore_version=fedcore.__version__,
+        threshold=threshold,
+        reference=ScoreReference.from_scores(_sigmoid(served_logits), labels, threshold),
     )
     manifest.write(out)
     return manifest
@@ -171,6 +177,7 @@ def export_for_site(
     opset: int = 17,
     latency_runs: int = 5,
     threads: int | None = None,
+    threshold: float | None = None,
 ) -> ExportManifest:
     """Export, quantize and check the model a site will serve, and write its manifest.
 
@@ -182,7 +189,9 @@ def export_for_site(
     serve INT8 only if ``metric`` drops by at most ``tolerance``, else delete it and
     serve the FP32 ONNX (``fp32-kept``); time the served model (median of
     ``latency_runs`` runs on that batch); write
-    ``manifest.json``. When the model does not export to ONNX or ONNX Runtime cannot
+    ``manifest.json``, with the operating ``threshold`` and the served model's score
+    reference on the test transactions (:class:`~fedcore.export.manifest.ScoreReference`:
+    decile bins and shares of its scores, its PR-AUC and flagged rate) for drift monitoring. When the model does not export to ONNX or ONNX Runtime cannot
     quantize it, PyTorch dynamic INT8 is checked the same way and its ``state_dict``
     saved (``model.int8.pt``, ``torch-dynamic``; FP32 ``model.fp32.pt`` kept beside).
 
@@ -199,12 +208,16 @@ def export_for_site(
         opset: ONNX opset.
         latency_runs: Timed runs for the latency median.
         threads: ONNX Runtime intra-op threads (default: its own choice).
+        threshold: The site's operating threshold (``fedcore.tasks.operating_threshold``
+            of this model), used for threshold metrics and recorded in the manifest
+            (default ``task.threshold``).
 
     Returns:
         The manifest (also written as ``out_dir/manifest.json``).
 
     Raises:
-        ValueError: for an unknown metric or mode, or a non-finite tolerance.
+        ValueError: for an unknown metric or mode, a non-finite tolerance, or a threshold
+            outside [0, 1].
         ExportError: without test transactions, or when the FP32 ONNX model disagrees
             with PyTorch (a broken export).
     """
@@ -216,6 +229,9 @@ def export_for_site(
         raise ValueError(f"tolerance must be a finite number; found {tolerance!r}")
     if latency_runs < 1:
         raise ValueError(f"latency_runs must be >= 1; found {latency_runs}")
+    thr = task.threshold if threshold is None else float(threshold)
+    if not (math.isfinite(thr) and 0.0 <= thr <= 1.0):
+        raise ValueError(f"threshold must be a score in [0, 1]; found {threshold!r}")
     test = graph.data.test_mask.cpu().numpy().astype(bool)
     labels = graph.data.y.cpu().numpy()[test].astype(np.int64)
     num_test = int(test.sum())
@@ -228,12 +244,14 @@ def export_for_site(
     private_dir(out)
     fp32_model = copy.deepcopy(model).cpu().eval()
     ref_logits = _torch_logits(fp32_model, graph)
-    fp32_metric = _score(ref_logits[test], labels, metric, task.threshold)
+    fp32_metric = _score(ref_logits[test], labels, metric, thr)
     common: dict[str, Any] = {
         "task": task,
         "metric": metric,
         "tolerance": tolerance,
         "num_test": num_test,
+        "threshold": thr,
+        "labels": labels,
     }
 
     def torch_fallback(reason: str) -> ExportManifest:
@@ -245,17 +263,19 @@ def export_for_site(
         quantized = torch_dynamic_int8(fp32_model).module
         assert quantized is not None
         int8_logits = _torch_logits(quantized, graph)
-        int8_metric = _score(int8_logits[test], labels, metric, task.threshold)
+        int8_metric = _score(int8_logits[test], labels, metric, thr)
         refused = gate(fp32_metric, int8_metric, tolerance, metric, num_test)
         path_taken: PathTaken
         if refused:  # the accuracy guard at work, recorded in the manifest: not a fault
             log.info("%s", refused)
             (out / INT8_TORCH).unlink(missing_ok=True)
             served, served_model, path_taken = FP32_TORCH, fp32_model, "fp32-kept"
+            served_logits = ref_logits[test]
         else:
             with atomic_path(out / INT8_TORCH) as tmp:
                 torch.save(quantized.state_dict(), tmp)
             served, served_model, path_taken = INT8_TORCH, quantized, "torch-dynamic"
+            served_logits = int8_logits[test]
         latency = _latency_ms(lambda: _torch_logits(served_model, graph), latency_runs)
         return _manifest(
             out,
@@ -269,6 +289,7 @@ def export_for_site(
             fp32_file=FP32_TORCH,
             opset=None,
             inputs=("x", "edge_index"),
+            served_logits=served_logits,
             **common,
         )
 
@@ -290,7 +311,7 @@ def export_for_site(
             f"{ONNX_MATCH_ATOL} on the site's test transactions ({provider}); the export is "
             "broken, report it with the torch, torch-geometric and onnxruntime versions"
         )
-    fp32_metric = _score(onnx_logits, labels, metric, task.threshold)
+    fp32_metric = _score(onnx_logits, labels, metric, thr)
     try:
         if mode == "dynamic":
             q: QuantizedModel = quantize_dynamic_int8(out / FP32_ONNX, out / INT8_ONNX)
@@ -303,15 +324,17 @@ def export_for_site(
         int8_logits = run_session(int8_session, feed)
     except Exception as exc:  # an operator ONNX Runtime cannot quantize or run in INT8
         return torch_fallback(f"ONNX Runtime INT8 failed: {type(exc).__name__}: {exc}")
-    int8_metric = _score(int8_logits, labels, metric, task.threshold)
+    int8_metric = _score(int8_logits, labels, metric, thr)
     refused = gate(fp32_metric, int8_metric, tolerance, metric, num_test)
     path_taken: PathTaken
     if refused:  # the accuracy guard at work, recorded in the manifest: not a fault
         log.info("%s", refused)
         (out / INT8_ONNX).unlink(missing_ok=True)
         served, session, path_taken = FP32_ONNX, fp32_session, "fp32-kept"
+        served_logits = onnx_logits
     else:
         served, session, path_taken = INT8_ONNX, int8_session, q.path_taken
+        served_logits = int8_logits
     latency = _latency_ms(lambda: run_session(session, feed), latency_runs)
     manifest = _manifest(
         out,
@@ -325,6 +348,7 @@ def export_for_site(
         fp32_file=FP32_ONNX,
         opset=opset,
         inputs=inputs,
+        served_logits=served_logits,
         **common,
     )
     log.info(

@@ -42,8 +42,10 @@ from fedcore.export import (
 )
 from fedcore.export import layered as layered_module
 from fedcore.export import site as site_module
+from fedcore.export.manifest import DEFAULT_THRESHOLD
 from fedcore.fraud_training import train_local
 from fedcore.models.fraud_gnn import FraudGNN, build_model
+from fedcore.serving.monitor import Reference
 from fedcore.training import seed_everything
 
 TASK = TaskSpec(hidden=16, features=list(GENERATED_FEATURES))
@@ -449,6 +451,45 @@ def test_bad_arguments_say_what_was_expected(
         export_for_site(model, graph, tmp_path, task=TASK, providers=[], metric="accuracy")
     with pytest.raises(ExportError, match="not found; export it first"):
         quantize_dynamic_int8(tmp_path / "missing.onnx", tmp_path / "q.onnx")
+
+
+def test_manifest_records_threshold_and_score_reference(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    m = export_for_site(
+        model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER], latency_runs=1, threshold=0.3
+    )
+    assert m.threshold == 0.3
+    ref = m.reference
+    assert ref is not None and ref.metric == "pr_auc" and ref.scores == graph.num_test
+    # served INT8 and gated on PR-AUC: the reference value is the INT8 model's, as checked
+    assert m.served_int8 and ref.value == pytest.approx(m.int8_metric)
+    # decile bins of the served scores: about a tenth of the test transactions in each
+    assert ref.edges[0] == 0.0 and ref.edges[-1] == 1.0 and len(ref.shares) == len(ref.edges) - 1
+    assert sum(ref.shares) == pytest.approx(1.0)
+    assert max(ref.shares) < 0.2 and len(ref.shares) >= 8
+    assert 0.0 <= ref.flagged_rate <= 1.0
+    assert ExportManifest.read(tmp_path) == m
+    reference = Reference.from_manifest(m)
+    assert reference.threshold == 0.3 and reference.shares == ref.shares
+    assert reference.metric_value == ref.value
+    with pytest.raises(ValueError, match="threshold must be a score in"):
+        export_for_site(model, graph, tmp_path, task=TASK, providers=[], threshold=1.5)
+
+
+def test_manifest_of_an_earlier_fedcore_still_reads(
+    model: FraudGNN, graph: FraudGraph, tmp_path: Path
+) -> None:
+    m = export_for_site(model, graph, tmp_path, task=TASK, providers=[CPU_PROVIDER], latency_runs=1)
+    assert m.threshold == TASK.threshold  # the default: task.threshold
+    earlier = {k: v for k, v in m.to_dict().items() if k not in ("threshold", "reference")}
+    old = ExportManifest.from_json(json.dumps(earlier))
+    assert old.threshold == DEFAULT_THRESHOLD and old.reference is None
+    with pytest.raises(ValueError, match="holds no score reference"):
+        Reference.from_manifest(old)
+    broken = m.to_dict() | {"reference": {"edges": [0.0, 1.0]}}
+    with pytest.raises(ValueError, match="score reference: expected the keys"):
+        ExportManifest.from_json(json.dumps(broken))
 
 
 def _matmul_onnx(path: Path) -> Path:

@@ -23,6 +23,7 @@ from fedcore.report.model import (
     fmt,
     is_imaging,
     pr_section,
+    round_records,
     rounds_section,
     sites_section,
 )
@@ -117,6 +118,7 @@ def _models_table(summary: Mapping[str, Any]) -> Table:
         ("federated, pooled", final),
         ("federated, site mean", final.get("mean_over_sites")),
         ("local-only, site mean", lo.get("mean")),
+        ("local-only, each on all sites, mean", as_map(lo.get("across_sites")).get("mean")),
         ("centralized, pooled", b.get("centralized")),
         ("non-graph, pooled", b.get("non_graph")),
     ]
@@ -164,9 +166,9 @@ def render_html(docs: Docs) -> str:
     meta = [
         f"task {s.get('task', '?')}",
         f"engine {s.get('engine', '?')}",
-        f"{len(s.get('rounds') or [])} rounds",
-        f"{len(s.get('sites') or [])} sites",
-        f"privacy {(s.get('privacy') or {}).get('mode', '?')}",
+        f"{len(round_records(docs))} rounds",
+        f"{len(s['sites']) if isinstance(s.get('sites'), list) else '?'} sites",
+        f"privacy {as_map(s.get('privacy')).get('mode', '?')}",
         f"wall {wall:.1f}s" if isinstance(wall, int | float) else "",
         f"finished {s.get('finished_at')}" if s.get("finished_at") else "",
     ]

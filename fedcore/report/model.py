@@ -66,10 +66,22 @@ def as_map(doc: object) -> Mapping[str, Any]:
     return doc if isinstance(doc, Mapping) else {}
 
 
+def as_list(doc: object) -> list[Any]:
+    """``doc`` when it is a list, else an empty one."""
+    return doc if isinstance(doc, list) else []
+
+
+def numbered(entries: object) -> list[Mapping[str, Any]]:
+    """The mappings in ``entries`` (a list) whose ``round`` is a number; others are skipped."""
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, Mapping) and C.finite(e.get("round")) is not None]
+
+
 def round_records(docs: Docs) -> list[Mapping[str, Any]]:
     """Round records: ``federation.json``'s (with per-site metrics) else ``summary.json``'s."""
     for doc in (docs.federation, docs.summary):
-        rounds = [r for r in doc.get("rounds") or [] if isinstance(r, Mapping)]
+        rounds = numbered(doc.get("rounds"))
         if rounds:
             return rounds
     return []
@@ -163,7 +175,7 @@ def rounds_section(docs: Docs) -> Section:
             markers=True,
         )
     ]
-    sites = [str(x) for x in s.get("sites") or []]
+    sites = [str(x) for x in as_list(s.get("sites"))]
     if len(sites) <= 12:
         for site in sites:
             pts = [
@@ -207,7 +219,7 @@ def sites_section(docs: Docs) -> Section:
     local = as_map(as_map(b.get("local_only")).get("per_site"))
     central = as_map(as_map(b.get("centralized")).get("per_site"))
     sec = Section("site-bars", f"{label} per site: alone vs federated")
-    sites = [str(x) for x in fed] or [str(x) for x in s.get("sites") or []]
+    sites = [str(x) for x in fed] or [str(x) for x in as_list(s.get("sites"))]
     groups = []
     for name, per in (("local-only (alone)", local), ("federated", fed), ("centralized", central)):
         if per:

@@ -9,7 +9,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedcore.report import charts as C
-from fedcore.report.model import Docs, Figure, Section, Table, as_map, fmt, round_records
+from fedcore.report.model import (
+    Docs,
+    Figure,
+    Section,
+    Table,
+    as_list,
+    as_map,
+    fmt,
+    numbered,
+    round_records,
+)
 
 STATES = {"trained": "#2ca02c", "left out": "#d62728", "not chosen": "#c7c7c7"}
 """Schedule grid states and their colours."""
@@ -28,9 +38,8 @@ def privacy_section(docs: Docs) -> Section:
     eps = C.finite(priv.get("epsilon"))
     if eps is not None:
         delta = C.finite(priv.get("delta"))
-        sec.facts.append(
-            ("differential privacy", f"({eps:.3f}, {delta:g})-DP after {priv.get('rounds')} rounds")
-        )
+        spent = f"({eps:.3f}, {'?' if delta is None else f'{delta:g}'})-DP"
+        sec.facts.append(("differential privacy", f"{spent} after {priv.get('rounds')} rounds"))
         for key in ("noise_multiplier", "clip_norm", "accountant"):
             if priv.get(key) is not None:
                 sec.facts.append((key.replace("_", " "), str(priv[key])))
@@ -94,7 +103,7 @@ def schedule_grid(schedule: list[Mapping[str, Any]], sites: list[str]) -> str | 
     cells: dict[tuple[int, int], C.Cell] = {}
     index = {site: i for i, site in enumerate(sites)}
     for ci, entry in enumerate(schedule):
-        chosen = [str(x) for x in entry.get("chosen") or []]
+        chosen = [str(x) for x in as_list(entry.get("chosen"))]
         rejected = as_map(entry.get("rejected"))
         epochs = as_map(entry.get("epochs"))
         predicted, measured = as_map(entry.get("predicted_s")), as_map(entry.get("measured_s"))
@@ -123,11 +132,7 @@ def schedule_grid(schedule: list[Mapping[str, Any]], sites: list[str]) -> str | 
 def schedule_section(docs: Docs) -> Section:
     """The scheduler's decision per round: which sites, their epochs, predicted vs measured time."""
     s = docs.summary
-    schedule = [
-        e
-        for e in s.get("schedule") or docs.federation.get("schedule") or []
-        if isinstance(e, Mapping)
-    ]
+    schedule = numbered(s.get("schedule") or docs.federation.get("schedule"))
     rounds = round_records(docs)
     sec = Section("schedule", "The schedule's decisions")
     digests = [as_map(r.get("schedule")) for r in rounds]
@@ -138,7 +143,7 @@ def schedule_section(docs: Docs) -> Section:
     for key in ("virtual_time_s", "deadline_misses", "dropouts", "mean_wait_s"):
         if C.finite(sim.get(key)) is not None:
             sec.facts.append((f"simulated {key.replace('_', ' ')}", f"{sim[key]:g}"))
-    sites = [str(x) for x in s.get("sites") or []]
+    sites = [str(x) for x in as_list(s.get("sites"))]
     grid = schedule_grid(schedule, sites) if schedule and sites else None
     if grid:
         sec.figures.append(

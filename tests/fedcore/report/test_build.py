@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -141,3 +143,38 @@ def test_report_command_refuses_a_directory_without_a_run(
     assert res.exit_code == 2
     assert "cannot report on" in res.output and "expected a finished run" in res.output
     assert not (tmp_path / REPORT_FILE).exists()
+
+
+ODD = [None, "x", "<b>", [], {}, [1, "a"], {"a": "b"}, -1, 0, math.nan, math.inf, True, 10**12]
+"""Values a damaged or foreign summary.json might hold where the report expects others."""
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def test_any_damaged_document_still_renders_a_page() -> None:
+    rng = random.Random(11)
+    base = imaging_summary()
+    base["exports"] = {"hospital-a": {"path_taken": "onnx-static", "fp32_metric": 0.5}}
+    paths = _paths(base)
+    for _ in range(400):
+        doc = copy.deepcopy(base)
+        for path in rng.sample(paths, 3):  # three values replaced by odd ones
+            node = doc
+            try:
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = rng.choice(ODD)
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier replacement removed this path
+        html = render_html(Docs(doc))
+        assert html.count("<section ") == 7, doc
+        assert "<b>" not in html

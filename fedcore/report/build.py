@@ -22,10 +22,12 @@ from fedcore.report.model import (
     as_map,
     fmt,
     is_imaging,
+    numbered,
     pr_section,
     round_records,
     rounds_section,
     sites_section,
+    unfinished_summary,
 )
 from fedcore.report.operations import exports_section, privacy_section, schedule_section
 
@@ -46,6 +48,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}
 td,th{border-bottom:1px solid #e3e3e3;padding:3px 10px;text-align:right}
 td:first-child,th:first-child{text-align:left}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:8px 0}
+.stopped{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px}
 dt{color:#555}dd{margin:0}.na{color:#777;font-style:italic}.note{color:#8a5a00}
 """
 
@@ -69,8 +72,11 @@ def _read(path: Path) -> dict[str, Any]:
 def read_docs(out_dir: Path) -> Docs:
     """A run directory's documents.
 
+    A run that stopped early (no ``summary.json``) is reported from its ``federation.json``:
+    the rounds it completed (:func:`~fedcore.report.model.unfinished_summary`).
+
     Raises:
-        ReportError: ``summary.json`` is absent or not a JSON object (the run did not finish).
+        ReportError: neither document holds a run, or one is not a JSON object.
     """
     path = out_dir / "summary.json"
     try:
@@ -78,10 +84,12 @@ def read_docs(out_dir: Path) -> Docs:
         federation = _read(out_dir / "federation.json")
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read the run's documents in {out_dir}: {exc}") from None
+    if not summary and numbered(federation.get("rounds")):
+        summary = unfinished_summary(federation)  # a run that stopped: what its rounds show
     if not summary:
         raise ReportError(
-            f"expected a finished run in {out_dir} (its summary.json), found none; "
-            "fix: point at the --out directory of a completed `fedcore run`"
+            f"expected a run in {out_dir} (its summary.json, or federation.json with rounds), "
+            "found neither; fix: point at the --out directory of a `fedcore run`"
         )
     return Docs(summary, federation, read_curves_file(out_dir))
 
@@ -172,9 +180,19 @@ def render_html(docs: Docs) -> str:
         f"wall {wall:.1f}s" if isinstance(wall, int | float) else "",
         f"finished {s.get('finished_at')}" if s.get("finished_at") else "",
     ]
+    status = str(s.get("status") or "completed")
+    stopped = (
+        f'<p class="stopped" data-status="{esc(status)}">This run did not finish (status '
+        f"{esc(status)}, {len(round_records(docs))} of {esc(s.get('rounds_planned') or '?')} "
+        f"rounds): {esc(s.get('error') or 'no reason recorded')}. The report shows the rounds "
+        "it completed; the final evaluation and baselines were not run.</p>"
+        if status != "completed"
+        else ""
+    )
     body = [
         f"<h1>{esc(title)}</h1>",
         f'<p class="meta">{esc(" · ".join(m for m in meta if m))}</p>',
+        stopped,
         '<section id="models" data-section="models"><h2>Test metrics per model</h2>',
         _table_html(_models_table(s)),
         "</section>",

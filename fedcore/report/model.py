@@ -87,6 +87,42 @@ def round_records(docs: Docs) -> list[Mapping[str, Any]]:
     return []
 
 
+def unfinished_summary(federation: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run that stopped early (``federation.json`` only) can show, shaped as a summary.
+
+    Its rounds, schedule, privacy (with the bytes summed over the rounds) and status; the
+    sites are those any round or decision names, in the order first seen.
+    """
+    rounds = numbered(federation.get("rounds"))
+    sites: dict[str, None] = {}
+    for r in rounds:
+        for site in (
+            *as_list(r.get("sites")),
+            *as_map(r.get("per_site")),
+            *as_map(r.get("rejected")),
+        ):
+            sites[str(site)] = None
+    for entry in numbered(federation.get("schedule")):
+        for site in (*as_list(entry.get("chosen")), *as_map(entry.get("rejected"))):
+            sites[str(site)] = None
+    bytes_sum = {
+        key: sum(v for v in (C.finite(r.get(key)) for r in rounds) if v is not None)
+        for key in ("bytes_up", "bytes_down")
+    }
+    return {
+        "scenario": federation.get("scenario", "run"),
+        "fingerprint": federation.get("fingerprint", "?"),
+        "status": str(federation.get("status") or "unknown"),
+        "error": federation.get("error"),
+        "rounds_planned": federation.get("rounds_planned"),
+        "sites": list(sites),
+        "rounds": rounds,
+        "schedule": numbered(federation.get("schedule")),
+        "privacy": {**as_map(federation.get("privacy")), **bytes_sum},
+        "exports": as_map(federation.get("exports")),
+    }
+
+
 def is_imaging(summary: Mapping[str, Any]) -> bool:
     """The run trained the imaging task (nodule patches), whose per-site metric is ROC-AUC."""
     return summary.get("task") == "nodule-net"

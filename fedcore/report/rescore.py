@@ -48,6 +48,11 @@ def federated_curve(out_dir: Path) -> dict[str, Any]:
     from fedcore.training import load_arrays
 
     summary = dict(read_docs(out_dir).summary)
+    if summary.get("status", "completed") != "completed" or not summary.get("model"):
+        raise ReportError(
+            f"expected a finished run in {out_dir} to rescore its final model, found status "
+            f"{summary.get('status', 'unknown')}; fix: finish the run (run it again to resume)"
+        )
     sc = load_scenario(_scenario_path(out_dir, summary))
     if sc.fingerprint() != summary.get("fingerprint"):
         raise ReportError(

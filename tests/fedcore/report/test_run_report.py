@@ -100,6 +100,35 @@ def test_rescore_draws_the_federated_models_pr_curve(run_dir: Path) -> None:
     assert RUN_CHARTS | {"pr-curves"} <= charts(html)
 
 
+def test_a_run_that_stopped_is_reported_from_its_rounds(run_dir: Path, tmp_path: Path) -> None:
+    federation = json.loads((run_dir / "federation.json").read_text())
+    federation |= {
+        "status": "failed",
+        "error": "round 2: <bank-b> sent no update",
+        "rounds_planned": 2,
+        "rounds": federation["rounds"][:1],
+        "schedule": federation["schedule"][:1],
+        "model": None,
+        "exports": {},
+    }
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "federation.json").write_text(json.dumps(federation))
+    res = cli("report", str(stopped))
+    assert res.exit_code == 0, res.output
+    html = (stopped / "report.html").read_text()
+    said = " ".join(html.split())
+    assert (
+        'data-status="failed">This run did not finish (status failed, 1 of 2 rounds): '
+        "round 2: &lt;bank-b&gt; sent no update." in said
+    )
+    assert {"pr-auc-rounds", "privacy-bytes", "privacy-epsilon", "schedule-sites"} <= charts(html)
+    assert 'data-category="1"' in html  # round 1's traffic
+    res = cli("report", str(stopped), "--rescore")  # no final model to score again
+    assert res.exit_code == 2
+    assert "found status failed" in " ".join(res.output.split())
+
+
 def test_report_has_no_network_reference(run_dir: Path) -> None:
     html = (run_dir / "report.html").read_text()
     assert not re.search(r"""(src|href|xlink:href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)

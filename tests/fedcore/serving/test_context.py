@@ -224,8 +224,8 @@ def test_static_int8_scores_do_not_depend_on_the_other_transactions_of_a_call(
     site: Path, bank: Transactions
 ) -> None:
     """Why sites export static INT8 by default: dynamic INT8 scales each call's activations."""
-    from fedcore.export.site import FP32_ONNX, INT8_ONNX
     from fedcore.export.quantize import quantize_dynamic_int8
+    from fedcore.export.site import FP32_ONNX, INT8_ONNX
 
     export = site / "export" / "run1"
     graph = build_graph(bank, TASK)

@@ -54,6 +54,13 @@ class ExportSpec(_Model):
         le=1.0,
         description="largest metric drop (PR-AUC) an INT8 export may show against FP32",
     )
+    quantization: Literal["static", "dynamic"] = Field(
+        "static",
+        description="static: INT8 activation scales calibrated once on the site's training "
+        "transactions, so a transaction's score does not depend on which others are scored "
+        "with it (what fed-client predict and serve need); dynamic: scales taken from each "
+        "call's own activations",
+    )
 
 
 class BaselineSpec(_Model):

@@ -471,7 +471,8 @@ class SiteRuntime:
         return info
 
     def telemetry(self, task: TaskSpec, model_round: int) -> R.Telemetry:
-        """The site's telemetry: data size, device, readings, the round of its model copy."""
+        """The site's telemetry: data size, device, readings, the round of its model copy,
+        and the summaries of its data quality and of its scoring service's monitor."""
         site = self.site()  # a site with broken data is alive: training says why
         dev = self.device()
         size = self.data_size(task)
@@ -484,7 +485,25 @@ class SiteRuntime:
             model_round=model_round,
             data_problem=self.data_problem if size == 0 else "",
             quality=self.data_quality(task) if size > 0 else {},
+            serving=self.serving_summary(),
         )
+
+    def serving_summary(self) -> dict[str, float]:
+        """The scoring service's monitor summary from ``STATE/serving/monitor.json``
+        (aggregate numbers only: ``MonitorStatus.summary``), with ``status_age_s``, the
+        seconds since the service wrote it; empty when no service wrote one or it is unreadable."""
+        from fedcore.serving.monitor import STATUS_FILE, read_status
+
+        path = self.state_dir / STATUS_FILE
+        try:
+            summary = read_status(path).summary()
+            age = max(0.0, time.time() - path.stat().st_mtime)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:  # the service rewrites it; telemetry goes on
+            log.warning("no serving summary for telemetry: %s", exc)
+            return {}
+        return {**summary, "status_age_s": round(age, 1)}
 
     def data_quality(self, task: TaskSpec) -> dict[str, float]:
         """The quality summary of the site's table data (counts, shares, rates: never a

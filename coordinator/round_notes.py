@@ -1,4 +1,4 @@
-"""What a finished round adds to the coordinator's log and round records besides its figures: the log line, the sites' data-quality summaries."""
+"""What a finished round adds to the coordinator's log and round records besides its figures: the log line, the sites' data-quality and serving summaries."""
 
 from __future__ import annotations
 
@@ -41,3 +41,32 @@ def quality_note(
     new = {site: dict(q) for site, q in current.items() if shown.get(site) != dict(q)}
     shown.update(new)
     return {"data_quality": new} if new else {}
+
+
+def serving_note(
+    current: Mapping[str, Mapping[str, float]], shown: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The ``serving`` entry of a round record: the sites' serving summaries that are new or changed.
+
+    Each site's scoring-service summary (counts, PSI, PR-AUC and its reference, flagged
+    rates, ``alarm_psi``, ``alarm_metric`` and ``retrain`` flags: never a transaction or
+    a score) is recorded when it first arrives and again when it changes, as
+    :func:`quality_note` does; the status board shows a site's alarms from it.
+
+    Args:
+        current: Site -> the serving summary its latest telemetry carried.
+        shown: Site -> the summary last recorded; updated in place.
+
+    Returns:
+        ``{"serving": {site: summary}}``, or ``{}`` when nothing is new.
+    """
+    new = {site: dict(q) for site, q in current.items() if shown.get(site) != dict(q)}
+    for site, summary in new.items():
+        if summary.get("retrain") and not shown.get(site, {}).get("retrain"):
+            log.warning(
+                "site %s: its served model's monitor suggests retraining (%s)",
+                site,
+                ", ".join(k for k in ("alarm_psi", "alarm_metric") if summary.get(k)) or "alarm",
+            )
+    shown.update(new)
+    return {"serving": new} if new else {}

@@ -41,7 +41,7 @@ from typing import Any
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedcore.records import AUTH, CONFIG, METRICS, TELEMETRY_INFO, TELEMETRY_METRICS
-from fedcore.records.replies import TELEMETRY_QUALITY
+from fedcore.records.replies import TELEMETRY_QUALITY, TELEMETRY_SERVING
 
 EVALUATION_REQUEST = "carry.evaluate"
 TELEMETRY_REQUEST = "carry.telemetry"
@@ -55,6 +55,7 @@ _TELEMETRY = (
     ("telemetry.info", TELEMETRY_INFO, ConfigRecord),
     ("telemetry.metrics", TELEMETRY_METRICS, MetricRecord),
     ("telemetry.quality", TELEMETRY_QUALITY, MetricRecord),  # a table's data quality, if any
+    ("telemetry.serving", TELEMETRY_SERVING, MetricRecord),  # the serving monitor's, if any
     ("telemetry.auth", AUTH, ConfigRecord),
 )
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fedcore.metrics import METRIC_KEYS
 from fedcore.npy import MAX_ELEMENTS
 from fedcore.records.arrays import arrays_to_record, record_to_arrays
 from fedcore.records.fields import (
@@ -282,6 +283,11 @@ class Telemetry:
     quality: dict[str, float] = field(default_factory=dict)
     """Table data: the site's data-quality summary (counts, shares, rates, drift; never a
     value of a row), as ``fedcore.data.quality.QualityReport.summary`` gives it."""
+    serving: dict[str, float] = field(default_factory=dict)
+    """The site's scoring service: its drift monitor's summary (counts, PSI, PR-AUC and its
+    reference, flagged rates, alarm flags; never a transaction, a score or an id), as
+    ``fedcore.serving.monitor.MonitorStatus.summary`` gives it, plus ``status_age_s``;
+    empty when the site serves no model."""
 
     def to_content(self) -> RecordDict:
         info: dict[str, Any] = {
@@ -307,11 +313,15 @@ class Telemetry:
             content[TELEMETRY_QUALITY] = MetricRecord(
                 {k: float(v) for k, v in self.quality.items()}
             )
+        if self.serving:
+            content[TELEMETRY_SERVING] = MetricRecord(
+                {k: float(v) for k, v in self.serving.items()}
+            )
         return content
 
     def digest(self) -> bytes:
         """What the site signs: identity, data size, model round, readings (and the data
-        problem and quality summary, when there are)."""
+        problem, quality summary and serving summary, when there are)."""
         blob = json.dumps(
             [
                 self.site_id,
@@ -324,6 +334,11 @@ class Telemetry:
                 *(
                     [["quality", sorted((k, repr(float(v))) for k, v in self.quality.items())]]
                     if self.quality
+                    else []
+                ),
+                *(
+                    [["serving", sorted((k, repr(float(v))) for k, v in self.serving.items())]]
+                    if self.serving
                     else []
                 ),
             ]
@@ -339,7 +354,8 @@ class Telemetry:
         coordinator leaves such a site out, naming it, see
         ``coordinator.driver.read_telemetry``); every reading finite and within the
         physical range of its unit (:func:`reading_range`); ``model_round`` >= 0; the
-        quality summary, when present, as :func:`_quality` checks it.
+        quality summary, when present, as :func:`_quality` checks it, the serving summary
+        as :func:`_serving` does.
 
         Raises:
             ValueError: saying which field is missing or malformed, what was expected and
@@ -369,6 +385,7 @@ class Telemetry:
             model_round=_int(info.get("model_round", 0), "telemetry model_round", 0, 2**31),
             data_problem=_data_problem(info.get("data_problem", "")),
             quality=_quality(content.metric_records.get(TELEMETRY_QUALITY)),
+            serving=_serving(content.metric_records.get(TELEMETRY_SERVING)),
         )
 
 
@@ -400,6 +417,51 @@ def _quality(record: Mapping[str, Any] | None) -> dict[str, float]:
             )
         hi = 1.0 if k.endswith(("_share", "_rate")) else _QUALITY_MAX
         out[k] = _float(v, f"telemetry quality {k!r}", 0.0, hi)
+    return out
+
+
+TELEMETRY_SERVING = "telemetry.serving"
+"""Record key of a telemetry reply's serving summary (absent when the site serves no model)."""
+
+_COUNTS = ("n_scored", "n_labelled", "n_positive", "window_scores", "window_labels")
+_FLAGS = ("alarm_psi", "alarm_metric", "retrain")
+_WHOLE = frozenset({*_COUNTS, "window_positives", *_FLAGS})
+_UNIT = (0.0, 1.0)
+SERVING_KEYS: dict[str, tuple[float, float]] = {
+    **{k: (0.0, 1e15) for k in (*_COUNTS, "window_positives")},
+    "psi": (0.0, 1e3),
+    "psi_bound": (0.0, 10.0),
+    **{k: _UNIT for k in ("max_drop", "threshold", "flagged_rate", "reference_flagged_rate")},
+    **{k: _UNIT for m in METRIC_KEYS for k in (m, f"reference_{m}")},
+    **{k: (0.0, 1.0) for k in _FLAGS},
+    "status_age_s": (0.0, 1e10),
+}
+"""Every number a serving summary may hold -> its range. Counts (``n_*``, ``window_*``)
+are whole numbers and ``alarm_*`` and ``retrain`` 0 or 1; nothing else (no id, no
+score) has a key here."""
+
+
+def _serving(record: Mapping[str, Any] | None) -> dict[str, float]:
+    """A telemetry serving summary, checked: only :data:`SERVING_KEYS`, each value a finite
+    number in its range (whole counts, flags 0 or 1)."""
+    if record is None:
+        return {}
+    if len(record) > len(SERVING_KEYS):
+        raise ValueError(
+            f"telemetry serving: expected at most {len(SERVING_KEYS)} entries, found {len(record)}"
+        )
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        if type(k) is not str or k not in SERVING_KEYS:
+            raise ValueError(
+                f"telemetry serving: expected keys among {', '.join(sorted(SERVING_KEYS)[:6])}, "
+                f"... (fedcore.records.replies.SERVING_KEYS), found {k!r:.60}"
+            )
+        lo, hi = SERVING_KEYS[k]
+        value = _float(v, f"telemetry serving {k!r}", lo, hi)
+        if k in _WHOLE and not value.is_integer():
+            raise ValueError(f"telemetry serving {k!r}: expected a whole number, found {value!r}")
+        out[k] = value
     return out
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "STATUS_PAGE",
     "SiteState",
     "StatusBoard",
+    "serving_alarm",
 ]
 
 MAX_ROUNDS: Final[int] = 500
@@ -69,6 +70,31 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def serving_alarm(summary: Mapping[str, float]) -> str:
+    """One line on a site's serving alarms from its serving summary, or ``""`` when none.
+
+    E.g. ``score drift: PSI 0.31 > 0.2; pr_auc 0.52 < 0.57 (0.60 at export); retrain: start
+    a new federated run``.
+    """
+    parts = []
+    if summary.get("alarm_psi"):
+        parts.append(
+            f"score drift: PSI {summary.get('psi', math.nan):.3g} > {summary.get('psi_bound', math.nan):g}"
+        )
+    if summary.get("alarm_metric"):
+        metric = next(
+            (k for k in summary if f"reference_{k}" in summary and k != "flagged_rate"), "metric"
+        )
+        ref = summary.get(f"reference_{metric}", math.nan)
+        bound = ref * (1.0 - summary.get("max_drop", math.nan))
+        parts.append(
+            f"{metric} {summary.get(metric, math.nan):.3g} < {bound:.3g} ({ref:.3g} at export)"
+        )
+    if not parts and not summary.get("retrain"):
+        return ""
+    return "; ".join([*parts, "retrain: start a new federated run"])
+
+
 def _reasons(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -88,6 +114,8 @@ class _Site:
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     """The site's own metrics from the last round it evaluated in."""
+    serving: dict[str, float] = field(default_factory=dict)
+    """The last serving summary the site's telemetry carried (its scoring service's monitor)."""
 
 
 class StatusBoard:
@@ -195,6 +223,15 @@ class StatusBoard:
             decision["rejected"] = {k: list(v) for k, v in rejected.items()}
             self._schedule = decision
             self._update_sites(round_no, aggregated, rejected, per_site)
+            serving = record.get("serving")
+            if isinstance(serving, Mapping):
+                for name, summary in serving.items():
+                    if isinstance(summary, Mapping):
+                        self._site(str(name)).serving = {
+                            str(k): n
+                            for k, n in ((k, _number(v)) for k, v in summary.items())
+                            if n is not None
+                        }
 
     def _update_sites(
         self,
@@ -244,7 +281,10 @@ class StatusBoard:
         ``planned_rounds``, ``rounds`` (the kept rows: ``round``, ``loss``, ``pr_auc``,
         ``roc_auc``, ``seconds``, ``epsilon``, ``aggregated``, ``rejected`` counts),
         ``sites`` (``id``, ``state``, ``in_scenario``, ``last_round``, ``aggregated``,
-        ``rejected``, ``reasons``, ``metrics``), ``schedule`` (the last round's decision:
+        ``rejected``, ``reasons``, ``metrics``, and ``serving``, the last serving summary its
+        telemetry carried, for a site that sent one), ``serving_alarms`` (``site`` and ``alarm``, the
+        :func:`serving_alarm` line, for each site whose scoring service raises an alarm),
+        ``schedule`` (the last round's decision:
         its ``schedule`` fields plus ``round``, ``aggregated`` and ``rejected`` with reasons;
         ``None`` before the first round) and ``privacy`` (``mode``, ``dp``, ``epsilon``,
         ``delta``).
@@ -266,8 +306,14 @@ class StatusBoard:
                         "rejected": site.rejected,
                         "reasons": list(site.reasons),
                         "metrics": dict(site.metrics),
+                        **({"serving": dict(site.serving)} if site.serving else {}),
                     }
                     for name, site in self._sites.items()
+                ],
+                "serving_alarms": [
+                    {"site": name, "alarm": line}
+                    for name, site in self._sites.items()
+                    if (line := serving_alarm(site.serving))
                 ],
                 "schedule": _plain(self._schedule),
                 "privacy": {
@@ -301,7 +347,7 @@ th, td { border: 1px solid #d6dbe0; padding: .25em .6em; text-align: left; verti
 th { background: #eef1f4; }
 .badge { display: inline-block; padding: .05em .5em; border-radius: .6em; background: #e3e7eb; }
 .state-aggregated, .ready-true { background: #d3f1dc; }
-.state-rejected, .phase-failed { background: #f8d7d7; }
+.state-rejected, .phase-failed, .serving-alarm { background: #f8d7d7; }
 .state-not_seen { color: #7b858f; }
 #error { color: #b00020; min-height: 1.4em; }
 svg { background: #fff; border: 1px solid #d6dbe0; }
@@ -335,6 +381,9 @@ dd { margin: 0; }
 
 <h2>Last schedule decision</h2>
 <dl id="schedule"></dl>
+
+<h2>Serving alarms</h2>
+<ul id="serving-alarms"></ul>
 
 <h2>Sites</h2>
 <table>
@@ -454,6 +503,12 @@ function drawSites(sites) {
   }
 }
 
+function drawServingAlarms(alarms) {
+  const ul = clear(document.getElementById("serving-alarms"));
+  if (!alarms || !alarms.length) { ul.appendChild(el("li", "none")); return; }
+  for (const a of alarms) ul.appendChild(el("li", a.site + ": " + a.alarm, "serving-alarm"));
+}
+
 function render(s) {
   setText("scenario", s.scenario ? "\\u2014 " + s.scenario : "");
   const phase = document.getElementById("phase");
@@ -471,6 +526,7 @@ function render(s) {
     : "off");
   drawChart(s.rounds);
   drawSchedule(s.schedule);
+  drawServingAlarms(s.serving_alarms);
   drawSites(s.sites);
   setText("updated", new Date().toLocaleTimeString());
 }

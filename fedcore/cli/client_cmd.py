@@ -13,6 +13,7 @@ from fedcore.cli.common import configure_logging
 from fedcore.cli.deid_cmd import deid
 from fedcore.cli.predict_cmd import predict
 from fedcore.cli.progress import print_deployment_error, print_event
+from fedcore.cli.serve_cmd import serve
 from fedcore.cli.version import VERSION_OPTION
 from fedcore.config import ConfigError, load_site_config
 from fedcore.engines.deployment import (
@@ -36,6 +37,7 @@ app = typer.Typer(
 
 app.command("predict")(predict)
 app.command("deid")(deid)
+app.command("serve")(serve)
 
 
 @app.callback()

@@ -15,15 +15,20 @@ Fields of a transaction that the model does not read are ignored and named in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
+import signal
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -31,10 +36,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fedcore.serving.context import MAX_ID_LENGTH
 from fedcore.serving.metrics import ServiceMetrics
 from fedcore.serving.service import RequestError, ScoringService
 
-__all__ = ["build_app", "parse_json"]
+__all__ = ["build_app", "parse_json", "serve_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,9 @@ def _parse_int(text: str) -> int | float:
     return int(text)
 
 
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# a \uD800-\uDFFF escape, or a surrogate encoded as UTF-8 bytes (json.loads decodes bytes
+# with "surrogatepass", so those pass as text): either may leave a lone surrogate
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _lone_surrogate(value: Any, depth: int = 0) -> bool:
@@ -108,7 +116,8 @@ def parse_json(body: bytes) -> Any:
     if _SURROGATE.search(body) and _lone_surrogate(value):
         raise RequestError(
             400,
-            "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape without its pair), "
+            "a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair, "
+            "or such a code point encoded in UTF-8), "
             "which is not text; expected valid Unicode strings",
         )
     return value
@@ -162,11 +171,11 @@ def _labels(items: list[dict[str, Any]], batch: bool) -> tuple[list[str], list[i
     for i, item in enumerate(items):
         where = f"labels[{i}]" if batch else "the body"
         tx_id, label = item.get("tx_id"), item.get("label")
-        if not isinstance(tx_id, str) or not tx_id:
+        if not isinstance(tx_id, str) or not tx_id or len(tx_id) > MAX_ID_LENGTH:
             raise RequestError(
                 422,
-                f"{where}: tx_id must be a non-empty string (the id a score was served for); "
-                f"found {_found(tx_id)}",
+                f"{where}: tx_id must be a non-empty string of at most {MAX_ID_LENGTH} "
+                f"characters (the id a score was served for); found {_found(tx_id)}",
             )
         if type(label) is not int or label not in (0, 1):
             raise RequestError(
@@ -349,3 +358,44 @@ def build_app(service: ScoringService) -> FastAPI:
 
     app.add_middleware(_Timing, metrics=service.metrics)
     return app
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that stops on SIGINT or SIGTERM and returns, where uvicorn would raise
+    the signal again after its shutdown (the command exits 0 after a clean stop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def serve_on(app: FastAPI, sock: socket.socket) -> bool:
+    """Serve ``app`` with uvicorn on a bound, listening ``sock`` until SIGINT or SIGTERM.
+
+    uvicorn picks uvloop and httptools when they are installed, else asyncio and h11. Access
+    lines are not logged (``/metrics`` counts requests); uvicorn's own records go to the
+    ``uvicorn`` loggers as configured by the caller.
+
+    Returns:
+        Whether the app started (its lifespan startup succeeded).
+    """
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=30,
+    )
+    server = _Server(config)
+    server.run(sockets=[sock])
+    return bool(server.started)

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +60,22 @@ STATUS_FILE = Path("serving") / "monitor.json"
 class Scorer(Protocol):
     """What the service needs of a scorer (:class:`fedcore.serving.context.ContextScorer`)."""
 
-    manifest: ExportManifest
-    threshold: float
-    history_size: int
+    @property
+    def manifest(self) -> ExportManifest: ...
 
-    def score(self, rows: Sequence[Mapping[str, Any]], *, append: bool = True) -> ScoredBatch: ...
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def history_size(self) -> int: ...
+
+    def score(self, rows: Sequence[Any], *, append: bool = True) -> ScoredBatch: ...
 
     def reload(self, export_dir: Path) -> None: ...
 
     def record_label(self, tx_id: str, label: int) -> float | None: ...
 
-    def flush(self) -> None: ...
+    def flush(self) -> object: ...
 
     def close(self) -> None: ...
 
@@ -227,7 +232,8 @@ class ScoringService:
         scorer: The site's in-context scorer, opened on ``export_dir``.
         export_dir: The export folder being served.
         monitor_factory: Builds the drift monitor for a served manifest (called again after
-            each reload, so the reference follows the model); ``None``: no monitor.
+            each reload, so the reference follows the model; it may return ``None`` for a
+            manifest without a reference); ``None``: no monitor.
         state_dir: The site's state directory (where reloads look for newer exports).
         options: Request bounds and reporting intervals.
         metrics: Where to count (a new :class:`ServiceMetrics` by default).
@@ -238,7 +244,7 @@ class ScoringService:
         scorer: Scorer,
         export_dir: Path,
         *,
-        monitor_factory: Callable[[ExportManifest], MonitorLike] | None = None,
+        monitor_factory: Callable[[ExportManifest], MonitorLike | None] | None = None,
         state_dir: Path | None = None,
         options: ServiceOptions | None = None,
         metrics: ServiceMetrics | None = None,

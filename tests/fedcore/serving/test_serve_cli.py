@@ -1,0 +1,120 @@
+"""`fed-client serve` as a process on loopback: it scores over real HTTP, stops cleanly on SIGTERM with its history written, and refuses a damaged model."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from fedcore.config import HistorySpec
+from fedcore.serving.context import ContextScorer
+from fedcore.serving.history import history_path
+
+pytestmark = pytest.mark.slow  # each test starts a Python process that loads ONNX Runtime
+
+
+def _history_ids(state: Path) -> set[str]:
+    with sqlite3.connect(history_path(state, HistorySpec())) as conn:
+        return {r[0] for r in conn.execute("SELECT tx_id FROM transactions")}
+
+
+def _labels(state: Path) -> dict[str, int]:
+    with sqlite3.connect(history_path(state, HistorySpec())) as conn:
+        rows = conn.execute("SELECT tx_id, label FROM transactions WHERE label IS NOT NULL")
+        return {r[0]: int(r[1]) for r in rows}
+
+
+def test_serve_scores_over_http_and_stops_cleanly(
+    site_state: Any, start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    state = site_state.copy(tmp_path / "served")
+    reference = site_state.copy(tmp_path / "reference")
+    service = start_service("--state", str(state))
+    assert service.url.startswith("http://127.0.0.1:"), service.output()
+    printed = service.output()
+    sha = site_state.export_dir.joinpath("manifest.json").read_text()
+    assert "serving model.int8.onnx (sha256 " in printed and "onnx-dynamic" in printed
+    assert "history: 400 transactions in the window" in printed
+    assert "threshold " in printed and sha  # the manifest is there to compare against
+    rows = site_state.stream[:30]
+    with httpx.Client(base_url=service.url, timeout=30.0) as client:
+        assert client.get("/readyz").status_code == 200
+        one = client.post("/v1/score", json=rows[0])
+        assert one.status_code == 200, one.text
+        batch = client.post("/v1/score", json={"transactions": rows[1:]})
+        assert batch.status_code == 200, batch.text
+        served = [one.json()] + batch.json()["results"]
+        fed = client.post(
+            "/v1/feedback",
+            json={"labels": [{"tx_id": r["tx_id"], "label": 1} for r in rows[:5]]},
+        )
+        assert fed.json() == {"recorded": 5, "unknown": 0}
+        status = client.get("/v1/status").json()
+        metrics = client.get("/metrics").text
+    assert [s["tx_id"] for s in served] == [r["tx_id"] for r in rows]
+    assert status["history_rows"] == 430 and status["scored"] == 30
+    assert status["model"]["sha256"][:12] == one.json()["model"]
+    assert "fedcore_serving_transactions_scored_total 30.0" in metrics
+    # the same calls in process score the same
+    scorer = ContextScorer.open(site_state.export_dir, reference)
+    try:
+        expected = np.concatenate([scorer.score([rows[0]]).score, scorer.score(rows[1:]).score])
+    finally:
+        scorer.close()
+    assert np.allclose([s["score"] for s in served], expected, atol=1e-6)
+    code, out = service.stop()
+    assert code == 0, out
+    assert "stopped: history of 430 transactions written" in out
+    assert {r["tx_id"] for r in rows} <= _history_ids(state)
+    assert all(_labels(state)[r["tx_id"]] == 1 for r in rows[:5])
+    assert (state / "serving" / "monitor.json").is_file()
+
+
+def test_ctrl_c_also_stops_cleanly(
+    site_state: Any, start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    state = site_state.copy(tmp_path)
+    service = start_service("--state", str(state), "--model", str(state / "export" / "run-1"))
+    with httpx.Client(base_url=service.url, timeout=30.0) as client:
+        assert client.post("/v1/score", json=site_state.stream[0]).status_code == 200
+    service.proc.send_signal(signal.SIGINT)
+    assert service.proc.wait(timeout=60) == 0, service.output()
+    assert site_state.stream[0]["tx_id"] in _history_ids(state)
+
+
+def test_a_model_that_differs_from_its_manifest_is_refused_at_start(
+    site_state: Any, start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    state = site_state.copy(tmp_path)
+    model = state / "export" / "run-1" / "model.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    service = start_service("--state", str(state))
+    assert service.proc.wait(timeout=60) == 1
+    out = service.output()
+    assert "model refused" in out and "does not match its manifest" in out, out
+    assert "Traceback" not in out
+
+
+def test_nothing_to_serve_and_a_taken_port_say_so(
+    start_service: Callable[..., Any], tmp_path: Path, site_state: Any
+) -> None:
+    service = start_service("--state", str(tmp_path / "empty"))
+    assert service.proc.wait(timeout=60) == 2
+    assert "no export to serve" in service.output()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        state = site_state.copy(tmp_path)
+        service = start_service("--state", str(state), "--port", str(port))
+        assert service.proc.wait(timeout=60) == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in service.output()

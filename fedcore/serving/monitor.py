@@ -165,7 +165,10 @@ class MonitorSpec(_Model):
     )
     min_labels: int = Field(500, ge=1, description="no metric alarm before this many labels")
     min_positives: int = Field(
-        10, ge=1, description="no metric alarm before this many fraud labels in the window"
+        50,
+        ge=1,
+        description="no metric alarm before this many fraud labels in the window (PR-AUC on "
+        "fewer swings by more than max_drop by chance alone)",
     )
     max_drop: float = Field(
         0.05,

@@ -10,9 +10,12 @@ transactions are generated in one go; the first ``history`` rows (full: 1,000,00
 :data:`HISTORY_DAYS` days (the default history window), written with
 ``HistoryStore.append`` into ``STATE/history/``; the rows after them are the stream of new
 transactions sent to the service, in time order. A ``FraudGNN`` (hidden 64, 2 layers) is
-trained with ``fedcore.fraud_training.train_local`` on the graph of the history's latest
-``train_rows`` transactions and exported with ``fedcore.export.export_for_site`` into
-``STATE/export/bench/`` (INT8 ``model.int8.onnx`` served, ``model.fp32.onnx`` kept beside).
+trained with ``fedcore.fraud_training.train_local`` on the graph of the whole history (full
+graph steps: 4 epochs in full mode, where one takes tens of seconds; the model only has to
+be the kind a site serves, and seeing the history's own graph keeps its scores on the
+export's reference) and exported with ``fedcore.export.export_for_site`` into
+``STATE/export/bench/`` (INT8 ``model.int8.onnx`` served whatever its PR-AUC drop, which is
+recorded; ``model.fp32.onnx`` kept beside).
 
 For each variant (``int8``: the export folder, ``fp32``: ``--model .../model.fp32.onnx``),
 a fresh copy of the same history and the same stream: ``fed-client serve`` starts as a
@@ -105,7 +108,6 @@ class Mode:
     name: str
     history: int
     stream: int
-    train_rows: int
     epochs: int
     single_s: float
     batch_s: float
@@ -118,9 +120,9 @@ class Mode:
 
 
 MODES = {
-    "smoke": Mode("smoke", 20_000, 12_000, 4_000, 3, 3.0, 3.0, 5, 1, 1, 1),
-    "quick": Mode("quick", 100_000, 100_000, 20_000, 30, 10.0, 10.0, 20, 2, 2, 2),
-    "full": Mode("full", 1_000_000, 250_000, 40_000, 40, 30.0, 30.0, 20, 2, 2, 2),
+    "smoke": Mode("smoke", 20_000, 12_000, 3, 3.0, 3.0, 5, 1, 1, 1),
+    "quick": Mode("quick", 100_000, 30_000, 20, 10.0, 10.0, 20, 2, 2, 2),
+    "full": Mode("full", 1_000_000, 250_000, 4, 30.0, 30.0, 20, 2, 2, 2),
 }
 
 
@@ -211,7 +213,6 @@ class Site:
 
 def prepare(mode: Mode, work: Path) -> Site:
     """Generate the bank, train and export its model, write its history; the stream to send."""
-    import torch
 
     from fedcore.config import GeneratedData, HistorySpec, TaskSpec, TrainingSpec
     from fedcore.data.generator import GENERATED_FEATURES, generate_stream, generate_transactions
@@ -241,10 +242,8 @@ def prepare(mode: Mode, work: Path) -> Site:
     )
 
     t0 = time.perf_counter()
-    train_tx = history.take(np.arange(len(history) - mode.train_rows, len(history)))
-    graph = build_graph(train_tx, task)
+    graph = build_graph(history, task)
     seed_everything(SEED)
-    torch.set_num_threads(1)
     model = build_model(task, feature_dim(task))
     stats = train_local(model, graph, TrainingSpec(lr=0.02), seed=SEED, epochs=mode.epochs)
     model.eval()
@@ -257,7 +256,7 @@ def prepare(mode: Mode, work: Path) -> Site:
         export_dir,
         task=task,
         providers=[CPU_PROVIDER],
-        tolerance=1.0 if mode.name == "smoke" else 0.05,
+        tolerance=1.0,  # INT8 is what is measured; its drop is recorded
         latency_runs=3,
     )
     export_s = time.perf_counter() - t0
@@ -295,7 +294,7 @@ def prepare(mode: Mode, work: Path) -> Site:
         "stream_days": stream_days,
         "generate_history_s": generate_s,
         "generate_stream_s": stream_s,
-        "train_transactions": mode.train_rows,
+        "train_transactions": graph.num_train,
         "train_epochs": mode.epochs,
         "train_s": train_s,
         "train_loss": stats.loss,
@@ -381,7 +380,7 @@ def run_variant(
     t0 = time.perf_counter()
     proc = load.start_process(cmd, work / f"{name}-service.log", f"{url}/readyz", 600.0, env)
     out: dict[str, Any] = {"command": " ".join(cmd[2:]), "ready_s": time.perf_counter() - t0}
-    console.print(f"[{name}] service ready in {out['ready_s']:.1f} s (pid {proc.pid})")
+    console.print(f"{name}: service ready in {out['ready_s']:.1f} s (pid {proc.pid})")
     phases: dict[str, Any] = {}
     ledger: list[Any] = []
     score = f"{url}/v1/score"
@@ -459,7 +458,7 @@ def run_variant(
         p = phases[label]
         lat = p["latency_from_schedule"]
         console.print(
-            f"[{name}] {label}: {p['ok']}/{p['requests']} ok, {p['transactions_per_s']:,.0f} tx/s, "
+            f"{name}: {label}: {p['ok']}/{p['requests']} ok, {p['transactions_per_s']:,.0f} tx/s, "
             f"p50 {lat['p50_ms'] or float('nan'):.1f} ms, p99 {lat['p99_ms'] or float('nan'):.1f} ms, "
             f"client CPU {p['client_cpu_share_of_one_core']:.0%} of a core, server "
             f"{p['cpu']['server_cpu_share_of_one_core'] or float('nan'):.0%}"

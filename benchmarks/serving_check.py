@@ -3,7 +3,8 @@
 The service scores one call at a time and appends each call's rows to its history. For a
 request that overlapped no other (:func:`isolated`), that history is the initial one plus
 the rows of every earlier request answered 200 (:func:`prior_rows`), inside the history
-window (:func:`window_mask`: ``HistorySpec.days`` before the newest row). The reference
+window (:func:`window_mask`: ``HistorySpec.days`` before the newest of those rows), plus
+the request's own rows (:func:`context_rows`). The reference
 (:func:`offline_scores`) builds the graph of exactly those rows with
 :func:`fedcore.data.graph.build_graph` and scores the request's transactions with the
 exported layer-wise ONNX model, as :func:`fedcore.export.serve.score_csv` does.
@@ -189,13 +190,22 @@ def context_rows(
     own: tuple[int, int],
     days: float | None,
 ) -> Transactions:
-    """The initial history, the stream rows of ``ranges`` and the request's own (``own``), inside the window, in time order."""
-    idx = np.concatenate([np.arange(a, b) for a, b in [*ranges, own]]).astype(np.int64)
-    ctx = concat([history, stream.take(idx)])
-    order = np.argsort(ctx.timestamp, kind="stable")
-    ts = ctx.timestamp[order]
-    keep = window_mask(ts, float(ts[-1]), days, None)
-    return ctx.take(order[keep])
+    """The rows a request was scored with, in time order.
+
+    The window as the earlier rows left it (the initial history and the stream rows of
+    ``ranges``; rows more than ``days`` older than the newest of them dropped), plus the
+    request's own rows (``own``), which join the window before scoring: the service
+    evicts only after scoring a call.
+    """
+    idx = np.concatenate(
+        [np.arange(a, b, dtype=np.int64) for a, b in ranges] or [np.zeros(0, np.int64)]
+    )
+    before = concat([history, stream.take(idx)])
+    order = np.argsort(before.timestamp, kind="stable")
+    ts = before.timestamp[order]
+    keep = window_mask(ts, float(ts[-1]), days, None) if len(ts) else np.zeros(0, bool)
+    ctx = concat([before.take(order[keep]), stream.take(np.arange(own[0], own[1]))])
+    return ctx.take(np.argsort(ctx.timestamp, kind="stable"))
 
 
 def correctness(checks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -269,7 +279,7 @@ def verify(
             }
         )
         say(
-            f"[{name}] offline check {label} #{rec.index}: {len(ctx):,} context rows, max |diff| "
+            f"{name}: offline check {label} #{rec.index}: {len(ctx):,} context rows, max |diff| "
             f"{out[-1]['max_abs_diff']}, {out[-1]['offline_s']:.1f} s"
         )
     return out

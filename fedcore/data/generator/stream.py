@@ -17,9 +17,6 @@ from fedcore.data.generator.activity import (
 from fedcore.data.generator.population import _Bank, _population, _Rows
 from fedcore.data.transactions import Transactions
 
-MAX_STREAM_FRAUD_RATE = 0.4
-"""Highest fraud share a shifted stream may reach (``fraud_rate * (1 + shift)``)."""
-
 
 def _more_names(rng: np.random.Generator, prefix: str, names: np.ndarray, total: int) -> np.ndarray:
     """``names`` (codes ``-1..len(names)-2``) extended to codes up to ``total - 1``.
@@ -63,9 +60,10 @@ def generate_stream(
     * every amount is ``1 + shift`` times larger (ticket sizes rise: prices, a new product);
     * a share ``shift / 2`` of the legitimate rows that have a device come from a device
       never seen before (customers move to a new app or phone);
-    * the fraud share is ``spec.fraud_rate * (1 + shift)``, and a share ``shift`` of the
-      structured fraud (``ato``, ``mule``, ``ring``, ``burst``) becomes ``lone`` fraud,
-      which leaves no trace in the graph.
+    * a share ``shift`` of the structured fraud (``ato``, ``mule``, ``ring``, ``burst``)
+      becomes ``lone`` fraud, which leaves no trace in the graph (the fraud share stays
+      ``spec.fraud_rate``, so PR-AUC moves with what the model can still see, not with
+      the base rate).
 
     Daily and weekly rhythms are the history's, the stream's first day taken as a Monday.
     With ``shift`` 0 the stream is drawn from the history's own population. The draws
@@ -99,7 +97,6 @@ def generate_stream(
         raise ValueError(
             f"shift must be a number from 0 (no change) to 1 (the largest change); found {shift!r}"
         )
-    fraud_rate = min(MAX_STREAM_FRAUD_RATE, spec.fraud_rate * (1.0 + shift))
     # the history, replayed: same population, same id counters, same names
     bank = _population(np.random.default_rng(seed), spec)
     _activity(bank, spec.transactions, spec.fraud_rate)
@@ -113,7 +110,7 @@ def generate_stream(
         switch_day=bank.switch_day - start,  # stream times count from its own start
         cover=_Rows(),
     )
-    act = _activity(stream, transactions, fraud_rate, structured=1.0 - shift)
+    act = _activity(stream, transactions, spec.fraud_rate, structured=1.0 - shift)
     if shift > 0.0:
         _apply_shift(stream, act.cols, act.label, shift)
     # accounts opened during the stream: their age counts from the stream's start

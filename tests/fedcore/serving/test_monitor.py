@@ -310,7 +310,7 @@ def test_shifted_site_raises_the_alarm_within_the_window(seed: int) -> None:
     # two weeks of the bank's usual traffic: quiet
     usual = generate_stream(SPEC, seed, transactions=3000, days=14)
     assert _first_psi_alarm(mon, usual) is None
-    # then its population shifts (amounts x2, half the devices new, twice the fraud)
+    # then its population shifts (amounts x2, half the devices new, only lone fraud)
     shifted = generate_stream(SPEC, seed, transactions=4000, days=14, start_day=44, shift=1.0)
     fed = _first_psi_alarm(mon, shifted)
     assert fed is not None and fed <= DRIFT.score_window

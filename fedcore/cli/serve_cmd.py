@@ -7,7 +7,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, get_args
 
 import typer
 from rich.console import Console
@@ -288,7 +288,8 @@ def _open_service(
     from fedcore.export.onnx_export import ExportError
     from fedcore.serving.context import ContextScorer
     from fedcore.serving.history import HistoryError
-    from fedcore.serving.monitor import STATUS_FILE, write_status
+    from fedcore.serving.metrics import ServiceMetrics
+    from fedcore.serving.monitor import STATUS_FILE, AlarmKind, write_status
     from fedcore.serving.service import ScoringService, ServiceOptions
 
     try:
@@ -317,6 +318,7 @@ def _open_service(
             status_path=state_dir / STATUS_FILE,
         ),
         status_writer=write_status,
+        metrics=ServiceMetrics(alarm_names=get_args(AlarmKind)),
     )
 
 

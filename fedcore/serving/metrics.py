@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -84,9 +85,13 @@ class ServiceMetrics:
 
     Args:
         registry: Registry to register in; a new one by default.
+        alarm_names: Alarms the monitor can raise, shown at 0 from the start (others
+            appear when first raised).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, alarm_names: Sequence[str] = ()
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -162,6 +167,9 @@ class ServiceMetrics:
         self.pr_auc.set(math.nan)
         for result in ("ok", "refused"):
             self.reloads.labels(result=result)
+        for name in alarm_names:
+            self.alarm.labels(alarm=name).set(0)
+        self.alarms.set(0)
         self._window: deque[tuple[int, int]] = deque()
         self._window_n = 0
         self._window_flagged = 0

@@ -161,3 +161,56 @@ def start_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class TrainedSite:
+    """A bank's state with a trained model's export, and its later transactions (``shift`` 0 to 1)."""
+
+    state: Path
+    stream: Callable[[float, int], list[dict[str, Any]]]
+
+    def copy(self, dest: Path) -> Path:
+        """A fresh copy of the state directory under ``dest``; its path."""
+        out = dest / "state"
+        shutil.copytree(self.state, out)
+        return out
+
+
+@pytest.fixture(scope="session")
+def trained_site(tmp_path_factory: pytest.TempPathFactory) -> TrainedSite:
+    """3,000 transactions of a bank, a GNN trained on them (60 epochs) and exported, its history."""
+    from fedcore.config.task import TrainingSpec
+    from fedcore.data.generator.stream import generate_stream
+    from fedcore.export import CPU_PROVIDER, export_for_site
+    from fedcore.fraud_training import train_local
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.serving.history import HistoryStore, history_path
+    from fedcore.training import seed_everything
+
+    spec = GeneratedData(transactions=3000, fraud_rate=0.05)
+    tx = generate_transactions(spec, seed=3)
+    graph = build_graph(tx, TASK)
+    seed_everything(0)
+    model = build_model(TASK, feature_dim(TASK))
+    train_local(model, graph, TrainingSpec(), seed=0, epochs=60)
+    state = tmp_path_factory.mktemp("trained") / "state"
+    export_for_site(
+        model.eval(),
+        graph,
+        state / "export" / "run-1",
+        task=TASK,
+        providers=[CPU_PROVIDER],
+        tolerance=1.0,
+        latency_runs=1,
+    )
+    store = HistoryStore.open(history_path(state, HistorySpec()), TASK.features)
+    try:
+        store.append(tx)
+    finally:
+        store.close()
+
+    def stream(shift: float, n: int) -> list[dict[str, Any]]:
+        return request_rows(generate_stream(spec, 3, transactions=n, shift=shift))
+
+    return TrainedSite(state, stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sqlite3
@@ -118,3 +119,46 @@ def test_nothing_to_serve_and_a_taken_port_say_so(
         service = start_service("--state", str(state), "--port", str(port))
         assert service.proc.wait(timeout=60) == 3
     assert f"cannot listen on 127.0.0.1:{port}" in service.output()
+
+
+@pytest.mark.parametrize(("shift", "alarm"), [(0.0, False), (1.0, True)])
+def test_a_shifted_population_raises_the_drift_alarm_and_a_steady_one_does_not(
+    trained_site: Any,
+    start_service: Callable[..., Any],
+    tmp_path: Path,
+    shift: float,
+    alarm: bool,
+) -> None:
+    state = trained_site.copy(tmp_path)
+    window = 1000
+    service = start_service(
+        "--state",
+        str(state),
+        "--psi-bound",
+        "0.1",
+        "--score-window",
+        str(window),
+        "--min-scores",
+        "500",
+        "--log-file",
+        str(tmp_path / "serve.log"),
+    )
+    rows = trained_site.stream(shift, window)
+    with httpx.Client(base_url=service.url, timeout=60.0) as client:
+        for i in range(0, window, 50):
+            res = client.post("/v1/score", json={"transactions": rows[i : i + 50]})
+            assert res.status_code == 200, res.text
+        status = client.get("/v1/status").json()
+        metrics = client.get("/metrics").text
+    monitor = status["monitor"]
+    assert monitor["window_scores"] == window
+    assert (status["alarms"] == ["psi"]) is alarm, monitor
+    assert (monitor["psi"] > 0.1) is alarm
+    assert f'fedcore_serving_alarm{{alarm="psi"}} {1.0 if alarm else 0.0}' in metrics
+    code, out = service.stop()
+    assert code == 0
+    assert ("alarm raised: psi" in out) is alarm, out
+    logged = (tmp_path / "serve.log").read_text()
+    assert "INFO" in logged and ("alarm raised: psi" in logged) is alarm, logged
+    written = json.loads((state / "serving" / "monitor.json").read_text())
+    assert written["retrain"] is alarm and len(written["alarms"]) == int(alarm)

@@ -338,7 +338,7 @@ def build_app(service: ScoringService) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if service._closed:
+        if service.closing:
             return _json(503, {"ready": False, "reason": "shutting down"})
         return _json(200, {"ready": True, "model": service.model.short_sha})
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -40,7 +40,6 @@ from fedcore.serving.context import ScoredBatch, ServingInputError
 from fedcore.serving.metrics import ServiceMetrics, set_gauge
 
 __all__ = [
-    "STATUS_FILE",
     "ModelInfo",
     "RequestError",
     "ScoringService",
@@ -52,9 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-STATUS_FILE = Path("serving") / "monitor.json"
-"""Where the monitor status is written under the site's state directory."""
 
 
 class Scorer(Protocol):
@@ -109,6 +105,7 @@ class ServiceOptions:
         status_every_s: Least seconds between two writes of the monitor status file.
         refresh_every_s: Least seconds between two looks at the monitor's alarms.
         reload_poll_s: Seconds between two looks for a newer export (0: never look).
+        max_pending: Most requests waiting for the scorer at once; more get 503 (overload).
         flush_every_s: Seconds between two writes of the appended rows and labels to the
             history database (they are also written when the service stops).
         status_path: File the monitor status is written to (``None``: not written).
@@ -120,9 +117,12 @@ class ServiceOptions:
     refresh_every_s: float = 1.0
     reload_poll_s: float = 0.0
     flush_every_s: float = 5.0
+    max_pending: int = 1000
     status_path: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1; found {self.max_pending}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; found {self.max_batch}")
         if self.max_body_bytes < 1024:
@@ -153,15 +153,7 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for ``/v1/status``."""
-        return {
-            "export_dir": str(self.export_dir),
-            "run": self.run,
-            "file": self.file,
-            "sha256": self.sha256,
-            "path_taken": self.path_taken,
-            "provider": self.provider,
-            "threshold": self.threshold,
-        }
+        return asdict(self) | {"export_dir": str(self.export_dir)}
 
 
 def model_info(scorer: Scorer, export_dir: Path) -> ModelInfo:
@@ -191,15 +183,9 @@ def model_info(scorer: Scorer, export_dir: Path) -> ModelInfo:
 def newest_export(state_dir: Path) -> Path | None:
     """The newest export under ``STATE/export/*/`` holding a manifest (by its time), or ``None``."""
     root = Path(state_dir) / "export"
-    if not root.is_dir():
-        return None
-    found: list[tuple[float, str, Path]] = []
-    for child in root.iterdir():
-        manifest = child / MANIFEST_NAME
-        try:
-            found.append((manifest.stat().st_mtime, child.name, child))
-        except OSError:  # no manifest (an export being written), or gone meanwhile
-            continue
+    children = root.iterdir() if root.is_dir() else iter(())
+    # no manifest: an export being written (the manifest comes last), or gone meanwhile
+    found = [(t, d.name, d) for d in children if (t := _manifest_time(d)) > -math.inf]
     return max(found)[2].resolve() if found else None
 
 
@@ -266,6 +252,7 @@ class ScoringService:
         self._refused: dict[Path, float] = {}
         self._reload_lock = threading.Lock()
         self._closed = False
+        self._pending = 0
         self.started = time.time()
         self.scored = 0
         self.flagged = 0
@@ -276,11 +263,30 @@ class ScoringService:
 
     # -- calls on the worker thread ------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """Whether the service is stopping (or stopped): ``/readyz`` answers 503."""
+        return self._closed
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the worker thread (the only one touching the scorer)."""
+        """Run ``fn(*args)`` on the worker thread (the only one touching the scorer).
+
+        Raises:
+            RequestError: 503 while shutting down, or when ``max_pending`` calls already wait.
+        """
         if self._closed:
             raise RequestError(503, "the service is shutting down; retry against another replica")
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        if self._pending >= self.options.max_pending:
+            raise RequestError(
+                503,
+                f"overloaded: {self._pending} requests already wait for the scorer; retry "
+                "later, send fewer requests at once, or send transactions in batches",
+            )
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        finally:
+            self._pending -= 1
 
     def score(self, rows: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
         """Score ``rows`` in context, append them to the history; the answer's JSON body."""
@@ -480,7 +486,7 @@ class ScoringService:
         return info
 
     async def reload_newest(self) -> ModelInfo | None:
-        """Reload the newest export under ``STATE/export`` if it is not the one served.
+        """Reload the newest export under ``STATE/export`` if it is newer than the one served.
 
         An export refused before is tried again only once its manifest changes. Returns the
         new model, or ``None`` when there was nothing newer.
@@ -495,8 +501,10 @@ class ScoringService:
             raise RequestError(
                 404, f"no export with a {MANIFEST_NAME} under {self.state_dir / 'export'}"
             )
-        if newest == self.model.export_dir.resolve():
-            return None
+        if newest == self.model.export_dir.resolve() or _manifest_time(newest) <= _manifest_time(
+            self.model.export_dir
+        ):
+            return None  # the served export, or one older than it (--model named an older one)
         refused_at = self._refused.get(newest)
         if refused_at is not None:
             try:
@@ -540,6 +548,14 @@ class ScoringService:
         if not self._closed:
             self._worker.submit(self.close).result()
         self._worker.shutdown(wait=True)
+
+
+def _manifest_time(export_dir: Path) -> float:
+    """Modification time of an export's manifest (``-inf`` when it cannot be read)."""
+    try:
+        return (Path(export_dir) / MANIFEST_NAME).stat().st_mtime
+    except OSError:
+        return -math.inf
 
 
 def _known_fields(manifest: ExportManifest) -> frozenset[str]:

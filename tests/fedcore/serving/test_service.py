@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -444,6 +445,23 @@ def test_the_poll_picks_up_a_new_export(tmp_path: Path) -> None:
         assert client.post("/v1/score", json=tx(1)).json()["run"] == "run-2"
 
 
+def test_an_older_export_is_not_taken_for_a_newer_one(served: Served) -> None:
+    older = write_export(served.state, "run-0", payload=b"older")
+    os.utime(older / "manifest.json", (1_000_000, 1_000_000))
+    assert served.client.post("/v1/reload").json()["reloaded"] is False
+
+
+def test_overload_answers_503(served: Served) -> None:
+    service = served.service
+    service._pending = service.options.max_pending  # as if that many waited
+    try:
+        res = served.client.post("/v1/score", json=tx(1))
+    finally:
+        service._pending = 0
+    assert res.status_code == 503 and "overloaded" in res.json()["error"]
+    assert served.client.post("/v1/score", json=tx(1)).status_code == 200
+
+
 def test_newest_export_skips_folders_without_a_manifest(tmp_path: Path) -> None:
     assert newest_export(tmp_path) is None
     first = write_export(tmp_path, "a")
@@ -515,6 +533,7 @@ def test_the_real_scorer_refuses_a_damaged_export_and_takes_a_good_one(
     time.sleep(0.01)
     damaged = real.state / "export" / "run-2"
     shutil.copytree(real.state / "export" / "run-1", damaged)
+    (damaged / "manifest.json").touch()  # written after the served one, as a new export is
     model = damaged / "model.int8.onnx"
     data = bytearray(model.read_bytes())
     data[-1] ^= 0x01
@@ -525,6 +544,7 @@ def test_the_real_scorer_refuses_a_damaged_export_and_takes_a_good_one(
     time.sleep(0.01)
     good = real.state / "export" / "run-3"
     shutil.copytree(real.state / "export" / "run-1", good)
+    (good / "manifest.json").touch()
     res = real.client.post("/v1/reload")
     assert res.status_code == 200 and res.json()["model"]["run"] == "run-3"
     scored = real.client.post("/v1/score", json=site_state.stream[1]).json()

@@ -252,7 +252,7 @@ def _monitor_spec(defaults: Any, **overrides: float | int | None) -> MonitorSpec
 
 def _export_to_serve(model: Path | None, state_dir: Path, err: Console) -> Path:
     from fedcore.export.manifest import MANIFEST_NAME
-    from fedcore.serving.service import newest_export
+    from fedcore.serving.model_info import newest_export
 
     if model is not None:
         target = model.expanduser().resolve()

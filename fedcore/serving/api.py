@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -256,6 +258,64 @@ async def _body(request: Request, limit: int) -> Any:
     return parse_json(b"".join(chunks))
 
 
+class _Coalescer:
+    """Requests to score that arrive while the scorer is busy wait here, then go in one call.
+
+    The first request of a quiet moment is scored at once; those that arrive meanwhile are
+    scored together when the scorer is free (up to ``max_batch`` transactions a call), each
+    one answered on its own (:meth:`ScoringService.score_many`). Under load this turns many
+    small scorer calls, each with its fixed cost, into few larger ones.
+    """
+
+    def __init__(self, service: ScoringService) -> None:
+        self.service = service
+        self.waiting: deque[tuple[list[dict[str, Any]], bool, asyncio.Future[Any]]] = deque()
+        self.drain: asyncio.Task[None] | None = None
+
+    async def score(self, rows: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+        """The answer to one request, scored with those waiting beside it."""
+        limit = self.service.options.max_pending
+        if len(self.waiting) >= limit:
+            raise RequestError(
+                503,
+                f"overloaded: {limit} requests already wait for the scorer; retry later, send "
+                "fewer requests at once, or send transactions in batches",
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((rows, batch, future))
+        if self.drain is None or self.drain.done():
+            self.drain = asyncio.create_task(self._drain())
+        answer = await future
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    async def _drain(self) -> None:
+        limit = self.service.options.max_batch
+        while self.waiting:
+            taken = [self.waiting.popleft()]
+            size = len(taken[0][0])
+            while self.waiting and size + len(self.waiting[0][0]) <= limit:
+                taken.append(self.waiting.popleft())
+                size += len(taken[-1][0])
+            live = [item for item in taken if not item[2].done()]  # a cancelled one: gone
+            if not live:
+                continue
+            try:
+                answers: list[Any] = await self.service.call(
+                    self.service.score_many, [(rows, batch) for rows, batch, _ in live]
+                )
+            except Exception as exc:  # shutting down (503), or the scorer failed: each gets it
+                answers = [exc] * len(live)
+            for (_, _, future), answer in zip(live, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, Exception) and not isinstance(answer, RequestError):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+
 def build_app(service: ScoringService) -> FastAPI:
     """The FastAPI app of ``service`` (lifespan: housekeeping and the reload poll; closing the service at exit)."""
 
@@ -280,6 +340,7 @@ def build_app(service: ScoringService) -> FastAPI:
         lifespan=lifespan,
     )
     opts = service.options
+    coalescer = _Coalescer(service) if opts.coalesce else None
 
     async def guarded(work: Callable[[], Any]) -> Response:
         try:
@@ -300,6 +361,8 @@ def build_app(service: ScoringService) -> FastAPI:
                 "transaction",
                 opts.max_batch,
             )
+            if coalescer is not None:
+                return 200, await coalescer.score(items, batch)
             return 200, await service.call(service.score, items, batch)
 
         return await guarded(work)
@@ -381,6 +444,7 @@ class _Server(uvicorn.Server):
 def serve_on(app: FastAPI, sock: socket.socket) -> bool:
     """Serve ``app`` with uvicorn on a bound, listening ``sock`` until SIGINT or SIGTERM.
 
+    The objects alive at the start are frozen out of the garbage collector (``gc.freeze``).
     uvicorn picks uvloop and httptools when they are installed, else asyncio and h11. Access
     lines are not logged (``/metrics`` counts requests); uvicorn's own records go to the
     ``uvicorn`` loggers as configured by the caller.
@@ -397,5 +461,10 @@ def serve_on(app: FastAPI, sock: socket.socket) -> bool:
         timeout_keep_alive=30,
     )
     server = _Server(config)
+    # Everything loaded so far (torch, ONNX Runtime, the history window: hundreds of
+    # thousands of objects) lives as long as the process: keep it out of the cyclic garbage
+    # collector, whose full passes over it would stall a request for hundreds of ms.
+    gc.collect()
+    gc.freeze()
     server.run(sockets=[sock])
     return bool(server.started)

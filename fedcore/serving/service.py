@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -35,17 +35,21 @@ from fedcore.export.manifest import (
     REQUIRED_COLUMNS,
     ExportManifest,
 )
-from fedcore.export.serve import FP32_PATH
 from fedcore.serving.context import ScoredBatch, ServingInputError
 from fedcore.serving.metrics import ServiceMetrics, set_gauge
+from fedcore.serving.model_info import (
+    ModelInfo,
+    manifest_time,
+    model_info,
+    newest_export,
+    verified_manifest,
+)
 
 __all__ = [
     "ModelInfo",
     "RequestError",
     "ScoringService",
     "ServiceOptions",
-    "model_info",
-    "newest_export",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +110,8 @@ class ServiceOptions:
         refresh_every_s: Least seconds between two looks at the monitor's alarms.
         reload_poll_s: Seconds between two looks for a newer export (0: never look).
         max_pending: Most requests waiting for the scorer at once; more get 503 (overload).
+        coalesce: Score the requests that arrive while the scorer is busy together, in one
+            call (as one batch), up to ``max_batch`` transactions.
         flush_every_s: Seconds between two writes of the appended rows and labels to the
             history database (they are also written when the service stops).
         status_path: File the monitor status is written to (``None``: not written).
@@ -118,6 +124,7 @@ class ServiceOptions:
     reload_poll_s: float = 0.0
     flush_every_s: float = 5.0
     max_pending: int = 1000
+    coalesce: bool = True
     status_path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -132,68 +139,6 @@ class ServiceOptions:
                 raise ValueError(f"{name} must be >= 0; found {getattr(self, name)}")
         if self.flush_every_s <= 0:
             raise ValueError(f"flush_every_s must be > 0; found {self.flush_every_s}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The served model as clients and operators see it."""
-
-    export_dir: Path
-    run: str
-    file: str
-    sha256: str
-    path_taken: str
-    provider: str
-    threshold: float
-
-    @property
-    def short_sha(self) -> str:
-        """The sha256 prefix shown in answers and metrics (12 hex digits)."""
-        return self.sha256[:12]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, for ``/v1/status``."""
-        return asdict(self) | {"export_dir": str(self.export_dir)}
-
-
-def model_info(scorer: Scorer, export_dir: Path) -> ModelInfo:
-    """:class:`ModelInfo` of what ``scorer`` serves from ``export_dir``.
-
-    A :class:`~fedcore.serving.context.ContextScorer` says which file it loaded and on which
-    provider (``scorer.model``): the FP32 file kept beside an INT8 one is shown with its own
-    sha256 and path ``fp32``. Without that, the manifest's served file is assumed.
-    """
-    manifest = scorer.manifest
-    loaded = getattr(scorer, "model", None)
-    file = Path(getattr(loaded, "file", manifest.file)).name
-    sha256, path_taken = manifest.sha256, str(manifest.path_taken)
-    if file != manifest.file and file == manifest.fp32_file:
-        sha256, path_taken = manifest.fp32_sha256 or "", FP32_PATH
-    return ModelInfo(
-        export_dir=Path(export_dir),
-        run=Path(export_dir).name,
-        file=file,
-        sha256=sha256,
-        path_taken=path_taken,
-        provider=str(getattr(loaded, "provider", manifest.provider)),
-        threshold=float(scorer.threshold),
-    )
-
-
-def newest_export(state_dir: Path) -> Path | None:
-    """The newest export under ``STATE/export/*/`` holding a manifest (by its time), or ``None``."""
-    root = Path(state_dir) / "export"
-    children = root.iterdir() if root.is_dir() else iter(())
-    # no manifest: an export being written (the manifest comes last), or gone meanwhile
-    found = [(t, d.name, d) for d in children if (t := _manifest_time(d)) > -math.inf]
-    return max(found)[2].resolve() if found else None
-
-
-def _verified_manifest(export_dir: Path) -> ExportManifest:
-    """Read an export's manifest and check its model's size and sha256 (raises if they differ)."""
-    manifest = ExportManifest.read(export_dir)
-    manifest.verify(export_dir)
-    return manifest
 
 
 # -- the service -------------------------------------------------------------------------
@@ -289,12 +234,32 @@ class ScoringService:
             self._pending -= 1
 
     def score(self, rows: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
-        """Score ``rows`` in context, append them to the history; the answer's JSON body."""
-        ignored = sorted({k for row in rows for k in row if k not in self._fields})
+        """Score ``rows`` in context, append them to the history; the answer's JSON body.
+
+        Raises:
+            RequestError: 422 when the scorer refuses a row (nothing is appended).
+        """
+        answer = self.score_many([(rows, batch)])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
+
+    def score_many(
+        self, requests: Sequence[tuple[list[dict[str, Any]], bool]]
+    ) -> list[dict[str, Any] | RequestError]:
+        """Score the rows of several requests in one scorer call, as one batch; each one's answer.
+
+        Each transaction is scored in the context of the history and of the other requests'
+        transactions. When the scorer refuses a row, each request is scored on its own, so
+        that only the request holding it gets the error (a :class:`RequestError`, 422).
+        """
+        rows = [row for request, _ in requests for row in request]
         try:
             scored = self.scorer.score(rows)
         except ServingInputError as exc:
-            raise RequestError(422, str(exc)) from None
+            if len(requests) == 1:
+                return [RequestError(422, str(exc))]
+            return [self.score_many([request])[0] for request in requests]
         flagged = np.asarray(scored.flagged, dtype=bool)
         scores = np.asarray(scored.score, dtype=np.float64)
         self._unflushed = True
@@ -307,19 +272,26 @@ class ScoringService:
             self.monitor.observe_scores(scores)
             self._view.dirty = True
             self._refresh()
-        model = self.model
-        results = [
-            {"tx_id": t, "score": float(s), "flagged": bool(f)}
-            for t, s, f in zip(scored.tx_id, scores.tolist(), flagged.tolist(), strict=True)
-        ]
-        head: dict[str, Any] = {
-            "model": model.short_sha,
-            "run": model.run,
-            "threshold": model.threshold,
-        }
-        if ignored:
-            head["ignored_fields"] = ignored[:20]
-        return head | {"results": results} if batch else results[0] | head
+        model, ids, values, flags = self.model, scored.tx_id, scores.tolist(), flagged.tolist()
+        answers: list[dict[str, Any] | RequestError] = []
+        start = 0
+        for request, batch in requests:
+            end = start + len(request)
+            results = [
+                {"tx_id": ids[i], "score": values[i], "flagged": flags[i]}
+                for i in range(start, end)
+            ]
+            head: dict[str, Any] = {
+                "model": model.short_sha,
+                "run": model.run,
+                "threshold": model.threshold,
+            }
+            ignored = sorted({k for row in request for k in row if k not in self._fields})
+            if ignored:
+                head["ignored_fields"] = ignored[:20]
+            answers.append(head | {"results": results} if batch else results[0] | head)
+            start = end
+        return answers
 
     def feedback(self, ids: list[str], labels: list[int]) -> dict[str, Any]:
         """Store labels, feed the monitor with the scores they were served; the answer's body."""
@@ -453,7 +425,7 @@ class ScoringService:
         """
         export_dir = Path(export_dir).resolve()
         try:
-            await asyncio.to_thread(_verified_manifest, export_dir)
+            await asyncio.to_thread(verified_manifest, export_dir)
             info = await self.call(self.swap, export_dir)
         except RequestError:
             raise
@@ -501,7 +473,7 @@ class ScoringService:
             raise RequestError(
                 404, f"no export with a {MANIFEST_NAME} under {self.state_dir / 'export'}"
             )
-        if newest == self.model.export_dir.resolve() or _manifest_time(newest) <= _manifest_time(
+        if newest == self.model.export_dir.resolve() or manifest_time(newest) <= manifest_time(
             self.model.export_dir
         ):
             return None  # the served export, or one older than it (--model named an older one)
@@ -548,14 +520,6 @@ class ScoringService:
         if not self._closed:
             self._worker.submit(self.close).result()
         self._worker.shutdown(wait=True)
-
-
-def _manifest_time(export_dir: Path) -> float:
-    """Modification time of an export's manifest (``-inf`` when it cannot be read)."""
-    try:
-        return (Path(export_dir) / MANIFEST_NAME).stat().st_mtime
-    except OSError:
-        return -math.inf
 
 
 def _known_fields(manifest: ExportManifest) -> frozenset[str]:

@@ -24,11 +24,11 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its own ht
 from fedcore.export.manifest import ExportManifest, sha256_file
 from fedcore.serving.api import build_app, parse_json
 from fedcore.serving.context import ScoredBatch, ServingInputError
+from fedcore.serving.model_info import newest_export
 from fedcore.serving.service import (
     RequestError,
     ScoringService,
     ServiceOptions,
-    newest_export,
 )
 
 FEATURES = ("channel_risk",)
@@ -91,6 +91,7 @@ class FakeScorer:
         self.overlaps = 0
         self.delay = 0.0
         self.fail_with: Exception | None = None
+        self.calls: list[int] = []  # rows per scorer call
 
     @property
     def history_size(self) -> int:
@@ -101,6 +102,7 @@ class FakeScorer:
             self.overlaps += 1
         self.busy = True
         try:
+            self.calls.append(len(rows))
             time.sleep(self.delay)
             if self.fail_with is not None:
                 raise self.fail_with
@@ -398,6 +400,29 @@ def test_scorer_calls_never_overlap(served: Served) -> None:
     for t in threads:
         t.join()
     assert codes == [200] * 8 and served.scorer.overlaps == 0
+
+
+def test_requests_that_arrive_while_the_scorer_is_busy_are_scored_together(
+    served: Served,
+) -> None:
+    served.scorer.delay = 0.05
+    answers: dict[int, Any] = {}
+
+    def post(i: int) -> None:
+        row = tx(i, amount=float(i)) if i != 5 else tx(i, payer="")
+        answers[i] = served.client.post("/v1/score", json=row)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers[5].status_code == 422 and "payer" in answers[5].json()["error"]
+    for i in set(range(12)) - {5}:
+        body = answers[i].json()
+        assert body["tx_id"] == f"t{i}" and body["score"] == pytest.approx(i / (i + 100.0))
+    assert served.scorer.history_size == 11 and served.scorer.overlaps == 0
+    assert max(served.scorer.calls) > 1, served.scorer.calls  # some calls took several
 
 
 def test_reload_swaps_to_a_newer_export(served: Served) -> None:

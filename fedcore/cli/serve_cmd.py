@@ -92,6 +92,15 @@ def serve(
         int,
         typer.Option("--max-batch", min=1, help="Most transactions in one request (more: 413)."),
     ] = 1000,
+    coalesce: Annotated[
+        bool,
+        typer.Option(
+            "--coalesce/--no-coalesce",
+            help="Score the requests that arrive while the scorer is busy together, in one "
+            "call (each still gets its own answer; each transaction's context then includes "
+            "the others'). --no-coalesce scores each request alone, in arrival order.",
+        ),
+    ] = True,
     psi_bound: Annotated[
         float | None,
         typer.Option(
@@ -185,6 +194,7 @@ def serve(
         threads=threads,
         reload_poll=reload_poll,
         max_batch=max_batch,
+        coalesce=coalesce,
         err=err,
     )
     try:
@@ -282,6 +292,7 @@ def _open_service(
     threads: int,
     reload_poll: float,
     max_batch: int,
+    coalesce: bool,
     err: Console,
 ) -> Any:
     """Open the scorer on ``target`` and the service around it; exits with a message if it cannot."""
@@ -314,6 +325,7 @@ def _open_service(
         state_dir=state_dir,
         options=ServiceOptions(
             max_batch=max_batch,
+            coalesce=coalesce,
             reload_poll_s=reload_poll,
             status_path=state_dir / STATUS_FILE,
         ),

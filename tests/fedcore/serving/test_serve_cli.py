@@ -82,7 +82,9 @@ def test_ctrl_c_also_stops_cleanly(
     site_state: Any, start_service: Callable[..., Any], tmp_path: Path
 ) -> None:
     state = site_state.copy(tmp_path)
-    service = start_service("--state", str(state), "--model", str(state / "export" / "run-1"))
+    service = start_service(
+        "--state", str(state), "--model", str(state / "export" / "run-1"), "--no-coalesce"
+    )
     with httpx.Client(base_url=service.url, timeout=30.0) as client:
         assert client.post("/v1/score", json=site_state.stream[0]).status_code == 200
     service.proc.send_signal(signal.SIGINT)

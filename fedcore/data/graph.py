@@ -286,29 +286,60 @@ def _entity_stats(
         counterparty: The other account of each row (code), for distinct counts.
         linked: A second linked code (device or account) of each row, -1 = none.
     """
-    f = np.zeros((size, len(ENTITY_FEATURES)))
     if size == 0 or len(code) == 0:
-        return f
+        return np.zeros((size, len(ENTITY_FEATURES)))
     deg = np.bincount(code, minlength=size).astype(np.float64)
     out = np.bincount(code, weights=out_mask.astype(np.float64), minlength=size)
     first = np.full(size, np.inf)
     last = np.full(size, -np.inf)
     np.minimum.at(first, code, ts)
     np.maximum.at(last, code, ts)
-    span_days = np.where(deg > 0, (last - first) / _DAY, 0.0)
     burst = np.zeros(size)
     np.maximum.at(burst, code, _window_counts(code, ts, 0.0, _HOUR) + 1.0)
     has = linked >= 0
     sum_amt = np.bincount(code, weights=np.log1p(np.maximum(amount, 0.0)), minlength=size)
+    return entity_stat_columns(
+        deg,
+        out,
+        _distinct_per(code, counterparty, size),
+        _distinct_per(code[has], linked[has], size),
+        first,
+        last,
+        burst,
+        sum_amt,
+    )
+
+
+def entity_stat_columns(
+    deg: np.ndarray,
+    out: np.ndarray,
+    counterparties: np.ndarray,
+    linked: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    burst: np.ndarray,
+    sum_log_amount: np.ndarray,
+) -> np.ndarray:
+    """:data:`ENTITY_FEATURES` (raw) of entities from their counts, ``[k, 9]`` (all args ``[k]``).
+
+    Args:
+        deg: Incident rows. out: Rows where the entity sends.
+        counterparties: Distinct counterparties. linked: Distinct linked devices/accounts.
+        first: Time of the first row. last: Time of the last row.
+        burst: Most rows within one hour (from a row's time on, itself included).
+        sum_log_amount: Sum of ``log1p(max(amount, 0))`` over the rows.
+    """
+    f = np.zeros((len(deg), len(ENTITY_FEATURES)))
+    span_days = np.where(deg > 0, (last - first) / _DAY, 0.0)
     f[:, 0] = np.log1p(deg)
     f[:, 1] = np.log1p(out)
     f[:, 2] = np.log1p(deg - out)
-    f[:, 3] = np.log1p(_distinct_per(code, counterparty, size))
-    f[:, 4] = np.log1p(_distinct_per(code[has], linked[has], size))
+    f[:, 3] = np.log1p(counterparties)
+    f[:, 4] = np.log1p(linked)
     f[:, 5] = np.log1p(span_days)
     f[:, 6] = np.log1p(deg / np.maximum(span_days, 1.0 / 24.0))
     f[:, 7] = np.log1p(burst)
-    f[:, 8] = np.where(deg > 0, sum_amt / np.maximum(deg, 1.0), 0.0)
+    f[:, 8] = np.where(deg > 0, sum_log_amount / np.maximum(deg, 1.0), 0.0)
     return f
 
 

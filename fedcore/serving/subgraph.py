@@ -81,12 +81,24 @@ def _entities_of(win: Window, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def entity_features(win: Window, kind: str, codes: np.ndarray) -> np.ndarray:
-    """Normalised statistics of the given entities (``[k, len(ENTITY_FEATURES)]``), from all their rows.
+    """Normalised statistics of the given entities (``[k, len(ENTITY_FEATURES)]``).
 
-    The rows of each entity are laid out as ``build_graph`` lays them out (an account's
-    paying rows, then its receiving rows, each in time order), so every sum adds in the
-    same order.
+    A hub's come from its running counts (:mod:`fedcore.serving.hubs`); the others' from
+    all their rows, laid out as ``build_graph`` lays them out (an account's paying rows,
+    then its receiving rows, each in time order), so every sum adds in the same order.
     """
+    hubs = win.hubs.of[kind]
+    is_hub = np.array([c in hubs for c in codes.tolist()], dtype=bool)
+    if is_hub.any():
+        out = np.zeros((len(codes), len(ENTITY_FEATURES)))
+        out[~is_hub] = _row_entity_features(win, kind, codes[~is_hub])
+        for j in np.flatnonzero(is_hub).tolist():
+            out[j] = win.hubs.features(kind, int(codes[j]))
+        return out
+    return _row_entity_features(win, kind, codes)
+
+
+def _row_entity_features(win: Window, kind: str, codes: np.ndarray) -> np.ndarray:
     k = len(codes)
     if k == 0:
         return np.zeros((0, len(ENTITY_FEATURES)))
@@ -150,6 +162,7 @@ def neighbourhood(win: Window, targets: np.ndarray, layers: int) -> Neighbourhoo
     ents_seen = {k: empty for k in _KINDS}
     expand_rows, expand_ents = [rows_seen], {k: [empty] for k in _KINDS}
     frontier_rows, frontier_ents = rows_seen, {k: empty for k in _KINDS}
+    virtual = {k: empty for k in _KINDS}
     for hop in range(1, layers + 1):
         last = hop == layers
         if hop % 2:  # rows -> their entities
@@ -161,7 +174,13 @@ def neighbourhood(win: Window, targets: np.ndarray, layers: int) -> Neighbourhoo
                 ents_seen[k] = np.union1d(ents_seen[k], frontier_ents[k])
                 if not last:
                     expand_ents[k].append(frontier_ents[k])
-        else:  # entities -> their rows
+        else:  # entities -> their rows; a hub's rows in the last hop are read as its mean
+            if last:
+                for k in _KINDS:
+                    hubs = win.hubs.of[k]
+                    is_hub = np.array([c in hubs for c in frontier_ents[k].tolist()], dtype=bool)
+                    virtual[k] = frontier_ents[k][is_hub]
+                    frontier_ents[k] = frontier_ents[k][~is_hub]
             found_rows = np.concatenate([_rows_of(win, k, frontier_ents[k]) for k in _KINDS])
             frontier_rows = _unique(found_rows, rows_seen)
             rows_seen = np.union1d(rows_seen, frontier_rows)
@@ -179,7 +198,8 @@ def neighbourhood(win: Window, targets: np.ndarray, layers: int) -> Neighbourhoo
     offsets = [t]
     for k in _KINDS:
         offsets.append(offsets[-1] + len(ents[k]))
-    n = offsets[-1]
+    hub_list = [(j, int(c)) for j, k in enumerate(_KINDS) for c in virtual[k].tolist()]
+    n = offsets[-1] + len(hub_list)
 
     # features
     dim = len(NODE_TYPES) + win.rowx.shape[1] + len(CONTEXT_FEATURES) + 3 * len(ENTITY_FEATURES)
@@ -196,6 +216,10 @@ def neighbourhood(win: Window, targets: np.ndarray, layers: int) -> Neighbourhoo
         lo, hi = offsets[j], offsets[j + 1]
         x[lo:hi, 1 + j] = 1.0
         x[lo:hi, e0 + j * width : e0 + (j + 1) * width] = entity_features(win, k, ents[k])
+    # one node per hub of the last hop: its transactions' mean features, its only in-edge
+    for v, (j, code) in enumerate(hub_list):
+        x[offsets[-1] + v, 0] = 1.0
+        x[offsets[-1] + v, r0:e0] = win.hubs.mean_x(_KINDS[j], code)
 
     # edges: per role, transactions in node order; an edge is needed when one of its ends
     # is within layers - 1 hops of a target
@@ -205,23 +229,32 @@ def neighbourhood(win: Window, targets: np.ndarray, layers: int) -> Neighbourhoo
     expand_tx = np.concatenate(expand_rows)
     tx_expand = np.zeros(t, dtype=bool)
     tx_expand[tx_node[np.searchsorted(tx_sorted, expand_tx)]] = True
-    src_parts, dst_parts = [], []
+    to_ent: list[tuple[np.ndarray, np.ndarray]] = []  # in-edges of entities
+    to_tx: list[tuple[np.ndarray, np.ndarray]] = []  # in-edges of transactions
     tx_ids = np.arange(t, dtype=np.int64)
+    node_of_ent: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for role, kind in (("payer", 0), ("payee", 0), ("merchant", 1), ("device", 2)):
         k = _KINDS[kind]
         codes = getattr(win, role)[tx]
         ent_sorted = np.sort(ents[k])
         node_of = np.empty(len(ents[k]), dtype=np.int64)
         node_of[np.searchsorted(ent_sorted, ents[k])] = offsets[kind] + np.arange(len(ents[k]))
+        node_of_ent[k] = (ent_sorted, node_of)
         dst = _local(ent_sorted, node_of, codes)
         ex = np.concatenate(expand_ents[k])
         ent_expand = np.isin(codes, ex) if ex.size else np.zeros(t, dtype=bool)
         keep = (dst >= 0) & (tx_expand | ent_expand)
-        src_parts.append(tx_ids[keep])
-        dst_parts.append(dst[keep])
-    s = np.concatenate(src_parts)
-    e = np.concatenate(dst_parts)
-    edge_index = np.stack([np.concatenate([s, e]), np.concatenate([e, s])])
+        hub = np.isin(codes, virtual[k]) if virtual[k].size else np.zeros(t, dtype=bool)
+        to_ent.append((tx_ids[keep & ~hub], dst[keep & ~hub]))
+        back = keep & (~hub | tx_expand)
+        to_tx.append((dst[back], tx_ids[back]))
+    hub_src = offsets[-1] + np.arange(len(hub_list), dtype=np.int64)
+    hub_dst = np.array(
+        [_local(*node_of_ent[_KINDS[j]], np.array([c]))[0] for j, c in hub_list], dtype=np.int64
+    )
+    src = np.concatenate([*(p[0] for p in to_ent), hub_src, *(p[0] for p in to_tx)])
+    dst_all = np.concatenate([*(p[1] for p in to_ent), hub_dst, *(p[1] for p in to_tx)])
+    edge_index = np.stack([src, dst_all]).astype(np.int64)
     target_nodes = tx_node[np.searchsorted(tx_sorted, targets)]
     return Neighbourhood(x=x, edge_index=edge_index, targets=target_nodes, num_tx=t)
 

@@ -20,6 +20,7 @@ import numpy as np
 from fedcore.config import HistorySpec
 from fedcore.data.graph import _HOUR, _window_counts, row_features
 from fedcore.data.transactions import Transactions
+from fedcore.serving.hubs import Hubs
 
 _DAY = 24 * _HOUR
 
@@ -64,7 +65,11 @@ class Window:
     COMPACT_AT = 65_536
     """Positions used above which the arrays are rebuilt once fewer than half are alive."""
 
-    def __init__(self, features: Sequence[str], spec: HistorySpec) -> None:
+    HUB = 64
+    """Rows at which an entity's statistics and mean features are kept as running sums
+    (:mod:`fedcore.serving.hubs`); scoring then reads them instead of its rows."""
+
+    def __init__(self, features: Sequence[str], spec: HistorySpec, hub: int | None = None) -> None:
         self.features = tuple(features)
         self.spec = spec
         self.accounts, self.merchants, self.devices = _Codes(), _Codes(), _Codes()
@@ -81,6 +86,7 @@ class Window:
         self._next_in_order = 0
         self._late: list[tuple[float, int]] = []  # heap of (time, row) of rows that came late
         self._alloc(1024)
+        self.hubs = Hubs(self, self.HUB if hub is None else hub)
 
     def _alloc(self, capacity: int) -> None:
         width = 7 + len(self.features)
@@ -110,11 +116,15 @@ class Window:
 
     @classmethod
     def from_transactions(
-        cls, tx: Transactions, features: Sequence[str], spec: HistorySpec
+        cls, tx: Transactions, features: Sequence[str], spec: HistorySpec, hub: int | None = None
     ) -> Window:
-        """A window holding ``tx`` (time-sorted, as :meth:`HistoryStore.load` gives it)."""
-        win = cls(features, spec)
+        """A window holding ``tx`` (time-sorted, as :meth:`HistoryStore.load` gives it).
+
+        ``hub``: rows at which an entity becomes a hub (default :attr:`HUB`).
+        """
+        win = cls(features, spec, hub)
         win._bulk(tx if not len(tx) or np.all(np.diff(tx.timestamp) >= 0) else tx.sorted_by_time())
+        win.hubs.build()
         return win
 
     def _bulk(self, tx: Transactions, rowx: np.ndarray | None = None) -> None:
@@ -224,6 +234,7 @@ class Window:
             near = lst[lo:hi]
             if near:
                 self.ctx[near, k] += 1
+                self.hubs.context_changed(near, k, +1)
             self.ctx[r, k] = len(near)
         key = self.ts.__getitem__
         for lst in (*self._role_lists(r), self._merchant_list(r)):
@@ -233,6 +244,7 @@ class Window:
                 lst.append(r)
             else:
                 insort(lst, r, key=key)
+        self.hubs.row_added(r)
         if t >= self.newest:
             self._in_order.append(r)
             self.newest = t
@@ -252,6 +264,7 @@ class Window:
         """Take a row out of the window (its neighbours' context counts drop by one)."""
         if not self.alive[row]:
             return
+        self.hubs.row_removed(row)
         t = float(self.ts[row])
         for k, (lst, reach) in enumerate(zip(self._role_lists(row), REACH, strict=True)):
             if lst is None:
@@ -261,6 +274,7 @@ class Window:
             near = lst[lo:hi]
             if near:
                 self.ctx[near, k] -= 1
+                self.hubs.context_changed(near, k, -1)
         merchant_list = self._merchant_list(row)
         if merchant_list is not None:
             merchant_list.remove(row)
@@ -307,10 +321,12 @@ class Window:
     def _compact(self) -> None:
         """Rebuild the arrays from the rows still alive (the same features, in less memory)."""
         rows = self.order()
-        fresh = Window(self.features, self.spec)
+        fresh = Window(self.features, self.spec, self.hubs.threshold)
         fresh._bulk(self.transactions(rows), rowx=self.rowx[rows])
         fresh.newest = max(fresh.newest, self.newest)
         self.__dict__.update(fresh.__dict__)
+        self.hubs.win = self
+        self.hubs.build()
 
     # -- views -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from fedcore.serving.window import Window
 FEATURES = ["card_present"]
 TASK = TaskSpec(features=FEATURES)
 NO_LIMIT = HistorySpec(days=None, transactions=10**9)
+EXACT = 10**9  # no hubs: every entity's rows are read, bit for bit as build_graph
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def _mine(win: Window, rows: list[int], layers: int) -> ScoringBatch:
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_rows_added_one_by_one_get_build_graphs_inputs(bank: Transactions, layers: int) -> None:
-    win = Window.from_transactions(bank.take(np.arange(2000)), FEATURES, NO_LIMIT)
+    win = Window.from_transactions(bank.take(np.arange(2000)), FEATURES, NO_LIMIT, hub=EXACT)
     # a loaded row first, then new rows as they arrive
     assert _same(_mine(win, [1990, 7], layers), _reference(bank, win, [1990, 7], layers))
     for i in range(2000, 2060):
@@ -76,7 +77,7 @@ def test_rows_added_one_by_one_get_build_graphs_inputs(bank: Transactions, layer
 def test_evicted_and_late_rows_keep_the_features_exact(
     bank: Transactions, spec: HistorySpec
 ) -> None:
-    win = Window.from_transactions(bank.take(np.arange(1600)), FEATURES, spec)
+    win = Window.from_transactions(bank.take(np.arange(1600)), FEATURES, spec, hub=EXACT)
     win.evict()
     stream = np.arange(1600, 2400)
     rng = np.random.default_rng(1)
@@ -162,3 +163,50 @@ def test_a_history_for_other_features_is_refused_with_the_fix(
 def test_a_history_needs_a_bound() -> None:
     with pytest.raises(ValueError, match="history needs a bound"):
         HistorySpec(days=None, transactions=None)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_hubs_read_as_running_sums_score_as_build_graph_does(
+    bank: Transactions, layers: int
+) -> None:
+    """Entities with 20+ rows become hubs: scores agree with the whole graph's to float32 rounding."""
+    import torch
+
+    from fedcore.export.layered import LayeredGNN
+    from fedcore.models.fraud_gnn import build_model
+    from fedcore.training import seed_everything
+
+    task = TaskSpec(features=FEATURES, hidden=16, layers=layers)
+    seed_everything(0)
+    gnn = LayeredGNN.from_model(
+        build_model(task, int(build_graph(bank.take(np.arange(10)), task).data.x.shape[1]))
+    )
+
+    def logits(batch: ScoringBatch) -> np.ndarray:
+        with torch.no_grad():
+            return gnn(*batch.tensors()).numpy().astype(np.float64)
+
+    win = Window.from_transactions(
+        bank.take(np.arange(1600)), FEATURES, HistorySpec(days=6), hub=20
+    )
+    assert sum(len(h) for h in win.hubs.of.values()) > 10
+    worst, compared, fewer = 0.0, 0, 0
+    for i in range(1600, 2000):
+        rows = win.add(bank.take(np.array([i])))
+        win.evict()
+        if i % 25 == 0:
+            mine, ref = _mine(win, rows, layers), _reference(bank, win, rows, layers)
+            fewer += len(mine.x) < len(ref.x)  # a hub's rows were not read
+            worst = max(worst, float(np.abs(logits(mine) - logits(ref)).max()))
+            compared += 1
+    rows = win.add(bank.take(np.arange(2000, 2100)))
+    worst = max(
+        worst,
+        float(
+            np.abs(
+                logits(_mine(win, rows, layers)) - logits(_reference(bank, win, rows, layers))
+            ).max()
+        ),
+    )
+    assert compared == 16 and worst < 1e-4, worst
+    assert fewer > 0 or layers != 2

@@ -211,8 +211,9 @@ def serve(
     sys.stdout.flush()
     code = _run(service, sock)
     out.print(
-        f"stopped: history of {service.scorer.history_size} transactions written to "
-        f"{_history_file(state_dir, history)}; scored {service.scored}, flagged {service.flagged}",
+        f"stopped: scored {service.scored} transactions, flagged {service.flagged}; the history "
+        f"({service.scorer.history_size:,} transactions in the window) is written to "
+        f"{_history_file(state_dir, history)}",
         highlight=False,
         markup=False,
     )

@@ -22,17 +22,23 @@ a fresh copy of the same history and the same stream: ``fed-client serve`` start
 subprocess on 127.0.0.1 and, once ``/readyz`` answers, gets in turn
 
 1. ``warmup``: a few single transactions, one at a time;
-2. ``single``: single transactions at a fixed arrival rate (200/s) for ``single_s``
-   seconds, open loop with a bounded number of requests in flight; latency runs from each
-   request's scheduled send time, so queueing counts;
-3. ``check-single``: a few single transactions one at a time (their context is certain);
-4. ``batch``: batches of 100 with a small concurrency, as fast as the service answers,
+2. ``serial-single``: single transactions one at a time: the service time of one
+   transaction without queueing (steadier than the load figures on a shared machine);
+3. ``single``: single transactions at a fixed arrival rate (200/s) for ``single_s``
+   seconds, open loop with at most ``max_in_flight`` requests outstanding; latency runs
+   from each request's scheduled send time, so queueing counts; requests still unsent 5 s
+   after the schedule ends count as errors (``not sent``);
+4. ``check-single``: a few single transactions one at a time (their context is certain);
+5. ``serial-batch``: batches of 100 one at a time;
+6. ``batch``: batches of 100 with a small concurrency, as fast as the service answers,
    for ``batch_s`` seconds: transactions per second;
-5. ``check-batch``: a few batches one at a time.
+7. ``check-batch``: a few batches one at a time.
 
-The load generator (asyncio + one keep-alive ``httpx.AsyncClient``, bodies encoded
+The load generator (asyncio with a minimal keep-alive HTTP/1.1 client, bodies encoded
 beforehand, responses parsed afterwards) runs in this process; its CPU seconds, the
-service's, and the rest of the machine's over each phase are reported.
+service's, and the rest of the machine's over each phase are reported, and the busiest
+other processes over each service's load (``other_busy_processes``): on a shared machine
+they set how much CPU the service gets.
 
 Correctness: for the ``check-*`` requests and a few load requests that overlapped no other
 request, the history the service held is rebuilt (the initial history plus every
@@ -40,11 +46,15 @@ earlier request that was answered 200, inside the history window), ``build_graph
 on exactly those rows plus the request's, and the request's transactions are scored with
 the same ONNX file as :func:`fedcore.export.serve.score_csv` does; the largest
 ``|served - offline|`` is the target. One offline build on the full history takes
-seconds, so only a sample is checked (their number is in the JSON).
+seconds, so only a sample is checked (their number is in the JSON). With dynamic INT8 a
+transaction's score depends on the other rows of its call (activations are quantized with
+the range of the whole input), so the reference scores exactly the request's transactions,
+as the service does, not every row as ``score_csv`` would.
 
 Targets: single p99 < 50 ms at 200 req/s (no errors); batch throughput >= 2,000 tx/s;
 max |in-context - offline| < 1e-5 (INT8 and FP32 services both). The INT8 / FP32 ratios
-of p99 and throughput are under ``results.int8_vs_fp32`` (information, not targets).
+of p99, throughput and serial service times are under ``results.int8_vs_fp32``
+(information, not targets).
 """
 
 from __future__ import annotations
@@ -112,6 +122,8 @@ class Mode:
     single_s: float
     batch_s: float
     warmup: int
+    serial_single: int
+    serial_batch: int
     checks_single: int
     checks_batch: int
     load_checks: int
@@ -120,9 +132,9 @@ class Mode:
 
 
 MODES = {
-    "smoke": Mode("smoke", 20_000, 12_000, 3, 3.0, 3.0, 5, 1, 1, 1),
-    "quick": Mode("quick", 100_000, 30_000, 20, 10.0, 10.0, 20, 2, 2, 2),
-    "full": Mode("full", 1_000_000, 250_000, 4, 30.0, 30.0, 20, 2, 2, 2),
+    "smoke": Mode("smoke", 20_000, 12_000, 3, 3.0, 3.0, 5, 20, 3, 1, 1, 1),
+    "quick": Mode("quick", 100_000, 30_000, 20, 10.0, 10.0, 20, 100, 10, 2, 2, 2),
+    "full": Mode("full", 1_000_000, 250_000, 4, 30.0, 30.0, 20, 300, 20, 2, 2, 2),
 }
 
 
@@ -150,15 +162,19 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def compare(results: Mapping[str, Any]) -> dict[str, Any]:
-    """INT8 over FP32: single p99 and batch throughput (information)."""
-    p99 = ("phases", "single", "latency_from_schedule", "p99_ms")
-    tps = ("phases", "batch", "transactions_per_s")
+    """INT8 over FP32: single p99 at the rate, batch throughput, serial p50s (information)."""
     v = results.get("variants", {})
-    return {
-        "single_p99_ratio": ratio(_get(v, "int8", *p99), _get(v, "fp32", *p99)),
-        "batch_throughput_ratio": ratio(_get(v, "int8", *tps), _get(v, "fp32", *tps)),
-        "what": "int8 value / fp32 value, same history, stream and load",
+    paths = {
+        "single_p99_ratio": ("single", "latency_from_schedule", "p99_ms"),
+        "batch_throughput_ratio": ("batch", "transactions_per_s"),
+        "serial_single_p50_ratio": ("serial-single", "latency_from_send", "p50_ms"),
+        "serial_batch_p50_ratio": ("serial-batch", "latency_from_send", "p50_ms"),
     }
+    out: dict[str, Any] = {
+        key: ratio(_get(v, "int8", "phases", *path), _get(v, "fp32", "phases", *path))
+        for key, path in paths.items()
+    }
+    return out | {"what": "int8 value / fp32 value, same history, stream and load"}
 
 
 def targets(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,13 +347,11 @@ class Bodies:
 
 
 def make_bodies(mode: Mode, rows: Sequence[dict[str, Any]]) -> Bodies:
-    """Singles for warm-up, the single phase and its checks; batches of the rest."""
-    singles = mode.warmup + int(RATE * mode.single_s) + mode.checks_single
-    if singles + BATCH * (mode.checks_batch + 1) > len(rows):
-        raise ValueError(
-            f"the stream has {len(rows)} rows; {mode.name} needs at least "
-            f"{singles + BATCH * (mode.checks_batch + 1)}"
-        )
+    """Singles for the warm-up, serial, load and check phases; batches of the rest."""
+    singles = mode.warmup + mode.serial_single + int(RATE * mode.single_s) + mode.checks_single
+    need = singles + BATCH * (mode.serial_batch + mode.checks_batch + 1)
+    if need > len(rows):
+        raise ValueError(f"the stream has {len(rows)} rows; {mode.name} needs at least {need}")
     single, single_rows = load.encode(rows, 0, singles, 1)
     batch, batch_rows = load.encode(rows, singles, len(rows), BATCH)
     return Bodies(single, single_rows, batch, batch_rows)
@@ -384,73 +398,56 @@ def run_variant(
     phases: dict[str, Any] = {}
     ledger: list[Any] = []
     score = f"{url}/v1/score"
+    seen, seen_at = load.cpu_by_process(), time.perf_counter()
     try:
-        n_single = int(RATE * mode.single_s)
-        cut = [0, mode.warmup, mode.warmup + n_single, mode.warmup + n_single + mode.checks_single]
+        nxt = {"single": 0, "batch": 0}
 
-        def seq(label: str, b: list[bytes], r: list[tuple[int, int]]) -> Any:
-            return load.closed_loop(label, score, b, r, concurrency=1, duration_s=3600.0)
+        def take(shape: str, n: int) -> tuple[list[bytes], list[tuple[int, int]]]:
+            b, r = (
+                (bodies.single, bodies.single_rows)
+                if shape == "single"
+                else (bodies.batch, bodies.batch_rows)
+            )
+            a = nxt[shape]
+            return b[a : a + n], r[a : a + n]
 
-        plan = [
-            (
-                "warmup",
-                1,
-                lambda: seq("warmup", bodies.single[: cut[1]], bodies.single_rows[: cut[1]]),
-            ),
-            (
-                "single",
-                1,
-                lambda: load.open_loop(
-                    "single",
-                    score,
-                    bodies.single[cut[1] : cut[2]],
-                    bodies.single_rows[cut[1] : cut[2]],
-                    rate=RATE,
-                    max_in_flight=mode.max_in_flight,
-                ),
-            ),
-            (
-                "check-single",
-                1,
-                lambda: seq(
-                    "check-single",
-                    bodies.single[cut[2] : cut[3]],
-                    bodies.single_rows[cut[2] : cut[3]],
-                ),
-            ),
-        ]
-        for label, size, run in plan:
-            phase, cpu = load.measured(proc.pid, run)
+        def run(
+            label: str, shape: str, sent: tuple[list[bytes], list[tuple[int, int]]], how: Any
+        ) -> None:
+            phase, cpu = load.measured(proc.pid, lambda: how(label, score, *sent))
+            nxt[shape] += len(phase.records)
             ledger.extend((label, r) for r in phase.records)
+            size = 1 if shape == "single" else BATCH
             phases[label] = load.phase_summary(phase, size) | {"cpu": cpu}
-        room = len(bodies.batch) - mode.checks_batch
-        phase, cpu = load.measured(
-            proc.pid,
-            lambda: load.closed_loop(
-                "batch",
-                score,
-                bodies.batch[:room],
-                bodies.batch_rows[:room],
-                concurrency=mode.batch_concurrency,
-                duration_s=mode.batch_s,
-            ),
-        )
-        ledger.extend(("batch", r) for r in phase.records)
-        phases["batch"] = load.phase_summary(phase, BATCH) | {"cpu": cpu}
-        used = len(phase.records)
-        phase, cpu = load.measured(
-            proc.pid,
-            lambda: seq(
-                "check-batch",
-                bodies.batch[used : used + mode.checks_batch],
-                bodies.batch_rows[used : used + mode.checks_batch],
-            ),
-        )
-        ledger.extend(("check-batch", r) for r in phase.records)
-        phases["check-batch"] = load.phase_summary(phase, BATCH) | {"cpu": cpu}
+
+        def seq(label: str, url_: str, b: list[bytes], r: list[tuple[int, int]]) -> Any:
+            return load.closed_loop(label, url_, b, r, concurrency=1, duration_s=3600.0)
+
+        def at_rate(label: str, url_: str, b: list[bytes], r: list[tuple[int, int]]) -> Any:
+            return load.open_loop(label, url_, b, r, rate=RATE, max_in_flight=mode.max_in_flight)
+
+        def flat_out(label: str, url_: str, b: list[bytes], r: list[tuple[int, int]]) -> Any:
+            return load.closed_loop(
+                label, url_, b, r, concurrency=mode.batch_concurrency, duration_s=mode.batch_s
+            )
+
+        run("warmup", "single", take("single", mode.warmup), seq)
+        run("serial-single", "single", take("single", mode.serial_single), seq)
+        run("single", "single", take("single", int(RATE * mode.single_s)), at_rate)
+        run("check-single", "single", take("single", mode.checks_single), seq)
+        run("serial-batch", "batch", take("batch", mode.serial_batch), seq)
+        room = len(bodies.batch) - nxt["batch"] - mode.checks_batch
+        run("batch", "batch", take("batch", room), flat_out)
+        run("check-batch", "batch", take("batch", mode.checks_batch), seq)
         status = httpx.get(f"{url}/v1/status", timeout=30.0)
         out["status"] = status.json() if status.status_code == 200 else status.text[:500]
         out["service_rss_bytes"] = load.rss_bytes(proc.pid)
+        out["other_busy_processes"] = load.busiest(
+            seen,
+            load.cpu_by_process(),
+            {os.getpid(), proc.pid},
+            time.perf_counter() - seen_at,
+        )
     finally:
         load.stop_process(proc)
     out["phases"] = phases

@@ -495,6 +495,54 @@ def measured(pid: int, run: Callable[[], Phase]) -> tuple[Phase, dict[str, Any]]
     }
 
 
+def cpu_by_process() -> dict[tuple[int, float], tuple[float, str]]:
+    """CPU seconds so far of every process, by ``(pid, create time)``, with a short command line."""
+    import psutil
+
+    out: dict[tuple[int, float], tuple[float, str]] = {}
+    for p in psutil.process_iter(["pid", "create_time", "cpu_times", "cmdline", "name"]):
+        info = p.info
+        times = info.get("cpu_times")
+        if times is None:
+            continue
+        cmd = " ".join(info.get("cmdline") or []) or str(info.get("name") or "")
+        out[(int(info["pid"]), float(info["create_time"]))] = (
+            float(times.user + times.system),
+            cmd[:160],
+        )
+    return out
+
+
+def busiest(
+    before: Mapping[tuple[int, float], tuple[float, str]],
+    after: Mapping[tuple[int, float], tuple[float, str]],
+    skip: set[int],
+    seconds: float,
+    n: int = 6,
+) -> list[dict[str, Any]]:
+    """The ``n`` processes (not in ``skip``) that used the most CPU between two snapshots.
+
+    Only processes alive at both snapshots are seen; their share is CPU seconds over the
+    ``seconds`` between the snapshots (1.0 = one core).
+    """
+    used = [
+        (after[key][0] - cpu, key[0], after[key][1])
+        for key, (cpu, _) in before.items()
+        if key in after and key[0] not in skip
+    ]
+    used.sort(reverse=True)
+    return [
+        {
+            "pid": pid,
+            "cpu_s": round(cpu, 2),
+            "share_of_one_core": round(cpu / seconds, 3),
+            "command": cmd,
+        }
+        for cpu, pid, cmd in used[:n]
+        if cpu > 0.0
+    ]
+
+
 # --------------------------------------------------------------------------- the machine
 
 

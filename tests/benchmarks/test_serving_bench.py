@@ -355,7 +355,16 @@ def test_smoke_run_writes_results_and_targets_computed_from_them(tmp_path: Path)
     assert res["setup"]["history_transactions"] == 20_000
     for name in ("int8", "fp32"):
         phases = res["variants"][name]["phases"]
-        assert set(phases) == {"warmup", "single", "check-single", "batch", "check-batch"}
+        assert set(phases) == {
+            "warmup",
+            "serial-single",
+            "single",
+            "check-single",
+            "serial-batch",
+            "batch",
+            "check-batch",
+        }
+        assert phases["serial-single"]["requests"] == 20 and phases["serial-batch"]["ok"] == 3
         assert phases["single"]["requests"] > 0 and phases["single"]["client_cpu_s"] >= 0.0
         assert phases["batch"]["rows_per_request"] == 100
     assert res["variants"]["fp32"]["model_file"] == "model.fp32.onnx"

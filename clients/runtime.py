@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -465,10 +466,34 @@ class SiteRuntime:
                 providers=self.device().adapter.onnx_providers(),
                 tolerance=cfg.export.tolerance,
                 threshold=threshold,
+                mode=cfg.export.quantization,
             )
         info = manifest.to_dict()
         info["directory"] = str(out_dir)
+        info["history"] = self.keep_history(cfg.task)
         return info
+
+    def keep_history(self, task: TaskSpec) -> dict[str, Any]:
+        """Write the site's transactions into its history (``history`` in the site file), whose
+        window ``fed-client predict`` and ``fed-client serve`` score new ones in the context of.
+
+        Returns what was written, or why not (a history that cannot be used does not fail
+        the export: the message says what to do).
+        """
+        from fedcore.data.sites import load_site_transactions
+        from fedcore.serving.history import HistoryError, HistoryStore, history_path
+
+        site = self.site()
+        path = history_path(self.state_dir, site.history)
+        try:
+            tx = load_site_transactions(site, task)
+            with HistoryStore.open(path, task.features, site.history) as store:
+                added = store.append(tx)
+                held = store.count()
+        except (HistoryError, OSError, sqlite3.Error) as exc:
+            log.warning("site %s keeps no transaction history: %s", site.id, exc)
+            return {"path": str(path), "error": str(exc)}
+        return {"path": str(path), "added": added, "transactions": held}
 
     def telemetry(self, task: TaskSpec, model_round: int) -> R.Telemetry:
         """The site's telemetry: data size, device, readings, the round of its model copy,

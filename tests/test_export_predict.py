@@ -57,11 +57,15 @@ def test_every_site_exports_and_summary_lists_manifests(run: dict[str, Any]) -> 
         assert model.is_file() and model.is_relative_to(run["root"] / "out" / "sites" / site)
         assert hashlib.sha256(model.read_bytes()).hexdigest() == m["sha256"]
         assert model.stat().st_size == m["size_bytes"]
-        assert m["path_taken"] in ("onnx-dynamic", "fp32-kept", "torch-dynamic")
+        assert m["path_taken"] in ("onnx-static", "onnx-dynamic", "fp32-kept", "torch-dynamic")
         assert m["provider"] == "CPUExecutionProvider"
         assert m["fp32_metric"] is not None and Path(m["manifest"]).is_file()
-        if m["path_taken"] == "onnx-dynamic":
+        if m["path_taken"] in ("onnx-static", "onnx-dynamic"):
             assert m["drop"] <= m["tolerance"]
+        # the site keeps its transactions as the history new ones are scored in
+        history = run["root"] / "out" / "sites" / site / "history" / "history.sqlite"
+        assert m["history"]["path"] == str(history) and history.is_file(), m
+        assert m["history"]["added"] == m["history"]["transactions"] > 0, m
 
 
 def _csv(tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:

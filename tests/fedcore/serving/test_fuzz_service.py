@@ -23,7 +23,7 @@ import pytest
 
 from fedcore.serving.context import ContextScorer
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
+pytestmark = pytest.mark.fuzz
 
 REQUESTS = int(3000 * float(os.environ.get("FEDCORE_FUZZ_SCALE", "1")))
 

@@ -18,8 +18,6 @@ from fedcore.config import HistorySpec
 from fedcore.serving.context import ContextScorer
 from fedcore.serving.history import history_path
 
-pytestmark = pytest.mark.slow  # each test starts a Python process that loads ONNX Runtime
-
 
 def _history_ids(state: Path) -> set[str]:
     with sqlite3.connect(history_path(state, HistorySpec())) as conn:

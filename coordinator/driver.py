@@ -42,7 +42,7 @@ from coordinator.protection import (
     build_protection,
 )
 from coordinator.protection.base import Exchange, ExchangeResult
-from coordinator.round_notes import log_round, quality_note
+from coordinator.round_notes import SiteSummaries, log_round
 from coordinator.state import Checkpoint, StateStore
 from coordinator.telemetry_checks import _fmt, read_telemetry
 from fedcore import carry
@@ -133,8 +133,7 @@ class RoundDriver:
         self._carried_refused: tuple[int, dict[int, str]] = (0, {})
         # telemetry refused while gathering the round's candidates, by site or node (for the record)
         self._telemetry_refused: dict[str, list[str]] = {}
-        self._quality: dict[str, dict[str, float]] = {}  # site -> its data-quality summary
-        self._quality_shown: dict[str, dict[str, float]] = {}
+        self._summaries = SiteSummaries()  # sites' data-quality and serving summaries
         # the record of the last round trained, until its model's evaluation comes in
         self._pending: dict[str, Any] | None = None
         # finished records not yet written to the round logs and observer (after the checkpoint)
@@ -218,8 +217,8 @@ class RoundDriver:
             tel, refusal = read_telemetry(
                 answer, self.members, self.verifier, round_, self.run_key, gate
             )
-            if tel is not None and tel.quality:  # verified: shown in the round record
-                self._quality[tel.site_id] = dict(tel.quality)
+            if tel is not None:  # verified: its summaries are shown in the round record
+                self._summaries.seen(tel.site_id, tel.quality, tel.serving)
             if refusal is not None:  # named by its site once the reply is known to be the site's
                 problems[tel.site_id if tel is not None else self._who(nid)] = [refusal]
                 continue
@@ -668,7 +667,7 @@ class RoundDriver:
             "exchanges": self._exchanges - exchanges,
             "rejected": collected.rejected,
             "telemetry_problems": self._telemetry_refused,
-            **quality_note(self._quality, self._quality_shown),
+            **self._summaries.notes(),
             "per_site": {},
             **figures,
             "schedule": schedule_digest(self.selector.name, selection, results, len(candidates)),

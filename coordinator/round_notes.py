@@ -70,3 +70,27 @@ def serving_note(
             )
     shown.update(new)
     return {"serving": new} if new else {}
+
+
+class SiteSummaries:
+    """The sites' latest data-quality and serving summaries, and what the round records showed."""
+
+    def __init__(self) -> None:
+        self.quality: dict[str, dict[str, float]] = {}
+        self.serving: dict[str, dict[str, float]] = {}
+        self._quality_shown: dict[str, dict[str, float]] = {}
+        self._serving_shown: dict[str, dict[str, float]] = {}
+
+    def seen(self, site: str, quality: Mapping[str, float], serving: Mapping[str, float]) -> None:
+        """Keep what a site's verified telemetry carried (empty summaries change nothing)."""
+        if quality:
+            self.quality[site] = dict(quality)
+        if serving:
+            self.serving[site] = dict(serving)
+
+    def notes(self) -> dict[str, Any]:
+        """The ``data_quality`` and ``serving`` entries of a round record (new or changed only)."""
+        return {
+            **quality_note(self.quality, self._quality_shown),
+            **serving_note(self.serving, self._serving_shown),
+        }

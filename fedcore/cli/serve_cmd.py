@@ -407,4 +407,12 @@ def _run(service: Any, sock: socket.socket) -> int:
     finally:
         service.close_now()
         sock.close()
+    if service.close_error is not None:
+        command_console(stderr=True).print(
+            f"[bold red]error:[/] the history was not fully written: "
+            f"{escape(str(service.close_error))}; the transactions scored since the last write "
+            "(at most 5 s before) are missing from it",
+            highlight=False,
+        )
+        return EXIT_FAILED
     return EXIT_OK if started else EXIT_FAILED

@@ -197,6 +197,7 @@ class ScoringService:
         self._refused: dict[Path, float] = {}
         self._reload_lock = threading.Lock()
         self._closed = False
+        self.close_error: Exception | None = None
         self._pending = 0
         self.started = time.time()
         self.scored = 0
@@ -356,15 +357,24 @@ class ScoringService:
         self._refresh()
 
     def close(self) -> None:
-        """Flush the history, write the monitor status a last time, close the scorer (idempotent)."""
+        """Write the monitor status a last time, close the scorer (it flushes the history).
+
+        Idempotent. A failure (a full disk, a history database gone) is logged and kept in
+        :attr:`close_error` rather than raised, so that the caller can report it.
+        """
         if self._closed:
             return
         self._closed = True
         self.metrics.up.set(0)
         try:
             self._refresh(force=True, write=True)
-        finally:
+        except Exception:
+            logger.exception("could not write the monitor status at shutdown")
+        try:
             self.scorer.close()  # flushes the appended rows and labels
+        except Exception as exc:
+            logger.exception("could not write the history at shutdown")
+            self.close_error = exc
 
     def _publish_model(self) -> None:
         m = self.model

@@ -574,3 +574,17 @@ def test_the_real_scorer_refuses_a_damaged_export_and_takes_a_good_one(
     assert res.status_code == 200 and res.json()["model"]["run"] == "run-3"
     scored = real.client.post("/v1/score", json=site_state.stream[1]).json()
     assert scored["run"] == "run-3" and real.service.scorer.history_size == 402
+
+
+def test_a_failed_history_write_at_shutdown_is_kept_not_raised(tmp_path: Path) -> None:
+    export = write_export(tmp_path, "run-1")
+    scorer = FakeScorer(export)
+
+    def broken_close() -> None:
+        raise OSError(28, "No space left on device")
+
+    scorer.close = broken_close  # type: ignore[method-assign]
+    service = ScoringService(scorer, export, state_dir=tmp_path)
+    with TestClient(build_app(service)) as client:
+        assert client.post("/v1/score", json=tx(1)).status_code == 200
+    assert isinstance(service.close_error, OSError) and service.closing

@@ -258,6 +258,18 @@ async def _body(request: Request, limit: int) -> Any:
     return parse_json(b"".join(chunks))
 
 
+def _append(request: Request) -> bool:
+    """The ``append`` query parameter of ``/v1/score`` (default true)."""
+    value = request.query_params.get("append", "true").strip().lower()
+    if value not in ("true", "1", "false", "0"):
+        raise RequestError(
+            422,
+            f"query parameter append must be true or false; found {_clip(value, 40)!r} "
+            "(append=false scores without keeping the transactions)",
+        )
+    return value in ("true", "1")
+
+
 class _Coalescer:
     """Requests to score that arrive while the scorer is busy wait here, then go in one call.
 
@@ -361,9 +373,10 @@ def build_app(service: ScoringService) -> FastAPI:
                 "transaction",
                 opts.max_batch,
             )
-            if coalescer is not None:
+            append = _append(request)
+            if coalescer is not None and append:
                 return 200, await coalescer.score(items, batch)
-            return 200, await service.call(service.score, items, batch)
+            return 200, await service.call(service.score, items, batch, append)
 
         return await guarded(work)
 

@@ -234,19 +234,22 @@ class ScoringService:
         finally:
             self._pending -= 1
 
-    def score(self, rows: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+    def score(self, rows: list[dict[str, Any]], batch: bool, append: bool = True) -> dict[str, Any]:
         """Score ``rows`` in context, append them to the history; the answer's JSON body.
+
+        With ``append=False`` the rows are scored only: not kept in the history, not seen by
+        the monitor (a what-if score), and the answer says ``"appended": false``.
 
         Raises:
             RequestError: 422 when the scorer refuses a row (nothing is appended).
         """
-        answer = self.score_many([(rows, batch)])[0]
+        answer = self.score_many([(rows, batch)], append=append)[0]
         if isinstance(answer, RequestError):
             raise answer
         return answer
 
     def score_many(
-        self, requests: Sequence[tuple[list[dict[str, Any]], bool]]
+        self, requests: Sequence[tuple[list[dict[str, Any]], bool]], append: bool = True
     ) -> list[dict[str, Any] | RequestError]:
         """Score the rows of several requests in one scorer call, as one batch; each one's answer.
 
@@ -256,20 +259,20 @@ class ScoringService:
         """
         rows = [row for request, _ in requests for row in request]
         try:
-            scored = self.scorer.score(rows)
+            scored = self.scorer.score(rows, append=append)
         except ServingInputError as exc:
             if len(requests) == 1:
                 return [RequestError(422, str(exc))]
-            return [self.score_many([request])[0] for request in requests]
+            return [self.score_many([request], append)[0] for request in requests]
         flagged = np.asarray(scored.flagged, dtype=bool)
         scores = np.asarray(scored.score, dtype=np.float64)
-        self._unflushed = True
+        self._unflushed = self._unflushed or append
         n_flagged = int(flagged.sum())
         self.scored += len(scores)
         self.flagged += n_flagged
         self.metrics.observe_scored(len(scores), n_flagged)
         self.metrics.history_rows.set(self.scorer.history_size)
-        if self.monitor is not None:
+        if self.monitor is not None and append:
             self.monitor.observe_scores(scores)
             self._view.dirty = True
             self._refresh()
@@ -290,6 +293,8 @@ class ScoringService:
             ignored = sorted({k for row in request for k in row if k not in self._fields})
             if ignored:
                 head["ignored_fields"] = ignored[:20]
+            if not append:
+                head["appended"] = False
             answers.append(head | {"results": results} if batch else results[0] | head)
             start = end
         return answers

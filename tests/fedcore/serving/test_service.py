@@ -588,3 +588,16 @@ def test_a_failed_history_write_at_shutdown_is_kept_not_raised(tmp_path: Path) -
     with TestClient(build_app(service)) as client:
         assert client.post("/v1/score", json=tx(1)).status_code == 200
     assert isinstance(service.close_error, OSError) and service.closing
+
+
+def test_append_false_scores_without_keeping_or_monitoring(served: Served) -> None:
+    res = served.client.post("/v1/score?append=false", json={"transactions": [tx(1), tx(2)]})
+    assert res.status_code == 200 and res.json()["appended"] is False
+    assert len(res.json()["results"]) == 2
+    assert served.scorer.history_size == 0
+    assert served.service.monitor is not None
+    assert served.service.monitor.scores == []  # type: ignore[attr-defined]
+    res = served.client.post("/v1/score?append=maybe", json=tx(3))
+    assert res.status_code == 422 and "append must be true or false" in res.json()["error"]
+    assert "appended" not in served.client.post("/v1/score?append=1", json=tx(4)).json()
+    assert served.scorer.history_size == 1

@@ -207,6 +207,13 @@ def serve(
     bound = int(sock.getsockname()[1])
     _print_serving(out, service.model, service.scorer.history_size, history, state_dir, spec)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+    if not _loopback(host):
+        err.print(
+            f"[bold yellow]warning:[/] listening on {escape(host)}, beyond this machine: the "
+            "service has no TLS and no authentication of its own; put it behind the site's "
+            "TLS proxy and firewall",
+            highlight=False,
+        )
     out.print(f"listening on {url} ({ENDPOINTS})", highlight=False, markup=False)
     sys.stdout.flush()
     code = _run(service, sock)
@@ -359,6 +366,18 @@ def _bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (reachable from this machine only)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _history_file(state_dir: Path, history: HistorySpec) -> Path:

@@ -162,3 +162,22 @@ def test_a_shifted_population_raises_the_drift_alarm_and_a_steady_one_does_not(
     assert "INFO" in logged and ("alarm raised: psi" in logged) is alarm, logged
     written = json.loads((state / "serving" / "monitor.json").read_text())
     assert written["retrain"] is alarm and len(written["alarms"]) == int(alarm)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.0.0.5", False),
+        ("::", False),
+        ("bank.example", False),
+    ],
+)
+def test_only_loopback_hosts_pass_without_a_warning(host: str, loopback: bool) -> None:
+    from fedcore.cli.serve_cmd import _loopback
+
+    assert _loopback(host) is loopback

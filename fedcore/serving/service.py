@@ -4,10 +4,11 @@
 exported model plus the site's transaction history) and its drift monitor;
 :func:`fedcore.serving.api.build_app` puts it behind HTTP. The scorer is not thread-safe:
 every call that touches it (scoring, labels, status, the model swap of a reload, closing)
-runs on one worker thread, in arrival order, off the event loop. A reload verifies the new
-export (manifest, size, sha256) on another thread first and swaps it in on the worker
-thread, so requests wait for the swap only, and a model whose hash does not match its
-manifest never replaces the one being served. The monitor's status is read at most every
+runs on one worker thread, in arrival order, off the event loop (requests to score that
+arrive while it is busy may be scored together: :meth:`ScoringService.score_many`). A
+reload verifies the new export (manifest, size, sha256) on another thread first and swaps
+it in on the worker thread, so requests wait for the swap only, and a model whose hash
+does not match its manifest never replaces the one being served. The monitor's status is read at most every
 :attr:`ServiceOptions.refresh_every_s` seconds after new observations: an alarm that starts
 is logged (warning) and set in the metrics, and the status is written to
 ``STATE/serving/monitor.json`` at most every :attr:`ServiceOptions.status_every_s` seconds,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -168,6 +168,10 @@ class ScoringService:
         state_dir: The site's state directory (where reloads look for newer exports).
         options: Request bounds and reporting intervals.
         metrics: Where to count (a new :class:`ServiceMetrics` by default).
+        status_writer: Writes a monitor status to a file
+            (:func:`fedcore.serving.monitor.write_status`); ``None``: no status file.
+        status_dict: A monitor status as a JSON-ready dict, for ``/v1/status`` and the
+            gauges (default: its ``to_dict()``).
     """
 
     def __init__(
@@ -195,7 +199,7 @@ class ScoringService:
         self._fields = _known_fields(scorer.manifest)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedcore-scorer")
         self._refused: dict[Path, float] = {}
-        self._reload_lock = threading.Lock()
+        self._reload_lock = asyncio.Lock()  # one reload at a time (the poll, POST /v1/reload)
         self._closed = False
         self.close_error: Exception | None = None
         self._pending = 0
@@ -439,6 +443,10 @@ class ScoringService:
                 whose size or sha256 differs from it); the old model keeps serving.
         """
         export_dir = Path(export_dir).resolve()
+        async with self._reload_lock:
+            return await self._reload(export_dir)
+
+    async def _reload(self, export_dir: Path) -> ModelInfo:
         try:
             await asyncio.to_thread(verified_manifest, export_dir)
             info = await self.call(self.swap, export_dir)
@@ -446,10 +454,7 @@ class ScoringService:
             raise
         except Exception as exc:  # ExportError, ValueError, OSError, the scorer's own refusals
             self.metrics.reloads.labels(result="refused").inc()
-            try:
-                self._refused[export_dir] = (export_dir / MANIFEST_NAME).stat().st_mtime
-            except OSError:
-                self._refused[export_dir] = math.inf
+            self._refused[export_dir] = manifest_time(export_dir)
             logger.warning(
                 "refused to serve the export %s: %s; still serving %s (sha256 %s)",
                 export_dir,
@@ -463,7 +468,7 @@ class ScoringService:
                 f"(sha256 {self.model.short_sha})",
             ) from None
         self.metrics.reloads.labels(result="ok").inc()
-        logger.warning(
+        logger.info(
             "now serving %s (sha256 %s, %s, threshold %.4g)",
             info.export_dir,
             info.short_sha,
@@ -492,13 +497,8 @@ class ScoringService:
             self.model.export_dir
         ):
             return None  # the served export, or one older than it (--model named an older one)
-        refused_at = self._refused.get(newest)
-        if refused_at is not None:
-            try:
-                if (newest / MANIFEST_NAME).stat().st_mtime == refused_at:
-                    return None
-            except OSError:
-                return None
+        if newest in self._refused and self._refused[newest] == manifest_time(newest):
+            return None  # refused before, and its manifest has not changed since
         return await self.reload(newest)
 
     async def poll(self) -> None:

@@ -6,9 +6,11 @@ exported model plus the site's transaction history) and its drift monitor;
 every call that touches it (scoring, labels, status, the model swap of a reload, closing)
 runs on one worker thread, in arrival order, off the event loop (requests to score that
 arrive while it is busy may be scored together: :meth:`ScoringService.score_many`). A
-reload verifies the new export (manifest, size, sha256) on another thread first and swaps
-it in on the worker thread, so requests wait for the swap only, and a model whose hash
-does not match its manifest never replaces the one being served. The monitor's status is read at most every
+reload verifies the new export (manifest, size, sha256) and loads its model on another
+thread first (where the scorer offers ``load_model`` and ``use``; else its ``reload`` loads
+it on the worker thread) and swaps it in on the worker thread, so requests wait for the
+swap only, and a model whose hash does not match its manifest never replaces the one being
+served. The monitor's status is read at most every
 :attr:`ServiceOptions.refresh_every_s` seconds after new observations: an alarm that starts
 is logged (warning) and set in the metrics, and the status is written to
 ``STATE/serving/monitor.json`` at most every :attr:`ServiceOptions.status_every_s` seconds,
@@ -343,9 +345,16 @@ class ScoringService:
             "monitor": monitor,
         }
 
-    def swap(self, export_dir: Path) -> ModelInfo:
-        """Make the scorer serve ``export_dir`` (verified already) and follow it with the monitor."""
-        self.scorer.reload(export_dir)
+    def swap(self, export_dir: Path, loaded: Any = None) -> ModelInfo:
+        """Make the scorer serve ``export_dir`` and follow it with the monitor.
+
+        ``loaded`` is the model the scorer's ``load_model`` loaded beforehand (off this
+        thread), handed to its ``use``; without it the scorer's ``reload`` loads it here.
+        """
+        if loaded is not None:
+            self.scorer.use(loaded)  # type: ignore[attr-defined]
+        else:
+            self.scorer.reload(export_dir)
         manifest = self.scorer.manifest
         self.model = model_info(self.scorer, export_dir)
         self._fields = _known_fields(manifest)
@@ -446,10 +455,17 @@ class ScoringService:
         async with self._reload_lock:
             return await self._reload(export_dir)
 
+    def _load(self, export_dir: Path) -> Any:
+        """Verify an export; load its model too when the scorer can load one beside the served
+        one (``load_model``, then ``use`` to swap), so that only the swap waits for scoring."""
+        verified_manifest(export_dir)
+        load = getattr(self.scorer, "load_model", None)
+        return load(export_dir) if callable(load) and hasattr(self.scorer, "use") else None
+
     async def _reload(self, export_dir: Path) -> ModelInfo:
         try:
-            await asyncio.to_thread(verified_manifest, export_dir)
-            info = await self.call(self.swap, export_dir)
+            loaded = await asyncio.to_thread(self._load, export_dir)
+            info = await self.call(self.swap, export_dir, loaded)
         except RequestError:
             raise
         except Exception as exc:  # ExportError, ValueError, OSError, the scorer's own refusals

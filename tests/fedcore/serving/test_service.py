@@ -601,3 +601,31 @@ def test_append_false_scores_without_keeping_or_monitoring(served: Served) -> No
     assert res.status_code == 422 and "append must be true or false" in res.json()["error"]
     assert "appended" not in served.client.post("/v1/score?append=1", json=tx(4)).json()
     assert served.scorer.history_size == 1
+
+
+class TwoPhaseScorer(FakeScorer):
+    """Loads a model beside the served one (``load_model``), then swaps it in (``use``)."""
+
+    def __init__(self, export_dir: Path) -> None:
+        super().__init__(export_dir)
+        self.threads: dict[str, str] = {}
+
+    def load_model(self, export_dir: Path) -> ExportManifest:
+        self.threads["load"] = threading.current_thread().name
+        return ExportManifest.read(export_dir)
+
+    def use(self, manifest: ExportManifest) -> None:
+        self.threads["use"] = threading.current_thread().name
+        self.manifest = manifest
+
+
+def test_a_new_model_is_loaded_off_the_scoring_thread_and_swapped_on_it(tmp_path: Path) -> None:
+    export = write_export(tmp_path, "run-1")
+    scorer = TwoPhaseScorer(export)
+    service = ScoringService(scorer, export, state_dir=tmp_path)
+    with TestClient(build_app(service)) as client:
+        time.sleep(0.01)
+        write_export(tmp_path, "run-2", payload=b"newer")
+        assert client.post("/v1/reload").json()["model"]["run"] == "run-2"
+    assert scorer.threads["use"].startswith("fedcore-scorer")
+    assert not scorer.threads["load"].startswith("fedcore-scorer")

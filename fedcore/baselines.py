@@ -17,9 +17,12 @@ from torch import nn
 from fedcore import tasks
 from fedcore.config import Scenario, TaskSpec
 from fedcore.fraud_training import train_local
-from fedcore.metrics import METRIC_KEYS, binary_metrics, metrics_from_counts
+from fedcore.metrics import METRIC_KEYS, binary_metrics, metrics_from_counts, score_histograms
 from fedcore.models.baseline import build_row_model
 from fedcore.training import seed_everything
+
+CURVE_BINS = 200
+"""Score bins of the pooled test-score histograms kept as each model's PR curve."""
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,10 @@ def evaluate_per_site(
     # curves from the pooled scores; flags as each site set them (its own threshold)
     metrics = binary_metrics(all_labels, all_scores, task.threshold)
     metrics.update(metrics_from_counts(tp, fp, pos, len(all_labels) - pos))
-    pooled = _with_count(with_imaging_metrics(metrics, task), len(all_labels), pos)
+    pooled: dict[str, Any] = _with_count(with_imaging_metrics(metrics, task), len(all_labels), pos)
+    if len(all_labels):  # the PR curve's points: test-score histograms (docs/report.md)
+        hist_pos, hist_neg = score_histograms(all_labels, all_scores, CURVE_BINS)
+        pooled["curve"] = {"hist_pos": hist_pos, "hist_neg": hist_neg}
     return {"per_site": per_site, "pooled": pooled, "mean": mean_metrics(per_site)}
 
 

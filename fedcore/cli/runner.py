@@ -481,7 +481,9 @@ def build_summary(
                     "fpr",
                     *(("sensitivity", "specificity") if plan.scenario.task.is_imaging else ()),
                     "num_test",
+                    "curve",
                 )
+                if k in pooled or k != "curve"
             },
             "operating_point": plan.scenario.task.operating_point,
             "mean_over_sites": final.get("mean"),

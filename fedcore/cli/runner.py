@@ -39,6 +39,8 @@ _RUN_OUTPUTS = (
     "federation.json",
     "summary.json",
     "model.safetensors",
+    "report.html",
+    "curves.json",
 )
 """What a run writes into OUT besides its state: removed by ``--force`` to start afresh."""
 

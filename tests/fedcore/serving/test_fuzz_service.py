@@ -71,8 +71,9 @@ def _case(
         batch[rng.randrange(5)] = _mangle_row(rng, row, features)
         return "POST", "/v1/score", json.dumps({"transactions": batch}).encode(), json_ct
     if kind == 6:  # batch shapes
-        bad = rng.choice([[], {}, "rows", None, 3, [1, 2], [[row]], [None], [row] * 1001])
-        return "POST", "/v1/score", json.dumps({"transactions": bad}).encode(), json_ct
+        shapes: list[Any] = [[], {}, "rows", None, 3, [1, 2], [[row]], [None], [row] * 1001]
+        body = json.dumps({"transactions": rng.choice(shapes)}).encode()
+        return "POST", "/v1/score", body, json_ct
     if kind == 7:  # top-level values that are not an object
         return (
             "POST",
@@ -82,8 +83,8 @@ def _case(
         )
     if kind == 8:  # NaN, Infinity, numbers beyond float range
         literal = rng.choice(["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "1" + "0" * 400])
-        text = json.dumps(row).replace(json.dumps(row["amount"]), literal, 1)
-        return "POST", "/v1/score", text.encode(), json_ct
+        swapped = json.dumps(row).replace(json.dumps(row["amount"]), literal, 1)
+        return "POST", "/v1/score", swapped.encode(), json_ct
     if kind == 9:  # nesting, within what the parser takes or far beyond
         depth = rng.choice([rng.randrange(1, 1000), rng.randrange(2_000, 200_000)])
         return "POST", "/v1/score", b'{"payer":' + b"[" * depth + b"]" * depth + b"}", json_ct

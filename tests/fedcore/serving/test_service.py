@@ -522,7 +522,7 @@ def real(site_state: Any, tmp_path: Path) -> Iterator[Served]:
     scorer = ContextScorer.open(export, state)
     spec = MonitorSpec(min_scores=10, score_window=50)
     service = ScoringService(
-        scorer,  # type: ignore[arg-type]
+        scorer,
         export,
         monitor_factory=lambda m: Monitor(spec, Reference.from_manifest(m)),
         state_dir=state,

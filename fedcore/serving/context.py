@@ -341,8 +341,9 @@ class ContextScorer:
         self._labels[tx_id] = label
         return self._served.get(tx_id)
 
-    def reload(self, export_dir: Path) -> None:
-        """Serve another export (checked first; the history is kept).
+    def load_model(self, export_dir: Path) -> ServedModel:
+        """Load and check another export for :meth:`use` (touches nothing the scoring reads,
+        so it may run beside a call to :meth:`score`).
 
         Raises:
             ExportError: the new export is damaged, or takes other features.
@@ -353,7 +354,19 @@ class ContextScorer:
                 f"the export in {export_dir} takes features {list(new.features)}; the history "
                 f"holds {list(self.model.features)}. Start the service again for the new task"
             )
-        self.model = new
+        return new
+
+    def use(self, model: ServedModel) -> None:
+        """Serve ``model`` (from :meth:`load_model`) from the next call on; the history is kept."""
+        self.model = model
+
+    def reload(self, export_dir: Path) -> None:
+        """Serve another export (checked first; the history is kept).
+
+        Raises:
+            ExportError: the new export is damaged, or takes other features.
+        """
+        self.use(self.load_model(export_dir))
 
     def flush(self) -> int:
         """Write appended rows and arrived labels to the history database; returns rows written."""

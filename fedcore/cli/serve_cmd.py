@@ -430,7 +430,7 @@ def _run(service: Any, sock: socket.socket) -> int:
         command_console(stderr=True).print(
             f"[bold red]error:[/] the history was not fully written: "
             f"{escape(str(service.close_error))}; the transactions scored since the last write "
-            "(at most 5 s before) are missing from it",
+            "(at most 1 s before) are missing from it",
             highlight=False,
         )
         return EXIT_FAILED

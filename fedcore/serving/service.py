@@ -124,7 +124,7 @@ class ServiceOptions:
     status_every_s: float = 5.0
     refresh_every_s: float = 1.0
     reload_poll_s: float = 0.0
-    flush_every_s: float = 5.0
+    flush_every_s: float = 1.0
     max_pending: int = 1000
     coalesce: bool = True
     status_path: Path | None = None

@@ -101,6 +101,7 @@ def _helpers(stem: str) -> ModuleType:
 
 load = _helpers("serving_load")
 check = _helpers("serving_check")
+machine_cpu = _helpers("serving_cpu")
 
 SEED = 11
 HISTORY_DAYS = 90
@@ -398,7 +399,7 @@ def run_variant(
     phases: dict[str, Any] = {}
     ledger: list[Any] = []
     score = f"{url}/v1/score"
-    seen, seen_at = load.cpu_by_process(), time.perf_counter()
+    snapshots = [(time.perf_counter(), machine_cpu.cpu_by_process())]
     try:
         nxt = {"single": 0, "batch": 0}
 
@@ -414,11 +415,12 @@ def run_variant(
         def run(
             label: str, shape: str, sent: tuple[list[bytes], list[tuple[int, int]]], how: Any
         ) -> None:
-            phase, cpu = load.measured(proc.pid, lambda: how(label, score, *sent))
+            phase, cpu = machine_cpu.measured(proc.pid, lambda: how(label, score, *sent))
             nxt[shape] += len(phase.records)
             ledger.extend((label, r) for r in phase.records)
             size = 1 if shape == "single" else BATCH
             phases[label] = load.phase_summary(phase, size) | {"cpu": cpu}
+            snapshots.append((time.perf_counter(), machine_cpu.cpu_by_process()))
 
         def seq(label: str, url_: str, b: list[bytes], r: list[tuple[int, int]]) -> Any:
             return load.closed_loop(label, url_, b, r, concurrency=1, duration_s=3600.0)
@@ -441,13 +443,8 @@ def run_variant(
         run("check-batch", "batch", take("batch", mode.checks_batch), seq)
         status = httpx.get(f"{url}/v1/status", timeout=30.0)
         out["status"] = status.json() if status.status_code == 200 else status.text[:500]
-        out["service_rss_bytes"] = load.rss_bytes(proc.pid)
-        out["other_busy_processes"] = load.busiest(
-            seen,
-            load.cpu_by_process(),
-            {os.getpid(), proc.pid},
-            time.perf_counter() - seen_at,
-        )
+        out["service_rss_bytes"] = machine_cpu.rss_bytes(proc.pid)
+        out["other_busy_processes"] = machine_cpu.busiest(snapshots, {os.getpid(), proc.pid})
     finally:
         load.stop_process(proc)
     out["phases"] = phases
@@ -497,7 +494,7 @@ def main(
         raise typer.BadParameter(
             f"expected int8 and/or fp32; found {variants!r}", param_hint="--variants"
         )
-    machine_before = load.machine()
+    machine_before = machine_cpu.machine()
     work = keep or Path(tempfile.mkdtemp(prefix="fedcore-serving-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -538,7 +535,7 @@ def main(
             "results": results,
             "targets": targets(results),
             "machine": machine_before | {"load_average_after": list(os.getloadavg())},
-            "git": load.git_state(ROOT),
+            "git": machine_cpu.git_state(ROOT),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "seconds": time.perf_counter() - started,
         }

@@ -22,12 +22,11 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,7 +102,11 @@ def percentile_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
 
 
 def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
-    """Latency (from scheduled time, and from actual send), errors, rates and client CPU of a phase."""
+    """Latency (from scheduled time, and from actual send), errors, rates and client CPU of a phase.
+
+    ``slowest``: the 10 slowest answered requests in the order they were due, with when
+    they were due (seconds into the phase): stalls that recur show as a period.
+    """
     recs = phase.records
     ok = [r for r in recs if r.ok]
     latency = [(r.done - r.scheduled) * 1000.0 for r in ok]
@@ -117,6 +120,7 @@ def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
             key = str(r.status) if r.status is not None else (r.error or "error").split("(")[0]
             statuses[key] = statuses.get(key, 0) + 1
     tx_ok = sum(r.rows[1] - r.rows[0] for r in ok)
+    worst = sorted(ok, key=lambda r: r.done - r.scheduled, reverse=True)[:10]
     return {
         "requests": len(recs),
         "ok": len(ok),
@@ -128,6 +132,13 @@ def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
         "transactions_per_s": tx_ok / span,
         "latency_from_schedule": percentile_summary(latency),
         "latency_from_send": percentile_summary(service),
+        "slowest": [
+            {
+                "due_s": round(r.scheduled - phase.started, 3),
+                "latency_ms": round((r.done - r.scheduled) * 1000.0, 1),
+            }
+            for r in sorted(worst, key=lambda r: r.scheduled)
+        ],
         "seconds": span,
         "client_cpu_s": phase.client_cpu_s,
         "client_cpu_share_of_one_core": phase.client_cpu_s / wall,
@@ -382,14 +393,6 @@ def encode(
     return bodies, spans
 
 
-def busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores, not idle or iowait)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
 # --------------------------------------------------------------------------- the service process
 
 
@@ -445,140 +448,3 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout_s)
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` and its children so far (``None`` if gone)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        total = sum(p.cpu_times()[:2])
-        for child in p.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += sum(child.cpu_times()[:2])
-        return float(total)
-    except psutil.Error:
-        return None
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of ``pid`` (``None`` if gone)."""
-    import psutil
-
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return None
-
-
-def measured(pid: int, run: Callable[[], Phase]) -> tuple[Phase, dict[str, Any]]:
-    """Run ``run()``; the service's (``pid``), the machine's and everything else's CPU seconds over it.
-
-    ``other_processes_cpu_s``: busy CPU of the whole machine less the service and this
-    process's load generator: other work sharing the cores.
-    """
-    srv0, busy0, t0 = process_cpu_s(pid), busy_cpu_s(), time.perf_counter()
-    phase = run()
-    srv1, busy1, wall = process_cpu_s(pid), busy_cpu_s(), time.perf_counter() - t0
-    server = None if srv0 is None or srv1 is None else srv1 - srv0
-    busy = busy1 - busy0
-    client = phase.client_cpu_s
-    others = None if server is None else max(0.0, busy - server - client)
-    return phase, {
-        "wall_s": wall,
-        "server_cpu_s": server,
-        "server_cpu_share_of_one_core": None if server is None else server / wall,
-        "machine_busy_cpu_s": busy,
-        "other_processes_cpu_s": others,
-        "other_processes_share_of_one_core": None if others is None else others / wall,
-    }
-
-
-def cpu_by_process() -> dict[tuple[int, float], tuple[float, str]]:
-    """CPU seconds so far of every process, by ``(pid, create time)``, with a short command line."""
-    import psutil
-
-    out: dict[tuple[int, float], tuple[float, str]] = {}
-    for p in psutil.process_iter(["pid", "create_time", "cpu_times", "cmdline", "name"]):
-        info = p.info
-        times = info.get("cpu_times")
-        if times is None:
-            continue
-        cmd = " ".join(info.get("cmdline") or []) or str(info.get("name") or "")
-        out[(int(info["pid"]), float(info["create_time"]))] = (
-            float(times.user + times.system),
-            cmd[:160],
-        )
-    return out
-
-
-def busiest(
-    before: Mapping[tuple[int, float], tuple[float, str]],
-    after: Mapping[tuple[int, float], tuple[float, str]],
-    skip: set[int],
-    seconds: float,
-    n: int = 6,
-) -> list[dict[str, Any]]:
-    """The ``n`` processes (not in ``skip``) that used the most CPU between two snapshots.
-
-    Only processes alive at both snapshots are seen; their share is CPU seconds over the
-    ``seconds`` between the snapshots (1.0 = one core).
-    """
-    used = [
-        (after[key][0] - cpu, key[0], after[key][1])
-        for key, (cpu, _) in before.items()
-        if key in after and key[0] not in skip
-    ]
-    used.sort(reverse=True)
-    return [
-        {
-            "pid": pid,
-            "cpu_s": round(cpu, 2),
-            "share_of_one_core": round(cpu / seconds, 3),
-            "command": cmd,
-        }
-        for cpu, pid, cmd in used[:n]
-        if cpu > 0.0
-    ]
-
-
-# --------------------------------------------------------------------------- the machine
-
-
-def machine() -> dict[str, Any]:
-    """The CPU, its load and the versions that matter."""
-    import onnxruntime as ort
-
-    import fedcore
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "fedcore": fedcore.__version__,
-    }
-
-
-def git_state(root: Path) -> dict[str, Any]:
-    """HEAD and the paths that differ from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False
-        )
-        return done.stdout.rstrip("\n") if done.returncode == 0 else ""
-
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
-    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_paths": changed}

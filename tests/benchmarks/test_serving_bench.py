@@ -69,6 +69,24 @@ def test_phase_summary_counts_latency_from_the_scheduled_time() -> None:
     # 2 answered over 0.3 s (start to the last answer); client CPU 0.05 s over 0.5 s of wall
     assert out["achieved_requests_per_s"] == pytest.approx(2 / 0.3)
     assert out["client_cpu_share_of_one_core"] == pytest.approx(0.1)
+    # the slowest answered ones, in the order they were due
+    assert out["slowest"] == [
+        {"due_s": 0.0, "latency_ms": 10.0},
+        {"due_s": 0.1, "latency_ms": 60.0},
+    ]
+
+
+def test_busiest_counts_cpu_between_snapshots() -> None:
+    s0 = {(1, 0.0): (10.0, "pytest"), (2, 0.0): (5.0, "idle"), (3, 0.0): (0.0, "bench")}
+    s1 = {(1, 0.0): (11.0, "pytest"), (2, 0.0): (5.0, "idle"), (3, 0.0): (9.0, "bench")}
+    s1[(4, 1.0)] = (0.0, "flower")  # started between the first two snapshots: seen from s1
+    s2 = {(1, 0.0): (12.0, "pytest"), (4, 1.0): (1.5, "flower")}
+    out = bench.machine_cpu.busiest([(0.0, s0), (1.0, s1), (2.0, s2)], skip={3})
+    # pytest: 1 + 1 s over 2 s; flower: 1.5 s; idle used nothing; bench is skipped
+    assert [(p["command"], p["cpu_s"], p["share_of_one_core"]) for p in out] == [
+        ("pytest", 2.0, 1.0),
+        ("flower", 1.5, 0.75),
+    ]
 
 
 def test_isolated_and_prior_rows() -> None:
@@ -252,7 +270,7 @@ def test_open_and_closed_loop_against_a_local_server(local_server: Any) -> None:
     out = load.phase_summary(phase, 20)
     assert out["ok"] == 10 and out["transactions_ok"] == 200 and out["ran_out_of_stream"]
     assert check.parse_scores(phase.records[0].body)["t100"] == pytest.approx(10.0)
-    cpu = load.process_cpu_s(proc.pid)
+    cpu = bench.machine_cpu.process_cpu_s(proc.pid)
     assert cpu is not None and cpu > 0.0
 
 

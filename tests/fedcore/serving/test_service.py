@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -505,75 +504,6 @@ def test_parse_json_reads_numbers(text: bytes, expected: Any) -> None:
 def test_parse_json_refuses_ints_beyond_float_range() -> None:
     with pytest.raises(RequestError, match="beyond float range"):
         parse_json(b'{"a": 1' + b"0" * 400 + b"}")
-    assert not math.isnan(1.0)
-
-
-# -- the real scorer, monitor and export --------------------------------------------------
-
-
-@pytest.fixture
-def real(site_state: Any, tmp_path: Path) -> Iterator[Served]:
-    """The service around a ContextScorer on a copy of a site's state, with its real monitor."""
-    from fedcore.serving.context import ContextScorer
-    from fedcore.serving.monitor import Monitor, MonitorSpec, Reference, write_status
-
-    state = site_state.copy(tmp_path)
-    export = state / "export" / "run-1"
-    scorer = ContextScorer.open(export, state)
-    spec = MonitorSpec(min_scores=10, score_window=50)
-    service = ScoringService(
-        scorer,
-        export,
-        monitor_factory=lambda m: Monitor(spec, Reference.from_manifest(m)),
-        state_dir=state,
-        options=ServiceOptions(refresh_every_s=0.0, status_path=state / "serving" / "monitor.json"),
-        status_writer=write_status,
-    )
-    with TestClient(build_app(service)) as client:
-        yield Served(client, service, scorer, state)  # type: ignore[arg-type]
-
-
-def test_the_real_scorer_scores_appends_and_reports_its_monitor(
-    real: Served, site_state: Any
-) -> None:
-    rows = site_state.stream[:20]
-    res = real.client.post("/v1/score", json={"transactions": rows})
-    assert res.status_code == 200, res.text
-    assert [r["tx_id"] for r in res.json()["results"]] == [r["tx_id"] for r in rows]
-    assert real.service.scorer.history_size == 420
-    status = real.client.get("/v1/status").json()
-    assert status["monitor"]["n_scored"] == 20 and status["monitor"]["window_scores"] == 20
-    assert status["monitor"]["psi"] is not None
-    bad = real.client.post("/v1/score", json=rows[0] | {"amount": -1})
-    assert bad.status_code == 422 and "amount" in bad.json()["error"]
-    text = real.client.get("/metrics").text
-    assert 'fedcore_serving_alarm{alarm="psi"}' in text and "fedcore_serving_psi " in text
-
-
-def test_the_real_scorer_refuses_a_damaged_export_and_takes_a_good_one(
-    real: Served, site_state: Any
-) -> None:
-    import shutil
-
-    time.sleep(0.01)
-    damaged = real.state / "export" / "run-2"
-    shutil.copytree(real.state / "export" / "run-1", damaged)
-    (damaged / "manifest.json").touch()  # written after the served one, as a new export is
-    model = damaged / "model.int8.onnx"
-    data = bytearray(model.read_bytes())
-    data[-1] ^= 0x01
-    model.write_bytes(bytes(data))
-    res = real.client.post("/v1/reload")
-    assert res.status_code == 409 and "does not match its manifest" in res.json()["error"]
-    assert real.client.post("/v1/score", json=site_state.stream[0]).json()["run"] == "run-1"
-    time.sleep(0.01)
-    good = real.state / "export" / "run-3"
-    shutil.copytree(real.state / "export" / "run-1", good)
-    (good / "manifest.json").touch()
-    res = real.client.post("/v1/reload")
-    assert res.status_code == 200 and res.json()["model"]["run"] == "run-3"
-    scored = real.client.post("/v1/score", json=site_state.stream[1]).json()
-    assert scored["run"] == "run-3" and real.service.scorer.history_size == 402
 
 
 def test_a_failed_history_write_at_shutdown_is_kept_not_raised(tmp_path: Path) -> None:

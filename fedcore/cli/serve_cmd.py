@@ -97,10 +97,11 @@ def serve(
         typer.Option(
             "--coalesce/--no-coalesce",
             help="Score the requests that arrive while the scorer is busy together, in one "
-            "call (each still gets its own answer; each transaction's context then includes "
-            "the others'). --no-coalesce scores each request alone, in arrival order.",
+            "call: more throughput under overload, but each transaction's context then "
+            "includes the others' of its call, so a score depends on the load. Default: each "
+            "request alone, in arrival order, exactly as offline scoring of the same history.",
         ),
-    ] = True,
+    ] = False,
     psi_bound: Annotated[
         float | None,
         typer.Option(

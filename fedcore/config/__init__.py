@@ -50,6 +50,7 @@ from fedcore.config.loading import (
     read_yaml,
     validation_message,
 )
+from fedcore.config.monitor import MonitorSpec
 from fedcore.config.privacy import (
     CkksSpec,
     DpSpec,
@@ -116,6 +117,7 @@ __all__ = [
     "ExportSpec",
     "GeneratedData",
     "HistorySpec",
+    "MonitorSpec",
     "IMAGING_DATA",
     "ImagingSpec",
     "NormBoundSpec",

@@ -26,6 +26,7 @@ from fedcore.config.data import (
     SiteSpec,
 )
 from fedcore.config.history import HistorySpec
+from fedcore.config.monitor import MonitorSpec
 from fedcore.config.privacy import PrivacySpec
 from fedcore.config.scheduler import SchedulerSpec, SimulatorSpec
 from fedcore.config.table import QualitySpec, TableData
@@ -325,6 +326,11 @@ class SiteConfig(_Model):
         default_factory=HistorySpec,
         description="the window of the site's recent transactions kept after export, in "
         "whose context new ones are scored (fed-client predict, fed-client serve)",
+    )
+    monitor: MonitorSpec = Field(
+        default_factory=MonitorSpec,
+        description="when fed-client serve raises a drift (PSI) or accuracy alarm about the "
+        "served model",
     )
 
     @field_validator("approved_apps")

@@ -372,10 +372,9 @@ class ContextScorer:
         """Write appended rows and arrived labels to the history database; returns rows written."""
         written = 0
         if self._pending:
-            rows = self._pending
-            self._pending = []
-            for part in rows:
-                written += self.store.append(part, labels=np.full(len(part), -1, np.int64))
+            parts, self._pending = self._pending, []
+            rows = _concat(parts)  # one transaction and one prune for all of them
+            written += self.store.append(rows, labels=np.full(len(rows), -1, np.int64))
         if self._labels:
             labels, self._labels = self._labels, {}
             self.store.set_labels(labels)
@@ -387,6 +386,28 @@ class ContextScorer:
             self.flush()
         finally:
             self.store.close()
+
+
+def _concat(parts: Sequence[Transactions]) -> Transactions:
+    """The rows of ``parts`` one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    return Transactions(
+        **{
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in (
+                "tx_id",
+                "payer",
+                "payee",
+                "merchant",
+                "device",
+                "amount",
+                "timestamp",
+                "label",
+            )
+        },
+        features={f: np.concatenate([p.features[f] for p in parts]) for f in parts[0].features},
+    )
 
 
 __all__ = [

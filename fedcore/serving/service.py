@@ -126,7 +126,7 @@ class ServiceOptions:
     reload_poll_s: float = 0.0
     flush_every_s: float = 1.0
     max_pending: int = 1000
-    coalesce: bool = True
+    coalesce: bool = False
     status_path: Path | None = None
 
     def __post_init__(self) -> None:

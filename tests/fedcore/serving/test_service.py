@@ -198,8 +198,7 @@ class Served:
     state: Path
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def _serve(tmp_path: Path, coalesce: bool) -> Iterator[Served]:
     export = write_export(tmp_path, "run-1")
     scorer = FakeScorer(export)
     service = ScoringService(
@@ -213,12 +212,23 @@ def served(tmp_path: Path) -> Iterator[Served]:
             refresh_every_s=0.0,
             status_every_s=0.0,
             status_path=tmp_path / "serving" / "monitor.json",
+            coalesce=coalesce,
         ),
         status_writer=_write_status,
     )
     with TestClient(build_app(service)) as client:
         yield Served(client, service, scorer, tmp_path)
     assert scorer.closed, "leaving the app closes the scorer (flushes the history)"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, coalesce=False)
+
+
+@pytest.fixture
+def coalescing(tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, coalesce=True)
 
 
 def tx(i: int, amount: float = 10.0, **extra: Any) -> dict[str, Any]:
@@ -402,8 +412,9 @@ def test_scorer_calls_never_overlap(served: Served) -> None:
 
 
 def test_requests_that_arrive_while_the_scorer_is_busy_are_scored_together(
-    served: Served,
+    coalescing: Served,
 ) -> None:
+    served = coalescing
     served.scorer.delay = 0.05
     answers: dict[int, Any] = {}
 

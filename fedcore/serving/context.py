@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -178,12 +179,18 @@ def _timestamp(row: Mapping[str, Any], i: int) -> float:
     return _number(row, "timestamp", i, "UNIX seconds (a number) or an ISO-8601 time")
 
 
+MAX_AHEAD_S = 86_400.0
+"""How far past this machine's clock a transaction's time may lie (a later one is refused:
+it would move the history window past every row the site holds)."""
+
+
 def parse_transactions(rows: Sequence[Any], features: Sequence[str]) -> Transactions:
     """Check and convert request rows to :class:`Transactions` (in the order given).
 
     Raises:
         ServingInputError: naming the first bad row and field.
     """
+    latest = time.time() + MAX_AHEAD_S
     n = len(rows)
     cols: dict[str, list[Any]] = {
         k: [] for k in ("tx_id", "payer", "payee", "merchant", "device", "amount", "timestamp")
@@ -207,7 +214,23 @@ def parse_transactions(rows: Sequence[Any], features: Sequence[str]) -> Transact
                 f"transaction {i}: field 'amount' expected a finite amount >= 0, found {amount}"
             )
         cols["amount"].append(amount)
-        cols["timestamp"].append(_timestamp(row, i))
+        when = _timestamp(row, i)
+        if when < 0:
+            raise ServingInputError(
+                f"transaction {i}: field 'timestamp' is {when:g}, before 1970-01-01; expected "
+                "the time the transaction happened (UNIX seconds or ISO-8601, UTC)"
+            )
+        if when > latest:
+            try:
+                shown = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+            except (OverflowError, ValueError, OSError):
+                shown = f"{when:g} (UNIX seconds)"
+            raise ServingInputError(
+                f"transaction {i}: field 'timestamp' is {shown}, more than a day past this "
+                "machine's clock; expected the time the transaction happened (UNIX seconds or "
+                "ISO-8601, UTC)"
+            )
+        cols["timestamp"].append(when)
         for f in features:
             feats[f].append(_number(row, f, i, f"a finite number (task feature {f!r})"))
     text = {

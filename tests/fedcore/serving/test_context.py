@@ -127,6 +127,9 @@ def test_scores_in_context_equal_offline_scoring_of_the_same_history(
         ({"card_present": None}, "field 'card_present' is missing"),
         ({"device": ["x"]}, "field 'device' expected an id (string), found list"),
         ({"payee": "p" * 300}, "ids are at most 256"),
+        ({"timestamp": "2099-01-01T00:00:00Z"}, "more than a day past this machine's clock"),
+        ({"timestamp": 1e300}, "is 1e+300 (UNIX seconds), more than a day past"),
+        ({"timestamp": -1e300}, "before 1970-01-01"),
     ],
 )
 def test_a_bad_transaction_is_refused_and_nothing_is_kept(

@@ -101,11 +101,28 @@ def percentile_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def stalls(records: Sequence[Sent], n: int, apart_s: float) -> list[Sent]:
+    """The slowest request of each of the ``n`` worst stalls, in the order they were due.
+
+    Greedy: take the slowest request, drop every request due within ``apart_s`` of it
+    (the queue behind one stall), repeat.
+    """
+    left = sorted(records, key=lambda r: r.done - r.scheduled, reverse=True)
+    picked: list[Sent] = []
+    for r in left:
+        if len(picked) == n:
+            break
+        if all(abs(r.scheduled - p.scheduled) >= apart_s for p in picked):
+            picked.append(r)
+    return sorted(picked, key=lambda r: r.scheduled)
+
+
 def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
     """Latency (from scheduled time, and from actual send), errors, rates and client CPU of a phase.
 
-    ``slowest``: the 10 slowest answered requests in the order they were due, with when
-    they were due (seconds into the phase): stalls that recur show as a period.
+    ``slowest``: the slowest answered request of each of the 10 worst stalls (see
+    :func:`stalls`), in the order they were due, with when (seconds into the phase): stalls
+    that recur show their period.
     """
     recs = phase.records
     ok = [r for r in recs if r.ok]
@@ -120,7 +137,7 @@ def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
             key = str(r.status) if r.status is not None else (r.error or "error").split("(")[0]
             statuses[key] = statuses.get(key, 0) + 1
     tx_ok = sum(r.rows[1] - r.rows[0] for r in ok)
-    worst = sorted(ok, key=lambda r: r.done - r.scheduled, reverse=True)[:10]
+    worst = stalls(ok, 10, 0.5)
     return {
         "requests": len(recs),
         "ok": len(ok),
@@ -137,7 +154,7 @@ def phase_summary(phase: Phase, rows_per_request: int) -> dict[str, Any]:
                 "due_s": round(r.scheduled - phase.started, 3),
                 "latency_ms": round((r.done - r.scheduled) * 1000.0, 1),
             }
-            for r in sorted(worst, key=lambda r: r.scheduled)
+            for r in worst
         ],
         "seconds": span,
         "client_cpu_s": phase.client_cpu_s,

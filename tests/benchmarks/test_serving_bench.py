@@ -69,11 +69,21 @@ def test_phase_summary_counts_latency_from_the_scheduled_time() -> None:
     # 2 answered over 0.3 s (start to the last answer); client CPU 0.05 s over 0.5 s of wall
     assert out["achieved_requests_per_s"] == pytest.approx(2 / 0.3)
     assert out["client_cpu_share_of_one_core"] == pytest.approx(0.1)
-    # the slowest answered ones, in the order they were due
-    assert out["slowest"] == [
-        {"due_s": 0.0, "latency_ms": 10.0},
-        {"due_s": 0.1, "latency_ms": 60.0},
-    ]
+    # the slowest of the one stall (both answered requests were due within 0.5 s)
+    assert out["slowest"] == [{"due_s": 0.1, "latency_ms": 60.0}]
+
+
+def test_stalls_are_the_worst_request_of_each_episode() -> None:
+    # due every 0.1 s; 1.0-1.2 s queue behind one stall, 3.0 s is another, the rest 5 ms
+    recs = [_sent(i, (i, i + 1), i / 10, i / 10 + 0.005) for i in range(50)]
+    for i, extra in ((10, 0.3), (11, 0.25), (12, 0.2), (30, 0.1)):
+        recs[i].done += extra
+    worst = load.stalls(recs, 3, 0.5)
+    ids = [r.index for r in worst]
+    assert len(ids) == 3 and {10, 30} <= set(ids)  # one per episode: not 11 or 12
+    assert ids == sorted(ids)  # in due order
+    due = [r.scheduled for r in worst]
+    assert all(b - a >= 0.5 for a, b in zip(due, due[1:], strict=False))
 
 
 def test_busiest_counts_cpu_between_snapshots() -> None:
@@ -348,6 +358,25 @@ def test_offline_reference_is_what_predict_gives_for_the_same_rows(
 
 
 # --------------------------------------------------------------------------- the whole benchmark
+
+HELP = """
+import runpy, sys
+sys.argv = ["benchmarks/serving.py", "--help"]
+try:
+    runpy.run_path("benchmarks/serving.py", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = sorted(m for m in ("torch", "onnxruntime", "torch_geometric", "fedcore") if m in sys.modules)
+print("HEAVY:", ",".join(heavy) or "none")
+"""
+
+
+def test_help_loads_neither_torch_nor_fedcore() -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", HELP], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert "--smoke" in res.stdout and "HEAVY: none" in res.stdout
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ class Scores:
         return 0.5 if value is None else float(value)
 
 
-def _resolve(model: Path) -> tuple[Path, ExportManifest, str]:
+def resolve_model(model: Path) -> tuple[Path, ExportManifest, str]:
     """The model file, its manifest and how that file was made, from a model file or its folder."""
     if not model.exists():
         raise FileNotFoundError(f"no such model file or folder: {model}")
@@ -96,8 +96,8 @@ def _resolve(model: Path) -> tuple[Path, ExportManifest, str]:
         served, path_taken = model, FP32_PATH
     if served.suffix != ".onnx":
         raise InputError(
-            f"{served} is a PyTorch fallback ({manifest.path_taken}); predict serves ONNX models. "
-            f"Use the FP32 ONNX model in {directory} or re-export"
+            f"{served} is a PyTorch fallback ({manifest.path_taken}); predict and serve take "
+            f"ONNX models. Use the FP32 ONNX model in {directory} or re-export"
         )
     return served, manifest, path_taken
 
@@ -204,7 +204,7 @@ def score_csv(model: Path, csv_path: Path, history: HistoryContext | None = None
     from fedcore.export.layered import layers_of, scoring_batch
     from fedcore.export.onnx_export import ort_session, run_session
 
-    served, manifest, path_taken = _resolve(model)
+    served, manifest, path_taken = resolve_model(model)
     header = _header(csv_path)
     check_columns(header, manifest, csv_path)
     features = [

@@ -80,27 +80,12 @@ class ServedModel:
             FileNotFoundError: no export there.
             ExportError: the file differs from its manifest, or is not a layer-wise ONNX model.
         """
-        from fedcore.export.manifest import sha256_file
+        from fedcore.export.serve import InputError, resolve_model
 
-        export_dir = Path(export_dir)
-        directory = export_dir if export_dir.is_dir() else export_dir.parent
-        manifest = ExportManifest.read(directory)
-        served = manifest.verify(directory)
-        if export_dir.is_file() and export_dir.resolve() != served.resolve():
-            fp32 = directory / manifest.fp32_file if manifest.fp32_file else None
-            if fp32 is None or fp32.resolve() != export_dir.resolve():
-                raise ExportError(f"{export_dir} is not a model named in {directory}/manifest.json")
-            if manifest.fp32_sha256 is not None and sha256_file(fp32) != manifest.fp32_sha256:
-                raise ExportError(
-                    f"FP32 model {fp32} does not match the sha256 in its manifest; the file "
-                    "changed after export, re-run the export"
-                )
-            served = fp32
-        if served.suffix != ".onnx":
-            raise ExportError(
-                f"{served} is a PyTorch fallback ({manifest.path_taken}); the scoring service "
-                "serves ONNX models: re-export, or serve the FP32 ONNX model beside it"
-            )
+        try:
+            served, manifest, _ = resolve_model(Path(export_dir))
+        except InputError as exc:  # another file, or a PyTorch fallback
+            raise ExportError(str(exc)) from None
         try:
             layers = layers_of(manifest.input_names)
         except ValueError as exc:
@@ -108,7 +93,7 @@ class ServedModel:
         chosen = provider or manifest.provider or CPU_PROVIDER
         session = ort_session(served, chosen, threads=threads)
         used = session.get_providers()[0] if session.get_providers() else CPU_PROVIDER
-        return cls(directory, served, manifest, session, layers, used)
+        return cls(served.parent, served, manifest, session, layers, used)
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -121,3 +121,63 @@ def test_predict_refuses_a_tampered_model(run: dict[str, Any], tmp_path: Path) -
     )
     assert res.exit_code != 0
     assert "sha256" in res.output.lower() or "hash" in res.output.lower(), res.output
+
+
+def test_fed_client_serve_starts_from_a_runs_site_state_scores_and_stops_on_sigterm(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a bank does after `fedcore run`: serve its export over HTTP in the context of its history."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    state = run["root"] / "out" / "sites" / "bank-b"
+    history = state / "history" / "history.sqlite"
+    held = int(run["summary"]["exports"]["bank-b"]["history"]["transactions"])
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "fedcore.cli.client_cmd", "serve", "--state", str(state)]
+    cmd += ["--host", "127.0.0.1", "--port", "0"]
+    env = dict(os.environ) | {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = ""
+        deadline = time.monotonic() + 120
+        while not url and time.monotonic() < deadline and proc.poll() is None:
+            lines = [x for x in log.read_text().splitlines() if x.startswith("listening on ")]
+            url = lines[0].split()[2] if lines else ""
+            time.sleep(0.1)
+        assert url, log.read_text()
+        row = {
+            "tx_id": "new-1",
+            "payer": "AC0000001",
+            "payee": "AC0000002",
+            "amount": 120.0,
+            "timestamp": "2024-03-01T10:00:00Z",
+            "channel_online": 1,
+            "card_present": 0,
+            "hour_of_day": 10,
+            "account_age_days": 300,
+        }
+        request = urllib.request.Request(
+            url + "/v1/score", json.dumps(row).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            scored = json.loads(answer.read())
+        assert scored["tx_id"] == "new-1" and 0.0 <= scored["score"] <= 1.0
+        assert scored["flagged"] == (scored["score"] >= scored["threshold"])
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    import sqlite3
+
+    with sqlite3.connect(history) as db:  # the new transaction joined the site's history
+        assert db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] == held + 1
+        assert db.execute("SELECT payer FROM transactions WHERE tx_id = 'new-1'").fetchone()

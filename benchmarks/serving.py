@@ -51,6 +51,16 @@ transaction's score depends on the other rows of its call (activations are quant
 the range of the whole input), so the reference scores exactly the request's transactions,
 as the service does, not every row as ``score_csv`` would.
 
+A full run on a 2-core machine shared with other work (other processes took 0.3 to 1.4
+cores during the load) took 6 minutes: service ready in 17-19 s with 1,000,000 rows (1.8 GB
+resident); serial single transactions p50 2.2 ms; at 200 req/s no errors, p50 3.5-3.7 ms,
+p99 94 ms (INT8) and 172-179 ms (FP32); batches of 100 at 1,120-1,150 tx/s (INT8) and
+1,210-1,240 (FP32), the service at 0.9 of a core; 12 requests (408 transactions) checked,
+max |difference| 2.4e-8. Its ``slowest`` lists show stalls of 60-470 ms that queue the
+requests behind them: the scoring thread writing the appended rows to SQLite (every 5 s),
+and full garbage collections over the window's Python objects (0.4-0.6 s each on a
+1,000,000-row window; ``gc.freeze()`` after loading makes them free).
+
 Targets: single p99 < 50 ms at 200 req/s (no errors); batch throughput >= 2,000 tx/s;
 max |in-context - offline| < 1e-5 (INT8 and FP32 services both). The INT8 / FP32 ratios
 of p99, throughput and serial service times are under ``results.int8_vs_fp32``

@@ -285,6 +285,7 @@ def prepare(mode: Mode, work: Path) -> Site:
         providers=[CPU_PROVIDER],
         tolerance=1.0,  # INT8 is what is measured; its drop is recorded
         latency_runs=3,
+        mode="static",  # as sites export (export.quantization): scores independent of the call
     )
     export_s = time.perf_counter() - t0
     console.print(

@@ -13,8 +13,10 @@ the mean differs from summing the rows afresh only in the last bits of float32.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,7 +52,7 @@ def context_x(counts: np.ndarray) -> np.ndarray:
 class _Hub:
     """The running state of one hub."""
 
-    __slots__ = ("burst", "counterparty", "k", "linked", "out", "slot", "sum_amt")
+    __slots__ = ("burst", "burst_at", "counterparty", "k", "linked", "out", "slot", "sum_amt")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot  # row of the kind's feature sums
@@ -60,6 +62,7 @@ class _Hub:
         self.counterparty: Counter[int] = Counter()
         self.linked: Counter[int] = Counter()
         self.burst = float("nan")  # nan: recompute when asked
+        self.burst_at = 0.0  # where an hour with that many rows starts
 
 
 class Hubs:
@@ -88,8 +91,8 @@ class Hubs:
             self.sums[kind] = sums = grown
         sums[slot] = 0.0
         table = self.slot_of[kind]
-        if code >= len(table):
-            grown_t = np.full(max(2 * len(table), code + 1), -1, dtype=np.int64)
+        if code >= len(table) - 1:  # the last entry stays -1: what code -1 reads
+            grown_t = np.full(max(2 * len(table), code + 2), -1, dtype=np.int64)
             grown_t[: len(table)] = table
             self.slot_of[kind] = table = grown_t
         table[code] = slot
@@ -206,12 +209,20 @@ class Hubs:
                     if link[0] == kind and link[1] == code:
                         self._count(hub, row, link, +1)
 
-    def _count(self, hub: _Hub, row: int, link: tuple[str, int, bool, int, int], sign: int) -> None:
+    def _count(
+        self,
+        hub: _Hub,
+        row: int,
+        link: tuple[str, int, bool, int, int],
+        sign: int,
+        x: np.ndarray | None = None,
+    ) -> None:
+        """Count one incidence of ``row`` in or out (``x``: the row's features, if at hand)."""
         kind, _, sends, counterparty, linked = link
         hub.k += sign
         hub.out += sign * int(sends)
-        self.sums[kind][hub.slot] += sign * self._x(row)
-        hub.sum_amt += sign * float(np.log1p(max(float(self.win.amount[row]), 0.0)))
+        self.sums[kind][hub.slot] += sign * (self._x(row) if x is None else x)
+        hub.sum_amt += sign * math.log1p(max(float(self.win.amount[row]), 0.0))
         hub.counterparty[counterparty] += sign
         if hub.counterparty[counterparty] == 0:
             del hub.counterparty[counterparty]
@@ -223,6 +234,7 @@ class Hubs:
     def row_added(self, row: int) -> None:
         """A row joined the window (already in its entities' lists, its context set)."""
         made: set[tuple[str, int]] = set()
+        x: np.ndarray | None = None
         for link in self._links(row):
             kind, code = link[0], link[1]
             if (kind, code) in made:
@@ -233,17 +245,28 @@ class Hubs:
                     self._make(kind, code)  # counts every incidence, this row's included
                     made.add((kind, code))
                 continue
-            self._count(hub, row, link, +1)
+            x = self._x(row) if x is None else x
+            self._count(hub, row, link, +1, x)
             if not np.isnan(hub.burst):
-                hub.burst = max(hub.burst, self._burst_near(kind, code, float(self.win.ts[row])))
+                count, start = self._burst_near(kind, code, float(self.win.ts[row]))
+                if count > hub.burst:
+                    hub.burst, hub.burst_at = count, start
 
     def row_removed(self, row: int) -> None:
-        """A row is about to leave the window (still in its lists, its context as it was)."""
+        """A row is about to leave the window (still in its lists, its context as it was).
+
+        Only the hours holding the row lose one; the busiest hour is recounted when it
+        was one of them.
+        """
+        t = float(self.win.ts[row])
+        x: np.ndarray | None = None
         for link in self._links(row):
             hub = self.of[link[0]].get(link[1])
             if hub is not None:
-                self._count(hub, row, link, -1)
-                hub.burst = float("nan")
+                x = self._x(row) if x is None else x
+                self._count(hub, row, link, -1, x)
+                if hub.burst_at <= t <= hub.burst_at + _HOUR:
+                    hub.burst = float("nan")
 
     def context_changed(self, rows: list[int], column: int, step: int) -> None:
         """The context count ``column`` of ``rows`` moved by ``step`` (already applied)."""
@@ -261,9 +284,9 @@ class Hubs:
             ("device", w.device[r]),
         ):
             table = self.slot_of[kind]
-            ok = (codes >= 0) & (codes < len(table))
-            slots = np.full(len(codes), -1, dtype=np.int64)
-            slots[ok] = table[codes[ok]]
+            if int(codes.max()) >= len(table) - 1:  # codes newer than the table: not hubs
+                codes = np.where(codes < len(table) - 1, codes, -1)
+            slots = table[codes]  # code -1 (none) reads the table's last entry, always -1
             hit = slots >= 0
             if hit.any():
                 np.add.at(self.sums[kind][:, offset], slots[hit], delta[hit])
@@ -277,46 +300,45 @@ class Hubs:
             for lst in self.rows(kind, code)
         )
 
-    def _burst_near(self, kind: str, code: int, t: float) -> float:
-        """Largest hour count among windows that a row at ``t`` falls in."""
+    def _burst_near(self, kind: str, code: int, t: float) -> tuple[float, float]:
+        """Largest hour count among the hours (starting at a row) that a row at ``t`` falls in, and where it starts."""
         key = self.win.ts.__getitem__
         starts: set[float] = set()
         for lst in self.rows(kind, code):
             lo, hi = bisect_left(lst, t - _HOUR, key=key), bisect_right(lst, t, key=key)
             starts.update(float(self.win.ts[r]) for r in lst[lo:hi])
-        return float(max(self._count_between(kind, code, s, s + _HOUR) for s in starts))
+        return max((float(self._count_between(kind, code, s, s + _HOUR)), s) for s in starts)
 
-    def _burst(self, kind: str, code: int) -> float:
+    def _burst(self, kind: str, code: int) -> tuple[float, float]:
+        """Most rows in one hour starting at a row (as ``build_graph`` counts), and where."""
         ts = np.sort(np.concatenate([self.win.ts[lst] for lst in self.rows(kind, code)]))
         if ts.size == 0:
-            return 0.0
+            return 0.0, 0.0
         counts = np.searchsorted(ts, ts + _HOUR, side="right") - np.searchsorted(ts, ts, "left")
-        return float(counts.max())
+        best = int(np.argmax(counts))
+        return float(counts[best]), float(ts[best])
 
-    def features(self, kind: str, code: int) -> np.ndarray:
-        """The hub's normalised entity features, ``[len(ENTITY_FEATURES)]``."""
-        hub = self.of[kind][code]
-        if np.isnan(hub.burst):
-            hub.burst = self._burst(kind, code)
-        lists = [lst for lst in self.rows(kind, code) if lst]
+    def features(self, kind: str, codes: Sequence[int]) -> np.ndarray:
+        """The hubs' normalised entity features, ``[len(codes), len(ENTITY_FEATURES)]``."""
         ts = self.win.ts
-        first = min(float(ts[lst[0]]) for lst in lists)
-        last = max(float(ts[lst[-1]]) for lst in lists)
-
-        def one(value: float) -> np.ndarray:
-            return np.array([value], dtype=np.float64)
-
-        raw = entity_stat_columns(
-            one(hub.k),
-            one(hub.out),
-            one(len(hub.counterparty)),
-            one(len(hub.linked)),
-            one(first),
-            one(last),
-            one(hub.burst),
-            one(hub.sum_amt),
-        )
-        return np.asarray(np.asarray(_normalize(raw, ENTITY_FEATURES, _ENTITY_NORM[kind]))[0])
+        cols = np.zeros((8, len(codes)))
+        for j, code in enumerate(codes):
+            hub = self.of[kind][code]
+            if np.isnan(hub.burst):
+                hub.burst, hub.burst_at = self._burst(kind, code)
+            lists = [lst for lst in self.rows(kind, code) if lst]
+            cols[:, j] = (
+                hub.k,
+                hub.out,
+                len(hub.counterparty),
+                len(hub.linked),
+                min(float(ts[lst[0]]) for lst in lists),
+                max(float(ts[lst[-1]]) for lst in lists),
+                hub.burst,
+                hub.sum_amt,
+            )
+        raw = entity_stat_columns(*cols)
+        return np.asarray(_normalize(raw, ENTITY_FEATURES, _ENTITY_NORM[kind]))
 
     def mean_x(self, kind: str, code: int) -> np.ndarray:
         """Mean of the features of the hub's transactions (row and context blocks), float64."""

@@ -92,8 +92,7 @@ def entity_features(win: Window, kind: str, codes: np.ndarray) -> np.ndarray:
     if is_hub.any():
         out = np.zeros((len(codes), len(ENTITY_FEATURES)))
         out[~is_hub] = _row_entity_features(win, kind, codes[~is_hub])
-        for j in np.flatnonzero(is_hub).tolist():
-            out[j] = win.hubs.features(kind, int(codes[j]))
+        out[is_hub] = win.hubs.features(kind, codes[is_hub].tolist())
         return out
     return _row_entity_features(win, kind, codes)
 

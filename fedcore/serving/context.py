@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import queue
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -262,7 +260,6 @@ class ContextScorer:
         self._pending: list[Transactions] = []
         self._labels: dict[str, int] = {}
         self._served: OrderedDict[str, float] = OrderedDict()
-        self._writer = _Writer(store)
 
     @classmethod
     def open(
@@ -380,69 +377,25 @@ class ContextScorer:
         self.use(self.load_model(export_dir))
 
     def flush(self) -> int:
-        """Hand the appended rows and arrived labels to the history's writer; returns how many rows.
-
-        The writer thread writes them to the database (one transaction, one prune), so
-        scoring never waits for the disk: on a million-row history a thousand rows take
-        over 100 ms to write. A write that failed is raised here, or by :meth:`close`.
-        """
-        rows = _concat(self._pending) if self._pending else None
-        labels = self._labels
-        self._pending, self._labels = [], {}
-        if rows is not None or labels:
-            self._writer.put(rows, labels)
-        self._writer.raise_error()
-        return 0 if rows is None else len(rows)
+        """Write the appended rows and arrived labels to the history database (one
+        transaction, one prune); returns how many rows were handed over."""
+        written = 0
+        if self._pending:
+            parts, self._pending = self._pending, []
+            rows = _concat(parts)
+            self.store.append(rows, labels=np.full(len(rows), -1, np.int64))
+            written = len(rows)
+        if self._labels:
+            labels, self._labels = self._labels, {}
+            self.store.set_labels(labels)
+        return written
 
     def close(self) -> None:
-        """Flush, wait for the writer, close the history.
-
-        Raises:
-            sqlite3.Error, OSError, HistoryError: a write that failed (the rows it held are
-                not in the database).
-        """
+        """Flush and close the history."""
         try:
             self.flush()
         finally:
-            self._writer.stop()
             self.store.close()
-        self._writer.raise_error()
-
-
-class _Writer:
-    """One thread that writes appended rows and labels to the history, in the order given."""
-
-    def __init__(self, store: HistoryStore) -> None:
-        self.store = store
-        self._queue: queue.Queue[tuple[Transactions | None, dict[str, int]] | None] = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, rows: Transactions | None, labels: dict[str, int]) -> None:
-        self._queue.put((rows, labels))
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            rows, labels = item
-            try:
-                if rows is not None:
-                    self.store.append(rows, labels=np.full(len(rows), -1, np.int64))
-                if labels:
-                    self.store.set_labels(labels)
-            except Exception as exc:  # kept for the caller: raised by flush or close
-                log.error("cannot write to the history %s: %s", self.store.path, exc)
-                self._error = exc
-
-    def stop(self) -> None:
-        """Write what is queued, then end the thread."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def _concat(parts: Sequence[Transactions]) -> Transactions:

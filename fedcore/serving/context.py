@@ -33,6 +33,10 @@ MAX_ID_LENGTH = 256
 REMEMBERED_SCORES = 200_000
 """Scores kept by transaction id for labels that arrive later (the oldest are forgotten)."""
 
+PRUNE_EVERY_S = 30.0
+"""How often :meth:`ContextScorer.flush` also deletes the rows that left the window from the
+database (the window in memory drops them at once)."""
+
 DEFAULT_THRESHOLD = 0.5
 """Operating point for a manifest written before exports carried the site's own."""
 
@@ -260,6 +264,8 @@ class ContextScorer:
         self._pending: list[Transactions] = []
         self._labels: dict[str, int] = {}
         self._served: OrderedDict[str, float] = OrderedDict()
+        self._pruned_at = time.monotonic()
+        store.checkpoint_in_background()
 
     @classmethod
     def open(
@@ -383,7 +389,10 @@ class ContextScorer:
         if self._pending:
             parts, self._pending = self._pending, []
             rows = _concat(parts)
-            self.store.append(rows, labels=np.full(len(rows), -1, np.int64))
+            now = time.monotonic()
+            prune = now - self._pruned_at >= PRUNE_EVERY_S
+            self.store.append(rows, labels=np.full(len(rows), -1, np.int64), prune=prune)
+            self._pruned_at = now if prune else self._pruned_at
             written = len(rows)
         if self._labels:
             labels, self._labels = self._labels, {}

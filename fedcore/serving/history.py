@@ -12,6 +12,7 @@ its own database (the columns are documented in docs/serving.md) and points
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ import numpy as np
 
 from fedcore.config import HistorySpec
 from fedcore.data.transactions import Transactions
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 """Layout version of the history database."""
@@ -172,12 +175,16 @@ class HistoryStore:
             )
         return found
 
-    def append(self, tx: Transactions, labels: np.ndarray | None = None) -> int:
+    def append(
+        self, tx: Transactions, labels: np.ndarray | None = None, *, prune: bool = True
+    ) -> int:
         """Add the rows of ``tx`` whose ``tx_id`` is new and that are inside the window, then drop rows that left it.
 
         Args:
             tx: Rows to add.
             labels: Label per row (``-1``: unknown, stored as NULL); default ``tx.label``.
+            prune: Also delete the rows that left the window (a caller that writes often
+                may prune now and then instead: :meth:`load` reads the window either way).
 
         Returns:
             How many rows were added.
@@ -211,7 +218,8 @@ class HistoryStore:
                 f"INSERT OR IGNORE INTO transactions ({','.join(cols)}) VALUES ({marks})", rows
             )
             added = max(cur.rowcount, 0)
-        self.prune()
+        if prune:
+            self.prune()
         return added
 
     def set_labels(self, labels: dict[str, int]) -> None:
@@ -273,8 +281,42 @@ class HistoryStore:
         )
         return tx if start == 0 else tx.take(np.arange(start, len(tx)))
 
+    def checkpoint_in_background(self, every_s: float = 2.0) -> None:
+        """Copy the write-ahead log into the database from a thread of its own, every ``every_s``.
+
+        Without it SQLite does so inside a commit once the log holds 1,000 pages: a
+        writer that must answer quickly (the scoring service) would wait tens of
+        milliseconds then. The thread has its own connection; :meth:`close` stops it.
+        """
+        import threading
+
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        stop = threading.Event()
+
+        def run() -> None:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False)
+            try:
+                while not stop.wait(every_s):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the next write's commit checkpoints instead
+                self._conn.execute("PRAGMA wal_autocheckpoint=1000")
+                log.warning("history checkpoints stopped: %s", exc)
+            finally:
+                conn.close()
+
+        self._checkpoints = (
+            stop,
+            threading.Thread(target=run, name="history-checkpoint", daemon=True),
+        )
+        self._checkpoints[1].start()
+
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the checkpoint thread (if any), copy the log in, close the connection."""
+        checkpoints = getattr(self, "_checkpoints", None)
+        if checkpoints is not None:
+            checkpoints[0].set()
+            checkpoints[1].join()
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._conn.close()
 
     def __enter__(self) -> HistoryStore:

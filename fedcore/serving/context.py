@@ -33,10 +33,6 @@ MAX_ID_LENGTH = 256
 REMEMBERED_SCORES = 200_000
 """Scores kept by transaction id for labels that arrive later (the oldest are forgotten)."""
 
-PRUNE_EVERY_S = 30.0
-"""How often :meth:`ContextScorer.flush` also deletes the rows that left the window from the
-database (the window in memory drops them at once)."""
-
 DEFAULT_THRESHOLD = 0.5
 """Operating point for a manifest written before exports carried the site's own."""
 
@@ -264,7 +260,6 @@ class ContextScorer:
         self._pending: list[Transactions] = []
         self._labels: dict[str, int] = {}
         self._served: OrderedDict[str, float] = OrderedDict()
-        self._pruned_at = time.monotonic()
         store.checkpoint_in_background()
 
     @classmethod
@@ -389,10 +384,8 @@ class ContextScorer:
         if self._pending:
             parts, self._pending = self._pending, []
             rows = _concat(parts)
-            now = time.monotonic()
-            prune = now - self._pruned_at >= PRUNE_EVERY_S
-            self.store.append(rows, labels=np.full(len(rows), -1, np.int64), prune=prune)
-            self._pruned_at = now if prune else self._pruned_at
+            # the store's own thread prunes (checkpoint_in_background)
+            self.store.append(rows, labels=np.full(len(rows), -1, np.int64), prune=False)
             written = len(rows)
         if self._labels:
             labels, self._labels = self._labels, {}

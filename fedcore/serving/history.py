@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 """Layout version of the history database."""
 
+PRUNE_CHUNK = 500
+"""Rows the background pruning deletes per transaction."""
+
 DEFAULT_NAME = Path("history") / "history.sqlite"
 """Where the history lives under the site's state directory, unless ``history.database`` says."""
 
@@ -231,26 +234,44 @@ class HistoryStore:
                 [(int(v), k) for k, v in labels.items()],
             )
 
-    def prune(self) -> int:
-        """Delete rows outside the window; returns how many."""
+    def prune(self, conn: sqlite3.Connection | None = None, chunk: int | None = None) -> int:
+        """Delete rows outside the window; returns how many.
+
+        Args:
+            conn: The connection to use (default: the store's own).
+            chunk: Delete at most this many rows per transaction, so that another
+                connection's write never waits long for this one (default: all at once).
+        """
+        conn = self._conn if conn is None else conn
+        limit = -1 if chunk is None else chunk
         deleted = 0
-        with self._conn:
-            self._conn.execute("BEGIN")
-            seconds = self.spec.window_seconds
-            if seconds is not None:
-                cur = self._conn.execute(
-                    "DELETE FROM transactions WHERE timestamp < "
-                    "(SELECT MAX(timestamp) FROM transactions) - ?",
-                    (seconds,),
+        seconds = self.spec.window_seconds
+        statements = []
+        if seconds is not None:
+            statements.append(
+                (
+                    "DELETE FROM transactions WHERE seq IN (SELECT seq FROM transactions WHERE "
+                    "timestamp < (SELECT MAX(timestamp) FROM transactions) - ? LIMIT ?)",
+                    (seconds, limit),
                 )
-                deleted += max(cur.rowcount, 0)
-            if self.spec.transactions is not None:
-                cur = self._conn.execute(
-                    "DELETE FROM transactions WHERE seq IN (SELECT seq FROM transactions "
-                    "ORDER BY timestamp DESC, seq DESC LIMIT -1 OFFSET ?)",
-                    (self.spec.transactions,),
+            )
+        if self.spec.transactions is not None:
+            statements.append(
+                (
+                    "DELETE FROM transactions WHERE seq IN (SELECT seq FROM (SELECT seq, "
+                    "timestamp FROM transactions ORDER BY timestamp DESC, seq DESC "
+                    "LIMIT -1 OFFSET ?) LIMIT ?)",
+                    (self.spec.transactions, limit),
                 )
-                deleted += max(cur.rowcount, 0)
+            )
+        for sql, args in statements:
+            while True:
+                with conn:
+                    conn.execute("BEGIN")
+                    done = max(conn.execute(sql, args).rowcount, 0)
+                deleted += done
+                if chunk is None or done < chunk:
+                    break
         return deleted
 
     def load(self) -> Transactions:
@@ -282,11 +303,14 @@ class HistoryStore:
         return tx if start == 0 else tx.take(np.arange(start, len(tx)))
 
     def checkpoint_in_background(self, every_s: float = 2.0) -> None:
-        """Copy the write-ahead log into the database from a thread of its own, every ``every_s``.
+        """Prune the window and copy the write-ahead log into the database from a thread of
+        its own, every ``every_s``.
 
-        Without it SQLite does so inside a commit once the log holds 1,000 pages: a
-        writer that must answer quickly (the scoring service) would wait tens of
-        milliseconds then. The thread has its own connection; :meth:`close` stops it.
+        Without it SQLite checkpoints inside a commit once the log holds 1,000 pages, and
+        pruning deletes thousands of rows at once: a writer that must answer quickly (the
+        scoring service) would wait tens to hundreds of milliseconds. The thread has its
+        own connection and deletes :data:`PRUNE_CHUNK` rows per transaction; writes by
+        :meth:`append` may then skip pruning (``prune=False``). :meth:`close` stops it.
         """
         import threading
 
@@ -294,9 +318,10 @@ class HistoryStore:
         stop = threading.Event()
 
         def run() -> None:
-            conn = sqlite3.connect(str(self.path), check_same_thread=False)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             try:
                 while not stop.wait(every_s):
+                    self.prune(conn, chunk=PRUNE_CHUNK)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:  # the next write's commit checkpoints instead
                 self._conn.execute("PRAGMA wal_autocheckpoint=1000")

@@ -133,7 +133,8 @@ class Window:
             return
         start = self.size
         if start + n > self.capacity:
-            self._alloc(max(2 * self.capacity, start + n + 1024))
+            # room for half as many new rows again: growing copies every array (a stall)
+            self._alloc(max(2 * self.capacity, start + n + max(n // 2, 65_536)))
         pos = np.arange(start, start + n)
         self.ts[pos] = tx.timestamp
         self.amount[pos] = tx.amount
@@ -207,7 +208,7 @@ class Window:
 
     def _add_one(self, tx: Transactions, i: int, rowx: np.ndarray, tid: str) -> int:
         if self.size + 1 > self.capacity:
-            self._alloc(2 * self.capacity)
+            self._alloc(self.capacity + max(self.capacity // 2, 65_536))
         r = self.size
         t = float(tx.timestamp[i])
         self.ts[r] = t

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 """Layout version of the history database."""
 
-PRUNE_CHUNK = 500
+PRUNE_CHUNK = 200
 """Rows the background pruning deletes per transaction."""
 
 DEFAULT_NAME = Path("history") / "history.sqlite"
@@ -234,13 +234,19 @@ class HistoryStore:
                 [(int(v), k) for k, v in labels.items()],
             )
 
-    def prune(self, conn: sqlite3.Connection | None = None, chunk: int | None = None) -> int:
+    def prune(
+        self,
+        conn: sqlite3.Connection | None = None,
+        chunk: int | None = None,
+        pause: Callable[[], object] | None = None,
+    ) -> int:
         """Delete rows outside the window; returns how many.
 
         Args:
             conn: The connection to use (default: the store's own).
             chunk: Delete at most this many rows per transaction, so that another
                 connection's write never waits long for this one (default: all at once).
+            pause: Called between two chunks (to let other writers in).
         """
         conn = self._conn if conn is None else conn
         limit = -1 if chunk is None else chunk
@@ -272,6 +278,8 @@ class HistoryStore:
                 deleted += done
                 if chunk is None or done < chunk:
                     break
+                if pause is not None:
+                    pause()
         return deleted
 
     def load(self) -> Transactions:
@@ -321,7 +329,7 @@ class HistoryStore:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             try:
                 while not stop.wait(every_s):
-                    self.prune(conn, chunk=PRUNE_CHUNK)
+                    self.prune(conn, chunk=PRUNE_CHUNK, pause=lambda: stop.wait(0.1))
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:  # the next write's commit checkpoints instead
                 self._conn.execute("PRAGMA wal_autocheckpoint=1000")

@@ -99,27 +99,6 @@ def window_mask(
 # --------------------------------------------------------------------------- offline reference
 
 
-def concat(parts: Sequence[Transactions]) -> Transactions:
-    """The rows of ``parts`` one after the other (same features in each)."""
-    from fedcore.data.transactions import Transactions
-
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
-
-    names = list(parts[0].features)
-    return Transactions(
-        tx_id=cat("tx_id"),
-        payer=cat("payer"),
-        payee=cat("payee"),
-        merchant=cat("merchant"),
-        device=cat("device"),
-        amount=cat("amount"),
-        timestamp=cat("timestamp"),
-        label=cat("label"),
-        features={k: np.concatenate([p.features[k] for p in parts]) for k in names},
-    )
-
-
 def offline_scores(
     model_path: Path, context: Transactions, targets: Sequence[str], features: Sequence[str]
 ) -> np.ndarray:
@@ -200,11 +179,11 @@ def context_rows(
     idx = np.concatenate(
         [np.arange(a, b, dtype=np.int64) for a, b in ranges] or [np.zeros(0, np.int64)]
     )
-    before = concat([history, stream.take(idx)])
+    before = type(history).concat([history, stream.take(idx)])
     order = np.argsort(before.timestamp, kind="stable")
     ts = before.timestamp[order]
     keep = window_mask(ts, float(ts[-1]), days, None) if len(ts) else np.zeros(0, bool)
-    ctx = concat([before.take(order[keep]), stream.take(np.arange(own[0], own[1]))])
+    ctx = type(before).concat([before.take(order[keep]), stream.take(np.arange(own[0], own[1]))])
     return ctx.take(np.argsort(ctx.timestamp, kind="stable"))
 
 

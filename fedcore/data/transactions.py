@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +95,27 @@ class Transactions:
             timestamp=self.timestamp[index],
             label=self.label[index],
             features={k: v[index] for k, v in self.features.items()},
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Transactions]) -> Transactions:
+        """The rows of ``parts`` one after the other (each with the features of the first)."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        return cls(
+            tx_id=cat("tx_id"),
+            payer=cat("payer"),
+            payee=cat("payee"),
+            merchant=cat("merchant"),
+            device=cat("device"),
+            amount=cat("amount"),
+            timestamp=cat("timestamp"),
+            label=cat("label"),
+            features={k: np.concatenate([p.features[k] for p in parts]) for k in parts[0].features},
         )
 
     def sorted_by_time(self) -> Transactions:

